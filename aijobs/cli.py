@@ -1,0 +1,103 @@
+"""The ``aijobs`` command: one entry point for every process the project runs.
+
+aijobs controlplane up|down|env   a local etcd + kube-apiserver (tests, demo)
+aijobs demo                       the main job, end to end, on this machine
+aijobs operator                   the saga operator (kopf)
+aijobs service NAME               one of the five HTTP services
+aijobs worker                     a GPU (or CPU) inference worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _state_home() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "aijobs"
+
+
+def _controlplane(args: argparse.Namespace) -> int:
+    from aijobs.controlplane.assets import AssetError, ensure_assets
+    from aijobs.controlplane.cluster import ControlPlane, ControlPlaneError
+
+    plane = ControlPlane(Path(args.dir))
+    if args.action == "down":
+        was_running = plane.running
+        plane.stop()
+        print("control plane stopped" if was_running else f"no control plane runs from {plane.root}")
+        return 0
+    if args.action == "env":
+        if not plane.running:
+            print(f"no control plane runs from {plane.root}; run `aijobs controlplane up`", file=sys.stderr)
+            return 1
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+        return 0
+    try:
+        assets = ensure_assets(log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        plane.start(assets=assets)
+    except (AssetError, ControlPlaneError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not args.no_crds:
+        from aijobs.crds import install_crds
+        from aijobs.kube import api_client
+
+        for name in install_crds(api_client(plane.kubeconfig)):
+            print(f"installed CRD {name}", file=sys.stderr)
+    print(f"control plane up at {plane.api_url}; stop it with `aijobs controlplane down`", file=sys.stderr)
+    print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from aijobs.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"error: `aijobs {what}` is not available in this version yet", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aijobs", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cp = sub.add_parser("controlplane", help="start or stop a local etcd + kube-apiserver")
+    cp.add_argument("action", choices=["up", "down", "env"])
+    cp.add_argument("--dir", default=str(_state_home() / "controlplane"), help="where its files live")
+    cp.add_argument("--no-crds", action="store_true", help="do not install the AIImageJob CRD")
+    cp.set_defaults(func=_controlplane)
+
+    demo = sub.add_parser("demo", help="run the main job end to end on this machine")
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    demo.set_defaults(func=_demo)
+
+    for name, text in [
+        ("operator", "run the saga operator"),
+        ("service", "run one of the HTTP services"),
+        ("worker", "run an inference worker"),
+    ]:
+        sp = sub.add_parser(name, help=text)
+        sp.set_defaults(func=_not_yet(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Find or build the etcd and kube-apiserver binaries the local control plane runs.
+
+controller-runtime's envtest convention: ``KUBEBUILDER_ASSETS`` names a folder that holds
+``etcd`` and ``kube-apiserver``. Where it is unset we build both once with ``go`` from the Go
+module proxy into a cache outside the repository, keyed by version, and reuse them.
+
+Neither binary installs with a plain ``go install``: ``k8s.io/kubernetes`` replaces its staging
+modules (``k8s.io/api`` and friends) with local folders, and ``go install`` refuses a module with
+``replace`` lines. So each is built from a tiny wrapper module that requires the real module and
+re-points every staging module at its published ``v0.N.M`` tag. The list of staging modules is
+read from the downloaded ``go.mod`` rather than typed here, so a version bump needs no edits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.34.4"
+ETCD_VERSION = "v3.6.16"
+
+__all__ = [
+    "ETCD_VERSION",
+    "KUBERNETES_VERSION",
+    "AssetError",
+    "Assets",
+    "cache_root",
+    "ensure_assets",
+]
+
+
+class AssetError(RuntimeError):
+    """The binaries could not be found or built; the message says which command failed."""
+
+
+@dataclass(frozen=True)
+class Assets:
+    etcd: Path
+    kube_apiserver: Path
+
+
+def cache_root() -> Path:
+    """The tool cache, outside any repository: ``$AIJOBS_CACHE`` or ``$XDG_CACHE_HOME/aijobs``."""
+    explicit = os.environ.get("AIJOBS_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "aijobs"
+
+
+def _from_env() -> Assets | None:
+    folder = os.environ.get("KUBEBUILDER_ASSETS")
+    if not folder:
+        return None
+    assets = Assets(Path(folder) / "etcd", Path(folder) / "kube-apiserver")
+    missing = [str(p) for p in (assets.etcd, assets.kube_apiserver) if not p.is_file()]
+    if missing:
+        raise AssetError(f"KUBEBUILDER_ASSETS={folder} lacks: {', '.join(missing)}")
+    return assets
+
+
+def ensure_assets(*, log=print) -> Assets:  # type: ignore[no-untyped-def]
+    """Return usable binaries, building the missing ones (minutes the first time, then free)."""
+    found = _from_env()
+    if found is not None:
+        return found
+    folder = cache_root() / "kubebuilder-assets" / f"k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
+    assets = Assets(folder / "etcd", folder / "kube-apiserver")
+    if not assets.etcd.is_file():
+        _build_etcd(folder, log)
+    if not assets.kube_apiserver.is_file():
+        _build_kube_apiserver(folder, log)
+    return assets
+
+
+def _go(args: list[str], cwd: Path, log) -> str:  # type: ignore[no-untyped-def]
+    go = shutil.which("go")
+    if go is None:
+        raise AssetError(
+            "`go` is not on PATH: install Go, or set KUBEBUILDER_ASSETS to a folder holding "
+            "etcd and kube-apiserver (for example from `setup-envtest use`)"
+        )
+    env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0", GOWORK="off")
+    log(f"  $ go {' '.join(args)}")
+    proc = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssetError(f"`go {' '.join(args)}` failed in {cwd}:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def _wrapper(path: Path, requires: str, replaces: list[tuple[str, str]]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    lines = ["module aijobs.local/assets", "", "go 1.24.0", ""]
+    lines += [f"require {requires}", ""]
+    lines += [f"replace {mod} => {mod} {ver}" for mod, ver in replaces]
+    (path / "go.mod").write_text("\n".join(lines) + "\n")
+    (path / "go.sum").touch()
+
+
+def _timed_build(name: str, folder: Path, work: Path, pkg: str, ldflags: str, log) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    log(f"building {name} into {folder} (first time only; about 10-25 minutes on 2 cores)")
+    _go(["get", pkg], work, log)
+    tmp = folder / f".{name}.partial"
+    _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), pkg.split("@")[0]], work, log)
+    tmp.rename(folder / name)  # atomic: a killed build never leaves a half binary in place
+    log(f"built {name} in {time.monotonic() - started:.0f}s")
+
+
+def _build_etcd(folder: Path, log) -> None:  # type: ignore[no-untyped-def]
+    folder.mkdir(parents=True, exist_ok=True)
+    work = folder / "build-etcd"
+    _wrapper(work, f"go.etcd.io/etcd/server/v3 {ETCD_VERSION}", [])
+    _timed_build("etcd", folder, work, f"go.etcd.io/etcd/server/v3@{ETCD_VERSION}", "-s -w", log)
+
+
+def staging_replaces(gomod_text: str, version: str) -> list[tuple[str, str]]:
+    """Every ``k8s.io/X => ./staging/...`` line of kubernetes' go.mod, as ``(X, v0.N.M)``."""
+    staging = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", gomod_text, re.MULTILINE)
+    if not staging:
+        raise AssetError("no staging replace lines found in k8s.io/kubernetes go.mod")
+    tag = "v0." + version.removeprefix("v1.")
+    return [(mod, tag) for mod in staging]
+
+
+def _build_kube_apiserver(folder: Path, log) -> None:  # type: ignore[no-untyped-def]
+    folder.mkdir(parents=True, exist_ok=True)
+    work = folder / "build-kube-apiserver"
+    work.mkdir(parents=True, exist_ok=True)
+    info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], work, log))
+    replaces = staging_replaces(Path(info["GoMod"]).read_text(), KUBERNETES_VERSION)
+    _wrapper(work, f"k8s.io/kubernetes {KUBERNETES_VERSION}", replaces)
+    minor = KUBERNETES_VERSION.split(".")[1]
+    ldflags = " ".join(
+        [
+            "-s -w",
+            f"-X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}",
+            "-X k8s.io/component-base/version.gitMajor=1",
+            f"-X k8s.io/component-base/version.gitMinor={minor}",
+            "-X k8s.io/component-base/version.gitTreeState=clean",
+        ]
+    )
+    pkg = f"k8s.io/kubernetes/cmd/kube-apiserver@{KUBERNETES_VERSION}"
+    _timed_build("kube-apiserver", folder, work, pkg, ldflags, log)
+
+
+def main() -> int:
+    try:
+        assets = ensure_assets(log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except AssetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(assets.kube_apiserver.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Filled in by later stages; see the README."""
