@@ -62,6 +62,30 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep)
 
 
+def _service(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aijobs_services.kit.db import migrate
+    from aijobs_services.registry import spec
+
+    os.environ["AIJOBS_SERVICE"] = args.name
+    if args.database_url:
+        os.environ["AIJOBS_DATABASE_URL"] = args.database_url
+    from aijobs_services.kit.settings import ServiceSettings
+
+    settings = ServiceSettings()  # type: ignore[call-arg]
+    # Migrate once here, not in each worker process (they would race on the schema).
+    migrate(settings.sqlalchemy_url(), spec(args.name).migrations)
+    if args.migrate_only:
+        return 0
+    os.environ["AIJOBS_MIGRATE_ON_START"] = "false"
+    uvicorn.run(
+        "aijobs_services.registry:app_from_env", factory=True, host=args.host, port=args.port,
+        workers=args.workers, log_level=settings.log_level, access_log=False,
+    )
+    return 0
+
+
 def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
         print(f"error: `aijobs {what}` is not available in this version yet", file=sys.stderr)
@@ -84,9 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     demo.set_defaults(func=_demo)
 
+    svc = sub.add_parser("service", help="run one of the HTTP services")
+    svc.add_argument("name", choices=["payment", "auth", "storage", "ai", "main"])
+    svc.add_argument("--host", default=os.environ.get("AIJOBS_HOST", "127.0.0.1"))
+    svc.add_argument("--port", type=int, default=int(os.environ.get("AIJOBS_PORT", "8080")))
+    svc.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: $AIJOBS_DATABASE_URL, "
+                     "else an SQLite file in the current folder)")
+    svc.add_argument("--workers", type=int, default=int(os.environ.get("AIJOBS_WORKERS", "1")))
+    svc.add_argument("--migrate-only", action="store_true", help="apply the migrations and exit")
+    svc.set_defaults(func=_service)
+
     for name, text in [
         ("operator", "run the saga operator"),
-        ("service", "run one of the HTTP services"),
         ("worker", "run an inference worker"),
     ]:
         sp = sub.add_parser(name, help=text)

@@ -1,0 +1,158 @@
+"""Auth's HTTP API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from sqlalchemy.orm import Session
+
+from aijobs_services.auth import directory
+from aijobs_services.auth.models import Binding, Token, User
+from aijobs_services.kit.app import SessionDep, get_idempotency
+from aijobs_services.kit.callers import Caller, allow
+from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep
+
+NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+IdemStore = Annotated[IdempotencyStore, Depends(get_idempotency)]
+Admin = Annotated[Caller, Depends(allow("admin"))]
+Verifier = Annotated[Caller, Depends(allow("main-api", "operator", "admin"))]
+Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class TenantCreate(_Schema):
+    id: str = Field(min_length=2, max_length=63, pattern=NAME)
+
+
+class UserCreate(_Schema):
+    id: str = Field(min_length=2, max_length=63, pattern=NAME)
+    tenant: str = Field(min_length=2, max_length=63, pattern=NAME)
+
+
+class TokenCreate(_Schema):
+    user: str | None = Field(default=None, min_length=2, max_length=63, pattern=NAME)
+    service: str | None = Field(default=None, min_length=2, max_length=63, pattern=NAME)
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> TokenCreate:
+        if (self.user is None) == (self.service is None):
+            raise ValueError("give exactly one of user or service")
+        return self
+
+
+class TokenVerify(_Schema):
+    token: str = Field(min_length=1, max_length=200)
+
+
+class BindingBody(_Schema):
+    namespace: str = Field(min_length=1, max_length=63, pattern=NAME)
+    account: str = Field(min_length=2, max_length=63, pattern=NAME)
+
+
+def _token(t: Token) -> dict[str, Any]:
+    return {
+        "id": t.id, "kind": t.kind, "subject": t.subject, "tenant": t.tenant_id,
+        "createdAt": t.created_at.isoformat(), "revoked": t.revoked_at is not None,
+    }
+
+
+def _binding(b: Binding) -> dict[str, Any]:
+    return {"namespace": b.namespace, "account": b.account_id}
+
+
+router = APIRouter(prefix="/v1", tags=["auth"])
+
+
+@router.post("/tenants", status_code=201, summary="Create a tenant (its id is its credit account)")
+def create_tenant(body: TenantCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
+                  session: SessionDep) -> JSONResponse:
+    return store.run(session, idem, lambda s: (201, {"id": directory.create_tenant(s, body.id).id}))
+
+
+@router.post("/users", status_code=201, summary="Create a user in a tenant")
+def create_user(body: UserCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
+                session: SessionDep) -> JSONResponse:
+    def act(s: Session) -> tuple[int, Any]:
+        user = directory.create_user(s, body.id, body.tenant)
+        return 201, {"id": user.id, "tenant": user.tenant_id}
+
+    return store.run(session, idem, act)
+
+
+@router.post("/tokens", status_code=201, summary="Issue an API token (shown once)")
+def issue_token(body: TokenCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
+                session: SessionDep) -> JSONResponse:
+    def act(s: Session) -> tuple[int, Any]:
+        token, plaintext = directory.issue_token(s, user_id=body.user, service=body.service)
+        return 201, {**_token(token), "token": plaintext}
+
+    def redact(stored: dict[str, Any]) -> dict[str, Any]:
+        return {**stored, "token": None, "note": "the token is shown once; revoke it and issue a new one if lost"}
+
+    return store.run(session, idem, act, redact=redact)
+
+
+@router.post("/tokens/{token_id}/revoke", summary="Revoke a token (idempotent)")
+def revoke_token(token_id: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
+                 session: SessionDep) -> JSONResponse:
+    return store.run(session, idem, lambda s: (200, _token(directory.revoke_token(s, token_id))))
+
+
+@router.post("/tokens/verify", summary="Who presents this token? (401 if nobody valid)")
+def verify_token(body: TokenVerify, _: Verifier, session: SessionDep) -> dict[str, Any]:
+    with session.begin():
+        principal = directory.verify(session, body.token)
+    return {"kind": principal.kind, "subject": principal.subject, "tenant": principal.tenant,
+            "tokenId": principal.token_id}
+
+
+@router.post("/bindings", status_code=201, summary="Let a namespace charge an account")
+def bind(body: BindingBody, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
+         session: SessionDep) -> JSONResponse:
+    return store.run(session, idem, lambda s: (201, _binding(directory.bind(s, body.namespace, body.account))))
+
+
+@router.delete("/bindings/{namespace}/{account}", summary="Stop a namespace charging an account")
+def unbind(namespace: str, account: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
+           session: SessionDep) -> JSONResponse:
+    def act(s: Session) -> tuple[int, Any]:
+        directory.unbind(s, namespace, account)
+        return 200, {"namespace": namespace, "account": account, "bound": False}
+
+    return store.run(session, idem, act)
+
+
+@router.get("/bindings", summary="Bindings, optionally of one account or namespace")
+def list_bindings(_: Reader, session: SessionDep, account: str | None = None,
+                  namespace: str | None = None) -> dict[str, Any]:
+    stmt = sa.select(Binding).order_by(Binding.namespace, Binding.account_id)
+    if account:
+        stmt = stmt.where(Binding.account_id == account)
+    if namespace:
+        stmt = stmt.where(Binding.namespace == namespace)
+    with session.begin():
+        return {"items": [_binding(b) for b in session.scalars(stmt)]}
+
+
+@router.post("/authorize-charge", summary="May this namespace charge this account? (403 if not)")
+def authorize_charge(body: BindingBody, _: Reader, session: SessionDep) -> dict[str, Any]:
+    with session.begin():
+        directory.authorize_charge(session, body.namespace, body.account)
+    return {"namespace": body.namespace, "account": body.account, "allowed": True}
+
+
+@router.get("/users/{user_id}", summary="One user")
+def get_user(user_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
+    with session.begin():
+        user = session.get(User, user_id)
+        if user is None:
+            raise directory.NotFound(f"no user {user_id!r}", slug="unknown-user", title="Unknown user")
+        return {"id": user.id, "tenant": user.tenant_id}

@@ -1,0 +1,132 @@
+"""Auth's use cases: tenants, users, tokens and namespace bindings."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from sqlalchemy.orm import Session
+
+from aijobs_services.auth.models import Binding, Tenant, Token, User
+from aijobs_services.kit.db import utcnow
+from aijobs_services.kit.problems import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
+
+TOKEN_PREFIX = "aij"
+# OWASP's minimum Argon2id setting: slow enough for a leaked table, ~10 ms per verification.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
+class InvalidToken(Unauthenticated):
+    slug, title = "invalid-token", "Invalid token"
+
+
+class TenantNotAllowed(Forbidden):
+    slug, title = "tenant-not-allowed", "This namespace may not charge that account"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # user | service
+    subject: str
+    tenant: str | None
+    token_id: str
+
+
+def create_tenant(session: Session, tenant_id: str) -> Tenant:
+    if session.get(Tenant, tenant_id) is not None:
+        raise Conflict(f"tenant {tenant_id!r} already exists", slug="tenant-exists", title="Tenant exists")
+    tenant = Tenant(id=tenant_id, created_at=utcnow())
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def _tenant(session: Session, tenant_id: str) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"no tenant {tenant_id!r}", slug="unknown-tenant", title="Unknown tenant")
+    return tenant
+
+
+def create_user(session: Session, user_id: str, tenant_id: str) -> User:
+    _tenant(session, tenant_id)
+    if session.get(User, user_id) is not None:
+        raise Conflict(f"user {user_id!r} already exists", slug="user-exists", title="User exists")
+    user = User(id=user_id, tenant_id=tenant_id, created_at=utcnow())
+    session.add(user)
+    session.flush()
+    return user
+
+
+def issue_token(session: Session, *, user_id: str | None = None, service: str | None = None) -> tuple[Token, str]:
+    """A new token for a user or a service identity; the plaintext is returned once only."""
+    if (user_id is None) == (service is None):
+        raise Unprocessable("give exactly one of user or service", slug="token-subject")
+    tenant_id = None
+    if user_id is not None:
+        user = session.get(User, user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id!r}", slug="unknown-user", title="Unknown user")
+        tenant_id = user.tenant_id
+    token_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    token = Token(
+        id=token_id, kind="user" if user_id else "service", subject=user_id or str(service),
+        tenant_id=tenant_id, secret_hash=_hasher.hash(secret), created_at=utcnow(),
+    )
+    session.add(token)
+    session.flush()
+    return token, f"{TOKEN_PREFIX}_{token_id}_{secret}"
+
+
+def revoke_token(session: Session, token_id: str) -> Token:
+    token = session.get(Token, token_id)
+    if token is None:
+        raise NotFound(f"no token {token_id!r}", slug="unknown-token", title="Unknown token")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+    session.flush()
+    return token
+
+
+def verify(session: Session, presented: str) -> Principal:
+    invalid = InvalidToken("the token is not valid (unknown, malformed or revoked)")
+    prefix, _, rest = presented.partition("_")
+    token_id, _, secret = rest.partition("_")
+    if prefix != TOKEN_PREFIX or not token_id or not secret:
+        raise invalid
+    token = session.get(Token, token_id)
+    if token is None or token.revoked_at is not None:
+        raise invalid
+    try:
+        _hasher.verify(token.secret_hash, secret)
+    except VerificationError as exc:
+        raise invalid from exc
+    return Principal(token.kind, token.subject, token.tenant_id, token.id)
+
+
+def bind(session: Session, namespace: str, account_id: str) -> Binding:
+    _tenant(session, account_id)
+    binding = session.get(Binding, (namespace, account_id))
+    if binding is None:
+        binding = Binding(namespace=namespace, account_id=account_id, created_at=utcnow())
+        session.add(binding)
+        session.flush()
+    return binding
+
+
+def unbind(session: Session, namespace: str, account_id: str) -> None:
+    session.execute(sa.delete(Binding).where(Binding.namespace == namespace, Binding.account_id == account_id))
+
+
+def authorize_charge(session: Session, namespace: str, account_id: str) -> Binding:
+    binding = session.get(Binding, (namespace, account_id))
+    if binding is None:
+        raise TenantNotAllowed(
+            f"namespace {namespace!r} is not bound to account {account_id!r}; an admin can bind it "
+            f"(POST /v1/bindings)", namespace=namespace, account=account_id,
+        )
+    return binding

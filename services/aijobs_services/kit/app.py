@@ -1,0 +1,113 @@
+"""The app factory every service uses: settings, database, migrations, problems, auth,
+idempotency, health and metrics wired once, so a service only brings its routes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, FastAPI, Request
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from aijobs_services.kit.db import make_engine, make_sessionmaker, migrate
+from aijobs_services.kit.idempotency import IdempotencyStore
+from aijobs_services.kit.observability import RequestMetrics, ServiceMetrics, health_router
+from aijobs_services.kit.problems import install_problem_handlers
+from aijobs_services.kit.settings import ServiceSettings
+
+__all__ = ["ServiceSpec", "SessionDep", "create_app", "get_idempotency"]
+
+log = logging.getLogger("aijobs.services")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service brings: its name, routers, metadata (with an idempotency table) and
+    migrations folder, plus optional start-up hooks given the engine."""
+
+    name: str
+    title: str
+    description: str
+    routers: Sequence[APIRouter]
+    idempotency_table: sa.Table
+    migrations: Path
+    # Periodic housekeeping (expire holds, release leases...), each run in its own transaction.
+    sweeps: Sequence[Callable[[Session], int]] = ()
+
+
+def create_app(spec: ServiceSpec, settings: ServiceSettings, engine: Engine | None = None) -> FastAPI:
+    url = settings.sqlalchemy_url()
+    if settings.migrate_on_start:
+        migrate(url, spec.migrations)
+    engine = engine or make_engine(url)
+    app = FastAPI(title=spec.title, description=spec.description, version="0.1.0")
+    metrics = ServiceMetrics(spec.name)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.metrics = metrics
+    app.state.idempotency = IdempotencyStore(
+        spec.idempotency_table, dt.timedelta(seconds=settings.idempotency_retention_seconds), metrics.replayed
+    )
+    install_problem_handlers(app)
+    app.include_router(health_router())
+    for router in spec.routers:
+        app.include_router(router)
+    app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    sweeps = [*spec.sweeps, _sweep_idempotency(app.state.idempotency)]
+    sweeper = _Sweeper(spec.name, app.state.sessions, sweeps, settings.sweep_interval_seconds)
+    app.router.on_startup.append(sweeper.start)
+    app.router.on_shutdown.append(sweeper.stop)
+    return app
+
+
+def _sweep_idempotency(store: IdempotencyStore) -> Callable[[Session], int]:
+    return store.sweep
+
+
+class _Sweeper:
+    """Runs a service's sweeps every ``interval`` seconds on a daemon thread while it serves."""
+
+    def __init__(self, name: str, sessions: sessionmaker[Session], sweeps: list[Callable[[Session], int]],
+                 interval: float) -> None:
+        self._name, self._sessions, self._sweeps, self._interval = name, sessions, sweeps, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._thread = threading.Thread(target=self._loop, name=f"{self._name}-sweeper", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            for sweep in self._sweeps:
+                try:
+                    with self._sessions() as session:
+                        sweep(session)
+                except Exception:  # a failed sweep is retried at the next tick
+                    log.exception("%s: sweep %s failed", self._name, getattr(sweep, "__name__", sweep))
+
+
+def _session(request: Request) -> Iterator[Session]:
+    factory: sessionmaker[Session] = request.app.state.sessions
+    with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+def get_idempotency(request: Request) -> IdempotencyStore:
+    store: IdempotencyStore = request.app.state.idempotency
+    return store

@@ -1,0 +1,89 @@
+"""Service-to-service authentication: who is calling, proven by a short-lived signed token.
+
+Each caller (the operator, a worker, Main API, an admin) holds a secret that the services it
+calls also know. It sends ``Authorization: Bearer <JWT>`` signed with HMAC-SHA256, naming itself
+as issuer and the callee as audience, valid for a few minutes. A service accepts a token only
+from a caller in its ``callers`` table; a route accepts only the callers it names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+
+from aijobs_services.kit.problems import Forbidden, Unauthenticated
+
+__all__ = ["Caller", "CallerDep", "TokenSigner", "allow", "verify_token"]
+
+TOKEN_TTL_SECONDS = 300
+LEEWAY_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+
+
+class TokenSigner:
+    """Makes bearer tokens for one identity, reusing each until it is close to expiry."""
+
+    def __init__(self, identity: str, secret: str) -> None:
+        self.identity = identity
+        self._secret = secret
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    def token_for(self, audience: str) -> str:
+        now = time.time()
+        cached = self._cache.get(audience)
+        if cached and cached[1] - now > 60:
+            return cached[0]
+        exp = now + TOKEN_TTL_SECONDS
+        claims = {"iss": self.identity, "aud": audience, "iat": int(now), "exp": int(exp)}
+        token = jwt.encode(claims, self._secret, algorithm="HS256")
+        self._cache[audience] = (token, exp)
+        return token
+
+
+def verify_token(token: str, audience: str, secrets: Mapping[str, str]) -> Caller:
+    try:
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated("the bearer token is not a valid token") from exc
+    secret = secrets.get(str(issuer))
+    if secret is None:
+        raise Unauthenticated(f"unknown caller {issuer!r}")
+    try:
+        jwt.decode(token, secret, algorithms=["HS256"], audience=audience, leeway=LEEWAY_SECONDS)
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthenticated("the bearer token has expired") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated(f"the bearer token was rejected: {exc}") from exc
+    return Caller(str(issuer))
+
+
+def _caller(request: Request) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("this endpoint needs a service token: Authorization: Bearer <token>")
+    settings = request.app.state.settings
+    return verify_token(token.strip(), settings.service, settings.callers)
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def allow(*names: str) -> Callable[[Caller], Caller]:
+    """A dependency that admits only the named callers (403 for any other authenticated one)."""
+
+    def check(caller: CallerDep) -> Caller:
+        if caller.name not in names:
+            raise Forbidden(f"caller {caller.name!r} may not do this (allowed: {', '.join(names)})")
+        return caller
+
+    return check

@@ -1,0 +1,117 @@
+"""Calling a service: the one HTTP client the operator, the workers and Main API use.
+
+Every failure is sorted into what the caller must do next:
+
+    ServiceError
+    ├── Ambiguous        the outcome is unknown (timeout, connection reset, 5xx, 429): retry
+    │                    the *same* request with the *same* Idempotency-Key; ``retry_after``
+    │                    carries the server's Retry-After when it sent one
+    └── Refused          the service answered a definite no (4xx): ``status``, ``kind`` (the
+                         problem type's slug) and ``detail`` say why; retrying will not help
+
+Low-level httpx errors are translated here, the original chained as the cause.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from aijobs_services.kit.callers import TokenSigner
+
+__all__ = ["Ambiguous", "Refused", "ServiceClient", "ServiceError"]
+
+
+class ServiceError(Exception):
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+
+
+class Ambiguous(ServiceError):
+    def __init__(self, service: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(service, message)
+        self.retry_after = retry_after
+
+
+class Refused(ServiceError):
+    def __init__(self, service: str, status: int, kind: str, detail: str, body: dict[str, Any]) -> None:
+        super().__init__(service, f"{status} {kind}: {detail}")
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+        self.body = body
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class ServiceClient:
+    """An async client for one service, authenticated as one identity."""
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        signer: TokenSigner,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.service = service
+        self._signer = signer
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            transport=transport,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = None,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        all_headers = {"Authorization": f"Bearer {self._signer.token_for(self.service)}", **(headers or {})}
+        if key is not None:
+            all_headers["Idempotency-Key"] = key
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            response = await self._http.request(
+                method, path, json=json, params=params, content=content, headers=all_headers, **extra
+            )
+        except httpx.TimeoutException as exc:
+            raise Ambiguous(self.service, f"{method} {path} timed out") from exc
+        except httpx.TransportError as exc:
+            raise Ambiguous(self.service, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise Ambiguous(
+                self.service, f"{method} {path} answered {response.status_code}", _retry_after(response)
+            )
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text[:500]}
+            slug = str(body.get("type", "")).rsplit("/", 1)[-1] or f"http-{response.status_code}"
+            raise Refused(self.service, response.status_code, slug, str(body.get("detail", "")), body)
+        return response
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self.call(method, path, **kwargs)).json()

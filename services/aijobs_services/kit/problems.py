@@ -1,0 +1,158 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``).
+
+Every error kind has a stable ``type`` URI (``https://aijobs.io/problems/<slug>``) that clients
+branch on; ``title`` is fixed per kind and ``detail`` says what happened this time.
+
+    Problem                      base: status, slug, title, detail, extra members
+    ├── BadRequest (400)         a request that cannot be understood
+    ├── Unauthenticated (401)    no or bad credentials
+    ├── Forbidden (403)          a known caller that may not do this
+    ├── NotFound (404)
+    ├── Conflict (409)           the state forbids it (captured hold, other content under a key)
+    ├── Unprocessable (422)      well-formed but invalid (validation, key reused with another body)
+    └── ...                      services add their own kinds by subclassing or with ``Problem(...)``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "PROBLEM_JSON",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "Problem",
+    "Unauthenticated",
+    "Unprocessable",
+    "install_problem_handlers",
+    "problem_type",
+]
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://aijobs.io/problems/"
+
+
+def problem_type(slug: str) -> str:
+    return PROBLEM_BASE + slug
+
+
+class Problem(Exception):  # noqa: N818 - it is what RFC 9457 calls it
+    status = 500
+    slug = "internal-error"
+    title = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if slug is not None:
+            self.slug = slug
+        if title is not None:
+            self.title = title
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": problem_type(self.slug),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            doc["instance"] = instance
+        doc.update(self.extra)
+        return doc
+
+    def response(self, instance: str | None = None) -> JSONResponse:
+        return JSONResponse(self.body(instance), self.status, self.headers, media_type=PROBLEM_JSON)
+
+
+class BadRequest(Problem):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Unauthenticated(Problem):
+    status, slug, title = 401, "unauthenticated", "Authentication required"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
+
+
+class Forbidden(Problem):
+    status, slug, title = 403, "forbidden", "Not allowed"
+
+
+class NotFound(Problem):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(Problem):
+    status, slug, title = 409, "conflict", "Conflict with the current state"
+
+
+class Unprocessable(Problem):
+    status, slug, title = 422, "unprocessable", "Invalid request"
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Render every error the app can raise as problem+json, validation errors naming fields."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return exc.response(request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _field(e["loc"]), "message": e["msg"], "kind": e["type"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        slug = "malformed-json" if any(e["kind"] == "json_invalid" for e in errors) else "validation-error"
+        title = "Malformed JSON body" if slug == "malformed-json" else "Request validation failed"
+        problem = Unprocessable(detail, slug=slug, title=title, errors=errors)
+        if slug == "malformed-json":
+            problem.status = 400
+        return problem.response(request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slugs = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
+        problem = Problem(
+            str(exc.detail),
+            status=exc.status_code,
+            slug=slugs.get(exc.status_code, f"http-{exc.status_code}"),
+            title=str(exc.detail),
+            headers=exc.headers,
+        )
+        return problem.response(request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The details go to the log, not to the caller; a 500 is "unknown outcome" for clients.
+        import logging
+
+        logging.getLogger("aijobs.services").exception("unhandled error on %s", request.url.path)
+        return Problem("the service failed unexpectedly; retry with the same Idempotency-Key").response(
+            request.url.path
+        )

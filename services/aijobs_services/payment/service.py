@@ -1,0 +1,28 @@
+"""The Payment service, as the kit's app factory assembles it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from aijobs_services.kit.app import ServiceSpec
+from aijobs_services.payment import ledger
+from aijobs_services.payment.api import router
+from aijobs_services.payment.models import IdempotencyKeys
+
+
+def expire_holds(session: Session) -> int:
+    with session.begin():
+        return ledger.expire_due(session)
+
+
+SPEC = ServiceSpec(
+    name="payment",
+    title="aijobs Payment",
+    description="Credit accounts on a double-entry ledger; holds, captures and releases.",
+    routers=[router],
+    idempotency_table=IdempotencyKeys,
+    migrations=Path(__file__).parent / "migrations",
+    sweeps=[expire_holds],
+)
