@@ -64,7 +64,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _service(args: argparse.Namespace) -> int:
     import uvicorn
-
     from aijobs_services.kit.db import migrate
     from aijobs_services.registry import spec
 
@@ -80,8 +79,13 @@ def _service(args: argparse.Namespace) -> int:
         return 0
     os.environ["AIJOBS_MIGRATE_ON_START"] = "false"
     uvicorn.run(
-        "aijobs_services.registry:app_from_env", factory=True, host=args.host, port=args.port,
-        workers=args.workers, log_level=settings.log_level, access_log=False,
+        "aijobs_services.registry:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        access_log=False,
     )
     return 0
 
@@ -112,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("name", choices=["payment", "auth", "storage", "ai", "main"])
     svc.add_argument("--host", default=os.environ.get("AIJOBS_HOST", "127.0.0.1"))
     svc.add_argument("--port", type=int, default=int(os.environ.get("AIJOBS_PORT", "8080")))
-    svc.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: $AIJOBS_DATABASE_URL, "
-                     "else an SQLite file in the current folder)")
+    svc.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL (default: $AIJOBS_DATABASE_URL, else an SQLite file in the current folder)",
+    )
     svc.add_argument("--workers", type=int, default=int(os.environ.get("AIJOBS_WORKERS", "1")))
     svc.add_argument("--migrate-only", action="store_true", help="apply the migrations and exit")
     svc.set_defaults(func=_service)

@@ -55,8 +55,19 @@ class ServiceProcess:
             **self.env,
         }
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "aijobs.cli", "service", self.name, "--port", str(self.port),
-                "--database-url", self.database_url, "--workers", str(self.workers)]
+        argv = [
+            sys.executable,
+            "-m",
+            "aijobs.cli",
+            "service",
+            self.name,
+            "--port",
+            str(self.port),
+            "--database-url",
+            self.database_url,
+            "--workers",
+            str(self.workers),
+        ]
         with (self.log_dir / f"{self.name}.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.wait_ready(timeout)

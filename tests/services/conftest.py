@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
-
-from aijobs.testbed.processes import ServiceProcess, make_secrets
 from aijobs_services.kit.app import create_app
 from aijobs_services.kit.callers import TokenSigner
 from aijobs_services.kit.settings import ServiceSettings
 from aijobs_services.registry import spec
+from fastapi.testclient import TestClient
+
+from aijobs.testbed.processes import ServiceProcess, make_secrets
 
 
 @dataclass
@@ -31,15 +31,26 @@ class Api:
     def headers(self, caller: str | None, key: str | None) -> dict[str, str]:
         headers = {}
         if caller:
-            headers["Authorization"] = f"Bearer {TokenSigner(caller, self.secrets[caller]).token_for(self.service)}"
+            headers["Authorization"] = (
+                f"Bearer {TokenSigner(caller, self.secrets[caller]).token_for(self.service)}"
+            )
         if key:
             headers["Idempotency-Key"] = key
         return headers
 
-    def post(self, path: str, body: Any = None, *, caller: str | None = "admin", key: str | None = "auto",
-             **kw: Any) -> httpx.Response:
+    def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        caller: str | None = "admin",
+        key: str | None = "auto",
+        **kw: Any,
+    ) -> httpx.Response:
         key = uuid.uuid4().hex if key == "auto" else key
-        return self.http.post(path, json=body, headers=self.headers(caller, key) | kw.pop("headers", {}), **kw)
+        return self.http.post(
+            path, json=body, headers=self.headers(caller, key) | kw.pop("headers", {}), **kw
+        )
 
     def get(self, path: str, *, caller: str | None = "admin", **kw: Any) -> httpx.Response:
         return self.http.get(path, headers=self.headers(caller, None), **kw)
@@ -56,8 +67,9 @@ def secrets() -> dict[str, str]:
 
 
 def _in_process(name: str, url: str, secrets: dict[str, str]) -> Iterator[tuple[Api, sa.Engine]]:
-    settings = ServiceSettings(service=name, database_url=url, callers=secrets, sweep_interval_seconds=0,
-                               max_body_bytes=64 * 1024)
+    settings = ServiceSettings(
+        service=name, database_url=url, callers=secrets, sweep_interval_seconds=0, max_body_bytes=64 * 1024
+    )
     app = create_app(spec(name), settings)
     with TestClient(app) as client:
         yield Api(client, name, secrets), app.state.engine
@@ -88,7 +100,9 @@ def service_process(tmp_path: Path, secrets: dict[str, str]) -> Iterator[Any]:
         proc.stop()
 
 
-def snapshot(engine: sa.Engine, *, skip: tuple[str, ...] = ("idempotency_keys", "alembic_version")) -> dict[str, Any]:
+def snapshot(
+    engine: sa.Engine, *, skip: tuple[str, ...] = ("idempotency_keys", "alembic_version")
+) -> dict[str, Any]:
     """Every row of every table (but ``skip``), to assert that a refused request changed nothing."""
     meta = sa.MetaData()
     meta.reflect(engine)

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-
 from aijobs_services.kit.callers import TokenSigner
 from aijobs_services.kit.db import make_engine
 from aijobs_services.payment import ledger
+
 from tests.services.conftest import Api, snapshot
 
 Payment = tuple[Api, sa.Engine]
@@ -80,8 +80,10 @@ def test_a_settled_hold_is_final(payment: Payment, first: str, then: str, state:
 
 def _expire_in_db(engine: sa.Engine, hold_id: str) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text("update holds set expires_at = now() - interval '1 second' where id = :id"),
-                     {"id": hold_id})
+        conn.execute(
+            sa.text("update holds set expires_at = now() - interval '1 second' where id = :id"),
+            {"id": hold_id},
+        )
 
 
 def test_an_expired_hold_cannot_be_captured_and_its_credits_come_back(payment: Payment) -> None:
@@ -120,31 +122,93 @@ def _long(n: int) -> str:
 
 
 BAD_REQUESTS = [
-    pytest.param({"content": b'{"account": "acme", "jobId": ', "headers": {"content-type": "application/json"}},
-                 400, "malformed-json", None, id="malformed-json"),
-    pytest.param({"json": {"account": "acme", "jobId": "j"}}, 422, "validation-error", "body.amount", id="missing"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": "ten"}}, 422, "validation-error",
-                 "body.amount", id="wrong-type"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": 0}}, 422, "validation-error",
-                 "body.amount", id="zero"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": -5}}, 422, "validation-error",
-                 "body.amount", id="negative"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": 1, "tip": 5}}, 422, "validation-error",
-                 "body.tip", id="unknown-field"),
-    pytest.param({"json": {"account": "nobody", "jobId": "j", "amount": 1}}, 404, "unknown-account", None,
-                 id="unknown-account"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": 101}}, 402, "insufficient-credits", None,
-                 id="insufficient-credits"),
-    pytest.param({"json": {"account": "acme", "jobId": _long(100_000), "amount": 1}}, 413, "payload-too-large",
-                 None, id="oversized"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": 1, "expiresAt": "2001-01-01T00:00:00Z"}},
-                 422, "bad-expiry", None, id="expiry-in-the-past"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": 1}, "caller": None}, 401,
-                 "unauthenticated", None, id="no-token"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": 1}, "caller": "worker"}, 403,
-                 "forbidden", None, id="caller-not-allowed"),
-    pytest.param({"json": {"account": "acme", "jobId": "j", "amount": 1}, "key": None}, 400,
-                 "idempotency-key-missing", None, id="no-idempotency-key"),
+    pytest.param(
+        {"content": b'{"account": "acme", "jobId": ', "headers": {"content-type": "application/json"}},
+        400,
+        "malformed-json",
+        None,
+        id="malformed-json",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j"}}, 422, "validation-error", "body.amount", id="missing"
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": "ten"}},
+        422,
+        "validation-error",
+        "body.amount",
+        id="wrong-type",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": 0}},
+        422,
+        "validation-error",
+        "body.amount",
+        id="zero",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": -5}},
+        422,
+        "validation-error",
+        "body.amount",
+        id="negative",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": 1, "tip": 5}},
+        422,
+        "validation-error",
+        "body.tip",
+        id="unknown-field",
+    ),
+    pytest.param(
+        {"json": {"account": "nobody", "jobId": "j", "amount": 1}},
+        404,
+        "unknown-account",
+        None,
+        id="unknown-account",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": 101}},
+        402,
+        "insufficient-credits",
+        None,
+        id="insufficient-credits",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": _long(100_000), "amount": 1}},
+        413,
+        "payload-too-large",
+        None,
+        id="oversized",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": 1, "expiresAt": "2001-01-01T00:00:00Z"}},
+        422,
+        "bad-expiry",
+        None,
+        id="expiry-in-the-past",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": 1}, "caller": None},
+        401,
+        "unauthenticated",
+        None,
+        id="no-token",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": 1}, "caller": "worker"},
+        403,
+        "forbidden",
+        None,
+        id="caller-not-allowed",
+    ),
+    pytest.param(
+        {"json": {"account": "acme", "jobId": "j", "amount": 1}, "key": None},
+        400,
+        "idempotency-key-missing",
+        None,
+        id="no-idempotency-key",
+    ),
 ]
 
 
@@ -176,11 +240,16 @@ def test_a_forged_or_expired_service_token_is_refused(payment: Payment) -> None:
     assert api.http.get("/v1/accounts/acme", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
     import jwt
 
-    old = jwt.encode({"iss": "operator", "aud": "payment", "exp": 1_000_000}, api.secrets["operator"], "HS256")
+    old = jwt.encode(
+        {"iss": "operator", "aud": "payment", "exp": 1_000_000}, api.secrets["operator"], "HS256"
+    )
     response = api.http.get("/v1/accounts/acme", headers={"Authorization": f"Bearer {old}"})
     assert response.status_code == 401 and "expired" in response.json()["detail"]
     wrong_audience = TokenSigner("operator", api.secrets["operator"]).token_for("storage")
-    assert api.http.get("/v1/accounts/x", headers={"Authorization": f"Bearer {wrong_audience}"}).status_code == 401
+    assert (
+        api.http.get("/v1/accounts/x", headers={"Authorization": f"Bearer {wrong_audience}"}).status_code
+        == 401
+    )
 
 
 def test_a_replay_returns_the_first_answer_and_a_changed_body_is_refused(payment: Payment) -> None:
@@ -225,11 +294,16 @@ def test_the_ledger_check_finds_a_tampered_balance(payment: Payment) -> None:
 async def _hammer(url: str, api: Api, bodies: list[tuple[str, dict[str, Any]]]) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         return await asyncio.gather(
-            *(client.post("/v1/holds", json=body, headers=api.headers("operator", key)) for key, body in bodies)
+            *(
+                client.post("/v1/holds", json=body, headers=api.headers("operator", key))
+                for key, body in bodies
+            )
         )
 
 
-def test_concurrent_holds_on_a_small_balance_never_overdraw(pg_url: str, service_process: Any, secrets: Any) -> None:
+def test_concurrent_holds_on_a_small_balance_never_overdraw(
+    pg_url: str, service_process: Any, secrets: Any
+) -> None:
     proc = service_process("payment", pg_url, workers=2)
     with httpx.Client(base_url=proc.url) as http:
         api = Api(http, "payment", secrets)
@@ -255,5 +329,10 @@ def test_concurrent_identical_requests_act_once(pg_url: str, service_process: An
         assert _balance(api) == {"id": "acme", "available": 93, "held": 7, "balance": 100}
     engine = make_engine(pg_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("select count(distinct txn_id) from ledger_entries where kind='hold'")).scalar() == 1
+        assert (
+            conn.execute(
+                sa.text("select count(distinct txn_id) from ledger_entries where kind='hold'")
+            ).scalar()
+            == 1
+        )
     engine.dispose()

@@ -16,6 +16,7 @@ from aijobs_services.auth.models import Binding, Token, User
 from aijobs_services.kit.app import SessionDep, get_idempotency
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep
+from aijobs_services.kit.problems import NotFound
 
 NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 IdemStore = Annotated[IdempotencyStore, Depends(get_idempotency)]
@@ -59,8 +60,12 @@ class BindingBody(_Schema):
 
 def _token(t: Token) -> dict[str, Any]:
     return {
-        "id": t.id, "kind": t.kind, "subject": t.subject, "tenant": t.tenant_id,
-        "createdAt": t.created_at.isoformat(), "revoked": t.revoked_at is not None,
+        "id": t.id,
+        "kind": t.kind,
+        "subject": t.subject,
+        "tenant": t.tenant_id,
+        "createdAt": t.created_at.isoformat(),
+        "revoked": t.revoked_at is not None,
     }
 
 
@@ -72,14 +77,16 @@ router = APIRouter(prefix="/v1", tags=["auth"])
 
 
 @router.post("/tenants", status_code=201, summary="Create a tenant (its id is its credit account)")
-def create_tenant(body: TenantCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
-                  session: SessionDep) -> JSONResponse:
+def create_tenant(
+    body: TenantCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     return store.run(session, idem, lambda s: (201, {"id": directory.create_tenant(s, body.id).id}))
 
 
 @router.post("/users", status_code=201, summary="Create a user in a tenant")
-def create_user(body: UserCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
-                session: SessionDep) -> JSONResponse:
+def create_user(
+    body: UserCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         user = directory.create_user(s, body.id, body.tenant)
         return 201, {"id": user.id, "tenant": user.tenant_id}
@@ -88,21 +95,27 @@ def create_user(body: UserCreate, _: Admin, idem: IdempotentRequestDep, store: I
 
 
 @router.post("/tokens", status_code=201, summary="Issue an API token (shown once)")
-def issue_token(body: TokenCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
-                session: SessionDep) -> JSONResponse:
+def issue_token(
+    body: TokenCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         token, plaintext = directory.issue_token(s, user_id=body.user, service=body.service)
         return 201, {**_token(token), "token": plaintext}
 
     def redact(stored: dict[str, Any]) -> dict[str, Any]:
-        return {**stored, "token": None, "note": "the token is shown once; revoke it and issue a new one if lost"}
+        return {
+            **stored,
+            "token": None,
+            "note": "the token is shown once; revoke it and issue a new one if lost",
+        }
 
     return store.run(session, idem, act, redact=redact)
 
 
 @router.post("/tokens/{token_id}/revoke", summary="Revoke a token (idempotent)")
-def revoke_token(token_id: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
-                 session: SessionDep) -> JSONResponse:
+def revoke_token(
+    token_id: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     return store.run(session, idem, lambda s: (200, _token(directory.revoke_token(s, token_id))))
 
 
@@ -110,19 +123,27 @@ def revoke_token(token_id: str, _: Admin, idem: IdempotentRequestDep, store: Ide
 def verify_token(body: TokenVerify, _: Verifier, session: SessionDep) -> dict[str, Any]:
     with session.begin():
         principal = directory.verify(session, body.token)
-    return {"kind": principal.kind, "subject": principal.subject, "tenant": principal.tenant,
-            "tokenId": principal.token_id}
+    return {
+        "kind": principal.kind,
+        "subject": principal.subject,
+        "tenant": principal.tenant,
+        "tokenId": principal.token_id,
+    }
 
 
 @router.post("/bindings", status_code=201, summary="Let a namespace charge an account")
-def bind(body: BindingBody, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
-         session: SessionDep) -> JSONResponse:
-    return store.run(session, idem, lambda s: (201, _binding(directory.bind(s, body.namespace, body.account))))
+def bind(
+    body: BindingBody, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
+    return store.run(
+        session, idem, lambda s: (201, _binding(directory.bind(s, body.namespace, body.account)))
+    )
 
 
 @router.delete("/bindings/{namespace}/{account}", summary="Stop a namespace charging an account")
-def unbind(namespace: str, account: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
-           session: SessionDep) -> JSONResponse:
+def unbind(
+    namespace: str, account: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         directory.unbind(s, namespace, account)
         return 200, {"namespace": namespace, "account": account, "bound": False}
@@ -131,8 +152,9 @@ def unbind(namespace: str, account: str, _: Admin, idem: IdempotentRequestDep, s
 
 
 @router.get("/bindings", summary="Bindings, optionally of one account or namespace")
-def list_bindings(_: Reader, session: SessionDep, account: str | None = None,
-                  namespace: str | None = None) -> dict[str, Any]:
+def list_bindings(
+    _: Reader, session: SessionDep, account: str | None = None, namespace: str | None = None
+) -> dict[str, Any]:
     stmt = sa.select(Binding).order_by(Binding.namespace, Binding.account_id)
     if account:
         stmt = stmt.where(Binding.account_id == account)
@@ -154,5 +176,5 @@ def get_user(user_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
     with session.begin():
         user = session.get(User, user_id)
         if user is None:
-            raise directory.NotFound(f"no user {user_id!r}", slug="unknown-user", title="Unknown user")
+            raise NotFound(f"no user {user_id!r}", slug="unknown-user", title="Unknown user")
         return {"id": user.id, "tenant": user.tenant_id}

@@ -14,7 +14,7 @@ from aijobs_services.auth.models import Binding, Tenant, Token, User
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Conflict, Forbidden, NotFound, Unauthenticated, Unprocessable
 
-TOKEN_PREFIX = "aij"
+TOKEN_PREFIX = "aij"  # noqa: S105 - a public prefix, not a secret
 # OWASP's minimum Argon2id setting: slow enough for a leaked table, ~10 ms per verification.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
@@ -61,7 +61,9 @@ def create_user(session: Session, user_id: str, tenant_id: str) -> User:
     return user
 
 
-def issue_token(session: Session, *, user_id: str | None = None, service: str | None = None) -> tuple[Token, str]:
+def issue_token(
+    session: Session, *, user_id: str | None = None, service: str | None = None
+) -> tuple[Token, str]:
     """A new token for a user or a service identity; the plaintext is returned once only."""
     if (user_id is None) == (service is None):
         raise Unprocessable("give exactly one of user or service", slug="token-subject")
@@ -74,8 +76,12 @@ def issue_token(session: Session, *, user_id: str | None = None, service: str | 
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     token = Token(
-        id=token_id, kind="user" if user_id else "service", subject=user_id or str(service),
-        tenant_id=tenant_id, secret_hash=_hasher.hash(secret), created_at=utcnow(),
+        id=token_id,
+        kind="user" if user_id else "service",
+        subject=user_id or str(service),
+        tenant_id=tenant_id,
+        secret_hash=_hasher.hash(secret),
+        created_at=utcnow(),
     )
     session.add(token)
     session.flush()
@@ -119,7 +125,9 @@ def bind(session: Session, namespace: str, account_id: str) -> Binding:
 
 
 def unbind(session: Session, namespace: str, account_id: str) -> None:
-    session.execute(sa.delete(Binding).where(Binding.namespace == namespace, Binding.account_id == account_id))
+    session.execute(
+        sa.delete(Binding).where(Binding.namespace == namespace, Binding.account_id == account_id)
+    )
 
 
 def authorize_charge(session: Session, namespace: str, account_id: str) -> Binding:
@@ -127,6 +135,8 @@ def authorize_charge(session: Session, namespace: str, account_id: str) -> Bindi
     if binding is None:
         raise TenantNotAllowed(
             f"namespace {namespace!r} is not bound to account {account_id!r}; an admin can bind it "
-            f"(POST /v1/bindings)", namespace=namespace, account=account_id,
+            f"(POST /v1/bindings)",
+            namespace=namespace,
+            account=account_id,
         )
     return binding

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -75,8 +75,13 @@ def _sweep_idempotency(store: IdempotencyStore) -> Callable[[Session], int]:
 class _Sweeper:
     """Runs a service's sweeps every ``interval`` seconds on a daemon thread while it serves."""
 
-    def __init__(self, name: str, sessions: sessionmaker[Session], sweeps: list[Callable[[Session], int]],
-                 interval: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        sessions: sessionmaker[Session],
+        sweeps: list[Callable[[Session], int]],
+        interval: float,
+    ) -> None:
         self._name, self._sessions, self._sweeps, self._interval = name, sessions, sweeps, interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +104,9 @@ class _Sweeper:
                     log.exception("%s: sweep %s failed", self._name, getattr(sweep, "__name__", sweep))
 
 
-def _session(request: Request) -> Iterator[Session]:
+async def _session(request: Request) -> AsyncIterator[Session]:
+    # async although the session is sync: creating and closing one never blocks, and FastAPI
+    # would otherwise spend a thread hop on it per request. Queries run in the sync endpoint.
     factory: sessionmaker[Session] = request.app.state.sessions
     with factory() as session:
         yield session
@@ -108,6 +115,6 @@ def _session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session)]
 
 
-def get_idempotency(request: Request) -> IdempotencyStore:
+async def get_idempotency(request: Request) -> IdempotencyStore:
     store: IdempotencyStore = request.app.state.idempotency
     return store

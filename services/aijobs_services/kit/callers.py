@@ -9,7 +9,7 @@ from a caller in its ``callers`` table; a route accepts only the callers it name
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -66,7 +66,8 @@ def verify_token(token: str, audience: str, secrets: Mapping[str, str]) -> Calle
     return Caller(str(issuer))
 
 
-def _caller(request: Request) -> Caller:
+async def _caller(request: Request) -> Caller:
+    # async (it never blocks): FastAPI would run a sync dependency on a thread, per request.
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -78,10 +79,10 @@ def _caller(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(_caller)]
 
 
-def allow(*names: str) -> Callable[[Caller], Caller]:
+def allow(*names: str) -> Callable[[Caller], Awaitable[Caller]]:
     """A dependency that admits only the named callers (403 for any other authenticated one)."""
 
-    def check(caller: CallerDep) -> Caller:
+    async def check(caller: CallerDep) -> Caller:
         if caller.name not in names:
             raise Forbidden(f"caller {caller.name!r} may not do this (allowed: {', '.join(names)})")
         return caller

@@ -190,5 +190,7 @@ class IdempotencyStore:
 
     def sweep(self, session: Session) -> int:
         with session.begin():
-            result = session.execute(self.table.delete().where(self.table.c.expires_at < dt.datetime.now(dt.UTC)))
+            result = session.execute(
+                self.table.delete().where(self.table.c.expires_at < dt.datetime.now(dt.UTC))
+            )
         return int(result.rowcount)  # type: ignore[attr-defined]

@@ -28,17 +28,23 @@ class ServiceMetrics:
         self.service = service
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "aijobs_http_requests_total", "HTTP requests by route and status",
-            ["service", "method", "route", "status"], registry=self.registry,
+            "aijobs_http_requests_total",
+            "HTTP requests by route and status",
+            ["service", "method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "aijobs_http_request_duration_seconds", "HTTP request latency by route",
-            ["service", "method", "route"], registry=self.registry,
+            "aijobs_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["service", "method", "route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.replays = Counter(
-            "aijobs_idempotent_replays_total", "Requests answered from a stored Idempotency-Key response",
-            ["service", "route"], registry=self.registry,
+            "aijobs_idempotent_replays_total",
+            "Requests answered from a stored Idempotency-Key response",
+            ["service", "route"],
+            registry=self.registry,
         )
 
     def replayed(self, route: str) -> None:
@@ -94,7 +100,9 @@ class RequestMetrics:
     async def _too_large(self, scope: Scope, send: Send) -> None:
         problem = Problem(
             f"the request body is larger than this service accepts ({self.max_body_bytes} bytes)",
-            status=413, slug="payload-too-large", title="Request body too large",
+            status=413,
+            slug="payload-too-large",
+            title="Request body too large",
         )
         await problem.response(scope.get("path"))(scope, _no_body, send)
 
@@ -102,7 +110,9 @@ class RequestMetrics:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope.get("method", "")
         self.metrics.requests.labels(self.metrics.service, method, route, str(status)).inc()
-        self.metrics.latency.labels(self.metrics.service, method, route).observe(time.perf_counter() - started)
+        self.metrics.latency.labels(self.metrics.service, method, route).observe(
+            time.perf_counter() - started
+        )
 
 
 class _BodyTooLarge(Exception):
@@ -126,8 +136,12 @@ def health_router() -> APIRouter:
             with request.app.state.engine.connect() as conn:
                 conn.execute(sa.text("select 1"))
         except Exception as exc:  # any failure means "not ready"; the reason goes to the caller
-            problem = Problem(f"database unreachable: {type(exc).__name__}", status=503,
-                              slug="not-ready", title="Service not ready")
+            problem = Problem(
+                f"database unreachable: {type(exc).__name__}",
+                status=503,
+                slug="not-ready",
+                title="Service not ready",
+            )
             return problem.response("/readyz")
         return JSONResponse({"status": "ready"})
 

@@ -44,7 +44,7 @@ def problem_type(slug: str) -> str:
     return PROBLEM_BASE + slug
 
 
-class Problem(Exception):  # noqa: N818 - it is what RFC 9457 calls it
+class Problem(Exception):
     status = 500
     slug = "internal-error"
     title = "Internal error"

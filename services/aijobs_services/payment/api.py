@@ -15,7 +15,7 @@ from aijobs_services.kit.app import SessionDep, get_idempotency
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
 from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep
-from aijobs_services.kit.problems import Problem
+from aijobs_services.kit.problems import NotFound, Problem
 from aijobs_services.payment import ledger
 from aijobs_services.payment.models import Account, Hold, LedgerEntry
 
@@ -68,15 +68,20 @@ class HoldPublic(_Schema):
 
 
 def _account(a: Account) -> dict[str, Any]:
-    return AccountPublic(id=a.id, available=a.available, held=a.held, balance=a.available + a.held).model_dump(
-        by_alias=True
-    )
+    return AccountPublic(
+        id=a.id, available=a.available, held=a.held, balance=a.available + a.held
+    ).model_dump(by_alias=True)
 
 
 def _hold(h: Hold) -> dict[str, Any]:
     return HoldPublic(
-        id=h.id, account=h.account_id, job_id=h.job_id, amount=h.amount, state=h.state,
-        expires_at=aware(h.expires_at), created_at=aware(h.created_at),
+        id=h.id,
+        account=h.account_id,
+        job_id=h.job_id,
+        amount=h.amount,
+        state=h.state,
+        expires_at=aware(h.expires_at),
+        created_at=aware(h.created_at),
         settled_at=aware(h.settled_at) if h.settled_at else None,
     ).model_dump(by_alias=True, mode="json")
 
@@ -93,7 +98,9 @@ router = APIRouter(prefix="/v1", tags=["payment"])
 
 
 @router.post("/accounts", status_code=201, summary="Open a credit account (admin)")
-def open_account(body: AccountCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep) -> JSONResponse:
+def open_account(
+    body: AccountCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     return store.run(session, idem, lambda s: (201, _account(ledger.open_account(s, body.id))))
 
 
@@ -104,8 +111,14 @@ def get_account(account_id: str, _: Reader, session: SessionDep) -> dict[str, An
 
 
 @router.post("/accounts/{account_id}/top-ups", status_code=201, summary="Add credits (admin)")
-def top_up(account_id: str, body: TopUpCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore,
-           session: SessionDep) -> JSONResponse:
+def top_up(
+    account_id: str,
+    body: TopUpCreate,
+    _: Admin,
+    idem: IdempotentRequestDep,
+    store: IdemStore,
+    session: SessionDep,
+) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         account, txn = ledger.top_up(s, account_id, body.amount)
         return 201, {"transaction": txn, "account": _account(account)}
@@ -114,10 +127,14 @@ def top_up(account_id: str, body: TopUpCreate, _: Admin, idem: IdempotentRequest
 
 
 @router.post("/holds", status_code=201, summary="Reserve credits for a job (402 if not enough)")
-def place_hold(body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep) -> JSONResponse:
+def place_hold(
+    body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     expires = _aware(body.expires_at) if body.expires_at else utcnow() + dt.timedelta(hours=1)
     return store.run(
-        session, idem, lambda s: (201, _hold(ledger.place_hold(s, body.account, body.job_id, body.amount, expires)))
+        session,
+        idem,
+        lambda s: (201, _hold(ledger.place_hold(s, body.account, body.job_id, body.amount, expires))),
     )
 
 
@@ -126,24 +143,36 @@ def get_hold(hold_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
     with session.begin():
         hold = session.get(Hold, hold_id)
         if hold is None:
-            raise ledger.NotFound(f"no hold {hold_id!r}", slug="unknown-hold", title="Unknown hold")
+            raise NotFound(f"no hold {hold_id!r}", slug="unknown-hold", title="Unknown hold")
         return _hold(hold)
 
 
 @router.post("/holds/{hold_id}/capture", summary="Charge a hold (idempotent; final)")
-def capture(hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep) -> JSONResponse:
+def capture(
+    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     return store.run(session, idem, lambda s: _hold_or_problem(ledger.capture(s, hold_id)))
 
 
 @router.post("/holds/{hold_id}/release", summary="Return a hold's credits (idempotent; final)")
-def release(hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep) -> JSONResponse:
+def release(
+    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+) -> JSONResponse:
     return store.run(session, idem, lambda s: (200, _hold(ledger.release(s, hold_id))))
 
 
 @router.post("/holds/{hold_id}/extend", summary="Move an active hold's expiry")
-def extend(hold_id: str, body: HoldExtend, _: Operator, idem: IdempotentRequestDep, store: IdemStore,
-           session: SessionDep) -> JSONResponse:
-    return store.run(session, idem, lambda s: (200, _hold(ledger.extend(s, hold_id, _aware(body.expires_at)))))
+def extend(
+    hold_id: str,
+    body: HoldExtend,
+    _: Operator,
+    idem: IdempotentRequestDep,
+    store: IdemStore,
+    session: SessionDep,
+) -> JSONResponse:
+    return store.run(
+        session, idem, lambda s: (200, _hold(ledger.extend(s, hold_id, _aware(body.expires_at))))
+    )
 
 
 @router.get("/jobs/{job_id}/charges", summary="A job's holds and ledger movements (for the auditor)")
@@ -153,7 +182,9 @@ def job_charges(job_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
     with session.begin():
         holds = list(session.scalars(sa.select(Hold).where(Hold.job_id == job_id).order_by(Hold.created_at)))
         entries = list(
-            session.scalars(sa.select(LedgerEntry).where(LedgerEntry.job_id == job_id).order_by(LedgerEntry.id))
+            session.scalars(
+                sa.select(LedgerEntry).where(LedgerEntry.job_id == job_id).order_by(LedgerEntry.id)
+            )
         )
         captured = sum(h.amount for h in holds if h.state == "captured")
         return {
@@ -161,8 +192,14 @@ def job_charges(job_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
             "charged": captured,
             "holds": [_hold(h) for h in holds],
             "entries": [
-                {"transaction": e.txn_id, "kind": e.kind, "book": e.book, "amount": e.amount,
-                 "holdId": e.hold_id, "at": aware(e.created_at).isoformat()}
+                {
+                    "transaction": e.txn_id,
+                    "kind": e.kind,
+                    "book": e.book,
+                    "amount": e.amount,
+                    "holdId": e.hold_id,
+                    "at": aware(e.created_at).isoformat(),
+                }
                 for e in entries
             ],
         }
@@ -172,5 +209,9 @@ def job_charges(job_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
 def ledger_check(_: Reader, session: SessionDep) -> dict[str, Any]:
     with session.begin():
         result = ledger.check(session)
-    return {"consistent": result.consistent, "accounts": result.accounts, "transactions": result.transactions,
-            "problems": result.problems}
+    return {
+        "consistent": result.consistent,
+        "accounts": result.accounts,
+        "transactions": result.transactions,
+        "problems": result.problems,
+    }

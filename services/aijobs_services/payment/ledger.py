@@ -43,8 +43,13 @@ def _txn(session: Session, kind: str, legs: list[tuple[str, int]], hold: Hold | 
     now = utcnow()
     session.add_all(
         LedgerEntry(
-            txn_id=txn_id, kind=kind, book=book, amount=amount, created_at=now,
-            hold_id=hold.id if hold else None, job_id=hold.job_id if hold else None,
+            txn_id=txn_id,
+            kind=kind,
+            book=book,
+            amount=amount,
+            created_at=now,
+            hold_id=hold.id if hold else None,
+            job_id=hold.job_id if hold else None,
         )
         for book, amount in legs
     )
@@ -68,7 +73,9 @@ def _hold(session: Session, hold_id: str) -> Hold:
 
 def open_account(session: Session, account_id: str) -> Account:
     if session.get(Account, account_id) is not None:
-        raise Conflict(f"account {account_id!r} already exists", slug="account-exists", title="Account exists")
+        raise Conflict(
+            f"account {account_id!r} already exists", slug="account-exists", title="Account exists"
+        )
     account = Account(id=account_id, available=0, held=0, created_at=utcnow())
     session.add(account)
     session.flush()
@@ -87,20 +94,27 @@ def place_hold(session: Session, account_id: str, job_id: str, amount: int, expi
     now = utcnow()
     if not now < expires_at <= now + MAX_HOLD:
         raise Unprocessable(
-            f"expiresAt must be in the future and within {MAX_HOLD.days} days", slug="bad-expiry",
+            f"expiresAt must be in the future and within {MAX_HOLD.days} days",
+            slug="bad-expiry",
             title="Invalid hold expiry",
         )
     account = _account(session, account_id)
     if account.available < amount:
         raise InsufficientCredits(
             f"account {account_id!r} has {account.available} credits available; the hold needs {amount}",
-            available=account.available, requested=amount,
+            available=account.available,
+            requested=amount,
         )
     account.available -= amount
     account.held += amount
     hold = Hold(
-        id=f"hold-{uuid.uuid4().hex}", account_id=account_id, job_id=job_id, amount=amount,
-        state="active", expires_at=expires_at, created_at=now,
+        id=f"hold-{uuid.uuid4().hex}",
+        account_id=account_id,
+        job_id=job_id,
+        amount=amount,
+        state="active",
+        expires_at=expires_at,
+        created_at=now,
     )
     session.add(hold)
     session.flush()
@@ -135,7 +149,9 @@ def capture(session: Session, hold_id: str) -> Hold | Problem:
         raise HoldSettled(f"hold {hold_id} was {hold.state}; it can't be captured", state=hold.state)
     if aware(hold.expires_at) <= utcnow():
         _unhold(session, hold, "expired")
-        return HoldExpired(f"hold {hold_id} expired at {aware(hold.expires_at).isoformat()}; credits returned")
+        return HoldExpired(
+            f"hold {hold_id} expired at {aware(hold.expires_at).isoformat()}; credits returned"
+        )
     _unhold(session, hold, "captured")
     return hold
 
@@ -154,7 +170,9 @@ def release(session: Session, hold_id: str) -> Hold:
 def extend(session: Session, hold_id: str, expires_at: dt.datetime) -> Hold:
     hold = _hold(session, hold_id)
     if hold.state != "active":
-        raise HoldSettled(f"hold {hold_id} is {hold.state}; only an active hold can be extended", state=hold.state)
+        raise HoldSettled(
+            f"hold {hold_id} is {hold.state}; only an active hold can be extended", state=hold.state
+        )
     now = utcnow()
     if aware(hold.expires_at) <= now:
         raise HoldExpired(f"hold {hold_id} already expired")
@@ -168,7 +186,10 @@ def extend(session: Session, hold_id: str, expires_at: dt.datetime) -> Hold:
 def expire_due(session: Session, limit: int = 500) -> int:
     """Expire active holds past their expiry (the periodic sweep). Returns how many."""
     stmt = (
-        sa.select(Hold).where(Hold.state == "active", Hold.expires_at <= utcnow()).limit(limit).with_for_update()
+        sa.select(Hold)
+        .where(Hold.state == "active", Hold.expires_at <= utcnow())
+        .limit(limit)
+        .with_for_update()
     )
     holds = list(session.scalars(stmt))
     for hold in holds:
@@ -198,16 +219,23 @@ def check(session: Session) -> LedgerCheck:
     books = {book: total for book, total in session.execute(book_sums)}
     accounts = list(session.scalars(sa.select(Account)))
     for account in accounts:
-        for book, cached in ((f"{account.id}:available", account.available), (f"{account.id}:held", account.held)):
+        for book, cached in (
+            (f"{account.id}:available", account.available),
+            (f"{account.id}:held", account.held),
+        ):
             derived = int(books.get(book, 0) or 0)
             if derived != cached:
                 problems.append(f"{book}: cached {cached}, ledger says {derived}")
     active_sums = (
-        sa.select(Hold.account_id, sa.func.sum(Hold.amount)).where(Hold.state == "active").group_by(Hold.account_id)
+        sa.select(Hold.account_id, sa.func.sum(Hold.amount))
+        .where(Hold.state == "active")
+        .group_by(Hold.account_id)
     )
     active = {account_id: total for account_id, total in session.execute(active_sums)}
     for account in accounts:
         if int(active.get(account.id, 0) or 0) != account.held:
-            problems.append(f"{account.id}: held {account.held}, active holds total {active.get(account.id, 0)}")
+            problems.append(
+                f"{account.id}: held {account.held}, active holds total {active.get(account.id, 0)}"
+            )
     transactions = session.scalar(sa.select(sa.func.count(sa.distinct(LedgerEntry.txn_id)))) or 0
     return LedgerCheck(not problems, len(accounts), int(transactions), problems)

@@ -13,7 +13,9 @@ down_revision = None
 def upgrade() -> None:
     ts = sa.DateTime(timezone=True)
     op.create_table(
-        "tenants", sa.Column("id", sa.String(63), primary_key=True), sa.Column("created_at", ts, nullable=False)
+        "tenants",
+        sa.Column("id", sa.String(63), primary_key=True),
+        sa.Column("created_at", ts, nullable=False),
     )
     op.create_table(
         "users",

@@ -35,7 +35,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "ledger_entries",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("txn_id", sa.String(40), nullable=False, index=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("book", sa.String(80), nullable=False, index=True),
