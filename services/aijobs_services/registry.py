@@ -12,6 +12,8 @@ from aijobs_services.kit.settings import ServiceSettings
 SERVICES = {
     "payment": "aijobs_services.payment.service",
     "auth": "aijobs_services.auth.service",
+    "storage": "aijobs_services.storage.service",
+    "ai": "aijobs_services.ai.service",
 }
 
 
@@ -24,5 +26,6 @@ def spec(name: str) -> ServiceSpec:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory: the service named by ``AIJOBS_SERVICE``, configured from the environment."""
-    settings = ServiceSettings()  # type: ignore[call-arg]
-    return create_app(spec(settings.service), settings)
+    name = ServiceSettings().service  # type: ignore[call-arg]
+    service = spec(name)
+    return create_app(service, service.settings_class())  # type: ignore[call-arg]

@@ -38,8 +38,11 @@ class ServiceSpec:
     routers: Sequence[APIRouter]
     idempotency_table: sa.Table
     migrations: Path
-    # Periodic housekeeping (expire holds, release leases...), each run in its own transaction.
-    sweeps: Sequence[Callable[[Session], int]] = ()
+    # Periodic housekeeping (expire holds, release leases...), each given a fresh session.
+    sweeps: Sequence[Callable[[Session, FastAPI], int]] = ()
+    settings_class: type[ServiceSettings] = ServiceSettings
+    # Service-specific state on app.state (a blob store, a Kubernetes client...).
+    setup: Callable[[FastAPI], None] | None = None
 
 
 def create_app(spec: ServiceSpec, settings: ServiceSettings, engine: Engine | None = None) -> FastAPI:
@@ -58,31 +61,27 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings, engine: Engine | No
     )
     install_problem_handlers(app)
     app.include_router(health_router())
+    if spec.setup is not None:
+        spec.setup(app)
     for router in spec.routers:
         app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
-    sweeps = [*spec.sweeps, _sweep_idempotency(app.state.idempotency)]
-    sweeper = _Sweeper(spec.name, app.state.sessions, sweeps, settings.sweep_interval_seconds)
+    store: IdempotencyStore = app.state.idempotency
+    sweeps = [*spec.sweeps, lambda session, _: store.sweep(session)]
+    sweeper = _Sweeper(spec.name, app, sweeps, settings.sweep_interval_seconds)
     app.router.on_startup.append(sweeper.start)
     app.router.on_shutdown.append(sweeper.stop)
     return app
-
-
-def _sweep_idempotency(store: IdempotencyStore) -> Callable[[Session], int]:
-    return store.sweep
 
 
 class _Sweeper:
     """Runs a service's sweeps every ``interval`` seconds on a daemon thread while it serves."""
 
     def __init__(
-        self,
-        name: str,
-        sessions: sessionmaker[Session],
-        sweeps: list[Callable[[Session], int]],
-        interval: float,
+        self, name: str, app: FastAPI, sweeps: list[Callable[[Session, FastAPI], int]], interval: float
     ) -> None:
-        self._name, self._sessions, self._sweeps, self._interval = name, sessions, sweeps, interval
+        self._name, self._app, self._sweeps, self._interval = name, app, sweeps, interval
+        self._sessions: sessionmaker[Session] = app.state.sessions
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,7 +98,7 @@ class _Sweeper:
             for sweep in self._sweeps:
                 try:
                     with self._sessions() as session:
-                        sweep(session)
+                        sweep(session, self._app)
                 except Exception:  # a failed sweep is retried at the next tick
                     log.exception("%s: sweep %s failed", self._name, getattr(sweep, "__name__", sweep))
 

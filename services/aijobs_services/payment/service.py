@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from aijobs_services.kit.app import ServiceSpec
@@ -12,7 +13,7 @@ from aijobs_services.payment.api import router
 from aijobs_services.payment.models import IdempotencyKeys
 
 
-def expire_holds(session: Session) -> int:
+def expire_holds(session: Session, _: FastAPI) -> int:
     with session.begin():
         return ledger.expire_due(session)
 

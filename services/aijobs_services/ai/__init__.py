@@ -1,0 +1,1 @@
+"""AI: the task registry and the lease-based queue GPU workers pull from."""

@@ -1,0 +1,102 @@
+"""The blob volume: files named by their sha256, written so that a crash or a full disk never
+leaves a half blob under a real name.
+
+Write path: stream into ``tmp/`` while hashing -> fsync the file -> rename to ``blobs/aa/bb/<sha>``
+-> fsync the folder. Only then does the caller record the object in the database; a crash between
+the two leaves an unreferenced blob, which the collector removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aijobs_services.kit.problems import Problem
+
+
+class DiskFull(Problem):
+    status, slug, title = 507, "insufficient-storage", "Storage is full"
+
+
+class ObjectTooLarge(Problem):
+    status, slug, title = 413, "object-too-large", "Object too large"
+
+
+@dataclass(frozen=True)
+class Staged:
+    path: Path
+    sha256: str
+    size: int
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.blobs = root / "blobs"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.blobs.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.blobs / sha256[:2] / sha256[2:4] / sha256
+
+    async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int) -> Staged:
+        """Write a stream to a temporary file, hashing it; nothing is left behind on failure."""
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        digest, size = hashlib.sha256(), 0
+        try:
+            with tmp.open("wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ObjectTooLarge(f"the object is larger than {max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull("the storage volume is full; nothing was stored") from exc
+            raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return Staged(tmp, digest.hexdigest(), size)
+
+    def keep(self, staged: Staged) -> Path:
+        """Move a received file under its content name (atomic; a no-op if the blob exists)."""
+        final = self.path(staged.sha256)
+        if final.exists():
+            staged.path.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.path, final)
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return final
+
+    def discard(self, staged: Staged) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    def remove(self, sha256: str) -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(sha256).unlink()
+            return True
+        return False
+
+    def all_blobs(self) -> list[tuple[str, float]]:
+        """(sha256, mtime) of every blob on the volume."""
+        return [(p.name, p.stat().st_mtime) for p in self.blobs.glob("*/*/*") if p.is_file()]
+
+    def stale_temp_files(self, older_than: float) -> list[Path]:
+        return [p for p in self.tmp.iterdir() if p.stat().st_mtime < older_than]

@@ -1,0 +1,37 @@
+"""Storage's tables: one row per logical object; blobs are files named by their sha256."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from aijobs_services.kit.idempotency import idempotency_table
+
+
+class StorageBase(DeclarativeBase):
+    pass
+
+
+class StoredObject(StorageBase):
+    __tablename__ = "objects"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(255), unique=True)  # the caller's idempotent name
+    account: Mapped[str] = mapped_column(sa.String(63), index=True)
+    job_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # input | result
+    sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    content_type: Mapped[str] = mapped_column(sa.String(64))
+    width: Mapped[int] = mapped_column(sa.Integer)
+    height: Mapped[int] = mapped_column(sa.Integer)
+    # staging -> committed -> deleted (staging -> deleted by the collector after a grace period)
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    committed_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+
+
+IdempotencyKeys = idempotency_table(StorageBase.metadata)

@@ -1,0 +1,143 @@
+"""Storage's use cases over one session: record, commit, delete, list, collect garbage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from aijobs_services.kit.db import utcnow
+from aijobs_services.kit.problems import Conflict, NotFound
+from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged
+from aijobs_services.storage.images import ImageInfo
+from aijobs_services.storage.models import StoredObject
+
+LIVE = ("staging", "committed")
+
+
+class KeyTaken(Conflict):
+    slug, title = "key-taken", "The key already names other content"
+
+
+def by_key(session: Session, key: str) -> StoredObject | None:
+    return session.scalars(sa.select(StoredObject).where(StoredObject.key == key)).one_or_none()
+
+
+def get(session: Session, object_id: str) -> StoredObject:
+    obj = session.get(StoredObject, object_id)
+    if obj is None:
+        raise NotFound(f"no object {object_id!r}", slug="unknown-object", title="Unknown object")
+    return obj
+
+
+def same_or_conflict(existing: StoredObject, sha256: str) -> StoredObject:
+    if existing.sha256 != sha256:
+        raise KeyTaken(
+            f"key {existing.key!r} already holds other content (object {existing.id})",
+            objectId=existing.id,
+            sha256=existing.sha256,
+        )
+    return existing
+
+
+def check_capacity(session: Session, account: str, size: int, capacity: int, quota: int) -> None:
+    live = sa.select(sa.func.coalesce(sa.func.sum(StoredObject.size), 0)).where(StoredObject.state.in_(LIVE))
+    if capacity and int(session.scalar(live) or 0) + size > capacity:
+        raise DiskFull(
+            f"the storage volume's capacity ({capacity} bytes) would be exceeded; nothing was stored"
+        )
+    if quota and int(session.scalar(live.where(StoredObject.account == account)) or 0) + size > quota:
+        raise DiskFull(
+            f"account {account!r} would exceed its storage quota ({quota} bytes); nothing was stored"
+        )
+
+
+def record(
+    session: Session,
+    *,
+    key: str,
+    account: str,
+    job_id: str | None,
+    kind: str,
+    state: str,
+    staged: Staged,
+    info: ImageInfo,
+) -> StoredObject:
+    now = utcnow()
+    obj = StoredObject(
+        id=f"obj-{uuid.uuid4().hex[:20]}",
+        key=key,
+        account=account,
+        job_id=job_id,
+        kind=kind,
+        sha256=staged.sha256,
+        size=staged.size,
+        content_type=info.content_type,
+        width=info.width,
+        height=info.height,
+        state=state,
+        created_at=now,
+        committed_at=now if state == "committed" else None,
+    )
+    session.add(obj)
+    session.flush()
+    return obj
+
+
+def commit(session: Session, object_id: str, job_id: str) -> StoredObject:
+    obj = get(session, object_id)
+    if obj.state == "deleted":
+        raise Conflict(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
+    if obj.job_id not in (None, job_id):
+        raise Conflict(
+            f"object {object_id} belongs to job {obj.job_id}",
+            slug="object-taken",
+            title="Object belongs to another job",
+        )
+    if obj.state == "staging":
+        obj.state, obj.job_id, obj.committed_at = "committed", job_id, utcnow()
+    obj.job_id = job_id
+    session.flush()
+    return obj
+
+
+def delete(session: Session, obj: StoredObject) -> StoredObject:
+    if obj.state != "deleted":
+        obj.state, obj.deleted_at = "deleted", utcnow()
+        session.flush()
+    return obj
+
+
+def for_job(session: Session, job_id: str) -> list[StoredObject]:
+    stmt = sa.select(StoredObject).where(StoredObject.job_id == job_id).order_by(StoredObject.created_at)
+    return list(session.scalars(stmt))
+
+
+def collect(session: Session, blobs: BlobStore, staging_grace: int, deleted_grace: int) -> int:
+    """Delete uncommitted uploads past their grace, then remove blob files no live object
+    references (older than ``deleted_grace``, so a blob being recorded right now is spared).
+    A committed object is never touched here: only its job's compensation deletes it."""
+    now = utcnow()
+    removed = 0
+    with session.begin():
+        stale = session.scalars(
+            sa.select(StoredObject)
+            .where(
+                StoredObject.state == "staging",
+                StoredObject.created_at < now - dt.timedelta(seconds=staging_grace),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        for obj in stale:
+            delete(session, obj)
+            removed += 1
+        live = set(session.scalars(sa.select(StoredObject.sha256).where(StoredObject.state.in_(LIVE))))
+    horizon = now.timestamp() - deleted_grace
+    for sha, mtime in blobs.all_blobs():
+        if sha not in live and mtime < horizon and blobs.remove(sha):
+            removed += 1
+    for tmp in blobs.stale_temp_files(horizon):
+        tmp.unlink(missing_ok=True)
+    return removed

@@ -1,0 +1,27 @@
+"""Storage's settings, beyond the kit's."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from aijobs_services.kit.settings import ServiceSettings
+
+
+class StorageSettings(ServiceSettings):
+    max_body_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
+    storage_root: str = Field(default="./aijobs-storage", description="The volume: blobs and temp files")
+    capacity_bytes: int = Field(
+        default=0, ge=0, description="Refuse writes past this many stored bytes; 0: none"
+    )
+    account_quota_bytes: int = Field(default=0, ge=0, description="Per-account limit; 0: none")
+    max_object_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1, description="Width x height; larger images are refused")
+    max_side: int = Field(default=12_000, ge=1)
+    staging_grace_seconds: int = Field(
+        default=24 * 3600, ge=0, description="Uncommitted uploads live this long"
+    )
+    deleted_grace_seconds: int = Field(default=600, ge=0, description="Unreferenced blobs live this long")
+    url_signing_key: str = Field(default="", description="HMAC key for download links; empty: a random one")
+    public_url: str = Field(default="", description="Base of download links; empty: this service's own URL")
+    ingest_allow_cidrs: list[str] = Field(default_factory=list, description="Private ranges ingest may reach")
+    ingest_timeout_seconds: float = Field(default=10.0, gt=0)
