@@ -14,6 +14,7 @@ SERVICES = {
     "auth": "aijobs_services.auth.service",
     "storage": "aijobs_services.storage.service",
     "ai": "aijobs_services.ai.service",
+    "main": "aijobs_services.main.service",
 }
 
 

@@ -15,19 +15,28 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
-
 from aijobs_services.kit.app import create_app
 from aijobs_services.kit.db import make_engine
 from aijobs_services.registry import spec
 from aijobs_services.storage.settings import StorageSettings
+from fastapi.testclient import TestClient
+
 from tests.services import images
 from tests.services.conftest import Api, snapshot
 
 
-def _storage(url: str, secrets: dict[str, str], root: Path, **settings: Any) -> Iterator[tuple[Api, sa.Engine]]:
-    config = StorageSettings(service="storage", database_url=url, callers=secrets, storage_root=str(root),
-                             sweep_interval_seconds=0, url_signing_key="k" * 32, **settings)
+def _storage(
+    url: str, secrets: dict[str, str], root: Path, **settings: Any
+) -> Iterator[tuple[Api, sa.Engine]]:
+    config = StorageSettings(
+        service="storage",
+        database_url=url,
+        callers=secrets,
+        storage_root=str(root),
+        sweep_interval_seconds=0,
+        url_signing_key="k" * 32,
+        **settings,
+    )
     app = create_app(spec("storage"), config)
     with TestClient(app) as client:
         yield Api(client, "storage", secrets), app.state.engine
@@ -41,7 +50,9 @@ def storage(pg_url: str, secrets: dict[str, str], tmp_path: Path) -> Iterator[tu
 
 def _put(api: Api, key: str, content: bytes, caller: str = "main-api", **params: str) -> httpx.Response:
     query = {"account": "acme", **params}
-    return api.http.put(f"/v1/objects/{key}", params=query, content=content, headers=api.headers(caller, None))
+    return api.http.put(
+        f"/v1/objects/{key}", params=query, content=content, headers=api.headers(caller, None)
+    )
 
 
 def _files(root: Path) -> list[str]:
@@ -63,7 +74,9 @@ def test_a_put_is_idempotent_by_key(storage: tuple[Api, sa.Engine], tmp_path: Pa
     assert _files(tmp_path / "volume" / "tmp") == []
 
 
-def test_the_same_content_under_two_keys_shares_one_blob(storage: tuple[Api, sa.Engine], tmp_path: Path) -> None:
+def test_the_same_content_under_two_keys_shares_one_blob(
+    storage: tuple[Api, sa.Engine], tmp_path: Path
+) -> None:
     api, _ = storage
     a, b = _put(api, "k-a", images.jpeg()).json(), _put(api, "k-b", images.jpeg()).json()
     assert a["id"] != b["id"] and a["sha256"] == b["sha256"]
@@ -84,8 +97,9 @@ BAD = [
 def test_a_bad_upload_is_refused_and_leaves_nothing(
     pg_url: str, secrets: dict[str, str], tmp_path: Path, content: bytes, status: int, kind: str
 ) -> None:
-    for api, engine in _storage(pg_url, secrets, tmp_path / "v", max_object_bytes=2_000_000, max_pixels=50_000_000,
-                                max_side=8000):
+    for api, engine in _storage(
+        pg_url, secrets, tmp_path / "v", max_object_bytes=2_000_000, max_pixels=50_000_000, max_side=8000
+    ):
         before = snapshot(engine)
         response = _put(api, "upload:bad", content)
         assert response.status_code == status, response.text
@@ -98,8 +112,12 @@ def test_a_bad_key_or_account_is_a_validation_error(storage: tuple[Api, sa.Engin
     api, engine = storage
     before = snapshot(engine)
     assert _put(api, "white space", images.png()).status_code == 422
-    response = api.http.put("/v1/objects/k1", params={"account": "ACME!"}, content=images.png(),
-                            headers=api.headers("main-api", None))
+    response = api.http.put(
+        "/v1/objects/k1",
+        params={"account": "ACME!"},
+        content=images.png(),
+        headers=api.headers("main-api", None),
+    )
     assert response.status_code == 422 and "account" in response.json()["detail"]
     assert snapshot(engine) == before
 
@@ -131,9 +149,13 @@ def test_a_per_account_quota_answers_507(pg_url: str, secrets: dict[str, str], t
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tiny"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.decode().strip()}); the capacity test covers 507")
+        pytest.skip(
+            f"cannot mount a small tmpfs here ({proc.stderr.decode().strip()}); the capacity test covers 507"
+        )
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -154,7 +176,9 @@ def test_a_really_full_disk_answers_507_and_leaves_no_half_object(
         assert _put(api, "small", images.png()).status_code == 201  # space came back
 
 
-def test_commit_attaches_an_upload_to_its_job_and_compensation_deletes_it(storage: tuple[Api, sa.Engine]) -> None:
+def test_commit_attaches_an_upload_to_its_job_and_compensation_deletes_it(
+    storage: tuple[Api, sa.Engine],
+) -> None:
     api, _ = storage
     obj = _put(api, "upload:1", images.png()).json()
     committed = api.ok("POST", f"/v1/objects/{obj['id']}/commit", {"jobId": "job-1"}, caller="operator")
@@ -183,7 +207,9 @@ def test_the_collector_removes_stale_uploads_but_never_a_committed_object(
             objects.collect(session, BlobStore(tmp_path / "v"), staging_grace=3600, deleted_grace=0)
         assert api.ok("GET", f"/v1/objects/{stale['id']}")["state"] == "deleted"
         assert api.ok("GET", f"/v1/objects/{kept['id']}")["state"] == "committed"
-        assert api.http.get(f"/v1/objects/{kept['id']}/content", headers=api.headers("operator", None)).content
+        assert api.http.get(
+            f"/v1/objects/{kept['id']}/content", headers=api.headers("operator", None)
+        ).content
         assert len(_files(tmp_path / "v" / "blobs")) == 1
 
 
@@ -191,7 +217,9 @@ def test_a_signed_link_downloads_without_a_token_until_it_expires(storage: tuple
     api, _ = storage
     picture = images.png()
     obj = _put(api, "result:1", picture, caller="worker", kind="result", state="committed").json()
-    link = api.ok("POST", f"/v1/objects/{obj['id']}/download-url", {"ttlSeconds": 600}, caller="operator", key=None)
+    link = api.ok(
+        "POST", f"/v1/objects/{obj['id']}/download-url", {"ttlSeconds": 600}, caller="operator", key=None
+    )
     path = link["url"].split("testserver", 1)[1]
     assert api.http.get(path).content == picture
     assert api.http.get(path.replace("signature=", "signature=f")).status_code == 403
@@ -226,31 +254,49 @@ def test_ingest_refuses_private_addresses_unless_allow_listed(
         refused = api.post("/v1/ingest", body, caller="operator", key=None)
         assert refused.status_code == 422 and refused.json()["type"].endswith("/url-refused")
         assert "127.0.0.1" in refused.json()["detail"]
-        assert api.post("/v1/ingest", {**body, "url": "http://169.254.169.254/latest/meta-data"},
-                        caller="operator", key=None).status_code == 422
+        assert (
+            api.post(
+                "/v1/ingest",
+                {**body, "url": "http://169.254.169.254/latest/meta-data"},
+                caller="operator",
+                key=None,
+            ).status_code
+            == 422
+        )
         assert snapshot(engine) == before
     for api, _ in _storage(pg_url, secrets, tmp_path / "open", ingest_allow_cidrs=["127.0.0.0/8"]):
         stored = api.post("/v1/ingest", body, caller="operator", key=None)
         assert stored.status_code == 201, stored.text
         assert stored.json()["width"] == 32 and stored.json()["jobId"] == "job-1"
-        missing = api.post("/v1/ingest", {**body, "key": "ingest:2", "url": f"{image_server}/nope.png"},
-                           caller="operator", key=None)
+        missing = api.post(
+            "/v1/ingest",
+            {**body, "key": "ingest:2", "url": f"{image_server}/nope.png"},
+            caller="operator",
+            key=None,
+        )
         assert missing.status_code == 502 and missing.json()["upstreamStatus"] == 404
 
 
-def test_concurrent_puts_of_one_key_store_one_object(pg_url: str, service_process: Any, secrets: Any,
-                                                      tmp_path: Path) -> None:
+def test_concurrent_puts_of_one_key_store_one_object(
+    pg_url: str, service_process: Any, secrets: Any, tmp_path: Path
+) -> None:
     proc = service_process("storage", pg_url, env={"AIJOBS_STORAGE_ROOT": str(tmp_path / "vol")})
     api = Api(httpx.Client(base_url=proc.url), "storage", secrets)
     picture = images.png(128, 128)
 
     async def put_many() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
-            return await asyncio.gather(*(
-                http.put("/v1/objects/same-key", params={"account": "acme"}, content=picture,
-                         headers=api.headers("main-api", None))
-                for _ in range(20)
-            ))
+            return await asyncio.gather(
+                *(
+                    http.put(
+                        "/v1/objects/same-key",
+                        params={"account": "acme"},
+                        content=picture,
+                        headers=api.headers("main-api", None),
+                    )
+                    for _ in range(20)
+                )
+            )
 
     responses = asyncio.run(put_many())
     assert sorted({r.status_code for r in responses}) in ([200, 201], [201])

@@ -40,6 +40,7 @@ __all__ = [
     "IdempotentRequest",
     "IdempotentRequestDep",
     "idempotency_table",
+    "read_idempotent_request",
 ]
 
 MAX_KEY_LENGTH = 200
@@ -69,7 +70,8 @@ class IdempotentRequest:
     route: str
 
 
-async def _idempotent_request(request: Request, caller: CallerDep) -> IdempotentRequest:
+async def read_idempotent_request(request: Request, caller: str) -> IdempotentRequest:
+    """The key, scope and fingerprint of a mutating request made by ``caller``."""
     key = request.headers.get("idempotency-key", "").strip()
     if not key:
         raise BadRequest(
@@ -89,7 +91,11 @@ async def _idempotent_request(request: Request, caller: CallerDep) -> Idempotent
     for part in (request.method.encode(), request.url.path.encode(), body):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
-    return IdempotentRequest(caller.name, key, digest.hexdigest(), f"{request.method} {request.url.path}")
+    return IdempotentRequest(caller, key, digest.hexdigest(), f"{request.method} {request.url.path}")
+
+
+async def _idempotent_request(request: Request, caller: CallerDep) -> IdempotentRequest:
+    return await read_idempotent_request(request, caller.name)
 
 
 IdempotentRequestDep = Annotated[IdempotentRequest, Depends(_idempotent_request)]

@@ -1,0 +1,128 @@
+"""Does every service's record of a job agree with its saga log? (Invariant I5.)
+
+A pure function over plain data: the job's status and what Payment, Storage and AI hold for it.
+Main API's admin view shows its findings; the auditor repairs what a finding's ``repair`` names;
+the fault campaign's checker counts them. Each finding is justified by the saga log alone: a
+repair never moves money on a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Finding", "JobRecords", "findings"]
+
+TERMINAL = ("Delivered", "Failed")
+
+
+@dataclass(frozen=True)
+class JobRecords:
+    """What each service says about one job (raw JSON from their auditor endpoints)."""
+
+    holds: list[dict[str, Any]]  # Payment /v1/jobs/{uid}/charges -> holds
+    objects: list[dict[str, Any]]  # Storage /v1/jobs/{uid}/objects -> items
+    task: dict[str, Any] | None  # AI task of the job, if any
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # stable: double-charge, missing-capture, stray-hold, orphan-object, orphan-task, ...
+    service: str
+    detail: str
+    # What would put it right, if that is safe to decide from the saga log alone:
+    # "release-hold:<id>", "capture-hold:<id>", "delete-object:<id>", "cancel-task:<id>", or None.
+    repair: str | None = None
+
+
+def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Finding]:
+    phase = status.get("phase")
+    if phase not in TERMINAL:
+        return []  # in flight: the saga itself is still converging
+    found: list[Finding] = []
+    captured = [h for h in records.holds if h["state"] == "captured"]
+    active = [h for h in records.holds if h["state"] == "active"]
+    live = [o for o in records.objects if o["state"] != "deleted"]
+    result_id = (status.get("result") or {}).get("objectId")
+    task = records.task
+
+    if phase == "Delivered":
+        charged = sum(h["amount"] for h in captured)
+        if len(captured) > 1 or charged > price:
+            found.append(
+                Finding(
+                    "double-charge",
+                    "payment",
+                    f"charged {charged} over {len(captured)} holds, price {price}",
+                    None,
+                )
+            )
+        for hold in active:
+            # The log says Delivered: the capture step succeeded, so an active hold is either the
+            # captured one's twin (release it) or the capture that was never recorded.
+            repair = f"release-hold:{hold['id']}" if captured else f"capture-hold:{hold['id']}"
+            found.append(
+                Finding(
+                    "stray-hold" if captured else "missing-capture",
+                    "payment",
+                    f"hold {hold['id']} ({hold['amount']}) is still active",
+                    repair,
+                )
+            )
+        if not captured and not active:
+            found.append(Finding("missing-charge", "payment", "delivered, but no hold was captured", None))
+        if result_id and not any(o["id"] == result_id and o["state"] == "committed" for o in records.objects):
+            found.append(
+                Finding("missing-result", "storage", f"result {result_id} is not a committed object", None)
+            )
+        for obj in live:
+            if obj["kind"] == "result" and obj["id"] != result_id:
+                found.append(
+                    Finding(
+                        "orphan-object",
+                        "storage",
+                        f"extra result object {obj['id']}",
+                        f"delete-object:{obj['id']}",
+                    )
+                )
+        if task is not None and task["state"] != "succeeded":
+            found.append(
+                Finding(
+                    "task-disagrees", "ai", f"task {task['id']} is {task['state']}, job is Delivered", None
+                )
+            )
+    else:  # Failed: nothing may be charged, held, kept or left running
+        for hold in captured:
+            found.append(
+                Finding(
+                    "charged-for-failure",
+                    "payment",
+                    f"hold {hold['id']} ({hold['amount']}) was captured but the job failed",
+                    None,
+                )
+            )
+        for hold in active:
+            found.append(
+                Finding(
+                    "stray-hold",
+                    "payment",
+                    f"hold {hold['id']} ({hold['amount']}) still active",
+                    f"release-hold:{hold['id']}",
+                )
+            )
+        for obj in live:
+            found.append(
+                Finding(
+                    "orphan-object",
+                    "storage",
+                    f"object {obj['id']} ({obj['kind']}) is {obj['state']}",
+                    f"delete-object:{obj['id']}",
+                )
+            )
+        if task is not None and task["state"] in ("scheduled", "running") and not task.get("cancelRequested"):
+            found.append(
+                Finding(
+                    "orphan-task", "ai", f"task {task['id']} is {task['state']}", f"cancel-task:{task['id']}"
+                )
+            )
+    return found

@@ -1,0 +1,3 @@
+from aijobs_services.kit.migrations_env import run
+
+run()

@@ -1,0 +1,44 @@
+"""Main API, as the kit's app factory assembles it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from aijobs.kube import api_client
+from aijobs_services.kit.app import ServiceSpec
+from aijobs_services.kit.callers import TokenSigner
+from aijobs_services.kit.client import ServiceClient
+from aijobs_services.main.api import router
+from aijobs_services.main.models import IdempotencyKeys
+from aijobs_services.main.notify import send_due
+from aijobs_services.main.settings import MainSettings
+
+
+def _setup(app: FastAPI) -> None:
+    settings: MainSettings = app.state.settings
+    signer = TokenSigner(settings.identity or "main-api", settings.secret)
+    app.state.clients = {
+        name: ServiceClient(name, url, signer)
+        for name, url in [
+            ("auth", settings.auth_url),
+            ("storage", settings.storage_url),
+            ("payment", settings.payment_url),
+            ("ai", settings.ai_url),
+        ]
+    }
+    app.state.kube = api_client(settings.kubeconfig or None)
+
+
+SPEC = ServiceSpec(
+    name="main",
+    title="aijobs Main API",
+    description="Submit AI image jobs, read them from their saga log, and audit every service's view.",
+    routers=[router],
+    idempotency_table=IdempotencyKeys,
+    migrations=Path(__file__).parent / "migrations",
+    sweeps=[send_due],
+    settings_class=MainSettings,
+    setup=_setup,
+)

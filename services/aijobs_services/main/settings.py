@@ -1,0 +1,29 @@
+"""Main API's settings, beyond the kit's."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from aijobs_services.kit.settings import ServiceSettings
+
+DEFAULT_PRICES = {
+    "upscale-x2": 10,
+    "resize": 3,
+    "denoise": 4,
+    "sharpen": 3,
+    "grayscale": 1,
+    "thumbnail": 2,
+    "user-model": 20,
+}
+
+
+class MainSettings(ServiceSettings):
+    max_body_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
+    auth_url: str = "http://127.0.0.1:8102"
+    storage_url: str = "http://127.0.0.1:8103"
+    payment_url: str = "http://127.0.0.1:8101"
+    ai_url: str = "http://127.0.0.1:8104"
+    kubeconfig: str = Field(default="", description="Empty: in-cluster config, else $KUBECONFIG")
+    prices: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    job_deadline_seconds: int = Field(default=3600, ge=60, description="From runAt (or now) to the deadline")
+    webhook_max_attempts: int = Field(default=12, ge=1)

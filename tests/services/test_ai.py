@@ -1,0 +1,226 @@
+"""AI: one task per job, a lease queue that never hands one task to two workers, fencing of
+stale workers, run-at scheduling, cancellation and bulk status."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.services.conftest import Api, _in_process, snapshot
+
+AI = tuple[Api, sa.Engine]
+
+
+@pytest.fixture
+def ai(pg_url: str, secrets: dict[str, str]) -> Iterator[AI]:
+    yield from _in_process("ai", pg_url, secrets)
+
+
+def _task(job: str = "job-1", **fields: Any) -> dict[str, Any]:
+    return {"jobId": job, "account": "acme", "pipeline": "grayscale", "inputObjectId": "obj-1", **fields}
+
+
+def _create(api: Api, job: str = "job-1", key: str | None = None, **fields: Any) -> httpx.Response:
+    return api.post("/v1/tasks", _task(job, **fields), caller="operator", key=key or f"{job}:schedule")
+
+
+def _lease(api: Api, worker: str = "w1", n: int = 1, key: str | None = None) -> list[dict[str, Any]]:
+    response = api.post(
+        "/v1/leases",
+        {"worker": worker, "maxTasks": n, "leaseSeconds": 30},
+        caller="worker",
+        key=key or "auto",
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def test_a_job_gets_one_task_however_often_it_is_scheduled(ai: AI) -> None:
+    api, engine = ai
+    first = _create(api)
+    assert first.status_code == 201
+    assert _create(api).json() == first.json()  # the same key: a replay
+    again = _create(api, key="another-key")  # another key, same definition: the same task
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    before = snapshot(engine)
+    different = _create(api, key="third-key", pipeline="thumbnail")
+    assert different.status_code == 409 and different.json()["taskId"] == first.json()["id"]
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind", "says"),
+    [
+        pytest.param(
+            {"pipeline": "mine-bitcoin"}, "unknown-pipeline", "known pipelines: upscale-x2", id="pipeline"
+        ),
+        pytest.param(
+            {"pipeline": "resize", "params": {"width": 10}}, "bad-parameters", "height", id="missing-param"
+        ),
+        pytest.param(
+            {"pipeline": "grayscale", "params": {"gamma": 2}}, "bad-parameters", "gamma", id="unknown-param"
+        ),
+        pytest.param({"runAt": "tomorrow"}, "validation-error", "body.runAt", id="run-at-format"),
+        pytest.param({"account": "Not An Account"}, "validation-error", "body.account", id="account"),
+    ],
+)
+def test_a_bad_task_is_refused_with_a_clear_reason(
+    ai: AI, fields: dict[str, Any], kind: str, says: str
+) -> None:
+    api, engine = ai
+    before = snapshot(engine)
+    response = _create(api, **fields)
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith(f"/{kind}") and says in response.json()["detail"]
+    assert snapshot(engine) == before
+
+
+def test_a_task_waits_for_its_run_at(ai: AI) -> None:
+    api, _ = ai
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=8)).isoformat()
+    _create(api, "job-later", runAt=later)
+    _create(api, "job-now")
+    assert [t["jobId"] for t in _lease(api, n=10)] == ["job-now"]
+
+
+def test_an_expired_lease_is_taken_over_and_the_stale_worker_is_fenced_off(ai: AI) -> None:
+    api, engine = ai
+    task_id = _create(api).json()["id"]
+    [stale] = _lease(api, "worker-a")
+    with engine.begin() as conn:  # worker-a stalls past its lease
+        conn.execute(sa.text("update tasks set lease_expires_at = now() - interval '1 second'"))
+    [fresh] = _lease(api, "worker-b")
+    assert fresh["id"] == task_id and fresh["attempts"] == 2 and fresh["reruns"] == 1
+    late = api.post(
+        f"/v1/tasks/{task_id}/complete",
+        {"leaseToken": stale["leaseToken"], "resultObjectId": "obj-a"},
+        caller="worker",
+    )
+    assert late.status_code == 409 and late.json()["type"].endswith("/lease-lost")
+    lost_heartbeat = api.post(
+        f"/v1/tasks/{task_id}/heartbeat", {"leaseToken": stale["leaseToken"]}, caller="worker", key=None
+    )
+    assert lost_heartbeat.status_code == 409
+    done = api.ok(
+        "POST",
+        f"/v1/tasks/{task_id}/complete",
+        {"leaseToken": fresh["leaseToken"], "resultObjectId": "obj-b"},
+        caller="worker",
+    )
+    assert done["state"] == "succeeded" and done["resultObjectId"] == "obj-b"
+    retried = api.ok(
+        "POST",
+        f"/v1/tasks/{task_id}/complete",
+        {"leaseToken": fresh["leaseToken"], "resultObjectId": "obj-b"},
+        caller="worker",
+    )
+    assert retried["state"] == "succeeded"
+
+
+def test_a_lost_lease_response_is_replayed_not_leased_twice(ai: AI) -> None:
+    api, _ = ai
+    _create(api, "job-1")
+    _create(api, "job-2")
+    first = _lease(api, n=1, key="lease-1")
+    assert _lease(api, n=1, key="lease-1") == first  # the retry gets the same task and token
+    second = _lease(api, n=1, key="lease-2")
+    assert second[0]["id"] != first[0]["id"]
+
+
+def test_cancel_stops_a_scheduled_task_and_tells_a_running_one(ai: AI) -> None:
+    api, _ = ai
+    scheduled = _create(api, "job-1").json()
+    assert api.ok("POST", f"/v1/tasks/{scheduled['id']}/cancel", caller="operator")["state"] == "cancelled"
+    running_id = _create(api, "job-2").json()["id"]
+    [lease] = _lease(api)
+    assert lease["id"] == running_id
+    assert api.ok("POST", f"/v1/tasks/{running_id}/cancel", caller="operator")["cancelRequested"] is True
+    beat = api.ok(
+        "POST",
+        f"/v1/tasks/{running_id}/heartbeat",
+        {"leaseToken": lease["leaseToken"]},
+        caller="worker",
+        key=None,
+    )
+    assert beat["cancelRequested"] is True
+    refused = api.post(
+        f"/v1/tasks/{running_id}/complete",
+        {"leaseToken": lease["leaseToken"], "resultObjectId": "obj-x"},
+        caller="worker",
+    )
+    assert refused.status_code == 409 and refused.json()["type"].endswith("/task-cancelled")
+    acked = api.ok(
+        "POST",
+        f"/v1/tasks/{running_id}/fail",
+        {"leaseToken": lease["leaseToken"], "reason": "cancelled", "retryable": False},
+        caller="worker",
+    )
+    assert acked["state"] == "cancelled"
+    assert _lease(api, n=10) == []
+
+
+def test_a_retryable_failure_requeues_and_a_final_one_fails(ai: AI) -> None:
+    api, _ = ai
+    task_id = _create(api, maxAttempts=2).json()["id"]
+    [lease] = _lease(api)
+    retry = api.ok(
+        "POST",
+        f"/v1/tasks/{task_id}/fail",
+        {"leaseToken": lease["leaseToken"], "reason": "CUDA OOM", "retryable": True},
+        caller="worker",
+    )
+    assert retry["state"] == "scheduled"
+    final = _create(api, "job-2").json()["id"]
+    [lease2] = _lease(api)
+    assert lease2["id"] == final  # the requeued task waits out its backoff
+    bad = api.ok(
+        "POST",
+        f"/v1/tasks/{final}/fail",
+        {"leaseToken": lease2["leaseToken"], "reason": "corrupt image", "retryable": False},
+        caller="worker",
+    )
+    assert bad["state"] == "failed" and bad["error"] == "corrupt image"
+
+
+def test_many_task_states_come_back_in_one_call(ai: AI) -> None:
+    api, _ = ai
+    for i in range(50):
+        _create(api, f"job-{i}")
+    items = api.ok(
+        "POST",
+        "/v1/tasks/query",
+        {"jobIds": [f"job-{i}" for i in range(0, 50, 2)] + ["nope"]},
+        caller="operator",
+        key=None,
+    )["items"]
+    assert sorted(t["jobId"] for t in items) == sorted(f"job-{i}" for i in range(0, 50, 2))
+    assert {t["state"] for t in items} == {"scheduled"}
+
+
+def test_workers_racing_for_tasks_never_share_one(pg_url: str, service_process: Any, secrets: Any) -> None:
+    proc = service_process("ai", pg_url, workers=2)
+    api = Api(httpx.Client(base_url=proc.url), "ai", secrets)
+    for i in range(30):
+        assert _create(api, f"job-{i}").status_code == 201
+
+    async def race() -> list[list[str]]:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+
+            async def one(w: int) -> list[str]:
+                body = {"worker": f"w{w}", "maxTasks": 3, "leaseSeconds": 60}
+                response = await http.post(
+                    "/v1/leases", json=body, headers=api.headers("worker", f"lease-{w}")
+                )
+                assert response.status_code == 200, response.text
+                return [t["id"] for t in response.json()["items"]]
+
+            return await asyncio.gather(*(one(w) for w in range(16)))
+
+    leased = [task for batch in asyncio.run(race()) for task in batch]
+    assert len(leased) == len(set(leased)) == 30
