@@ -90,6 +90,13 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(_: argparse.Namespace) -> int:
+    from aijobs_operator.main import run
+
+    run()
+    return 0
+
+
 def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
         print(f"error: `aijobs {what}` is not available in this version yet", file=sys.stderr)
@@ -125,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--migrate-only", action="store_true", help="apply the migrations and exit")
     svc.set_defaults(func=_service)
 
+    op = sub.add_parser("operator", help="run the saga operator (settings: AIJOBS_* environment variables)")
+    op.set_defaults(func=_operator)
+
     for name, text in [
-        ("operator", "run the saga operator"),
         ("worker", "run an inference worker"),
     ]:
         sp = sub.add_parser(name, help=text)

@@ -3,7 +3,7 @@
 Every failure is sorted into what the caller must do next:
 
     ServiceError
-    ├── Ambiguous        the outcome is unknown (timeout, connection reset, 5xx, 429): retry
+    ├── Ambiguous        the outcome is unknown (timeout, connection reset, 5xx but 501/507, 429): retry
     │                    the *same* request with the *same* Idempotency-Key; ``retry_after``
     │                    carries the server's Retry-After when it sent one
     └── Refused          the service answered a definite no (4xx): ``status``, ``kind`` (the
@@ -100,7 +100,10 @@ class ServiceClient:
             raise Ambiguous(self.service, f"{method} {path} timed out") from exc
         except httpx.TransportError as exc:
             raise Ambiguous(self.service, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
+        # 507 (storage full) and 501 are definite answers: retrying the same call won't change them.
+        if (
+            response.status_code >= 500 and response.status_code not in (501, 507)
+        ) or response.status_code == 429:
             raise Ambiguous(
                 self.service, f"{method} {path} answered {response.status_code}", _retry_after(response)
             )

@@ -1,0 +1,36 @@
+"""The operator's settings, from ``AIJOBS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIJOBS_", extra="ignore")
+
+    identity: str = "operator"
+    secret: str = ""
+    auth_url: str = "http://127.0.0.1:8102"
+    payment_url: str = "http://127.0.0.1:8101"
+    storage_url: str = "http://127.0.0.1:8103"
+    ai_url: str = "http://127.0.0.1:8104"
+    main_url: str = "http://127.0.0.1:8105"
+    kubeconfig: str = Field(default="", description="Empty: in-cluster config, else $KUBECONFIG")
+    namespaces: list[str] = Field(default_factory=list, description="Watch these; empty: the whole cluster")
+    workers: int = Field(default=16, ge=1, description="Jobs reconciled concurrently")
+    follow_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often task states are read in bulk"
+    )
+    call_timeout_seconds: float = Field(default=10.0, gt=0)
+    default_deadline_seconds: int = Field(default=3600, ge=10)
+    hold_grace_seconds: int = Field(
+        default=3600, ge=0, description="A hold outlives the deadline by this much"
+    )
+    download_link_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    metrics_port: int = Field(default=8090, ge=0, description="0: no metrics server")
+    lease_name: str = "aijobs-operator"
+    lease_namespace: str = "default"
+    lease_seconds: int = Field(default=15, ge=2)
+    pod_name: str = Field(default="", description="This replica's identity in the Lease; empty: hostname-pid")
+    audit_interval_seconds: float = Field(default=30.0, ge=0, description="0: no auditor")

@@ -1,0 +1,95 @@
+"""``aijobs operator``: take the Lease, then let kopf watch AIImageJobs and feed the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import socket
+from typing import Any
+
+import kopf
+from aijobs_services.kit.callers import TokenSigner
+from aijobs_services.kit.client import ServiceClient
+from prometheus_client import start_http_server
+
+from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
+from aijobs.kube import api_client
+from aijobs_operator.config import OperatorSettings
+from aijobs_operator.engine import Reconciler
+from aijobs_operator.kube import KubeWriter
+from aijobs_operator.leader import LeaseElector
+from aijobs_operator.metrics import METRICS
+from aijobs_operator.steps import Services
+
+log = logging.getLogger("aijobs.operator")
+
+
+def build_services(cfg: OperatorSettings) -> Services:
+    signer = TokenSigner(cfg.identity, cfg.secret)
+
+    def client(name: str, url: str) -> ServiceClient:
+        return ServiceClient(name, url, signer, timeout=cfg.call_timeout_seconds)
+
+    return Services(
+        auth=client("auth", cfg.auth_url),
+        payment=client("payment", cfg.payment_url),
+        storage=client("storage", cfg.storage_url),
+        ai=client("ai", cfg.ai_url),
+        main=client("main", cfg.main_url),
+    )
+
+
+def registry_for(reconciler: Reconciler, extra_tasks: list[Any]) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            return kopf.login_with_service_account(**kwargs)
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # The reconciler writes status and posts events itself, batched; kopf only watches.
+        settings.posting.enabled = False
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        for factory in [reconciler.run, *extra_tasks]:
+            asyncio.get_running_loop().create_task(factory())
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        # type is None for objects of the initial listing: treat them as added.
+        reconciler.observe(type or "ADDED", copy.deepcopy(dict(body)))
+
+    return registry
+
+
+def run(cfg: OperatorSettings | None = None) -> None:
+    cfg = cfg or OperatorSettings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.kubeconfig:
+        os.environ["KUBECONFIG"] = cfg.kubeconfig
+    api = api_client(cfg.kubeconfig or None)
+    identity = cfg.pod_name or f"{socket.gethostname()}-{os.getpid()}"
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=METRICS.registry)
+    elector = LeaseElector(api, cfg.lease_name, cfg.lease_namespace, identity, cfg.lease_seconds)
+    elector.acquire()
+    reconciler = Reconciler(cfg, build_services(cfg), KubeWriter(api))
+    tasks: list[Any] = [elector.keep]
+    if cfg.audit_interval_seconds > 0:
+        from aijobs_operator.auditor import Auditor
+
+        tasks.append(Auditor(cfg, reconciler).run)
+    registry = registry_for(reconciler, tasks)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not cfg.namespaces,
+            namespaces=cfg.namespaces,
+        )
+    )

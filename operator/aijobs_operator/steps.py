@@ -1,0 +1,298 @@
+"""What each saga step does, and what compensation undoes, against the services.
+
+Every call carries an Idempotency-Key derived from the job's uid and the step's name, so a retry
+after a timeout, a restart of the operator or a duplicate event never acts twice. A step returns
+:class:`Done` or :class:`Wait`, raises :class:`StepFailed` for a definite no, and lets
+:class:`~aijobs_services.kit.client.Ambiguous` through for the engine to retry.
+
+Undo works from what the services hold *for the job* (its holds, its objects, its task), not from
+what the status remembers, so it is complete even when a response was lost before the status
+recorded it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aijobs_services.kit.client import Refused, ServiceClient
+
+from aijobs_operator.config import OperatorSettings
+from aijobs_operator.saga import idempotency_key, iso, parse
+
+MAX_HOLD = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Services:
+    auth: ServiceClient
+    payment: ServiceClient
+    storage: ServiceClient
+    ai: ServiceClient
+    main: ServiceClient
+
+
+@dataclass
+class Job:
+    uid: str
+    namespace: str
+    name: str
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    deadline: dt.datetime
+    task: dict[str, Any] | None = None  # the AI task as the bulk follower last saw it
+
+    def ids(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for rec in self.status.get("steps", []):
+            merged.update(rec.get("remoteIds") or {})
+        return merged
+
+
+@dataclass(frozen=True)
+class Done:
+    message: str
+    remote_ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+    message: str
+
+
+class StepFailed(Exception):
+    """A definite failure: compensate now. ``reason`` is CamelCase, for conditions and events."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _refused(reason: str, exc: Refused) -> StepFailed:
+    return StepFailed(reason, f"{exc.service} refused: {exc.detail or exc.kind}")
+
+
+StepFn = Callable[[Job, Services, OperatorSettings], Awaitable[Done | Wait]]
+
+
+async def charge(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+    spec = job.spec
+    try:
+        await svc.auth.json(
+            "POST", "/v1/authorize-charge", json={"namespace": job.namespace, "account": spec["account"]}
+        )
+    except Refused as exc:
+        raise _refused("TenantNotAllowed", exc) from exc
+    expires = min(
+        job.deadline + dt.timedelta(seconds=cfg.hold_grace_seconds),
+        dt.datetime.now(dt.UTC) + MAX_HOLD - dt.timedelta(minutes=5),
+    )
+    body = {"account": spec["account"], "jobId": job.uid, "amount": spec["price"], "expiresAt": iso(expires)}
+    try:
+        hold = await svc.payment.json("POST", "/v1/holds", key=idempotency_key(job.uid, "charge"), json=body)
+    except Refused as exc:
+        reason = "InsufficientCredits" if exc.status == 402 else "ChargeRefused"
+        raise _refused(reason, exc) from exc
+    return Done(f"held {spec['price']} credits (hold {hold['id']})", {"holdId": hold["id"]})
+
+
+async def upload(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+    source, account = job.spec["input"], job.spec["account"]
+    key = f"job:{job.uid}:input"
+    try:
+        if "storageRef" in source:
+            object_id = source["storageRef"]["objectId"]
+            obj = await svc.storage.json("GET", f"/v1/objects/{object_id}")
+            if obj["account"] != account:
+                raise StepFailed("InputNotYours", f"object {object_id} belongs to another account")
+            obj = await svc.storage.json(
+                "POST",
+                f"/v1/objects/{object_id}/commit",
+                key=idempotency_key(job.uid, "upload"),
+                json={"jobId": job.uid},
+            )
+        elif "url" in source:
+            obj = await svc.storage.json(
+                "POST",
+                "/v1/ingest",
+                timeout=cfg.call_timeout_seconds * 6,
+                json={
+                    "key": key,
+                    "url": source["url"],
+                    "account": account,
+                    "jobId": job.uid,
+                    "state": "committed",
+                },
+            )
+        else:
+            content = base64.b64decode(source["inline"]["data"])
+            obj = await svc.storage.json(
+                "PUT",
+                f"/v1/objects/{key}",
+                content=content,
+                params={"account": account, "jobId": job.uid, "state": "committed"},
+            )
+    except Refused as exc:
+        reason = "StorageFull" if exc.status == 507 else "InputRefused"
+        raise _refused(reason, exc) from exc
+    return Done(
+        f"input stored as {obj['id']} ({obj['width']}x{obj['height']} {obj['contentType']})",
+        {"inputObjectId": obj["id"]},
+    )
+
+
+async def schedule(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+    spec = job.spec
+    body: dict[str, Any] = {
+        "jobId": job.uid,
+        "account": spec["account"],
+        "pipeline": spec["pipeline"],
+        "params": spec.get("parameters") or {},
+        "inputObjectId": job.ids()["inputObjectId"],
+    }
+    if spec.get("runAt"):
+        body["runAt"] = spec["runAt"]
+    try:
+        task = await svc.ai.json("POST", "/v1/tasks", key=idempotency_key(job.uid, "schedule"), json=body)
+    except Refused as exc:
+        if exc.kind == "job-has-task":  # registered before under another key: it is ours
+            task = await svc.ai.json("GET", f"/v1/tasks/{exc.body['taskId']}")
+        else:
+            raise _refused("SchedulingRefused", exc) from exc
+    job.task = task
+    when = (
+        "as soon as a worker is free"
+        if parse(task["runAt"]) <= dt.datetime.now(dt.UTC)
+        else f"at {task['runAt']}"
+    )
+    return Done(f"task {task['id']} runs {when}", {"taskId": task["id"]})
+
+
+async def process(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+    task = job.task
+    if task is None:
+        items = (await svc.ai.json("POST", "/v1/tasks/query", json={"jobIds": [job.uid]}))["items"]
+        task = job.task = items[0] if items else None
+    if task is None:
+        raise StepFailed("TaskMissing", "the AI service has no task for this job")
+    state = task["state"]
+    if state == "succeeded":
+        result = await svc.storage.json("GET", f"/v1/objects/{task['resultObjectId']}")
+        if result["state"] != "committed":
+            raise StepFailed("ResultMissing", f"result {result['id']} is {result['state']}")
+        job.status["reruns"] = task.get("reruns", 0)
+        return Done(
+            f"result stored as {result['id']} ({result['width']}x{result['height']})",
+            {"resultObjectId": result["id"]},
+        )
+    if state in ("failed", "cancelled"):
+        raise StepFailed("ProcessingFailed", f"task {task['id']} {state}: {task.get('error') or ''}".strip())
+    if state == "scheduled" and parse(task["runAt"]) > dt.datetime.now(dt.UTC):
+        return Wait("WaitingForRunAt", f"task {task['id']} runs at {task['runAt']}")
+    # One message for queued and running alike: a task starting is not worth a status write.
+    return Wait("Processing", f"task {task['id']} is queued or running on a GPU worker")
+
+
+async def capture(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+    hold_id = job.ids()["holdId"]
+    try:
+        hold = await svc.payment.json(
+            "POST", f"/v1/holds/{hold_id}/capture", key=idempotency_key(job.uid, "capture")
+        )
+    except Refused as exc:
+        raise _refused("CaptureRefused", exc) from exc
+    return Done(f"charged {hold['amount']} credits")
+
+
+async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+    result_id = job.ids()["resultObjectId"]
+    link = await svc.storage.json(
+        "POST", f"/v1/objects/{result_id}/download-url", json={"ttlSeconds": cfg.download_link_seconds}
+    )
+    result = await svc.storage.json("GET", f"/v1/objects/{result_id}")
+    await svc.main.json(
+        "POST",
+        "/v1/deliveries",
+        key=idempotency_key(job.uid, "deliver"),
+        json={
+            "jobUid": job.uid,
+            "namespace": job.namespace,
+            "name": job.name,
+            "account": job.spec["account"],
+            "resultUrl": link["url"],
+        },
+    )
+    job.status["result"] = {
+        "objectId": result_id,
+        "sha256": result["sha256"],
+        "size": result["size"],
+        "url": link["url"],
+        "urlExpiresAt": link["expiresAt"].replace("+00:00", "Z"),
+    }
+    return Done("result delivered", {})
+
+
+DO: dict[str, StepFn] = {
+    "charge": charge,
+    "upload": upload,
+    "schedule": schedule,
+    "process": process,
+    "capture": capture,
+    "deliver": deliver,
+}
+
+
+# ------------------------------------------------------------------------------- compensation
+async def cancel_task(job: Job, svc: Services) -> str:
+    items = (await svc.ai.json("POST", "/v1/tasks/query", json={"jobIds": [job.uid]}))["items"]
+    cancelled = []
+    for task in items:
+        if task["state"] in ("scheduled", "running") and not task["cancelRequested"]:
+            await svc.ai.json(
+                "POST", f"/v1/tasks/{task['id']}/cancel", key=idempotency_key(job.uid, "cancel-task")
+            )
+            cancelled.append(task["id"])
+    return f"cancelled task {', '.join(cancelled)}" if cancelled else "no task to cancel"
+
+
+async def delete_objects(job: Job, svc: Services) -> str:
+    items = (await svc.storage.json("GET", f"/v1/jobs/{job.uid}/objects"))["items"]
+    live = sorted(o["id"] for o in items if o["state"] != "deleted")
+    if not live:
+        return "no objects to delete"
+    # The key covers the set being deleted: a result that appears later gets a call of its own.
+    digest = hashlib.sha256(",".join(live).encode()).hexdigest()[:16]
+    await svc.storage.json(
+        "POST", f"/v1/jobs/{job.uid}/objects/delete", key=idempotency_key(job.uid, f"delete-objects:{digest}")
+    )
+    return f"deleted {', '.join(live)}"
+
+
+async def release_holds(job: Job, svc: Services) -> str:
+    holds = (await svc.payment.json("GET", f"/v1/jobs/{job.uid}/charges"))["holds"]
+    released = []
+    for hold in holds:
+        if hold["state"] == "active":
+            await svc.payment.json(
+                "POST",
+                f"/v1/holds/{hold['id']}/release",
+                key=idempotency_key(job.uid, f"release:{hold['id']}"),
+            )
+            released.append(f"{hold['id']} ({hold['amount']})")
+    return f"released {', '.join(released)}" if released else "no hold to release"
+
+
+UndoFn = Callable[[Job, Services], Awaitable[str]]
+# Reverse order of the forward steps: the task first (so no new result appears), then the
+# objects, and the credits last.
+UNDO: tuple[tuple[str, UndoFn], ...] = (
+    ("cancel-task", cancel_task),
+    ("delete-objects", delete_objects),
+    ("release-holds", release_holds),
+)
