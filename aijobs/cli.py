@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["main"]
@@ -97,12 +97,19 @@ def _operator(_: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"error: `aijobs {what}` is not available in this version yet", file=sys.stderr)
-        return 2
+def _worker(args: argparse.Namespace) -> int:
+    for flag, env in [
+        ("device", "AIJOBS_DEVICE"),
+        ("spool_dir", "AIJOBS_SPOOL_DIR"),
+        ("max_tasks", "AIJOBS_MAX_TASKS"),
+        ("model_dir", "AIJOBS_MODEL_DIR"),
+    ]:
+        if getattr(args, flag) is not None:
+            os.environ[env] = str(getattr(args, flag))
+    from aijobs_worker.main import run
 
-    return run
+    run()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,11 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the saga operator (settings: AIJOBS_* environment variables)")
     op.set_defaults(func=_operator)
 
-    for name, text in [
-        ("worker", "run an inference worker"),
-    ]:
-        sp = sub.add_parser(name, help=text)
-        sp.set_defaults(func=_not_yet(name))
+    wk = sub.add_parser("worker", help="run an inference worker (settings: AIJOBS_* environment variables)")
+    wk.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    wk.add_argument("--spool-dir", help="where finished results wait for Storage")
+    wk.add_argument("--max-tasks", type=int, help="tasks leased and batched at once")
+    wk.add_argument("--model-dir", help="folder of users' models (TorchScript)")
+    wk.set_defaults(func=_worker)
     return parser
 
 

@@ -1,1 +1,1 @@
-"""Filled in by later stages; see the README."""
+"""The aijobs GPU worker: leases tasks, runs torch pipelines, never loses a finished result."""

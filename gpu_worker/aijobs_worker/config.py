@@ -1,0 +1,26 @@
+"""The worker's settings, from ``AIJOBS_*`` environment variables or ``aijobs worker`` flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIJOBS_", extra="ignore")
+
+    identity: str = "worker"
+    secret: str = ""
+    ai_url: str = "http://127.0.0.1:8104"
+    storage_url: str = "http://127.0.0.1:8103"
+    worker_id: str = Field(default="", description="Empty: hostname-pid")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1 ...")
+    max_tasks: int = Field(default=8, ge=1, le=256, description="Tasks leased (and batched) at once")
+    max_batch: int = Field(default=32, ge=1)
+    lease_seconds: int = Field(default=60, ge=5)
+    poll_seconds: float = Field(default=0.5, gt=0, description="Wait between empty leases")
+    spool_dir: str = "./aijobs-spool"
+    model_dir: str = Field(default="", description="Folder of users' mounted models")
+    metrics_port: int = Field(default=0, ge=0, description="0: no metrics server")
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    call_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -1,0 +1,50 @@
+"""``aijobs worker``: one inference worker process (one per GPU in a cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from aijobs_services.kit.callers import TokenSigner
+from aijobs_services.kit.client import ServiceClient
+from prometheus_client import start_http_server
+
+from aijobs_worker.config import WorkerSettings
+from aijobs_worker.loop import Worker
+from aijobs_worker.runner import Runner, pick_device
+from aijobs_worker.spool import Spool
+from aijobs_worker.telemetry import REGISTRY, enable_gpu_telemetry
+
+log = logging.getLogger("aijobs.worker")
+
+
+async def serve(cfg: WorkerSettings) -> None:
+    device = pick_device(cfg.device)
+    enable_gpu_telemetry()
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=REGISTRY)
+    signer = TokenSigner(cfg.identity, cfg.secret)
+    ai = ServiceClient("ai", cfg.ai_url, signer, timeout=cfg.call_timeout_seconds)
+    storage = ServiceClient("storage", cfg.storage_url, signer, timeout=cfg.call_timeout_seconds)
+    runner = Runner(device, Path(cfg.model_dir) if cfg.model_dir else None, cfg.max_batch)
+    worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    worker = Worker(cfg, ai, storage, runner, Spool(Path(cfg.spool_dir)), worker_id)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stopping.set)
+    log.info("worker %s on %s: leasing from %s", worker_id, device, cfg.ai_url)
+    try:
+        await worker.run()
+    finally:
+        await ai.aclose()
+        await storage.aclose()
+    log.info("worker %s stopped", worker_id)
+
+
+def run(cfg: WorkerSettings | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(cfg or WorkerSettings()))
