@@ -1,18 +1,19 @@
-"""Real service processes on loopback ports, for tests, the demo and fault campaigns.
-
-A :class:`ServiceProcess` is ``aijobs service NAME`` in a child process: started, waited on
-until ``/readyz`` answers, stopped with SIGTERM, or killed with SIGKILL to inject a crash.
+"""Real processes on loopback ports, for tests, the demo and fault campaigns: the services,
+the operator, workers and fault proxies. Each is started, waited on until it answers, stopped
+with SIGTERM, or killed with SIGKILL to inject a crash (and started again on the same port).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import httpx
 
 from aijobs.controlplane.cluster import free_port
 
-__all__ = ["CALLER_NAMES", "ServiceProcess", "make_secrets"]
+__all__ = ["CALLER_NAMES", "ManagedProcess", "ServiceProcess", "make_secrets"]
 
 CALLER_NAMES = ("admin", "operator", "worker", "main-api")
 
@@ -31,64 +32,52 @@ def make_secrets() -> dict[str, str]:
 
 
 @dataclass
-class ServiceProcess:
+class ManagedProcess:
     name: str
-    database_url: str
-    callers: dict[str, str]
+    argv: list[str]
     log_dir: Path
-    port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
-    workers: int = 1
+    ready: Callable[[], bool] | None = None
     proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> ServiceProcess:
-        import json
-
-        env = {
-            **os.environ,
-            "AIJOBS_CALLERS": json.dumps(self.callers),
-            "AIJOBS_SWEEP_INTERVAL_SECONDS": "1",
-            **self.env,
-        }
+    def start(self, timeout: float = 60.0) -> ManagedProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "aijobs.cli",
-            "service",
-            self.name,
-            "--port",
-            str(self.port),
-            "--database-url",
-            self.database_url,
-            "--workers",
-            str(self.workers),
-        ]
         with (self.log_dir / f"{self.name}.log").open("ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.wait_ready(timeout)
         return self
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def wait_ready(self, timeout: float = 60.0) -> None:
+        if self.ready is None:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_dir}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; see {self.log_dir}/{self.name}.log"
+                )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if self.ready():
                     return
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready on {self.url} after {timeout:.0f}s; see {self.log_dir}")
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_dir}/{self.name}.log")
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.running:
+            assert self.proc is not None
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -96,7 +85,56 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to finish or clean up."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running:
+            assert self.proc is not None
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=2).status_code == 200
+
+
+class ServiceProcess(ManagedProcess):
+    """``aijobs service NAME`` on its own port (kept across restarts)."""
+
+    def __init__(
+        self,
+        name: str,
+        database_url: str,
+        callers: dict[str, str],
+        log_dir: Path,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+    ) -> None:
+        self.port = port or free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "aijobs.cli",
+            "service",
+            name,
+            "--port",
+            str(self.port),
+            "--database-url",
+            database_url,
+            "--workers",
+            str(workers),
+        ]
+        full_env = {
+            "AIJOBS_CALLERS": json.dumps(callers),
+            "AIJOBS_SWEEP_INTERVAL_SECONDS": "1",
+            **(env or {}),
+        }
+        super().__init__(name, argv, log_dir, full_env, _http_ok(f"http://127.0.0.1:{self.port}/readyz"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServiceProcess:
+        super().start(timeout)
+        return self

@@ -47,4 +47,5 @@ async def serve(cfg: WorkerSettings) -> None:
 
 def run(cfg: WorkerSettings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much
     asyncio.run(serve(cfg or WorkerSettings()))

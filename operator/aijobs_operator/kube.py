@@ -71,7 +71,14 @@ class KubeWriter:
     ) -> dict[str, Any]:
         METRICS.api_writes.labels(kind).inc()
         body = await asyncio.to_thread(
-            self._custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, ops
+            self._custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            ops,
+            _content_type="application/json-patch+json",
         )
         return cast(dict[str, Any], body)
 

@@ -70,6 +70,8 @@ def registry_for(reconciler: Reconciler, extra_tasks: list[Any]) -> kopf.Operato
 def run(cfg: OperatorSettings | None = None) -> None:
     cfg = cfg or OperatorSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig
     api = api_client(cfg.kubeconfig or None)
