@@ -130,15 +130,15 @@ class FaultProxy:
                 "detail": "the fault proxy answered instead of the service",
             }
             return web.json_response(
-                body, status=rule.status, headers=headers, content_type="application/problem+json"
+                problem, status=rule.status, headers=headers, content_type="application/problem+json"
             )
         if rule is not None and rule.action == "delay":
             await asyncio.sleep(rule.seconds)
         assert self.session is not None
-        body = await request.read()
+        data = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         async with self.session.request(
-            request.method, self.upstream + request.path_qs, data=body, headers=headers, allow_redirects=False
+            request.method, self.upstream + request.path_qs, data=data, headers=headers, allow_redirects=False
         ) as upstream:
             payload = await upstream.read()
             status = upstream.status
