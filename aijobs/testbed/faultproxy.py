@@ -123,7 +123,7 @@ class FaultProxy:
             raise asyncio.CancelledError  # aiohttp closes the connection without a response
         if rule is not None and rule.action == "status":
             headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after is not None else {}
-            body = {
+            problem = {
                 "type": "https://aijobs.io/problems/injected-fault",
                 "title": "Injected fault",
                 "status": rule.status,
