@@ -186,6 +186,8 @@ class Worker:
         STAGE_SECONDS.labels("upload").observe(time.perf_counter() - t0)
         if obj is not None:
             await self._complete(entry, obj)
+        elif held is not None and held.cancelled:  # acknowledge, so the task ends cancelled now
+            await self._give_back({"id": entry.task_id, "leaseToken": entry.lease_token}, "cancelled", False)
         self._forget(entry)
 
     async def _upload(self, entry: Entry, content: bytes) -> dict[str, Any]:

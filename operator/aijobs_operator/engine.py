@@ -277,6 +277,9 @@ class Reconciler:
                     status, step.condition, "False", outcome.reason, outcome.message, gen
                 )
                 changed |= _set(status, "message", outcome.message)
+                # The follower wakes the job when its task changes; this timer makes sure the
+                # deadline is noticed even if nothing ever changes.
+                self.later(key, max(0.5, (job.deadline - saga.now()).total_seconds() + 0.5))
                 break
             assert isinstance(outcome, Done)
             rec["attempts"] += 1

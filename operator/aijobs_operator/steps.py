@@ -169,7 +169,7 @@ async def schedule(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wai
     when = (
         "as soon as a worker is free"
         if parse(task["runAt"]) <= dt.datetime.now(dt.UTC)
-        else f"at {task['runAt']}"
+        else f"at {iso(parse(task['runAt']))}"
     )
     return Done(f"task {task['id']} runs {when}", {"taskId": task["id"]})
 
@@ -194,7 +194,7 @@ async def process(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
     if state in ("failed", "cancelled"):
         raise StepFailed("ProcessingFailed", f"task {task['id']} {state}: {task.get('error') or ''}".strip())
     if state == "scheduled" and parse(task["runAt"]) > dt.datetime.now(dt.UTC):
-        return Wait("WaitingForRunAt", f"task {task['id']} runs at {task['runAt']}")
+        return Wait("WaitingForRunAt", f"task {task['id']} runs at {iso(parse(task['runAt']))}")
     # One message for queued and running alike: a task starting is not worth a status write.
     return Wait("Processing", f"task {task['id']} is queued or running on a GPU worker")
 
