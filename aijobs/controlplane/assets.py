@@ -25,6 +25,7 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
+HELM_VERSION = "v3.22.0"
 
 __all__ = [
     "ETCD_VERSION",
@@ -33,6 +34,7 @@ __all__ = [
     "Assets",
     "cache_root",
     "ensure_assets",
+    "ensure_helm",
 ]
 
 
@@ -151,9 +153,39 @@ def _build_kube_apiserver(folder: Path, log) -> None:  # type: ignore[no-untyped
     _timed_build("kube-apiserver", folder, work, pkg, ldflags, log)
 
 
+def ensure_helm(*, log=print) -> Path:  # type: ignore[no-untyped-def]
+    """helm: ``$AIJOBS_HELM`` or ``helm`` on PATH if set/found, else built once with ``go install``
+    (helm's module has no replace lines) into the same tool cache."""
+    explicit = os.environ.get("AIJOBS_HELM")
+    if explicit:
+        return Path(explicit)
+    target = cache_root() / "tools" / f"helm-{HELM_VERSION}"
+    binary = target / "helm"
+    if not binary.is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        log(f"building helm {HELM_VERSION} into {target} (first time only; a few minutes)")
+        go = shutil.which("go")
+        if go is None:
+            raise AssetError("`go` is not on PATH: install Go, or set AIJOBS_HELM to a helm binary")
+        env = dict(os.environ, GOBIN=str(target), CGO_ENABLED="0", GOWORK="off")
+        ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+        proc = subprocess.run([go, "install", "-trimpath", "-ldflags", ldflags,
+                               f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AssetError(f"`go install helm` failed:\n{proc.stderr[-4000:]}")
+        log(f"built helm in {time.monotonic() - started:.0f}s")
+    return binary
+
+
 def main() -> int:
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
     try:
-        assets = ensure_assets(log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        assets = ensure_assets(log=log)
+        if "--helm" in sys.argv:
+            ensure_helm(log=log)
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
