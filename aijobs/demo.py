@@ -1,61 +1,168 @@
 """``aijobs demo``: the main job, end to end, on one machine.
 
-Starts a real control plane (etcd + kube-apiserver), installs the AIImageJob CRD, applies the
-example jobs with kubectl and shows what a user sees. Later stages of the project add the
-services, the operator and a worker, so that the same command takes a job through every phase.
+A real control plane (etcd + kube-apiserver), the five services (SQLite, the embedded default),
+the operator and a CPU worker, all as real processes. A tenant with 100 credits submits a real
+image twice: with ``kubectl apply`` and through Main API. Each job goes Pending -> Charged ->
+Uploaded -> Scheduled -> Processed -> Delivered; the result is downloaded through its signed link
+and the balance shows one charge per job. Then a job the tenant can't afford fails and costs
+nothing.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
 
 from aijobs.controlplane.cluster import ControlPlane
-from aijobs.crds import CRD_DIR, install_crds
+from aijobs.crds import install_crds
 from aijobs.kube import api_client
-
-EXAMPLES = CRD_DIR.parent / "examples"
+from aijobs.testbed.stack import Stack
 
 
 def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def _kubectl(kubeconfig: Path, *args: str) -> None:
-    print(f"$ kubectl {' '.join(args)}", flush=True)
-    proc = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], text=True, capture_output=True)
-    sys.stdout.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(proc.returncode)
+def _picture() -> bytes:
+    """A 48x32 picture with edges and text, so that upscaling has something to do."""
+    from PIL import ImageDraw
+
+    image = Image.linear_gradient("L").convert("RGB").resize((48, 32))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((4, 4, 20, 20), outline=(255, 40, 40), width=2)
+    draw.text((24, 10), "AI", fill=(20, 20, 220))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Demo:
+    def __init__(self, stack: Stack, namespace: str) -> None:
+        self.stack, self.namespace = stack, namespace
+
+    def kubectl(self, *args: str, stdin: str | None = None, show: bool = True) -> str:
+        argv = ["kubectl", f"--kubeconfig={self.stack.kubeconfig}", f"--namespace={self.namespace}", *args]
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+        if show:
+            print(f"$ kubectl {' '.join(args)}")
+            sys.stdout.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0 and show:
+            raise SystemExit(f"kubectl failed: {proc.stderr}")
+        return proc.stdout
+
+    def follow(self, name: str, timeout: float = 120) -> dict[str, Any]:
+        """Print each phase the job passes through (from its status and its events)."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = json.loads(self.kubectl("get", "aij", name, "-o", "json", show=False))
+            status = job.get("status") or {}
+            steps = [
+                c["type"]
+                for c in status.get("conditions", [])
+                if c["status"] == "True"
+                and c["type"] in ("Charged", "Uploaded", "Scheduled", "Processed", "Delivered")
+            ]
+            for phase in ["Pending", *steps] if status.get("phase") else []:
+                if phase not in seen:
+                    seen.add(phase)
+                    print(f"   {name}: {phase}")
+            if status.get("phase") in ("Delivered", "Failed"):
+                print(f"   {name}: {status['phase']} — {status.get('message')}")
+                return job
+            time.sleep(0.2)
+        raise SystemExit(f"{name} did not finish in {timeout:.0f}s")
 
 
 def run_demo(*, keep: bool = False) -> int:
-    plane = ControlPlane(Path(tempfile.mkdtemp(prefix="aijobs-demo-")) / "controlplane")
-    _say("starting a local control plane (etcd + kube-apiserver)")
+    root = Path(tempfile.mkdtemp(prefix="aijobs-demo-"))
+    plane = ControlPlane(root / "controlplane")
+    _say("starting a local control plane (etcd + kube-apiserver) and installing the AIImageJob CRD")
     plane.start()
+    stack = Stack(root, plane.kubeconfig, lambda name: f"sqlite:///{root}/{name}.db")
     try:
         install_crds(api_client(plane.kubeconfig))
-        kc = plane.kubeconfig
-        _kubectl(kc, "version")
-        _say("the AIImageJob resource, as kubectl explains it")
-        _kubectl(kc, "explain", "aij.spec.input")
-        _say("applying the example jobs")
-        _kubectl(kc, "apply", "-f", str(EXAMPLES))
-        _kubectl(kc, "get", "aij")
-        _say("a bad manifest is refused before anything is stored or charged")
-        bad = (EXAMPLES / "resize-url.yaml").read_text().replace("price: 3", "price: 0")
-        print("$ kubectl apply -f - # resize-url.yaml with price: 0", flush=True)
-        proc = subprocess.run(
-            ["kubectl", f"--kubeconfig={kc}", "apply", "-f", "-"], input=bad, text=True, capture_output=True
+        _say("starting Auth, Payment, Storage, AI and Main API (SQLite), the operator and a CPU worker")
+        stack.start_services()
+        stack.start_operator()
+        stack.start_worker()
+        tenant = stack.tenant("acme", credits=100, namespace="acme-jobs", user="alice")
+        print(f"   tenant acme: namespace acme-jobs, user alice, balance {stack.balance('acme')}")
+        demo = Demo(stack, tenant.namespace)
+        picture = _picture()
+
+        _say("1. a job applied with kubectl: upscale a 48x32 image with the learned model, 10 credits")
+        manifest = {
+            "apiVersion": "aijobs.io/v1alpha1",
+            "kind": "AIImageJob",
+            "metadata": {"name": "upscale-demo"},
+            "spec": {
+                "account": "acme",
+                "pipeline": "upscale-x2",
+                "price": 10,
+                "input": {"inline": {"contentType": "image/png", "data": base64.b64encode(picture).decode()}},
+            },
+        }
+        demo.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+        job = demo.follow("upscale-demo")
+        demo.kubectl("get", "aij")
+        result = httpx.get(job["status"]["result"]["url"], timeout=10)
+        size = Image.open(io.BytesIO(result.content)).size
+        (root / "upscaled.png").write_bytes(result.content)
+        print(
+            f"   downloaded the result through its signed link: {size[0]}x{size[1]} PNG -> {root / 'upscaled.png'}"
         )
-        sys.stdout.write(proc.stderr)
+        print(f"   balance now: {stack.balance('acme')}")
+
+        _say("2. the same through Main API: alice uploads an image with her token")
+        main = stack.services["main"].url
+        auth = {"Authorization": f"Bearer {tenant.token}", "Idempotency-Key": "demo-thumbnail-1"}
+        files = {"file": ("photo.png", picture, "image/png")}
+        form = {"pipeline": "thumbnail", "parameters": json.dumps({"size": 24})}
+        print(
+            f"$ curl -H 'Authorization: Bearer aij_…' -H 'Idempotency-Key: demo-thumbnail-1' "
+            f"-F pipeline=thumbnail -F 'parameters={form['parameters']}' -F file=@photo.png {main}/v1/jobs"
+        )
+        submitted = httpx.post(f"{main}/v1/jobs", headers=auth, data=form, files=files, timeout=30)
+        print(f"   {submitted.status_code}: job {submitted.json()['id']}, phase {submitted.json()['phase']}")
+        retried = httpx.post(f"{main}/v1/jobs", headers=auth, data=form, files=files, timeout=30)
+        print(
+            f"   the same request again (a client retry): {retried.status_code}, same job "
+            f"{retried.json()['id'] == submitted.json()['id']}"
+        )
+        view = demo.follow(submitted.json()["id"])
+        thumb = Image.open(io.BytesIO(httpx.get(view["status"]["result"]["url"], timeout=10).content)).size
+        print(f"   result: a {thumb[0]}x{thumb[1]} thumbnail; balance now: {stack.balance('acme')}")
+
+        _say("3. a job acme can't afford fails at the charge and costs nothing")
+        pricey = {
+            **manifest,
+            "metadata": {"name": "too-expensive"},
+            "spec": {**manifest["spec"], "price": 1000},
+        }
+        demo.kubectl("apply", "-f", "-", stdin=json.dumps(pricey))
+        demo.follow("too-expensive")
+        print(f"   balance unchanged: {stack.balance('acme')}")
+
+        _say("the story of the first job, as kubectl describe tells it (events)")
+        described = demo.kubectl("describe", "aij", "upscale-demo", show=False)
+        print(described[described.find("Events:") :])
         if keep:
-            _say(f"left running: export KUBECONFIG={kc}  (stop: aijobs controlplane down --dir {plane.root})")
+            _say(f"left running: export KUBECONFIG={plane.kubeconfig}; logs in {stack.logs}")
             return 0
     finally:
         if not keep:
+            stack.stop()
             plane.stop()
-    _say("demo finished; the control plane was stopped and its files removed")
+    _say(f"demo finished; everything was stopped (the result image stays in {root})")
     return 0

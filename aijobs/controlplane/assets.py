@@ -170,8 +170,12 @@ def ensure_helm(*, log=print) -> Path:  # type: ignore[no-untyped-def]
             raise AssetError("`go` is not on PATH: install Go, or set AIJOBS_HELM to a helm binary")
         env = dict(os.environ, GOBIN=str(target), CGO_ENABLED="0", GOWORK="off")
         ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-        proc = subprocess.run([go, "install", "-trimpath", "-ldflags", ldflags,
-                               f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [go, "install", "-trimpath", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise AssetError(f"`go install helm` failed:\n{proc.stderr[-4000:]}")
         log(f"built helm in {time.monotonic() - started:.0f}s")

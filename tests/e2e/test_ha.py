@@ -27,7 +27,8 @@ def ha_stack(control_plane: Any, postgres: Any, tmp_path_factory: pytest.TempPat
 def _holder(stack: Stack) -> str | None:
     try:
         lease = k8s.CoordinationV1Api(api_client(stack.kubeconfig)).read_namespaced_lease(
-            stack.operator_env["AIJOBS_LEASE_NAME"], "default")
+            stack.operator_env["AIJOBS_LEASE_NAME"], "default"
+        )
     except k8s.exceptions.ApiException as exc:
         if exc.status == 404:
             return None
@@ -37,8 +38,11 @@ def _holder(stack: Stack) -> str | None:
 
 def _writes(stack: Stack, index: int) -> float:
     text = stack.operator_metrics(stack.operators[index])
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("aijobs_operator_api_writes_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("aijobs_operator_api_writes_total{")
+    )
 
 
 def test_a_standby_replica_stays_idle_and_takes_over_when_the_leader_dies(ha_stack: Stack) -> None:
