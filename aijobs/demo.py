@@ -65,7 +65,7 @@ class Demo:
         seen: set[str] = set()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = json.loads(self.kubectl("get", "aij", name, "-o", "json", show=False))
+            job: dict[str, Any] = json.loads(self.kubectl("get", "aij", name, "-o", "json", show=False))
             status = job.get("status") or {}
             steps = [
                 c["type"]
@@ -102,7 +102,7 @@ def run_demo(*, keep: bool = False) -> int:
         picture = _picture()
 
         _say("1. a job applied with kubectl: upscale a 48x32 image with the learned model, 10 credits")
-        manifest = {
+        manifest: dict[str, Any] = {
             "apiVersion": "aijobs.io/v1alpha1",
             "kind": "AIImageJob",
             "metadata": {"name": "upscale-demo"},
@@ -120,7 +120,8 @@ def run_demo(*, keep: bool = False) -> int:
         size = Image.open(io.BytesIO(result.content)).size
         (root / "upscaled.png").write_bytes(result.content)
         print(
-            f"   downloaded the result through its signed link: {size[0]}x{size[1]} PNG -> {root / 'upscaled.png'}"
+            f"   downloaded the result through its signed link: {size[0]}x{size[1]} PNG "
+            f"-> {root / 'upscaled.png'}"
         )
         print(f"   balance now: {stack.balance('acme')}")
 
