@@ -90,6 +90,12 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from aijobs.chaos import main as chaos_main
+
+    return chaos_main(args.args)
+
+
 def _operator(_: argparse.Namespace) -> int:
     from aijobs_operator.main import run
 
@@ -138,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--workers", type=int, default=int(os.environ.get("AIJOBS_WORKERS", "1")))
     svc.add_argument("--migrate-only", action="store_true", help="apply the migrations and exit")
     svc.set_defaults(func=_service)
+
+    chaos = sub.add_parser(
+        "chaos", help="run a fault campaign or a seed scenario and check I1-I5", add_help=False
+    )
+    chaos.add_argument("args", nargs=argparse.REMAINDER)
+    chaos.set_defaults(func=_chaos)
 
     op = sub.add_parser("operator", help="run the saga operator (settings: AIJOBS_* environment variables)")
     op.set_defaults(func=_operator)

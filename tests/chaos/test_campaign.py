@@ -1,0 +1,69 @@
+"""The seed's four scenarios, deterministic, and a short random campaign under every fault kind:
+every invariant I1-I5 must hold at the end."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from aijobs.chaos import Campaign, build_stack, run_random, run_scenario, schedule
+from aijobs.testbed.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def chaos_stack(
+    control_plane: Any, postgres: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    suffix = uuid.uuid4().hex[:6]
+    stack = build_stack(
+        tmp_path_factory.mktemp("chaos"),
+        control_plane.kubeconfig,
+        lambda name: postgres.create_database(f"chaos_{name}_{suffix}"),
+        seed=11,
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_a_seed_always_gives_the_same_fault_schedule() -> None:
+    assert schedule(42, {"net", "kill"}, 30) == schedule(42, {"net", "kill"}, 30)
+    assert schedule(42, {"net", "kill"}, 30) != schedule(43, {"net", "kill"}, 30)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "phase", "says"),
+    [
+        pytest.param("s1", "Failed", "quota", id="s1-disk-full-after-the-charge"),
+        pytest.param("s2", "Delivered", "result delivered", id="s2-lost-response-then-retry"),
+        pytest.param("s3", "Delivered", "result delivered", id="s3-storage-down-while-the-gpu-works"),
+        pytest.param("s4", "Failed", "not a recognisable image", id="s4-services-disagree"),
+    ],
+)
+def test_a_seed_scenario_ends_with_the_opposite_of_the_seeds_story(
+    chaos_stack: Stack, scenario: str, phase: str, says: str
+) -> None:
+    result, story = run_scenario(Campaign(chaos_stack, seed=3), scenario)
+    assert result.violations == [], story
+    assert f": {phase} —" in story and says in story
+    if phase == "Failed":
+        assert "held (started with 100)" in story and "100 available, 0 held" in story
+    else:
+        assert "90 available, 0 held" in story  # charged once
+    if scenario == "s4":
+        assert "'verdict': 'repaired'" in story and "stray-hold" in story
+
+
+def test_a_random_campaign_of_fifty_jobs_keeps_every_invariant(chaos_stack: Stack) -> None:
+    campaign = Campaign(chaos_stack, seed=20261125)
+    result = run_random(campaign, 50, {"net", "kill", "disk"}, random.Random(20261125))
+    result.print()
+    assert result.jobs == 50
+    assert result.heal_seconds is not None
+    assert sum(result.faults.values()) > 10
+    assert result.violations == []
