@@ -43,10 +43,11 @@ NET_ACTIONS = ("drop", "delay", "reset", "drop-response", "status", "slow-body")
 KILLABLE = ("operator", "worker", "payment", "storage", "ai", "auth", "main")
 
 
-def _image(rng: random.Random, noise: bool = False) -> bytes:
+def _image(rng: random.Random, noise: int = 0) -> bytes:
+    """A small gradient, or (``noise`` > 0) an incompressible ``noise`` x ``noise`` picture."""
     w, h = rng.randint(12, 40), rng.randint(12, 40)
     if noise:
-        w = h = 180
+        w = h = noise
         image = Image.frombytes("RGB", (w, h), rng.randbytes(w * h * 3))
     else:
         image = Image.linear_gradient("L").convert("RGB").resize((w, h))
@@ -239,6 +240,12 @@ class Report:
                 w(f"  fault: {fault}\n")
 
 
+def _fault_kind(entry: dict[str, Any]) -> str:
+    if entry["kind"] == "net" and "rule" in entry:
+        return f"net:{entry['rule']['action']}"
+    return f"{entry['kind']}:{entry['target']}"
+
+
 def report(campaign: Campaign, heal: float | None, started: float) -> Report:
     views = campaign.views()
     balances = {a: campaign.stack.balance(a) for a in campaign.initial}
@@ -249,10 +256,7 @@ def report(campaign: Campaign, heal: float | None, started: float) -> Report:
     for view in views:
         key = f"{view.namespace}/{view.name}"
         touched[key] = [f for f in proxy if f.get("key") and view.uid in f["key"]]
-    counts = Counter(
-        f"net:{e['rule']['action']}" if e["kind"] == "net" else f"kill:{e['target']}"
-        for e in campaign.faults_log
-    )
+    counts = Counter(_fault_kind(e) for e in campaign.faults_log)
     counts.update(f"fired:{f['action']}" for f in proxy)
     reasons = Counter(
         next((c["reason"] for c in v.status.get("conditions", []) if c["type"] == "Failed"), "?")
@@ -298,12 +302,12 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
                 heal()
                 pending_heals.remove((due, heal))
             time.sleep(0.05)
-        account = poor if i % 17 == 16 else accounts[i % len(accounts)]
-        big = "disk" in kinds and i % 11 == 10
+        big = "disk" in kinds and i % 11 == 10  # big images all go to one account: its quota fills up
+        account = accounts[0] if big else poor if i % 17 == 16 else accounts[i % len(accounts)]
         campaign.submit(
             account,
             f"job-{i:05d}",
-            _image(rng, noise=big),
+            _image(rng, noise=180 if big else 0),
             pipeline=rng.choice(["grayscale", "thumbnail", "sharpen"]),
             price=rng.randint(1, 3),
         )
@@ -352,7 +356,7 @@ def run_scenario(campaign: Campaign, scenario: str) -> tuple[Report, str]:
     campaign.tenant(account, credits=100)
     stack = campaign.stack
     if scenario == "s1":  # credits held, then the upload fails: storage full
-        campaign.submit(account, "s1-job", _image(rng, noise=True), price=10)
+        campaign.submit(account, "s1-job", _image(rng, noise=330), price=10)  # ~330 KB > the quota
         _wait_job(campaign, "s1-job")
         campaign.faults_log.append({"kind": "disk", "target": "storage", "detail": "account quota exceeded"})
     elif scenario == "s2":  # the callee commits, the response is lost, the caller retries
@@ -472,7 +476,7 @@ def build_stack(
         kubeconfig,
         database,
         seed=seed,
-        service_env={"storage": {"AIJOBS_ACCOUNT_QUOTA_BYTES": "400000"}},
+        service_env={"storage": {"AIJOBS_ACCOUNT_QUOTA_BYTES": "300000"}},
         operator_env={
             "AIJOBS_LEASE_NAME": f"aijobs-chaos-{uuid.uuid4().hex[:6]}",
             "AIJOBS_AUDIT_INTERVAL_SECONDS": "2",

@@ -55,8 +55,8 @@ class Reconciler:
             self.cache.pop(key, None)
             return
         current = self.cache.get(key)
-        if current is not None and _rv(current) > _rv(body):
-            return  # an older copy than one our own patch already returned
+        if current is not None and _rv(current) >= _rv(body):
+            return  # our own write coming back, or older: nothing new to act on
         self.cache[key] = body
         self.enqueue(key)
 
@@ -170,7 +170,8 @@ class Reconciler:
         job = self._job(body, status)
         if not status.get("phase"):
             await self._claim(body, job)
-            return  # the claim's own watch event starts the first step
+            self.enqueue(key)  # the first step runs in a pass of its own, after the claim is stored
+            return
         if status["phase"] == "Compensating":
             await self._compensate(body, job, status.get("message") or "compensating")
             return
