@@ -1,0 +1,117 @@
+"""The auditor: disagreements planted in a service, behind the saga's back, are found, reported
+on the job, and repaired when the saga log alone justifies it (and only then)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from aijobs_services.kit.db import make_engine
+
+from aijobs.testbed.stack import Stack, Tenant
+from tests.e2e.conftest import Jobs, eventually, manifest
+
+
+def _sql(stack: Stack, service: str, statement: str, **params: Any) -> None:
+    engine = make_engine(stack.database_url(service))
+    with engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+    engine.dispose()
+
+
+def _audit(jobs: Jobs, name: str, verdict: str) -> dict[str, Any]:
+    def seen() -> Any:
+        audit = (((jobs.get(name) or {}).get("status") or {}).get("audit")) or {}
+        return audit if audit.get("verdict") == verdict else None
+
+    found: dict[str, Any] = eventually(seen, 30, f"audit verdict {verdict}")
+    return found
+
+
+def _failed_job(stack: Stack, tenant: Tenant, jobs: Jobs, name: str) -> dict[str, Any]:
+    body = manifest(name, tenant.account)
+    body["spec"]["input"]["inline"]["data"] = "bm90IGFuIGltYWdl"
+    jobs.apply(body)
+    job = jobs.wait(name)
+    assert job["status"]["phase"] == "Failed"
+    _audit(jobs, name, "consistent")
+    return job
+
+
+def test_a_stray_hold_on_a_failed_job_is_released(stack: Stack, tenant: Tenant, jobs: Jobs) -> None:
+    job = _failed_job(stack, tenant, jobs, "stray-hold")
+    stack.call(
+        "payment",
+        "POST",
+        "/v1/holds",
+        {"account": tenant.account, "jobId": job["metadata"]["uid"], "amount": 7},
+    )
+    assert stack.balance(tenant.account)["held"] == 7
+    audit = _audit(jobs, "stray-hold", "repaired")
+    assert any("stray-hold" in f and "release-hold" in f for f in audit["findings"])
+    assert stack.balance(tenant.account) == {
+        "id": tenant.account,
+        "available": 100,
+        "held": 0,
+        "balance": 100,
+    }
+    assert "AuditRepaired" in jobs.kubectl("describe", "aij", "stray-hold").stdout
+
+
+def test_an_object_revived_in_storages_database_is_deleted_again(
+    stack: Stack, tenant: Tenant, jobs: Jobs
+) -> None:
+    image_job = manifest("orphan", tenant.account, price=200)  # can't afford: fails after nothing is stored
+    jobs.apply(image_job)
+    job = jobs.wait("orphan")
+    uid = job["metadata"]["uid"]
+    with stack.admin("storage") as http:
+        from tests.e2e.conftest import png
+
+        planted = http.put(
+            f"/v1/objects/planted:{uid}",
+            params={"account": tenant.account, "jobId": uid, "state": "committed"},
+            content=png(),
+        ).json()
+    _sql(stack, "storage", "update objects set state = 'committed' where id = :id", id=planted["id"])
+    audit = _audit(jobs, "orphan", "repaired")
+    assert any("orphan-object" in f for f in audit["findings"])
+    assert stack.call("storage", "GET", f"/v1/objects/{planted['id']}")["state"] == "deleted"
+
+
+def test_a_task_revived_in_the_ai_database_is_cancelled(stack: Stack, tenant: Tenant, jobs: Jobs) -> None:
+    job = _failed_job(stack, tenant, jobs, "zombie")
+    uid = job["metadata"]["uid"]
+    stack.call(
+        "ai",
+        "POST",
+        "/v1/tasks",
+        {
+            "jobId": uid,
+            "account": tenant.account,
+            "pipeline": "grayscale",
+            "inputObjectId": "obj-planted",
+            "runAt": "2099-01-01T00:00:00Z",
+        },
+    )
+    _sql(stack, "ai", "update tasks set cancel_requested = false where job_id = :uid", uid=uid)
+    audit = _audit(jobs, "zombie", "repaired")
+    assert any("orphan-task" in f for f in audit["findings"])
+    [task] = stack.call("ai", "POST", "/v1/tasks/query", {"jobIds": [uid]})["items"]
+    assert task["state"] == "cancelled"
+
+
+def test_a_double_charge_is_reported_for_a_person_and_no_money_moves(
+    stack: Stack, tenant: Tenant, jobs: Jobs
+) -> None:
+    jobs.apply(manifest("twice-charged", tenant.account, pipeline="grayscale", price=5))
+    job = jobs.wait("twice-charged")
+    assert job["status"]["phase"] == "Delivered"
+    _audit(jobs, "twice-charged", "consistent")
+    uid = job["metadata"]["uid"]
+    hold = stack.call("payment", "POST", "/v1/holds", {"account": tenant.account, "jobId": uid, "amount": 5})
+    stack.call("payment", "POST", f"/v1/holds/{hold['id']}/capture")
+    before = stack.balance(tenant.account)
+    audit = _audit(jobs, "twice-charged", "needs-attention")
+    assert any("double-charge" in f and "needs a person" in f for f in audit["findings"])
+    assert stack.balance(tenant.account) == before  # a refund is a person's decision
