@@ -141,12 +141,14 @@ def main() -> None:
         time.sleep(3)  # let the auditor's verdicts land: they are writes too
         writes = _writes_per_job(plane.audit_log, set(names))
         ceiling = _ceiling(custom, tenant.namespace, names)
+        rate = len(delivered) / elapsed
         print(
-            f"saga: {len(delivered)}/{args.jobs} jobs ended in {elapsed:.1f}s = {len(delivered) / elapsed:.1f} jobs/s; "
+            f"saga: {len(delivered)}/{args.jobs} jobs ended in {elapsed:.1f}s = {rate:.1f} jobs/s; "
             f"apply-to-Delivered {summary(latencies)}"
         )
         print(
-            f"  API writes per job (audit log, auditor included): {writes:.2f}; operator peak RSS {rss:.0f} MiB"
+            f"  API writes per job (audit log, auditor included): {writes:.2f}; "
+            f"operator peak RSS {rss:.0f} MiB"
         )
         print(
             f"  ceiling: a plain client patches status at {ceiling:.0f}/s on the same API server "
