@@ -22,7 +22,6 @@ if __name__ == "__main__":
     code = main(argv)
     jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else 50
     minutes = (time.monotonic() - started) / 60
-    print(
-        f"bench/chaos: {jobs} jobs in {minutes:.1f} min wall (stack start included) = {jobs / minutes:.0f} jobs/min"
-    )
+    rate = jobs / minutes
+    print(f"bench/chaos: {jobs} jobs in {minutes:.1f} min wall (stack start included) = {rate:.0f} jobs/min")
     sys.exit(code)
