@@ -8,7 +8,7 @@ PYTHON ?= python3
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,worker]'
+	$(VENV)/bin/pip install -q -e '.[dev,worker,torch]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 # etcd + kube-apiserver: from KUBEBUILDER_ASSETS, or built once into ~/.cache/aijobs.
 tools: venv
 	scripts/ensure-postgres
-	$(PY) -m aijobs.controlplane.assets >/dev/null
+	$(PY) -m aijobs.controlplane.assets --helm >/dev/null
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
-"""bench/queue: lease+complete throughput of the AI task queue on PostgreSQL with W concurrent
+"""bench/task_queue: lease+complete throughput of the AI task queue on PostgreSQL with W concurrent
 workers, each leasing up to B tasks at a time and completing them one by one.
 
-    .venv/bin/python bench/queue.py [--tasks 2000] [--workers 8] [--batch 4]
+    .venv/bin/python bench/task_queue.py [--tasks 2000] [--workers 8] [--batch 4]
 
 Prints tasks/s and p50/p99 of (lease + complete) per task. Everything shares this machine.
 """
