@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from dataclasses import asdict
 from typing import Any
 
 from aijobs_services.kit.client import ServiceError
@@ -91,9 +90,6 @@ class Auditor:
             updated = await self.reconciler.kube.patch_status(
                 meta["namespace"], meta["name"], {"audit": status["audit"]}
             )
-            self.reconciler._remember(updated)
+            self.reconciler.remember(updated)
         return verdict
 
-
-def as_dicts(found: list[Finding]) -> list[dict[str, Any]]:
-    return [asdict(f) for f in found]

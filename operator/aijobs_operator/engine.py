@@ -165,7 +165,7 @@ class Reconciler:
         if status.get("phase") in saga.TERMINAL:
             return
         if saga.FINALIZER not in (meta.get("finalizers") or []):
-            body = self._remember(await self.kube.add_finalizer(body, saga.FINALIZER))
+            body = self.remember(await self.kube.add_finalizer(body, saga.FINALIZER))
             meta = body["metadata"]
         job = self._job(body, status)
         if not status.get("phase"):
@@ -184,7 +184,7 @@ class Reconciler:
             meta["uid"], meta["namespace"], meta["name"], spec, status, deadline, self.tasks.get(meta["uid"])
         )
 
-    def _remember(self, body: dict[str, Any]) -> dict[str, Any]:
+    def remember(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
         self.cache[(meta["namespace"], meta["name"])] = body
         return body
@@ -197,7 +197,7 @@ class Reconciler:
             if exc.status == 404:
                 return body
             raise
-        return self._remember(updated)
+        return self.remember(updated)
 
     async def _claim(self, body: dict[str, Any], job: Job) -> None:
         """Accept the job: from this write on its spec is frozen (the CRD's rule), and only then

@@ -8,30 +8,24 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from aijobs.api.v1alpha1 import PIPELINES
 from aijobs_services.ai import queue
 from aijobs_services.ai.models import Task
-from aijobs_services.kit.app import SessionDep, get_idempotency
+from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware
-from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep
+from aijobs_services.kit.idempotency import IdempotentRequestDep
 
 NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-IdemStore = Annotated[IdempotencyStore, Depends(get_idempotency)]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Worker = Annotated[Caller, Depends(allow("worker"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api", "worker"))]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class TaskCreate(_Schema):
+class TaskCreate(CamelModel):
     job_id: str = Field(min_length=1, max_length=128)
     account: str = Field(min_length=2, max_length=63, pattern=NAME)
     pipeline: str = Field(description=f"One of: {', '.join(PIPELINES)}")
@@ -41,30 +35,30 @@ class TaskCreate(_Schema):
     max_attempts: int = Field(default=5, ge=1, le=50)
 
 
-class LeaseRequest(_Schema):
+class LeaseRequest(CamelModel):
     worker: str = Field(min_length=1, max_length=128)
     max_tasks: int = Field(default=1, ge=1, le=256)
     lease_seconds: int = Field(default=60, ge=5, le=3600)
 
 
-class Heartbeat(_Schema):
+class Heartbeat(CamelModel):
     lease_token: str
     lease_seconds: int = Field(default=60, ge=5, le=3600)
 
 
-class Completion(_Schema):
+class Completion(CamelModel):
     lease_token: str
     result_object_id: str = Field(min_length=1, max_length=40)
     result: dict[str, Any] = Field(default_factory=dict)
 
 
-class Failure(_Schema):
+class Failure(CamelModel):
     lease_token: str
     reason: str = Field(min_length=1, max_length=4000)
     retryable: bool
 
 
-class TaskQuery(_Schema):
+class TaskQuery(CamelModel):
     job_ids: list[str] = Field(default_factory=list, max_length=5000)
     task_ids: list[str] = Field(default_factory=list, max_length=5000)
 
@@ -99,7 +93,7 @@ router = APIRouter(prefix="/v1", tags=["ai"])
 
 @router.post("/tasks", status_code=201, summary="Register a job's task (one per job; idempotent)")
 def create_task(
-    body: TaskCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: TaskCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         run_at = aware(body.run_at).astimezone(dt.UTC) if body.run_at else None
@@ -139,14 +133,14 @@ def query_tasks(body: TaskQuery, _: Reader, session: SessionDep) -> dict[str, An
 
 @router.post("/tasks/{task_id}/cancel", summary="Cancel a task (idempotent)")
 def cancel_task(
-    task_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    task_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: (200, public(queue.cancel(s, task_id))))
 
 
 @router.post("/leases", summary="Lease due tasks (idempotent by key: a retried lease returns the same tasks)")
 def lease_tasks(
-    body: LeaseRequest, _: Worker, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: LeaseRequest, _: Worker, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         tasks = queue.lease(s, body.worker, body.max_tasks, body.lease_seconds)
@@ -168,7 +162,7 @@ def complete(
     body: Completion,
     _: Worker,
     idem: IdempotentRequestDep,
-    store: IdemStore,
+    store: IdemStoreDep,
     session: SessionDep,
 ) -> JSONResponse:
     return store.run(
@@ -183,7 +177,12 @@ def complete(
 
 @router.post("/tasks/{task_id}/fail", summary="Report a failed run (fenced; retryable or not)")
 def fail(
-    task_id: str, body: Failure, _: Worker, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    task_id: str,
+    body: Failure,
+    _: Worker,
+    idem: IdempotentRequestDep,
+    store: IdemStoreDep,
+    session: SessionDep,
 ) -> JSONResponse:
     return store.run(
         session,

@@ -7,38 +7,32 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 from sqlalchemy.orm import Session
 
 from aijobs_services.auth import directory
 from aijobs_services.auth.models import Binding, Token, User
-from aijobs_services.kit.app import SessionDep, get_idempotency
+from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
-from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep
+from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.problems import NotFound
 
 NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-IdemStore = Annotated[IdempotencyStore, Depends(get_idempotency)]
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Verifier = Annotated[Caller, Depends(allow("main-api", "operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class TenantCreate(_Schema):
+class TenantCreate(CamelModel):
     id: str = Field(min_length=2, max_length=63, pattern=NAME)
 
 
-class UserCreate(_Schema):
+class UserCreate(CamelModel):
     id: str = Field(min_length=2, max_length=63, pattern=NAME)
     tenant: str = Field(min_length=2, max_length=63, pattern=NAME)
 
 
-class TokenCreate(_Schema):
+class TokenCreate(CamelModel):
     user: str | None = Field(default=None, min_length=2, max_length=63, pattern=NAME)
     service: str | None = Field(default=None, min_length=2, max_length=63, pattern=NAME)
 
@@ -49,11 +43,11 @@ class TokenCreate(_Schema):
         return self
 
 
-class TokenVerify(_Schema):
+class TokenVerify(CamelModel):
     token: str = Field(min_length=1, max_length=200)
 
 
-class BindingBody(_Schema):
+class BindingBody(CamelModel):
     namespace: str = Field(min_length=1, max_length=63, pattern=NAME)
     account: str = Field(min_length=2, max_length=63, pattern=NAME)
 
@@ -78,14 +72,14 @@ router = APIRouter(prefix="/v1", tags=["auth"])
 
 @router.post("/tenants", status_code=201, summary="Create a tenant (its id is its credit account)")
 def create_tenant(
-    body: TenantCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: TenantCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: (201, {"id": directory.create_tenant(s, body.id).id}))
 
 
 @router.post("/users", status_code=201, summary="Create a user in a tenant")
 def create_user(
-    body: UserCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: UserCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         user = directory.create_user(s, body.id, body.tenant)
@@ -96,7 +90,7 @@ def create_user(
 
 @router.post("/tokens", status_code=201, summary="Issue an API token (shown once)")
 def issue_token(
-    body: TokenCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: TokenCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         token, plaintext = directory.issue_token(s, user_id=body.user, service=body.service)
@@ -114,7 +108,7 @@ def issue_token(
 
 @router.post("/tokens/{token_id}/revoke", summary="Revoke a token (idempotent)")
 def revoke_token(
-    token_id: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    token_id: str, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: (200, _token(directory.revoke_token(s, token_id))))
 
@@ -133,7 +127,7 @@ def verify_token(body: TokenVerify, _: Verifier, session: SessionDep) -> dict[st
 
 @router.post("/bindings", status_code=201, summary="Let a namespace charge an account")
 def bind(
-    body: BindingBody, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: BindingBody, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(
         session, idem, lambda s: (201, _binding(directory.bind(s, body.namespace, body.account)))
@@ -142,7 +136,12 @@ def bind(
 
 @router.delete("/bindings/{namespace}/{account}", summary="Stop a namespace charging an account")
 def unbind(
-    namespace: str, account: str, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    namespace: str,
+    account: str,
+    _: Admin,
+    idem: IdempotentRequestDep,
+    store: IdemStoreDep,
+    session: SessionDep,
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         directory.unbind(s, namespace, account)

@@ -13,6 +13,8 @@ from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +24,7 @@ from aijobs_services.kit.observability import RequestMetrics, ServiceMetrics, he
 from aijobs_services.kit.problems import install_problem_handlers
 from aijobs_services.kit.settings import ServiceSettings
 
-__all__ = ["ServiceSpec", "SessionDep", "create_app", "get_idempotency"]
+__all__ = ["CamelModel", "IdemStoreDep", "ServiceSpec", "SessionDep", "create_app", "get_idempotency"]
 
 log = logging.getLogger("aijobs.services")
 
@@ -117,3 +119,12 @@ SessionDep = Annotated[Session, Depends(_session)]
 async def get_idempotency(request: Request) -> IdempotencyStore:
     store: IdempotencyStore = request.app.state.idempotency
     return store
+
+
+IdemStoreDep = Annotated[IdempotencyStore, Depends(get_idempotency)]
+
+
+class CamelModel(BaseModel):
+    """Request and response bodies: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")

@@ -14,23 +14,21 @@ from fastapi.responses import JSONResponse
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
 from sqlalchemy.orm import Session
 
 from aijobs.api.pipelines import PipelineError, validate_parameters
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.consistency import JobRecords, findings
-from aijobs_services.kit.app import SessionDep, get_idempotency
+from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.client import Ambiguous, Refused, ServiceClient
 from aijobs_services.kit.db import utcnow
-from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep, read_idempotent_request
+from aijobs_services.kit.idempotency import IdempotentRequestDep, read_idempotent_request
 from aijobs_services.kit.problems import Forbidden, NotFound, Problem, Unauthenticated, Unprocessable
 from aijobs_services.main import jobs
 from aijobs_services.main.models import Delivery, Webhook
 from aijobs_services.main.settings import MainSettings
 
-IdemStore = Annotated[IdempotencyStore, Depends(get_idempotency)]
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 
@@ -287,8 +285,7 @@ async def admin_job(request: Request, namespace: str, name: str, _: Admin) -> di
     }
 
 
-class DeliveryCreate(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+class DeliveryCreate(CamelModel):
     job_uid: str = Field(min_length=1, max_length=160)
     namespace: str = Field(min_length=1, max_length=63)
     name: str = Field(min_length=1, max_length=253)
@@ -300,7 +297,7 @@ class DeliveryCreate(BaseModel):
     "/deliveries", status_code=201, summary="Record a delivered job and notify its account (operator)"
 )
 def record_delivery(
-    body: DeliveryCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: DeliveryCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         delivery = s.get(Delivery, body.job_uid)
@@ -331,7 +328,9 @@ class WebhookBody(BaseModel):
 
 
 @router.put("/webhook", summary="Where to notify your account of deliveries")
-async def set_webhook(request: Request, body: WebhookBody, user: UserDep, store: IdemStore) -> JSONResponse:
+async def set_webhook(
+    request: Request, body: WebhookBody, user: UserDep, store: IdemStoreDep
+) -> JSONResponse:
     idem = await read_idempotent_request(request, f"user:{user.id}")
 
     def act(s: Session) -> tuple[int, Any]:

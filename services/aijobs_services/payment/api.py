@@ -7,56 +7,50 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 from sqlalchemy.orm import Session
 
-from aijobs_services.kit.app import SessionDep, get_idempotency
+from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
-from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep
+from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.problems import NotFound, Problem
 from aijobs_services.payment import ledger
 from aijobs_services.payment.models import Account, Hold, LedgerEntry
 
 ACCOUNT_ID = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-IdemStore = Annotated[IdempotencyStore, Depends(get_idempotency)]
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class AccountCreate(_Schema):
+class AccountCreate(CamelModel):
     id: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_ID)
 
 
-class TopUpCreate(_Schema):
+class TopUpCreate(CamelModel):
     amount: int = Field(gt=0, le=10**12)
 
 
-class HoldCreate(_Schema):
+class HoldCreate(CamelModel):
     account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_ID)
     job_id: str = Field(min_length=1, max_length=128)
     amount: int = Field(gt=0, le=10**9)
     expires_at: dt.datetime | None = Field(default=None, description="Default: one hour from now")
 
 
-class HoldExtend(_Schema):
+class HoldExtend(CamelModel):
     expires_at: dt.datetime
 
 
-class AccountPublic(_Schema):
+class AccountPublic(CamelModel):
     id: str
     available: int
     held: int
     balance: int
 
 
-class HoldPublic(_Schema):
+class HoldPublic(CamelModel):
     id: str
     account: str
     job_id: str
@@ -99,7 +93,7 @@ router = APIRouter(prefix="/v1", tags=["payment"])
 
 @router.post("/accounts", status_code=201, summary="Open a credit account (admin)")
 def open_account(
-    body: AccountCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: AccountCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: (201, _account(ledger.open_account(s, body.id))))
 
@@ -116,7 +110,7 @@ def top_up(
     body: TopUpCreate,
     _: Admin,
     idem: IdempotentRequestDep,
-    store: IdemStore,
+    store: IdemStoreDep,
     session: SessionDep,
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
@@ -128,7 +122,7 @@ def top_up(
 
 @router.post("/holds", status_code=201, summary="Reserve credits for a job (402 if not enough)")
 def place_hold(
-    body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     expires = _aware(body.expires_at) if body.expires_at else utcnow() + dt.timedelta(hours=1)
     return store.run(
@@ -149,14 +143,14 @@ def get_hold(hold_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
 
 @router.post("/holds/{hold_id}/capture", summary="Charge a hold (idempotent; final)")
 def capture(
-    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: _hold_or_problem(ledger.capture(s, hold_id)))
 
 
 @router.post("/holds/{hold_id}/release", summary="Return a hold's credits (idempotent; final)")
 def release(
-    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: (200, _hold(ledger.release(s, hold_id))))
 
@@ -167,7 +161,7 @@ def extend(
     body: HoldExtend,
     _: Operator,
     idem: IdempotentRequestDep,
-    store: IdemStore,
+    store: IdemStoreDep,
     session: SessionDep,
 ) -> JSONResponse:
     return store.run(

@@ -12,15 +12,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aijobs_services.kit.app import SessionDep, get_idempotency
+from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
-from aijobs_services.kit.idempotency import IdempotencyStore, IdempotentRequestDep
+from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.problems import Forbidden, NotFound, Unprocessable
 from aijobs_services.storage import ingest, objects
 from aijobs_services.storage.blobs import BlobStore, Staged
@@ -30,17 +29,12 @@ from aijobs_services.storage.settings import StorageSettings
 
 NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 KEY = r"^[A-Za-z0-9._:/-]{1,255}$"
-IdemStore = Annotated[IdempotencyStore, Depends(get_idempotency)]
 Writer = Annotated[Caller, Depends(allow("main-api", "operator", "worker", "admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("main-api", "operator", "worker", "admin"))]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class IngestBody(_Schema):
+class IngestBody(CamelModel):
     key: str = Field(pattern=KEY)
     url: str = Field(max_length=2048, pattern=r"^https?://\S+$")
     account: str = Field(min_length=2, max_length=63, pattern=NAME)
@@ -49,11 +43,11 @@ class IngestBody(_Schema):
     state: Literal["staging", "committed"] = "staging"
 
 
-class CommitBody(_Schema):
+class CommitBody(CamelModel):
     job_id: str = Field(min_length=1, max_length=128)
 
 
-class DownloadUrlBody(_Schema):
+class DownloadUrlBody(CamelModel):
     ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
 
 
@@ -218,7 +212,7 @@ def commit_object(
     body: CommitBody,
     _: Operator,
     idem: IdempotentRequestDep,
-    store: IdemStore,
+    store: IdemStoreDep,
     session: SessionDep,
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: (200, public(objects.commit(s, object_id, body.job_id))))
@@ -226,14 +220,14 @@ def commit_object(
 
 @router.post("/objects/{object_id}/delete", summary="Delete an object (idempotent)")
 def delete_object(
-    object_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    object_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, lambda s: (200, public(objects.delete(s, objects.get(s, object_id)))))
 
 
 @router.post("/jobs/{job_id}/objects/delete", summary="Delete every object of a job (compensation)")
 def delete_job_objects(
-    job_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStore, session: SessionDep
+    job_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         deleted = [public(objects.delete(s, obj)) for obj in objects.for_job(s, job_id)]
