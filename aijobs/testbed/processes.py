@@ -92,8 +92,18 @@ class ManagedProcess:
         self.proc = None
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
-    return lambda: httpx.get(url, timeout=2).status_code == 200
+def _service_ready(base: str, name: str) -> Callable[[], bool]:
+    """Ready, and really the service we started (not another process on a reused port)."""
+
+    def ready() -> bool:
+        health = httpx.get(f"{base}/healthz", timeout=2)
+        return (
+            health.status_code == 200
+            and health.json().get("service") == name
+            and httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        )
+
+    return ready
 
 
 class ServiceProcess(ManagedProcess):
@@ -129,7 +139,7 @@ class ServiceProcess(ManagedProcess):
             "AIJOBS_SWEEP_INTERVAL_SECONDS": "1",
             **(env or {}),
         }
-        super().__init__(name, argv, log_dir, full_env, _http_ok(f"http://127.0.0.1:{self.port}/readyz"))
+        super().__init__(name, argv, log_dir, full_env, _service_ready(f"http://127.0.0.1:{self.port}", name))
 
     @property
     def url(self) -> str:

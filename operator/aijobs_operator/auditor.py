@@ -92,4 +92,3 @@ class Auditor:
             )
             self.reconciler.remember(updated)
         return verdict
-

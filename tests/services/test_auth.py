@@ -140,7 +140,7 @@ def test_auth_and_payment_run_as_real_processes(
         auth_api, pay_api = Api(a, "auth", secrets), Api(p, "payment", secrets)
         auth_api.ok("POST", "/v1/tenants", {"id": "acme"})
         pay_api.ok("POST", "/v1/accounts", {"id": "acme"})
-        assert a.get("/healthz").json() == {"status": "ok"}
+        assert a.get("/healthz").json() == {"status": "ok", "service": "auth"}
         assert p.get("/readyz").json() == {"status": "ready"}
         assert "aijobs_http_requests_total" in p.get("/metrics").text
         assert "/v1/holds" in p.get("/openapi.json").json()["paths"]

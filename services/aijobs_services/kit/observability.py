@@ -127,8 +127,8 @@ def health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz(request: Request) -> dict[str, str]:
+        return {"status": "ok", "service": request.app.state.metrics.service}
 
     @router.get("/readyz", summary="Readiness: the database answers")
     def readyz(request: Request) -> JSONResponse:
