@@ -216,18 +216,20 @@ async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
         "POST", f"/v1/objects/{result_id}/download-url", json={"ttlSeconds": cfg.download_link_seconds}
     )
     result = await svc.storage.json("GET", f"/v1/objects/{result_id}")
-    await svc.main.json(
-        "POST",
-        "/v1/deliveries",
-        key=idempotency_key(job.uid, "deliver"),
-        json={
-            "jobUid": job.uid,
-            "namespace": job.namespace,
-            "name": job.name,
-            "account": job.spec["account"],
-            "resultUrl": link["url"],
-        },
-    )
+    body = {
+        "jobUid": job.uid,
+        "namespace": job.namespace,
+        "name": job.name,
+        "account": job.spec["account"],
+        "resultUrl": link["url"],
+    }
+    try:
+        await svc.main.json("POST", "/v1/deliveries", key=idempotency_key(job.uid, "deliver"), json=body)
+    except Refused as exc:
+        # Each attempt signs a fresh link, so a retry after a lost answer differs from the first
+        # request: Main API already recorded this job's delivery (the key is the job's own).
+        if exc.kind != "idempotency-key-reused":
+            raise
     job.status["result"] = {
         "objectId": result_id,
         "sha256": result["sha256"],

@@ -305,3 +305,30 @@ def test_the_operator_killed_at_random_points_loses_nothing(stack: Stack, tenant
         assert records["charges"]["charged"] == 3 and len(records["charges"]["holds"]) == 1
         assert len(records["tasks"]) == 1
         assert len([o for o in live(records["objects"]) if o["kind"] == "result"]) == 1
+
+
+def test_a_lost_delivery_answer_after_the_charge_still_ends_delivered(
+    stack: Stack, tenant: Tenant, jobs: Jobs
+) -> None:
+    """Found by a 400-job campaign: each delivery attempt signs a fresh link, so the retry's body
+    differed from the lost first request and the job stayed charged but undelivered."""
+    stack.faults(
+        "main",
+        [
+            {
+                "action": "drop-response",
+                "method": "POST",
+                "path": "^/v1/deliveries$",
+                "times": 1,
+                "name": "lost-delivery",
+            }
+        ],
+    )
+    try:
+        jobs.apply(manifest("notified", tenant.account, pipeline="grayscale", price=4))
+        job = jobs.wait("notified", timeout=90)
+    finally:
+        stack.faults("main", [])
+    assert any(e["rule"] == "lost-delivery" for e in stack.fault_log("main"))
+    assert job["status"]["phase"] == "Delivered"
+    assert stack.balance(tenant.account) == {"id": tenant.account, "available": 96, "held": 0, "balance": 96}
