@@ -41,6 +41,8 @@ class ManagedProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> ManagedProcess:
+        if self.running:  # two overlapping faults may both try to restart it: keep the first
+            return self
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{self.name}.log").open("ab") as log:
             self.proc = subprocess.Popen(
