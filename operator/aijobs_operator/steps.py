@@ -207,13 +207,17 @@ async def capture(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
         )
     except Refused as exc:
         raise _refused("CaptureRefused", exc) from exc
-    return Done(f"charged {hold['amount']} credits")
+    # The capture time is the hold's, replayed identically on any retry: delivery derives its link
+    # expiry from it, so every delivery attempt sends the same request.
+    return Done(f"charged {hold['amount']} credits", {"capturedAt": hold["settledAt"]})
 
 
 async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
-    result_id = job.ids()["resultObjectId"]
+    ids = job.ids()
+    result_id = ids["resultObjectId"]
+    expires = parse(ids["capturedAt"]) + dt.timedelta(seconds=cfg.download_link_seconds)
     link = await svc.storage.json(
-        "POST", f"/v1/objects/{result_id}/download-url", json={"ttlSeconds": cfg.download_link_seconds}
+        "POST", f"/v1/objects/{result_id}/download-url", json={"expiresAt": iso(expires)}
     )
     result = await svc.storage.json("GET", f"/v1/objects/{result_id}")
     body = {
@@ -223,13 +227,7 @@ async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
         "account": job.spec["account"],
         "resultUrl": link["url"],
     }
-    try:
-        await svc.main.json("POST", "/v1/deliveries", key=idempotency_key(job.uid, "deliver"), json=body)
-    except Refused as exc:
-        # Each attempt signs a fresh link, so a retry after a lost answer differs from the first
-        # request: Main API already recorded this job's delivery (the key is the job's own).
-        if exc.kind != "idempotency-key-reused":
-            raise
+    await svc.main.json("POST", "/v1/deliveries", key=idempotency_key(job.uid, "deliver"), json=body)
     job.status["result"] = {
         "objectId": result_id,
         "sha256": result["sha256"],

@@ -49,6 +49,9 @@ class CommitBody(CamelModel):
 
 class DownloadUrlBody(CamelModel):
     ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
+    expires_at: dt.datetime | None = Field(
+        default=None, description="An exact expiry instead of a TTL: the same expiry gives the same link"
+    )
 
 
 def public(obj: StoredObject) -> dict[str, Any]:
@@ -254,7 +257,13 @@ def download_url(
         obj = objects.get(session, object_id)
         if obj.state == "deleted":
             raise NotFound(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
-    expires = int(utcnow().timestamp()) + body.ttl_seconds
+    now = utcnow()
+    if body.expires_at is not None:
+        expires = int(aware(body.expires_at).timestamp())
+        if not now.timestamp() < expires <= now.timestamp() + 30 * 24 * 3600:
+            raise Unprocessable("expiresAt must be in the future and within 30 days", slug="bad-expiry")
+    else:
+        expires = int(now.timestamp()) + body.ttl_seconds
     sig = _signature(request.app.state.url_key, object_id, expires)
     base = _settings(request).public_url or str(request.base_url).rstrip("/")
     return {
