@@ -488,3 +488,7 @@ def build_stack(
     for _ in range(workers):
         stack.start_worker()
     return stack
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -5,6 +5,7 @@ aijobs demo                       the main job, end to end, on this machine
 aijobs operator                   the saga operator (kopf)
 aijobs service NAME               one of the five HTTP services
 aijobs worker                     a GPU (or CPU) inference worker
+aijobs chaos [--scenario s1..s4]  a fault campaign, or one of the seed's four stories
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chaos(args: argparse.Namespace) -> int:
+def _chaos(argv: list[str]) -> int:
     from aijobs.chaos import main as chaos_main
 
-    return chaos_main(args.args)
+    return chaos_main(argv)
 
 
 def _operator(_: argparse.Namespace) -> int:
@@ -145,11 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--migrate-only", action="store_true", help="apply the migrations and exit")
     svc.set_defaults(func=_service)
 
-    chaos = sub.add_parser(
-        "chaos", help="run a fault campaign or a seed scenario and check I1-I5", add_help=False
-    )
-    chaos.add_argument("args", nargs=argparse.REMAINDER)
-    chaos.set_defaults(func=_chaos)
+    # `aijobs chaos ...` hands every argument to the campaign's own parser (see main()); this entry
+    # only makes it appear in `aijobs --help`.
+    sub.add_parser("chaos", help="run a fault campaign or a seed scenario and check I1-I5")
 
     op = sub.add_parser("operator", help="run the saga operator (settings: AIJOBS_* environment variables)")
     op.set_defaults(func=_operator)
@@ -164,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chaos"]:  # its options belong to the campaign's parser, not to this one
+        return _chaos(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

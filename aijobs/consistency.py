@@ -57,15 +57,26 @@ def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Fi
                     None,
                 )
             )
+        # Money moves only on evidence the services hold, never on the phase alone: a capture is
+        # repaired only when AI says the task succeeded and Storage holds its committed result.
+        evidence = (
+            task is not None
+            and task["state"] == "succeeded"
+            and any(
+                o["id"] == task.get("resultObjectId") and o["state"] == "committed" for o in records.objects
+            )
+        )
         for hold in active:
-            # The log says Delivered: the capture step succeeded, so an active hold is either the
-            # captured one's twin (release it) or the capture that was never recorded.
-            repair = f"release-hold:{hold['id']}" if captured else f"capture-hold:{hold['id']}"
+            if captured:
+                repair: str | None = f"release-hold:{hold['id']}"
+            else:
+                repair = f"capture-hold:{hold['id']}" if evidence else None
             found.append(
                 Finding(
                     "stray-hold" if captured else "missing-capture",
                     "payment",
-                    f"hold {hold['id']} ({hold['amount']}) is still active",
+                    f"hold {hold['id']} ({hold['amount']}) is still active"
+                    + ("" if captured or evidence else "; no succeeded task with a committed result"),
                     repair,
                 )
             )

@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,8 +86,20 @@ class Demo:
         raise SystemExit(f"{name} did not finish in {timeout:.0f}s")
 
 
+def demo_home() -> Path:
+    """Where the demo keeps what it shows the user (the result image): one fixed place, replaced on
+    every run, so repeated demos leave nothing behind."""
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "aijobs" / "demo"
+
+
 def run_demo(*, keep: bool = False) -> int:
-    root = Path(tempfile.mkdtemp(prefix="aijobs-demo-"))
+    home = demo_home()
+    home.mkdir(parents=True, exist_ok=True)
+    for stale in home.glob("run-*"):  # what a run left running with --keep, or a killed run left
+        ControlPlane(stale / "controlplane").stop()
+        shutil.rmtree(stale, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix="run-", dir=home))
     plane = ControlPlane(root / "controlplane")
     _say("starting a local control plane (etcd + kube-apiserver) and installing the AIImageJob CRD")
     plane.start()
@@ -118,10 +132,10 @@ def run_demo(*, keep: bool = False) -> int:
         demo.kubectl("get", "aij")
         result = httpx.get(job["status"]["result"]["url"], timeout=10)
         size = Image.open(io.BytesIO(result.content)).size
-        (root / "upscaled.png").write_bytes(result.content)
+        (home / "upscaled.png").write_bytes(result.content)
         print(
             f"   downloaded the result through its signed link: {size[0]}x{size[1]} PNG "
-            f"-> {root / 'upscaled.png'}"
+            f"-> {home / 'upscaled.png'}"
         )
         print(f"   balance now: {stack.balance('acme')}")
 
@@ -159,11 +173,15 @@ def run_demo(*, keep: bool = False) -> int:
         described = demo.kubectl("describe", "aij", "upscale-demo", show=False)
         print(described[described.find("Events:") :])
         if keep:
-            _say(f"left running: export KUBECONFIG={plane.kubeconfig}; logs in {stack.logs}")
+            _say(
+                f"left running: export KUBECONFIG={plane.kubeconfig}; logs in {stack.logs} "
+                "(the next `aijobs demo` stops it and removes its files)"
+            )
             return 0
     finally:
         if not keep:
             stack.stop()
             plane.stop()
-    _say(f"demo finished; everything was stopped (the result image stays in {root})")
+            shutil.rmtree(root, ignore_errors=True)
+    _say(f"demo finished; everything was stopped and removed except the result, {home / 'upscaled.png'}")
     return 0

@@ -102,6 +102,7 @@ class StepRecord(_Model):
     last_error: str | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    next_attempt_at: dt.datetime | None = None
 
 
 class JobResult(_Model):

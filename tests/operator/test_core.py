@@ -1,0 +1,382 @@
+"""The saga's decision table: one table of cases per rule, on the pure core, in milliseconds.
+
+Each case builds a saga log, asks :func:`core.plan` or :func:`core.settle`, and checks what a
+user's money and job would see: what is called next, what is compensated, when a retry is due.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Phase, StepRecord
+from aijobs_operator import core
+
+T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+POLICY = core.Policy()
+
+
+def _job(
+    phase: Phase | None = Phase.PENDING,
+    done: tuple[str, ...] = (),
+    *,
+    deleting: bool = False,
+    spec: dict[str, Any] | None = None,
+    deadline: dt.datetime | None = T0 + dt.timedelta(hours=1),
+    **records: dict[str, Any],
+) -> core.JobView:
+    steps = [StepRecord(name=n, state="Succeeded", attempts=1) for n in done]
+    for name, fields in records.items():
+        steps.append(StepRecord(name=name, **fields))
+    status = AIImageJobStatus(phase=phase, steps=steps, deadline=deadline if phase else None)
+    body = {
+        "account": "acme",
+        "input": {"storageRef": {"objectId": "o1"}},
+        "pipeline": "resize",
+        "price": 10,
+        **(spec or {}),
+    }
+    return core.JobView("uid-1", "ns", "job", 1, T0, deleting, AIImageJobSpec.model_validate(body), status)
+
+
+FORWARD = ("charge", "upload", "schedule", "process", "capture", "deliver")
+
+
+# ------------------------------------------------------------------------------ acceptance
+@pytest.mark.parametrize(
+    ("spec", "deleting", "expect", "phase", "reason"),
+    [
+        pytest.param({}, False, core.Accept, Phase.PENDING, "Accepted", id="a-new-job-is-accepted"),
+        pytest.param(
+            {"runAt": "2026-12-20T00:00:00Z"},
+            False,
+            core.Accept,
+            Phase.PENDING,
+            "Accepted",
+            id="runAt-within-the-holds-life-is-accepted",
+        ),
+        pytest.param(
+            {"runAt": "2026-12-29T00:00:00Z"},
+            False,
+            core.Finish,
+            Phase.FAILED,
+            "BeyondHoldLife",
+            id="runAt-beyond-the-holds-life-is-refused-before-any-charge",
+        ),
+        pytest.param(
+            {"deadline": "2027-01-15T00:00:00Z"},
+            False,
+            core.Finish,
+            Phase.FAILED,
+            "BeyondHoldLife",
+            id="a-deadline-beyond-the-holds-life-is-refused",
+        ),
+        pytest.param({}, True, core.LetGo, None, None, id="deleted-before-acceptance-is-let-go"),
+    ],
+)
+def test_acceptance(
+    spec: dict[str, Any], deleting: bool, expect: type, phase: Phase | None, reason: str
+) -> None:
+    action = core.plan(_job(None, spec=spec, deleting=deleting, deadline=None), T0, POLICY)
+    assert isinstance(action, expect)
+    if phase is not None:
+        assert isinstance(action, core.Accept | core.Finish)
+        assert action.status.phase == phase
+        assert action.status.deadline is not None  # fixed in the log once
+        assert reason in {e.reason for e in action.events}
+        assert not action.status.steps  # nothing was charged
+
+
+# --------------------------------------------------------------------------------- forward
+@pytest.mark.parametrize(
+    ("job", "now", "expect", "detail"),
+    [
+        pytest.param(_job(), T0, core.RunStep, "charge", id="a-pending-job-charges-first"),
+        pytest.param(
+            _job(Phase.SCHEDULED, FORWARD[:3]),
+            T0,
+            core.RunStep,
+            "process",
+            id="a-scheduled-job-asks-for-its-result",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD[:4]), T0, core.RunStep, "capture", id="a-processed-job-captures"
+        ),
+        pytest.param(
+            _job(
+                Phase.UPLOADED,
+                FORWARD[:2],
+                schedule={"attempts": 2, "nextAttemptAt": T0 + dt.timedelta(seconds=3)},
+            ),
+            T0,
+            core.Wait,
+            T0 + dt.timedelta(seconds=3),
+            id="a-retry-waits-for-its-backoff-whoever-wakes-it",
+        ),
+        pytest.param(
+            _job(
+                Phase.UPLOADED,
+                FORWARD[:2],
+                schedule={"attempts": 2, "nextAttemptAt": T0 + dt.timedelta(seconds=3)},
+            ),
+            T0 + dt.timedelta(seconds=3),
+            core.RunStep,
+            "schedule",
+            id="a-retry-runs-once-due",
+        ),
+        pytest.param(
+            _job(Phase.SCHEDULED, FORWARD[:3]),
+            T0 + dt.timedelta(hours=2),
+            core.Compensate,
+            "DeadlineExceeded",
+            id="the-deadline-passing-before-capture-compensates",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD[:4], capture={"attempts": 1, "state": "Running"}),
+            T0 + dt.timedelta(hours=2),
+            core.RunStep,
+            "capture",
+            id="past-the-deadline-an-attempted-capture-still-goes-forward",
+        ),
+        pytest.param(
+            _job(Phase.CHARGED, FORWARD[:1], deleting=True),
+            T0,
+            core.Compensate,
+            "Deleted",
+            id="deleting-before-capture-compensates",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD[:4], capture={"attempts": 1, "state": "Running"}, deleting=True),
+            T0,
+            core.RunStep,
+            "capture",
+            id="deleting-after-a-capture-attempt-delivers-first",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD[:5], deleting=True),
+            T0,
+            core.RunStep,
+            "deliver",
+            id="deleting-after-capture-delivers-first",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD),
+            T0,
+            core.Finish,
+            Phase.DELIVERED,
+            id="every-step-done-is-delivered",
+        ),
+        pytest.param(_job(Phase.DELIVERED, FORWARD), T0, core.Nothing, None, id="a-delivered-job-rests"),
+        pytest.param(
+            _job(Phase.DELIVERED, FORWARD, deleting=True),
+            T0,
+            core.LetGo,
+            None,
+            id="a-delivered-job-is-let-go-on-deletion-and-keeps-its-charge",
+        ),
+        pytest.param(_job(Phase.FAILED, deleting=True), T0, core.LetGo, None, id="a-failed-job-is-let-go"),
+    ],
+)
+def test_forward(job: core.JobView, now: dt.datetime, expect: type, detail: Any) -> None:
+    action = core.plan(job, now, POLICY)
+    assert isinstance(action, expect), action
+    if isinstance(action, core.RunStep):
+        assert action.name == detail
+        rec = next(r for r in action.status.steps if r.name == detail)
+        assert rec.key == f"aij:uid-1:{detail}"
+        assert action.write_ahead == (detail == "capture")
+    elif isinstance(action, core.Wait):
+        assert action.until == detail
+    elif isinstance(action, core.Compensate):
+        assert action.status.phase == Phase.COMPENSATING
+        assert action.events[0].reason == detail
+    elif isinstance(action, core.Finish):
+        assert action.status.phase == detail
+
+
+def test_capture_is_recorded_as_attempted_before_it_is_called() -> None:
+    action = core.plan(_job(Phase.PROCESSED, FORWARD[:4]), T0, POLICY)
+    assert isinstance(action, core.RunStep) and action.write_ahead
+    assert core.committed_to_deliver(action.status)
+
+
+def test_asking_for_a_result_is_not_an_attempt() -> None:
+    action = core.plan(_job(Phase.SCHEDULED, FORWARD[:3]), T0, POLICY)
+    assert isinstance(action, core.RunStep)
+    assert next(r for r in action.status.steps if r.name == "process").attempts == 0
+
+
+# ---------------------------------------------------------------------------------- settle
+def _settle(job: core.JobView, outcome: core.Outcome, now: dt.datetime = T0) -> core.Settled:
+    action = core.plan(job, now, POLICY)
+    assert isinstance(action, core.RunStep)
+    return core.settle(job.with_status(action.status), action, outcome, now, POLICY)
+
+
+@pytest.mark.parametrize(
+    ("job", "outcome", "phase", "waits"),
+    [
+        pytest.param(
+            _job(), core.Done("held", {"holdId": "h1"}), Phase.CHARGED, False, id="done-moves-the-phase"
+        ),
+        pytest.param(_job(), core.Unknown("timed out"), Phase.PENDING, True, id="unknown-retries-later"),
+        pytest.param(
+            _job(),
+            core.Definite("InsufficientCredits", "402"),
+            Phase.COMPENSATING,
+            False,
+            id="a-refusal-compensates",
+        ),
+        pytest.param(
+            _job(),
+            core.Definite("StepError", "ValueError"),
+            Phase.COMPENSATING,
+            False,
+            id="an-unexpected-error-compensates-never-holds-money",
+        ),
+        pytest.param(
+            _job(charge={"attempts": 9}),
+            core.Unknown("503"),
+            Phase.COMPENSATING,
+            False,
+            id="the-retry-limit-compensates",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD[:4], capture={"attempts": 40}),
+            core.Unknown("503"),
+            Phase.PROCESSED,
+            True,
+            id="capture-is-never-given-up",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD[:4]),
+            core.Definite("CaptureRefused", "hold expired"),
+            Phase.COMPENSATING,
+            False,
+            id="a-capture-refused-leaves-the-user-uncharged",
+        ),
+        pytest.param(
+            _job(Phase.PROCESSED, FORWARD[:5]),
+            core.Definite("Refused", "422"),
+            Phase.PROCESSED,
+            True,
+            id="past-capture-a-refused-delivery-is-retried-not-undone",
+        ),
+        pytest.param(
+            _job(Phase.SCHEDULED, FORWARD[:3]),
+            core.Waiting("Processing", "queued"),
+            Phase.SCHEDULED,
+            True,
+            id="a-queued-task-waits",
+        ),
+    ],
+)
+def test_settle(job: core.JobView, outcome: core.Outcome, phase: Phase, waits: bool) -> None:
+    settled = _settle(job, outcome)
+    assert settled.status.phase == phase
+    assert (settled.wait is not None) == waits
+
+
+def test_a_stored_result_is_written_at_once() -> None:
+    settled = _settle(
+        _job(Phase.SCHEDULED, FORWARD[:3]), core.Done("stored", {"resultObjectId": "r"}, reruns=1)
+    )
+    assert settled.checkpoint and settled.status.reruns == 1
+
+
+def test_a_definite_capture_refusal_is_not_a_commitment() -> None:
+    settled = _settle(_job(Phase.PROCESSED, FORWARD[:4]), core.Definite("CaptureRefused", "expired"))
+    assert not core.committed_to_deliver(settled.status)
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 3, 5, 8, 10])
+def test_retries_wait_as_the_policy_says(attempts: int) -> None:
+    settled = _settle(_job(charge={"attempts": attempts - 1}), core.Unknown("timed out"))
+    due = next(r for r in settled.status.steps if r.name == "charge").next_attempt_at
+    assert due is not None
+    full = min(POLICY.max_backoff, POLICY.initial_backoff * 2 ** (attempts - 1))
+    assert 0.5 * full <= (due - T0).total_seconds() <= full
+
+
+def test_retry_after_is_honoured() -> None:
+    settled = _settle(_job(), core.Unknown("429", retry_after=30))
+    due = next(r for r in settled.status.steps if r.name == "charge").next_attempt_at
+    assert due is not None and (due - T0).total_seconds() >= 30
+
+
+def test_the_same_log_gives_the_same_backoff() -> None:
+    assert core.backoff("u", "charge", 4, 1, 60) == core.backoff("u", "charge", 4, 1, 60)
+    assert core.backoff("u", "charge", 4, 1, 60) != core.backoff("v", "charge", 4, 1, 60)
+
+
+# ---------------------------------------------------------------------------- compensation
+def _compensating(**compensations: dict[str, Any]) -> core.JobView:
+    job = _job(Phase.COMPENSATING, FORWARD[:2])
+    status = job.status.model_copy(deep=True)
+    status.compensations = [StepRecord(name=n, **f) for n, f in compensations.items()]
+    return job.with_status(status)
+
+
+@pytest.mark.parametrize(
+    ("job", "now", "expect", "detail"),
+    [
+        pytest.param(_compensating(), T0, core.RunUndo, "cancel-task", id="the-task-is-cancelled-first"),
+        pytest.param(
+            _compensating(**{"cancel-task": {"state": "Succeeded"}}),
+            T0,
+            core.RunUndo,
+            "delete-objects",
+            id="then-the-objects-are-deleted",
+        ),
+        pytest.param(
+            _compensating(
+                **{"cancel-task": {"state": "Succeeded"}, "delete-objects": {"state": "Succeeded"}}
+            ),
+            T0,
+            core.RunUndo,
+            "release-holds",
+            id="credits-are-released-last",
+        ),
+        pytest.param(
+            _compensating(**{n: {"state": "Succeeded"} for n in core.COMPENSATIONS}),
+            T0,
+            core.Finish,
+            Phase.FAILED,
+            id="all-undone-is-failed",
+        ),
+        pytest.param(
+            _compensating(**{"cancel-task": {"attempts": 1, "nextAttemptAt": T0 + dt.timedelta(seconds=5)}}),
+            T0,
+            core.Wait,
+            T0 + dt.timedelta(seconds=5),
+            id="a-failed-undo-waits-and-is-retried",
+        ),
+        pytest.param(
+            _compensating(),
+            T0 + dt.timedelta(days=3),
+            core.RunUndo,
+            "cancel-task",
+            id="compensation-ignores-the-deadline",
+        ),
+    ],
+)
+def test_compensation(job: core.JobView, now: dt.datetime, expect: type, detail: Any) -> None:
+    action = core.plan(job, now, POLICY)
+    assert isinstance(action, expect), action
+    if isinstance(action, core.RunUndo):
+        assert action.name == detail
+    elif isinstance(action, core.Finish):
+        assert action.status.phase == detail
+    elif isinstance(action, core.Wait):
+        assert action.until == detail
+
+
+def test_an_undo_that_fails_is_retried_never_skipped() -> None:
+    job = _compensating()
+    action = core.plan(job, T0, POLICY)
+    assert isinstance(action, core.RunUndo)
+    settled = core.settle(job.with_status(action.status), action, core.Unknown("503"), T0, POLICY)
+    assert settled.wait is not None and settled.status.phase == Phase.COMPENSATING
+    assert not core.succeeded(settled.status, "cancel-task", compensation=True)
