@@ -291,7 +291,7 @@ def test_a_definite_capture_refusal_is_not_a_commitment() -> None:
     assert not core.committed_to_deliver(settled.status)
 
 
-@pytest.mark.parametrize("attempts", [1, 2, 3, 5, 8, 10])
+@pytest.mark.parametrize("attempts", [1, 2, 3, 5, 8, 9])
 def test_retries_wait_as_the_policy_says(attempts: int) -> None:
     settled = _settle(_job(charge={"attempts": attempts - 1}), core.Unknown("timed out"))
     due = next(r for r in settled.status.steps if r.name == "charge").next_attempt_at
