@@ -268,7 +268,14 @@ class Settled:
 
 # ----------------------------------------------------------------------------- log helpers
 def _copy(status: AIImageJobStatus) -> AIImageJobStatus:
-    return status.model_copy(deep=True)
+    """A copy the caller may change: records and conditions are copied one level deep (the core
+    replaces their dict and model fields whole, never edits them in place). Much cheaper than a
+    deep copy, which matters to the simulator's millions of decisions."""
+    new = status.model_copy()
+    new.steps = [r.model_copy() for r in status.steps]
+    new.compensations = [r.model_copy() for r in status.compensations]
+    new.conditions = [c.model_copy() for c in status.conditions]
+    return new
 
 
 def _record(status: AIImageJobStatus, name: str, compensation: bool = False) -> StepRecord:

@@ -213,7 +213,15 @@ async def capture(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
 async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Waiting:
     ids = job.ids()
     result_id = ids["resultObjectId"]
-    expires = parse(ids["capturedAt"]) + dt.timedelta(seconds=cfg.download_link_seconds)
+    # The link's expiry is a function of the log (the capture time) so that every retry sends the
+    # same request. If delivery is still being retried when that link would be close to expiry
+    # (a long outage), it rolls forward by whole lifetimes, each period with a key of its own:
+    # Main API records a job's delivery once, whatever the key.
+    lifetime = dt.timedelta(seconds=cfg.download_link_seconds)
+    period = 1
+    while parse(ids["capturedAt"]) + period * lifetime <= job.now + min(lifetime / 2, dt.timedelta(hours=1)):
+        period += 1
+    expires = parse(ids["capturedAt"]) + period * lifetime
     link = await svc.storage.json(
         "POST", f"/v1/objects/{result_id}/download-url", json={"expiresAt": iso(expires)}
     )
@@ -225,7 +233,8 @@ async def deliver(job: Job, svc: Services, cfg: OperatorSettings) -> Done | Wait
         "account": job.spec.account,
         "resultUrl": link["url"],
     }
-    await svc.main.json("POST", "/v1/deliveries", key=idempotency_key(job.uid, "deliver"), json=body)
+    key = idempotency_key(job.uid, "deliver" if period == 1 else f"deliver:{period}")
+    await svc.main.json("POST", "/v1/deliveries", key=key, json=body)
     return Done(
         "result delivered",
         {},

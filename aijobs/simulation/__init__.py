@@ -1,0 +1,1 @@
+"""Deterministic simulation of the saga: the real engine against in-memory twins (developer tool)."""

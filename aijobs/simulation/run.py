@@ -1,0 +1,78 @@
+"""Run many seeded schedules and report violations of I1-I5 (``make test`` runs a fixed budget;
+``bench/simulate.py`` runs long campaigns)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from aijobs.simulation.check import Violation, check
+from aijobs.simulation.world import World
+
+__all__ = ["Campaign", "replay", "run_range", "simulate"]
+
+
+@dataclass
+class Campaign:
+    schedules: int = 0
+    jobs: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    failing: dict[int, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def merge(self, other: Campaign) -> None:
+        self.schedules += other.schedules
+        self.jobs += other.jobs
+        self.outcomes.update(other.outcomes)
+        self.faults.update(other.faults)
+        self.failing.update(other.failing)
+
+
+def run_one(seed: int) -> tuple[World, list[Violation]]:
+    world = World(seed)
+    world.run_sync()
+    return world, check(world)
+
+
+def run_range(start: int, count: int) -> Campaign:
+    campaign = Campaign()
+    for seed in range(start, start + count):
+        world, violations = run_one(seed)
+        campaign.schedules += 1
+        campaign.jobs += len(world.jobs)
+        campaign.faults.update(world.fired)
+        for job in world.jobs:
+            body = world.kube.objects.get((job.namespace, job.name))
+            phase = (body.get("status") or {}).get("phase") if body else "gone"
+            campaign.outcomes[str(phase)] += 1
+        if violations:
+            campaign.failing[seed] = [str(v) for v in violations]
+    return campaign
+
+
+def simulate(schedules: int, start: int = 0, processes: int = 2) -> Campaign:
+    started = time.perf_counter()
+    total = Campaign()
+    chunk = max(1, min(2000, schedules // max(1, processes * 4)))
+    starts = list(range(start, start + schedules, chunk))
+    counts = [min(chunk, start + schedules - s) for s in starts]
+    if processes <= 1:
+        for s, c in zip(starts, counts, strict=True):
+            total.merge(run_range(s, c))
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            for part in pool.map(run_range, starts, counts):
+                total.merge(part)
+    total.seconds = time.perf_counter() - started
+    return total
+
+
+def replay(seed: int) -> str:
+    """The story of one schedule: what happened, which faults fired, what the checker found."""
+    world, violations = run_one(seed)
+    lines = [f"seed {seed}: faults {world.faults}", *world.story]
+    lines += [f"VIOLATION {v}" for v in violations] or ["no violation"]
+    return "\n".join(lines)
