@@ -27,7 +27,9 @@ def check(world: World) -> list[Violation]:
         holds = [h for h in world.payment.holds.values() if h.job_id == job.uid]
         charged = sum(h.amount for h in holds if h.state == "captured")
         results = [
-            o for o in world.storage.objects.values() if o.job_id == job.uid and o.kind == "result" and o.state != "deleted"
+            o
+            for o in world.storage.objects.values()
+            if o.job_id == job.uid and o.kind == "result" and o.state != "deleted"
         ]
         delivered = job.uid in world.main.deliveries and bool(results)
         body = world.kube.objects.get((job.namespace, job.name))
@@ -55,10 +57,16 @@ def check(world: World) -> list[Violation]:
                 if obj.job_id == job.uid and obj.state != "deleted":
                     bad("I3", f"object {obj.id} ({obj.kind}) left {obj.state}")
             for task in world.ai.tasks.values():
-                if task.job_id == job.uid and task.state in ("scheduled", "running") and not task.cancel_requested:
+                if (
+                    task.job_id == job.uid
+                    and task.state in ("scheduled", "running")
+                    and not task.cancel_requested
+                ):
                     bad("I3", f"task {task.id} left {task.state}")
         # I4: every job ended (or was let go) once faults healed.
-        if body is not None and (phase not in ("Delivered", "Failed") or body["metadata"].get("deletionTimestamp")):
+        if body is not None and (
+            phase not in ("Delivered", "Failed") or body["metadata"].get("deletionTimestamp")
+        ):
             bad("I4", f"still {phase}{' (deleting)' if body['metadata'].get('deletionTimestamp') else ''}")
         # I5: the log tells the same story as the services.
         if phase == "Delivered" and not delivered:

@@ -38,7 +38,9 @@ class Reply:
 
     @classmethod
     def problem(cls, status: int, slug: str, detail: str, **extra: Any) -> Reply:
-        return cls(status, {"type": PROBLEM + slug, "title": slug, "status": status, "detail": detail, **extra})
+        return cls(
+            status, {"type": PROBLEM + slug, "title": slug, "status": status, "detail": detail, **extra}
+        )
 
 
 def _iso(value: dt.datetime) -> str:
@@ -113,7 +115,9 @@ class AuthTwin(Twin):
     def authorize(self, *, body: Any, **_: Any) -> Reply:
         if (body["namespace"], body["account"]) not in self.bindings:
             return Reply.problem(
-                403, "tenant-not-allowed", f"namespace {body['namespace']!r} may not charge {body['account']!r}"
+                403,
+                "tenant-not-allowed",
+                f"namespace {body['namespace']!r} may not charge {body['account']!r}",
             )
         return Reply(200, {"namespace": body["namespace"], "account": body["account"], "allowed": True})
 
@@ -184,7 +188,9 @@ class PaymentTwin(Twin):
         now = self.clock()
         expires = _parse(body["expiresAt"]) if body.get("expiresAt") else now + dt.timedelta(hours=1)
         if not now < expires <= now + MAX_HOLD:
-            return Reply.problem(422, "bad-expiry", f"expiresAt must be in the future and within {MAX_HOLD.days} days")
+            return Reply.problem(
+                422, "bad-expiry", f"expiresAt must be in the future and within {MAX_HOLD.days} days"
+            )
         account = self.accounts.get(body["account"])
         if account is None:
             return Reply.problem(404, "unknown-account", f"no account {body['account']!r}")
@@ -193,7 +199,8 @@ class PaymentTwin(Twin):
             return Reply.problem(
                 402,
                 "insufficient-credits",
-                f"account {body['account']!r} has {account.available} credits available; the hold needs {amount}",
+                f"account {body['account']!r} has {account.available} credits available; "
+                f"the hold needs {amount}",
                 available=account.available,
                 requested=amount,
             )
@@ -216,7 +223,9 @@ class PaymentTwin(Twin):
         if hold.state == "captured":
             return Reply(200, hold.public())
         if hold.state != "active":
-            return Reply.problem(409, "hold-settled", f"hold {hold_id} was {hold.state}; it can't be captured")
+            return Reply.problem(
+                409, "hold-settled", f"hold {hold_id} was {hold.state}; it can't be captured"
+            )
         if hold.expires_at <= self.clock():
             self._unhold(hold, "expired")
             return Reply.problem(409, "hold-expired", f"hold {hold_id} expired; credits returned")

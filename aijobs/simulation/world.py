@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from aijobs_services.kit.callers import TokenSigner
-from aijobs_services.kit.client import ServiceClient
-
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
 from aijobs_operator.kube import ApiException
 from aijobs_operator.steps import Services
+from aijobs_services.kit.callers import TokenSigner
+from aijobs_services.kit.client import ServiceClient
+
 from aijobs.simulation.twins import AITwin, AuthTwin, MainTwin, PaymentTwin, Reply, StorageTwin, Twin
 
 __all__ = ["Crash", "Faults", "World"]
@@ -56,7 +56,7 @@ def _clone(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-class Crash(BaseException):  # noqa: N818 - not an error of the code under test: the process dies
+class Crash(BaseException):
     """The operator process dies here. A BaseException, so no ``except Exception`` in the engine
     can swallow it, as none can swallow SIGKILL."""
 
@@ -83,7 +83,7 @@ class Faults:
             crash=p(0.15),
             lose=p(0.3),
             error=p(0.3),
-            delete=p(0.05),
+            delete=p(0.3),
             jump=p(0.08),
             watch=p(0.5),
             disk_full=p(0.2),
@@ -116,7 +116,8 @@ class KubeTwin:
         self.rv += 1
         body["metadata"]["resourceVersion"] = str(self.rv)
         self.watch.append((kind, _clone(body)))
-        return _clone(body)
+        clone: dict[str, Any] = _clone(body)
+        return clone
 
     def create(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -215,7 +216,7 @@ class World:
         self.kube = KubeTwin(self)
         self.cfg = _base_settings().model_copy(
             update={
-                "default_deadline_seconds": self.rng.choice([60, 600, 3600]),
+                "default_deadline_seconds": self.rng.choice([60, 3600, 3600]),
                 "hold_grace_seconds": self.rng.choice([0, 60, 3600]),
             }
         )
@@ -301,7 +302,11 @@ class World:
                 self.fire("error-before", where)
                 return httpx.Response(self.rng.choice([503, 429, 500]), json={"detail": "simulated"})
             content = request.content
-            body = json.loads(content) if content and request.headers.get("content-type") == "application/json" else None
+            body = (
+                json.loads(content)
+                if content and request.headers.get("content-type") == "application/json"
+                else None
+            )
             params = dict(request.url.params)
             raw = b"" if body is not None else content
             if service == "storage" and self.chance(self.faults.disk_full):
@@ -331,9 +336,12 @@ class World:
             return ServiceClient(name, f"http://{name}", signer, transport=self._transport(name))
 
         services = Services(
-            auth=client("auth"), payment=client("payment"), storage=client("storage"), ai=client("ai"),
+            auth=client("auth"),
+            payment=client("payment"),
+            storage=client("storage"),
+            ai=client("ai"),
             main=client("main"),
-        )  # fmt: skip
+        )
         operator = Reconciler(self.cfg, services, self.kube, clock=self.now)  # type: ignore[arg-type]
         for body in self.kube.objects.values():  # a new process lists before it watches
             operator.observe("ADDED", _clone(body))
@@ -360,7 +368,10 @@ class World:
             kind, body = self.kube.watch[i]
             if self.rng.random() < 0.5:
                 self.kube.watch.pop(i)  # else: it arrives again later (twice)
-            self.fire("watch-disorder", f"{kind} {body['metadata']['name']} rv {body['metadata']['resourceVersion']}")
+            self.fire(
+                "watch-disorder",
+                f"{kind} {body['metadata']['name']} rv {body['metadata']['resourceVersion']}",
+            )
         else:
             kind, body = self.kube.watch.pop(0)
         self.operator.observe(kind, body)
@@ -381,7 +392,11 @@ class World:
                     input_obj = self.storage.objects.get(task.input_object_id)
                     account = input_obj.account if input_obj else task.account
                     reply = self.storage.store(
-                        f"job:{task.job_id}:result", account, task.job_id, "result", f"result-{task.id}".encode()
+                        f"job:{task.job_id}:result",
+                        account,
+                        task.job_id,
+                        "result",
+                        f"result-{task.id}".encode(),
                     )
                     if reply.status >= 300:
                         continue  # the worker keeps it spooled and tries again
@@ -392,9 +407,9 @@ class World:
     async def step(self) -> None:
         r = self.rng.random()
         keys = list(self.kube.objects)
-        if r < 0.35 and keys:
+        if r < 0.3 and keys:
             await self._pass(self.rng.choice(keys))
-        elif r < 0.55:
+        elif r < 0.5:
             self._deliver_watch()
             while self.operator._queued:  # what the watch queued runs now
                 key = self.operator._queue.get_nowait()
@@ -407,16 +422,16 @@ class World:
                 await self.operator._follow()
             except Crash:
                 self.operator = self._start_operator()
-            except Exception as exc:  # noqa: BLE001 - the follower logs and tries again
+            except Exception as exc:
                 self.say(f"follow failed: {exc}")
-        elif r < 0.74 and keys and self.chance(self.faults.delete):
+        elif r < 0.76 and keys and self.chance(self.faults.delete):
             ns, name = self.rng.choice(keys)
             self.fire("delete", name)
             for job in self.jobs:
                 if job.name == name and job.deleted_at is None:
                     job.deleted_at = self.clock
             self.kube.delete(ns, name)
-        elif r < 0.76 and self.chance(self.faults.jump):
+        elif r < 0.78 and self.chance(self.faults.jump):
             jump = self.rng.choice([30, 300, 3600, 86400, 40 * 86400])
             self.fire("clock-jump", f"+{jump}s")
             self.clock += dt.timedelta(seconds=jump)
@@ -445,8 +460,10 @@ class World:
                 self._deliver_watch()
             for key in list(self.kube.objects):
                 await self._pass(key)
-            self.clock += dt.timedelta(seconds=self.rng.choice([1, 5, 30]))
-            later = [t.run_at for t in self.ai.tasks.values() if t.state == "scheduled" and t.run_at > self.clock]
+            self.clock += dt.timedelta(seconds=self.rng.choice([1, 5, 30, 300]))
+            later = [
+                t.run_at for t in self.ai.tasks.values() if t.state == "scheduled" and t.run_at > self.clock
+            ]
             if later and self.rng.random() < 0.3:  # nothing happens until a runAt: skip to it
                 self.clock = min(later)
 

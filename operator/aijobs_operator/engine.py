@@ -54,6 +54,7 @@ class Reconciler:
         )
         self.cache: dict[Key, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}  # job uid -> AI task, from the bulk follower
+        self._gone: set[str] = set()  # uids of deleted jobs (a job's name may be reused, its uid never)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._running: set[Key] = set()
@@ -68,7 +69,10 @@ class Reconciler:
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
             self.cache.pop(key, None)
+            self._gone.add(meta["uid"])
             return
+        if meta["uid"] in self._gone:
+            return  # a late copy of a job already gone: acting on it would undo a finished job
         current = self.cache.get(key)
         if current is not None and _rv(current) >= _rv(body):
             return  # our own write coming back, or older: nothing new to act on

@@ -10,9 +10,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from aijobs_operator import core
 
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Phase, StepRecord
-from aijobs_operator import core
 
 T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 POLICY = core.Policy()

@@ -1,0 +1,140 @@
+"""Steps and the engine's edges against services answered by ``httpx.MockTransport``: what each
+request carries, how answers are sorted, in milliseconds and without a network."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from aijobs_operator import core
+from aijobs_operator.config import OperatorSettings
+from aijobs_operator.engine import Reconciler
+from aijobs_operator.steps import Job, Services, StepFailed, charge, deliver, upload
+from aijobs_services.kit.callers import TokenSigner
+from aijobs_services.kit.client import Ambiguous, Refused, ServiceClient
+
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, StepRecord
+
+T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+SIGNER = TokenSigner("operator", "a-test-secret-that-is-long-enough-for-hs256")
+
+
+def _client(name: str, handler: Callable[[httpx.Request], httpx.Response]) -> ServiceClient:
+    return ServiceClient(name, f"http://{name}", SIGNER, transport=httpx.MockTransport(handler))
+
+
+def _services(handler: Callable[[httpx.Request], httpx.Response]) -> Services:
+    return Services(*(_client(n, handler) for n in ("auth", "payment", "storage", "ai", "main")))
+
+
+def _job(now: dt.datetime = T0, spec: dict[str, Any] | None = None, **ids: str) -> Job:
+    status = AIImageJobStatus(
+        deadline=T0 + dt.timedelta(hours=1),
+        steps=[StepRecord(name="capture", state="Succeeded", remote_ids=ids)] if ids else [],
+    )
+    body = {"account": "acme", "input": {"storageRef": {"objectId": "o1"}}, "pipeline": "resize", "price": 7}
+    return Job(
+        "uid-1",
+        "ns",
+        "job",
+        AIImageJobSpec.model_validate({**body, **(spec or {})}),
+        status,
+        core.Policy(),
+        now,
+    )
+
+
+async def test_a_retried_charge_sends_the_same_hold_whatever_the_time() -> None:
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/holds":
+            bodies.append(request.content)
+            return httpx.Response(201, json={"id": "h1"})
+        return httpx.Response(200, json={"allowed": True})
+
+    svc = _services(handler)
+    await charge(_job(T0), svc, OperatorSettings())
+    await charge(_job(T0 + dt.timedelta(minutes=20)), svc, OperatorSettings())
+    assert bodies[0] == bodies[1]
+    assert json.loads(bodies[0])["expiresAt"] == "2026-11-27T14:00:00Z"  # deadline + an hour's grace
+
+
+async def test_an_undecodable_inline_image_is_a_definite_failure() -> None:
+    job = _job(spec={"input": {"inline": {"contentType": "image/png", "data": "QUJDRAA"}}})
+    with pytest.raises(StepFailed) as failed:
+        await upload(job, _services(lambda r: httpx.Response(500)), OperatorSettings())
+    assert failed.value.reason == "InputUndecodable"
+
+
+@pytest.mark.parametrize(
+    ("late", "key", "expires"),
+    [
+        pytest.param(dt.timedelta(minutes=5), "aij:uid-1:deliver", "2026-12-04T12:00:00Z", id="on-time"),
+        pytest.param(
+            dt.timedelta(days=6, hours=23, minutes=30),
+            "aij:uid-1:deliver:2",
+            "2026-12-11T12:00:00Z",
+            id="after-a-weeks-outage-the-link-rolls-forward",
+        ),
+    ],
+)
+async def test_delivery_links_stay_valid_and_requests_stay_stable(
+    late: dt.timedelta, key: str, expires: str
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/download-url"):
+            seen["expires"] = json.loads(request.content)["expiresAt"]
+            return httpx.Response(200, json={"url": "http://x/r", "expiresAt": seen["expires"]})
+        if request.url.path == "/v1/deliveries":
+            seen["key"] = request.headers["idempotency-key"]
+            return httpx.Response(201, json={"id": "uid-1", "state": "pending"})
+        return httpx.Response(200, json={"id": "r1", "sha256": "0" * 64, "size": 3})
+
+    job = _job(T0 + late, resultObjectId="r1", capturedAt="2026-11-27T12:00:00Z")
+    outcome = await deliver(job, _services(handler), OperatorSettings())
+    assert outcome.result is not None and seen == {"expires": expires, "key": key}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "error"),
+    [
+        pytest.param(
+            409,
+            {"type": "https://aijobs.io/problems/idempotency-key-in-progress"},
+            {"Retry-After": "1"},
+            Ambiguous,
+            id="key-in-progress-is-ambiguous",
+        ),
+        pytest.param(
+            409, {"type": "https://aijobs.io/problems/hold-settled"}, {}, Refused, id="hold-settled-is-a-no"
+        ),
+        pytest.param(503, {}, {}, Ambiguous, id="503-is-ambiguous"),
+        pytest.param(429, {}, {"Retry-After": "7"}, Ambiguous, id="429-is-ambiguous"),
+        pytest.param(
+            507, {"type": "https://aijobs.io/problems/insufficient-storage"}, {}, Refused, id="507-is-a-no"
+        ),
+    ],
+)
+async def test_the_client_sorts_answers(status: int, body: Any, headers: dict[str, str], error: type) -> None:
+    client = _client("payment", lambda r: httpx.Response(status, json=body, headers=headers))
+    with pytest.raises(error) as raised:
+        await client.json("POST", "/v1/holds/h1/capture", key="k")
+    if "Retry-After" in headers:
+        assert isinstance(raised.value, Ambiguous) and raised.value.retry_after == float(
+            headers["Retry-After"]
+        )
+
+
+def test_a_late_watch_event_of_a_deleted_job_is_ignored() -> None:
+    reconciler = Reconciler(OperatorSettings(), _services(lambda r: httpx.Response(500)), None)  # type: ignore[arg-type]
+    body = {"metadata": {"namespace": "ns", "name": "job", "uid": "u1", "resourceVersion": "5"}}
+    reconciler.observe("DELETED", {**body, "metadata": {**body["metadata"], "resourceVersion": "7"}})
+    reconciler.observe("MODIFIED", body)
+    assert reconciler.cache == {}

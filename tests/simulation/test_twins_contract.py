@@ -1,0 +1,218 @@
+"""The simulator's twins answer as the real services do.
+
+One sequence of calls runs against a twin and against the real service (in process, on the
+throwaway PostgreSQL); for each call the status, the problem type and the fields the operator
+reads must agree, and so must the money at the end. A twin that drifts from its service makes
+the simulation prove things about a system that does not exist; this test stops that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from aijobs.simulation.twins import Account as TwinAccount
+from aijobs.simulation.twins import AITwin, AuthTwin, PaymentTwin, StorageTwin, Twin
+from aijobs.testbed.processes import make_secrets
+from tests.services import images
+from tests.services.conftest import Api, _in_process
+from tests.services.test_storage import _storage
+
+pytestmark = pytest.mark.postgres
+
+Call = tuple[str, str, str | None, Any]  # method, path (with {placeholders}), key, JSON body
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(delta: dt.timedelta) -> str:
+    return (_now() + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _slug(body: Any) -> str | None:
+    return str(body.get("type", "")).rsplit("/", 1)[-1] or None if isinstance(body, dict) else None
+
+
+def _observable(status: int, body: Any, fields: tuple[str, ...]) -> tuple[Any, ...]:
+    if status >= 400:
+        return (status, _slug(body))
+    picked = tuple((f, body.get(f)) for f in fields) if isinstance(body, dict) else ()
+    return (status, *picked)
+
+
+def _run(
+    script: list[tuple[Call, tuple[str, ...], str | None]],
+    real: Api,
+    twin: Twin,
+    caller: str,
+    content: dict[str, bytes] | None = None,
+) -> None:
+    """Run the script on both; ``save`` names an id (from the answer's ``id``) later paths use."""
+    ids_real: dict[str, str] = {}
+    ids_twin: dict[str, str] = {}
+    for (method, path, key, body), fields, save in script:
+        real_path, twin_path = path.format(**ids_real), path.format(**ids_twin)
+        if method == "PUT":
+            name, params = body
+            response = real.http.put(
+                real_path, params=params, content=content[name], headers=real.headers(caller, key)
+            )
+            got_real = (response.status_code, response.json())
+            reply = twin.handle(method, twin_path, key, None, params, content[name])
+        elif method == "GET":
+            response = real.get(real_path, caller=caller)
+            got_real = (response.status_code, response.json())
+            reply = twin.handle(method, twin_path, key, None, {}, b"")
+        else:
+            response = real.post(real_path, body, caller=caller, key=key)
+            got_real = (response.status_code, response.json())
+            reply = twin.handle(method, twin_path, key, body, {}, b"")
+        expect = _observable(*got_real, fields)
+        assert _observable(reply.status, reply.body, fields) == expect, f"{method} {path} key={key}"
+        if save and got_real[0] < 300:
+            ids_real[save], ids_twin[save] = got_real[1]["id"], reply.body["id"]
+
+
+@pytest.fixture
+def secrets() -> dict[str, str]:
+    return make_secrets()
+
+
+@pytest.fixture
+def payment_real(pg_url: str, secrets: dict[str, str]) -> Iterator[tuple[Api, sa.Engine]]:
+    yield from _in_process("payment", pg_url, secrets)
+
+
+def test_the_payment_twin_moves_money_as_payment_does(payment_real: tuple[Api, sa.Engine]) -> None:
+    real, _ = payment_real
+    real.ok("POST", "/v1/accounts", {"id": "acme"})
+    real.ok("POST", "/v1/accounts/acme/top-ups", {"amount": 50})
+    twin = PaymentTwin(_now)
+    twin.accounts["acme"] = TwinAccount(available=50)
+    hold = {"account": "acme", "jobId": "job-1", "amount": 30, "expiresAt": _iso(dt.timedelta(hours=1))}
+    hold2 = {"account": "acme", "jobId": "job-2", "amount": 10, "expiresAt": _iso(dt.timedelta(hours=1))}
+    fields = ("state", "amount", "jobId")
+    _run(
+        [
+            (("POST", "/v1/holds", "k1", hold), fields, "h1"),
+            (("POST", "/v1/holds", "k1", hold), fields, None),  # replay
+            (("POST", "/v1/holds", "k1", {**hold, "amount": 31}), fields, None),  # key reused
+            (("POST", "/v1/holds", "k2", {**hold, "jobId": "job-9"}), fields, None),  # 402
+            (
+                ("POST", "/v1/holds", "k3", {**hold2, "expiresAt": _iso(-dt.timedelta(minutes=1))}),
+                fields,
+                None,
+            ),
+            (("POST", "/v1/holds", "k4", {**hold2, "expiresAt": _iso(dt.timedelta(days=31))}), fields, None),
+            (("POST", "/v1/holds/{h1}/capture", "c1", None), fields, None),
+            (("POST", "/v1/holds/{h1}/capture", "c1", None), fields, None),  # replay
+            (("POST", "/v1/holds/{h1}/capture", "c2", None), fields, None),  # a second capture: no-op
+            (("POST", "/v1/holds/{h1}/release", "r1", None), fields, None),  # captured: refused
+            (("POST", "/v1/holds", "k5", hold2), fields, "h2"),
+            (("POST", "/v1/holds/{h2}/release", "r2", None), fields, None),
+            (("POST", "/v1/holds/{h2}/release", "r3", None), fields, None),  # already: no-op
+            (("POST", "/v1/holds/{h2}/capture", "c3", None), fields, None),  # released: refused
+            (("POST", "/v1/holds/hold-nope/capture", "c4", None), fields, None),
+            (("GET", "/v1/jobs/job-1/charges", None, None), ("charged", "jobId"), None),
+            (("GET", "/v1/holds/{h1}", None, None), fields, None),
+        ],
+        real,
+        twin,
+        "operator",
+    )
+    account = real.ok("GET", "/v1/accounts/acme")
+    twin_account = twin.accounts["acme"]
+    assert (account["available"], account["held"]) == (twin_account.available, twin_account.held) == (20, 0)
+
+
+def test_the_storage_twin_stores_and_deletes_as_storage_does(
+    pg_url: str, secrets: dict[str, str], tmp_path: Path
+) -> None:
+    twin = StorageTwin(_now)
+    params = {"account": "acme", "jobId": "u1", "state": "committed"}
+    content = {"a": images.png(), "b": images.png(color=(0, 0, 255))}
+    fields = ("state", "kind", "jobId", "account")
+    script: list[tuple[Call, tuple[str, ...], str | None]] = [
+        (("PUT", "/v1/objects/job:u1:input", None, ("a", params)), fields, "o1"),
+        (("PUT", "/v1/objects/job:u1:input", None, ("a", params)), fields, None),  # same bytes
+        (("PUT", "/v1/objects/job:u1:input", None, ("b", params)), fields, None),  # other bytes: 409
+        (("GET", "/v1/objects/{o1}", None, None), fields, None),
+        (
+            ("POST", "/v1/objects/{o1}/download-url", None, {"expiresAt": _iso(dt.timedelta(hours=1))}),
+            (),
+            None,
+        ),
+        (
+            ("POST", "/v1/objects/{o1}/download-url", None, {"expiresAt": _iso(-dt.timedelta(hours=1))}),
+            (),
+            None,
+        ),
+        (("POST", "/v1/jobs/u1/objects/delete", "d1", None), ("jobId",), None),
+        (("GET", "/v1/objects/{o1}", None, None), fields, None),
+        (
+            ("POST", "/v1/objects/{o1}/download-url", None, {"expiresAt": _iso(dt.timedelta(hours=1))}),
+            (),
+            None,
+        ),
+        (("GET", "/v1/objects/nope", None, None), fields, None),
+    ]
+    for api, _ in _storage(pg_url, secrets, tmp_path / "volume", max_object_bytes=2_000_000):
+        _run(script, api, twin, "operator", content)
+        listed = api.ok("GET", "/v1/jobs/u1/objects", caller="operator")["items"]
+        twin_listed = twin.handle("GET", "/v1/jobs/u1/objects", None, None, {}, b"").body["items"]
+        assert [o["state"] for o in listed] == [o["state"] for o in twin_listed] == ["deleted"]
+
+
+def test_the_ai_twin_keeps_one_task_per_job_as_ai_does(pg_url: str, secrets: dict[str, str]) -> None:
+    twin = AITwin(_now)
+    task = {"jobId": "job-1", "account": "acme", "pipeline": "grayscale", "params": {}, "inputObjectId": "o1"}
+    fields = ("state", "jobId", "cancelRequested")
+    script: list[tuple[Call, tuple[str, ...], str | None]] = [
+        (("POST", "/v1/tasks", "s1", task), fields, "t1"),
+        (("POST", "/v1/tasks", "s1", task), fields, None),  # replay
+        (("POST", "/v1/tasks", "s2", task), fields, None),  # same definition, another key
+        (("POST", "/v1/tasks", "s3", {**task, "pipeline": "thumbnail"}), fields, None),  # 409
+        (("GET", "/v1/tasks/{t1}", None, None), fields, None),
+        (("POST", "/v1/tasks/{t1}/cancel", "x1", None), fields, None),
+        (("POST", "/v1/tasks/{t1}/cancel", "x2", None), fields, None),
+        (("GET", "/v1/tasks/nope", None, None), fields, None),
+    ]
+    for api, _ in _in_process("ai", pg_url, secrets):
+        _run(script, api, twin, "operator")
+        items = api.ok("POST", "/v1/tasks/query", {"jobIds": ["job-1"]}, caller="operator", key=None)["items"]
+        twin_items = twin.handle("POST", "/v1/tasks/query", None, {"jobIds": ["job-1"]}, {}, b"").body[
+            "items"
+        ]
+        assert [t["state"] for t in items] == [t["state"] for t in twin_items] == ["cancelled"]
+
+
+def test_the_auth_twin_authorizes_charges_as_auth_does(pg_url: str, secrets: dict[str, str]) -> None:
+    twin = AuthTwin(_now)
+    twin.bindings.add(("team-a", "acme"))
+    for api, _ in _in_process("auth", pg_url, secrets):
+        api.ok("POST", "/v1/tenants", {"id": "acme"})
+        api.ok("POST", "/v1/bindings", {"namespace": "team-a", "account": "acme"})
+        _run(
+            [
+                (
+                    ("POST", "/v1/authorize-charge", None, {"namespace": "team-a", "account": "acme"}),
+                    ("allowed",),
+                    None,
+                ),
+                (
+                    ("POST", "/v1/authorize-charge", None, {"namespace": "team-b", "account": "acme"}),
+                    ("allowed",),
+                    None,
+                ),
+            ],
+            api,
+            twin,
+            "operator",
+        )
