@@ -81,7 +81,7 @@ STEPS: tuple[tuple[str, Phase | None, str], ...] = (
     ("schedule", Phase.SCHEDULED, "Scheduled"),
     ("process", Phase.PROCESSED, "Processed"),
     ("capture", None, "Captured"),
-    ("deliver", Phase.DELIVERED, "Delivered"),
+    ("deliver", None, "Delivered"),  # the job is Delivered when the core finishes it (Finish)
 )
 STEP_NAMES = tuple(name for name, _, _ in STEPS)
 # Past these the job can only go forward: capture moves the user's money for good.

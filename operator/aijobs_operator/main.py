@@ -57,7 +57,8 @@ def registry_for(reconciler: Reconciler, extra_tasks: list[Any]) -> kopf.Operato
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         for factory in [reconciler.run, *extra_tasks]:
-            asyncio.get_running_loop().create_task(factory())
+            task = asyncio.get_running_loop().create_task(factory())
+            task.add_done_callback(_die_loudly)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -65,6 +66,16 @@ def registry_for(reconciler: Reconciler, extra_tasks: list[Any]) -> kopf.Operato
         reconciler.observe(type or "ADDED", copy.deepcopy(dict(body)))
 
     return registry
+
+
+def _die_loudly(task: asyncio.Task[Any]) -> None:
+    """A background loop of the operator ended: say why, and stop the process (a restart is
+    better than an operator that watches but no longer acts)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    log.critical("operator loop %s ended: %r", task.get_coro(), exc, exc_info=exc)
+    os._exit(70)
 
 
 def run(cfg: OperatorSettings | None = None) -> None:

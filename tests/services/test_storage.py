@@ -311,3 +311,34 @@ def test_concurrent_puts_of_one_key_store_one_object(
     while _files(tmp_path / "vol" / "tmp") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _files(tmp_path / "vol" / "tmp") == []
+
+
+def test_a_blob_taken_up_again_while_the_collector_runs_is_never_removed(
+    pg_url: str, secrets: dict[str, str], tmp_path: Path
+) -> None:
+    """Blobs are shared by content: a new upload may re-use the blob of a deleted object. Between
+    keeping that blob and recording its object, the collector must neither see it as old nor run."""
+    import fcntl
+    import os
+
+    from aijobs_services.storage import objects
+    from aijobs_services.storage.blobs import BlobStore, Staged
+
+    picture = images.png(color=(7, 7, 7))
+    for api, engine in _storage(pg_url, secrets, tmp_path / "v"):
+        first = _put(api, "first", picture, state="committed", jobId="job-1").json()
+        api.ok("POST", "/v1/jobs/job-1/objects/delete", caller="operator")
+        blobs = BlobStore(tmp_path / "v")
+        blob = blobs.path(first["sha256"])
+        os.utime(blob, (1_000_000, 1_000_000))  # unreferenced for ages
+        # A new upload of the same bytes has kept its blob, not yet recorded its object:
+        staged = tmp_path / "v" / "tmp" / "again.part"
+        staged.write_bytes(picture)
+        blobs.keep(Staged(staged, first["sha256"], len(picture)))
+        with sa.orm.Session(engine) as session:
+            objects.collect(session, blobs, staging_grace=3600, deleted_grace=3600)
+        assert blob.exists()
+        # ...and while a put holds the volume's shared lock, the collector can't take it.
+        with blobs.sharing(), (tmp_path / "v" / ".collect.lock").open("a") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -100,7 +100,7 @@ def _store_staged(
             if existing is not None:
                 return 200, public(objects.same_or_conflict(existing, staged.sha256))
         info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
-        with sessions() as session, session.begin():
+        with blobs.sharing(), sessions() as session, session.begin():
             objects.check_capacity(
                 session, account, staged.size, settings.capacity_bytes, settings.account_quota_bytes
             )

@@ -4,16 +4,24 @@ leaves a half blob under a real name.
 Write path: stream into ``tmp/`` while hashing -> fsync the file -> rename to ``blobs/aa/bb/<sha>``
 -> fsync the folder. Only then does the caller record the object in the database; a crash between
 the two leaves an unreferenced blob, which the collector removes.
+
+Blobs are shared by content, so a new object may re-use a blob whose last object was deleted
+while the collector is deciding to remove it. Two things rule that out: keeping a blob that
+already exists refreshes its timestamp (the collector spares young blobs), and a put holds a
+shared lock on the volume from keeping the blob until its record is committed, while the
+collector holds it exclusively from reading the in-use set until its removals are done
+(``fcntl`` locks: they hold across the service's worker processes too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +50,23 @@ class BlobStore:
         self.blobs = root / "blobs"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        with (self.root / ".collect.lock").open("a") as handle:
+            fcntl.flock(handle, mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def sharing(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a put from keeping its blob until its record is committed."""
+        return self._locked(fcntl.LOCK_SH)
+
+    def collecting(self) -> contextlib.AbstractContextManager[None]:
+        """Held by the collector from reading the in-use set until its removals are done."""
+        return self._locked(fcntl.LOCK_EX)
 
     def path(self, sha256: str) -> Path:
         return self.blobs / sha256[:2] / sha256[2:4] / sha256
@@ -73,7 +98,8 @@ class BlobStore:
     def keep(self, staged: Staged) -> Path:
         """Move a received file under its content name (atomic; a no-op if the blob exists)."""
         final = self.path(staged.sha256)
-        if final.exists():
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(final)  # it exists and is in use again: young, so the collector spares it
             staged.path.unlink(missing_ok=True)
             return final
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -133,11 +133,15 @@ def collect(session: Session, blobs: BlobStore, staging_grace: int, deleted_grac
         for obj in stale:
             delete(session, obj)
             removed += 1
-        live = set(session.scalars(sa.select(StoredObject.sha256).where(StoredObject.state.in_(LIVE))))
     horizon = now.timestamp() - deleted_grace
-    for sha, mtime in blobs.all_blobs():
-        if sha not in live and mtime < horizon and blobs.remove(sha):
-            removed += 1
+    with blobs.collecting():  # no put is between keeping a blob and recording it
+        with session.begin():
+            live = set(
+                session.scalars(sa.select(StoredObject.sha256).where(StoredObject.state.in_(LIVE)))
+            )
+        for sha, mtime in blobs.all_blobs():
+            if sha not in live and mtime < horizon and blobs.remove(sha):
+                removed += 1
     for tmp in blobs.stale_temp_files(horizon):
         tmp.unlink(missing_ok=True)
     return removed
