@@ -73,7 +73,7 @@ def check(world: World) -> list[Violation]:
             bad("I5", "the status says Delivered, but no result was delivered")
         if phase == "Failed" and delivered:
             bad("I5", "the status says Failed, but a result was delivered")
-        if phase in ("Delivered", "Failed"):  # what `kubectl wait --for=condition=...` reads
+        if body is not None and phase in ("Delivered", "Failed"):  # what `kubectl wait` reads
             conditions = {c["type"]: c["status"] for c in body["status"].get("conditions", [])}
             want = {"Complete": str(phase == "Delivered"), "Failed": str(phase == "Failed")}
             if {k: conditions.get(k) for k in want} != want:

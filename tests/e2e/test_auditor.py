@@ -115,3 +115,28 @@ def test_a_double_charge_is_reported_for_a_person_and_no_money_moves(
     audit = _audit(jobs, "twice-charged", "needs-attention")
     assert any("double-charge" in f and "needs a person" in f for f in audit["findings"])
     assert stack.balance(tenant.account) == before  # a refund is a person's decision
+
+
+def test_a_status_that_says_delivered_moves_no_money_without_a_result(
+    stack: Stack, tenant: Tenant, jobs: Jobs
+) -> None:
+    """The auditor repairs from what the services hold, never from the phase alone: a job whose
+    status was made to say Delivered, with no succeeded task and no result, is not charged."""
+    import datetime as dt
+    import json
+
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    jobs.apply(manifest("says-delivered", tenant.account, runAt=later, price=6))
+    jobs.wait("says-delivered", ("Scheduled",))
+    jobs.kubectl(
+        "patch",
+        "aij",
+        "says-delivered",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"phase": "Delivered"}}),
+    )
+    audit = _audit(jobs, "says-delivered", "needs-attention")
+    assert any("missing-capture" in f and "needs a person" in f for f in audit["findings"]), audit
+    assert stack.balance(tenant.account) == {"id": tenant.account, "available": 94, "held": 6, "balance": 100}

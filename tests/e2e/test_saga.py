@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import time
 from typing import Any
 
@@ -287,19 +286,40 @@ def test_a_delivered_jobs_deletion_keeps_the_charge(stack: Stack, tenant: Tenant
     assert stack.balance(tenant.account) == {"id": tenant.account, "available": 97, "held": 0, "balance": 97}
 
 
-def test_the_operator_killed_at_random_points_loses_nothing(stack: Stack, tenant: Tenant, jobs: Jobs) -> None:
-    rng = random.Random(20261125)
-    names = [f"crash-{i}" for i in range(10)]
-    for name in names:
-        jobs.apply(manifest(name, tenant.account, pipeline="grayscale", price=3))
+def test_the_operator_killed_mid_saga_loses_nothing(stack: Stack, tenant: Tenant, jobs: Jobs) -> None:
+    """Each kill is proven to land while jobs are mid-saga (charged, stored and scheduled, waiting
+    for their runAt), not before they started or after they ended. Kills at every await point
+    are the deterministic simulator's job (tests/simulation)."""
     operator = stack.operators[-1]
-    for _ in range(4):
-        time.sleep(rng.uniform(0.2, 1.0))  # a random point in the middle of the jobs' sagas
+    names: list[str] = []
+    for round_ in range(3):
+        run_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4))
+        batch = [f"crash-{round_}-{i}" for i in range(3)]
+        for name in batch:
+            jobs.apply(manifest(name, tenant.account, pipeline="grayscale", price=3, runAt=run_at))
+        names += batch
+        mid = eventually(
+            lambda batch=batch: [
+                n
+                for n in batch
+                if ((jobs.get(n) or {}).get("status") or {}).get("phase")
+                in ("Charged", "Uploaded", "Scheduled")
+            ],
+            30,
+            "a job mid-saga",
+        )
+        assert mid
         operator.kill()
         operator.start()
     finished = [jobs.wait(name, timeout=120) for name in names]
     assert {j["status"]["phase"] for j in finished} == {"Delivered"}
-    assert stack.balance(tenant.account) == {"id": tenant.account, "available": 70, "held": 0, "balance": 70}
+    spent = 3 * len(names)
+    assert stack.balance(tenant.account) == {
+        "id": tenant.account,
+        "available": 100 - spent,
+        "held": 0,
+        "balance": 100 - spent,
+    }
     for job in finished:
         records = stack.job_records(_uid(job))
         assert records["charges"]["charged"] == 3 and len(records["charges"]["holds"]) == 1

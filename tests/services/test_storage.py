@@ -339,6 +339,6 @@ def test_a_blob_taken_up_again_while_the_collector_runs_is_never_removed(
             objects.collect(session, blobs, staging_grace=3600, deleted_grace=3600)
         assert blob.exists()
         # ...and while a put holds the volume's shared lock, the collector can't take it.
-        with blobs.sharing(), (tmp_path / "v" / ".collect.lock").open("a") as other:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = tmp_path / "v" / ".collect.lock"
+        with blobs.sharing(), lock.open("a") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
