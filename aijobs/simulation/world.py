@@ -348,14 +348,22 @@ class World:
         self.kube.watch.clear()
         return operator
 
+    def _restart(self) -> None:
+        """A new operator process; often after a while down (past a deadline, a hold's expiry)."""
+        if self.rng.random() < 0.5:
+            down = self.rng.choice([5, 60, 600, 3600, 86400])
+            self.clock += dt.timedelta(seconds=down)
+            self.say(f"operator down for {down}s")
+        self.say("operator restarts")
+        self.operator = self._start_operator()
+
     # -- the schedule -------------------------------------------------------------------------
     async def _pass(self, key: tuple[str, str]) -> None:
         self.say(f"pass {key[1]}")
         try:
             await self.operator.reconcile(key)
         except Crash:
-            self.say("operator restarts")
-            self.operator = self._start_operator()
+            self._restart()
         except ApiException as exc:  # the engine's worker logs it and retries later
             self.say(f"pass {key[1]} failed: API {exc.status}")
         self.operator._running.discard(key)
@@ -421,7 +429,7 @@ class World:
             try:
                 await self.operator._follow()
             except Crash:
-                self.operator = self._start_operator()
+                self._restart()
             except Exception as exc:
                 self.say(f"follow failed: {exc}")
         elif r < 0.76 and keys and self.chance(self.faults.delete):

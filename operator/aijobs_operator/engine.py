@@ -191,6 +191,7 @@ class Reconciler:
         written = job.status
         events: list[core.Event] = []
         try:
+            must_write = False  # the log must reach the API server before the next call
             for _ in range(4 * len(core.STEPS) + 8):  # every action moves the log on; bound it anyway
                 now = self.clock()
                 action = core.plan(job, now, self.policy(job))
@@ -198,25 +199,23 @@ class Reconciler:
                     job = job.with_status(action.status)
                     events.extend(action.events)
                     self._count(action)
-                    if action.persist:
-                        body = await self._write(body, job.status)
-                        written = job.status
-                        if isinstance(action, core.Accept):  # the spec as the server froze it
-                            job = self._view(body, job.status)
+                    must_write |= action.persist
                     continue
                 if isinstance(action, core.RunStep | core.RunUndo):
                     job = job.with_status(action.status)
-                    if isinstance(action, core.RunStep) and action.write_ahead:
-                        # An irreversible call: its attempt is on record before it is made.
+                    if must_write or (isinstance(action, core.RunStep) and action.write_ahead):
+                        # The claim, a stored result, and an irreversible call's attempt are on
+                        # record before the next call is made (one write covers all three).
                         body = await self._write(body, job.status)
-                        written = job.status
+                        written, must_write = job.status, False
+                        if int(body["metadata"].get("generation") or 1) != job.generation:
+                            self.enqueue(key)  # the spec changed before the claim froze it
+                            break
                     outcome = await self._carry_out(job, action, now)
                     settled = core.settle(job, action, outcome, self.clock(), self.policy(job))
                     job = job.with_status(settled.status)
                     events.extend(settled.events)
-                    if settled.checkpoint:
-                        body = await self._write(body, job.status)
-                        written = job.status
+                    must_write |= settled.checkpoint
                     if settled.wait is not None:
                         self._wake(key, settled.wait.until)
                         break
