@@ -11,6 +11,7 @@ WORKDIR /src
 RUN pip install --no-cache-dir build==1.2.2
 COPY pyproject.toml README.md ./
 COPY aijobs ./aijobs
+# devtools/ (test bed, simulator, demo) is not copied: the images ship only what runs.
 COPY operator ./operator
 COPY services ./services
 COPY gpu_worker ./gpu_worker

@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 # etcd + kube-apiserver: from KUBEBUILDER_ASSETS, or built once into ~/.cache/aijobs.
 tools: venv
 	scripts/ensure-postgres
-	$(PY) -m aijobs.controlplane.assets --helm >/dev/null
+	$(PY) -m aijobs_dev.controlplane.assets --helm >/dev/null
 
 lint: venv
 	$(VENV)/bin/ruff check .

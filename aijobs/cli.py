@@ -24,9 +24,20 @@ def _state_home() -> Path:
     return Path(xdg) / "aijobs"
 
 
+def _devtools() -> None:
+    """The developer commands live in ``aijobs_dev`` (devtools/), which images do not ship."""
+    try:
+        import aijobs_dev  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "this command is a developer tool: run it from a source checkout (`make venv`)"
+        ) from None
+
+
 def _controlplane(args: argparse.Namespace) -> int:
-    from aijobs.controlplane.assets import AssetError, ensure_assets
-    from aijobs.controlplane.cluster import ControlPlane, ControlPlaneError
+    _devtools()
+    from aijobs_dev.controlplane.assets import AssetError, ensure_assets
+    from aijobs_dev.controlplane.cluster import ControlPlane, ControlPlaneError
 
     plane = ControlPlane(Path(args.dir))
     if args.action == "down":
@@ -58,7 +69,8 @@ def _controlplane(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from aijobs.demo import run_demo
+    _devtools()
+    from aijobs_dev.demo import run_demo
 
     return run_demo(keep=args.keep)
 
@@ -92,7 +104,8 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _chaos(argv: list[str]) -> int:
-    from aijobs.chaos import main as chaos_main
+    _devtools()
+    from aijobs_dev.chaos import main as chaos_main
 
     return chaos_main(argv)
 

@@ -8,12 +8,14 @@ repair never moves money on a guess.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-__all__ = ["Finding", "JobRecords", "findings"]
+from aijobs.api.rules import TERMINAL_PHASES
 
-TERMINAL = ("Delivered", "Failed")
+__all__ = ["Finding", "JobRecords", "fetch_records", "findings"]
+
+TERMINAL = TERMINAL_PHASES
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,22 @@ class JobRecords:
     holds: list[dict[str, Any]]  # Payment /v1/jobs/{uid}/charges -> holds
     objects: list[dict[str, Any]]  # Storage /v1/jobs/{uid}/objects -> items
     task: dict[str, Any] | None  # AI task of the job, if any
+    charges: dict[str, Any] = field(default_factory=dict)  # Payment's whole answer (with entries)
+
+
+class Source(Protocol):
+    """A service to read from (:class:`aijobs.wire.client.ServiceClient` is one)."""
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+
+async def fetch_records(payment: Source, storage: Source, ai: Source, uid: str) -> JobRecords:
+    """What Payment, Storage and AI hold for one job: one read each. The auditor and Main API's
+    admin view both judge a job from this."""
+    charges = await payment.json("GET", f"/v1/jobs/{uid}/charges")
+    stored = await storage.json("GET", f"/v1/jobs/{uid}/objects")
+    tasks = await ai.json("POST", "/v1/tasks/query", json={"jobIds": [uid]})
+    return JobRecords(charges["holds"], stored["items"], (tasks["items"] or [None])[0], charges)
 
 
 @dataclass(frozen=True)

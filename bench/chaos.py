@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aijobs.chaos import main
+from aijobs_dev.chaos import main
 
 if __name__ == "__main__":
     started = time.monotonic()

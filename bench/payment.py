@@ -25,10 +25,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aijobs_services.kit.callers import TokenSigner
+from aijobs_dev.testbed.postgres import PostgresCluster, find_bindir
+from aijobs_dev.testbed.processes import ServiceProcess, make_secrets
 
-from aijobs.testbed.postgres import PostgresCluster, find_bindir
-from aijobs.testbed.processes import ServiceProcess, make_secrets
+from aijobs.wire.tokens import TokenSigner
 from bench._common import summary
 
 

@@ -27,12 +27,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aijobs_dev.chaos import build_stack
+from aijobs_dev.controlplane.cluster import ControlPlane
+from aijobs_dev.testbed.postgres import PostgresCluster
+
+from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
-from aijobs.chaos import build_stack
-from aijobs.controlplane.cluster import ControlPlane
 from aijobs.crds import install_crds
 from aijobs.kube import api_client
-from aijobs.testbed.postgres import PostgresCluster
 from bench._common import summary
 
 
@@ -130,7 +132,7 @@ def main() -> None:
             now = time.perf_counter()
             for job in listing["items"]:
                 phase = (job.get("status") or {}).get("phase")
-                if phase in ("Delivered", "Failed") and job["metadata"]["name"] not in delivered:
+                if phase in TERMINAL_PHASES and job["metadata"]["name"] not in delivered:
                     delivered[job["metadata"]["name"]] = now
             time.sleep(0.25)
         elapsed = max(delivered.values()) - started

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aijobs.simulation.run import replay, simulate  # noqa: E402
+from aijobs_dev.simulation.run import replay, simulate
 
 
 def main() -> int:
@@ -39,7 +39,8 @@ def main() -> int:
     print(f"time        {campaign.seconds:.1f} s on {args.processes} processes: {rate:.0f} schedules/s")
     print(f"jobs        {campaign.jobs}: {dict(campaign.outcomes.most_common())}")
     print(f"faults      {sum(campaign.faults.values())}: {dict(campaign.faults.most_common())}")
-    print(f"violations  {sum(len(v) for v in campaign.failing.values())} in {len(campaign.failing)} schedules")
+    violations = sum(len(v) for v in campaign.failing.values())
+    print(f"violations  {violations} in {len(campaign.failing)} schedules")
     for seed, lines in list(campaign.failing.items())[:20]:
         print(f"  seed {seed}: {'; '.join(lines)}")
     return 1 if campaign.failing else 0

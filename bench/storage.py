@@ -23,10 +23,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aijobs_services.kit.callers import TokenSigner
+from aijobs_dev.testbed.postgres import PostgresCluster
+from aijobs_dev.testbed.processes import ServiceProcess, make_secrets
 
-from aijobs.testbed.postgres import PostgresCluster
-from aijobs.testbed.processes import ServiceProcess, make_secrets
+from aijobs.wire.tokens import TokenSigner
 
 
 def _pictures(n: int, side: int) -> list[bytes]:

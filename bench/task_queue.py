@@ -20,10 +20,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aijobs_services.kit.callers import TokenSigner
+from aijobs_dev.testbed.postgres import PostgresCluster
+from aijobs_dev.testbed.processes import ServiceProcess, make_secrets
 
-from aijobs.testbed.postgres import PostgresCluster
-from aijobs.testbed.processes import ServiceProcess, make_secrets
+from aijobs.wire.tokens import TokenSigner
 from bench._common import summary
 
 

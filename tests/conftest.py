@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aijobs_dev.controlplane.cluster import ControlPlane
+from aijobs_dev.testbed.postgres import PostgresCluster
 from kubernetes import client
 
-from aijobs.controlplane.cluster import ControlPlane
 from aijobs.crds import install_crds
 from aijobs.kube import api_client
-from aijobs.testbed.postgres import PostgresCluster
 
 
 @pytest.fixture(scope="session")

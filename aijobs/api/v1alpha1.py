@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from aijobs.api.rules import ACCOUNT_NAME, DEFAULT_BACKOFF
+
 GROUP = "aijobs.io"
 VERSION = "v1alpha1"
 KIND = "AIImageJob"
@@ -67,13 +69,13 @@ class JobInput(_Model):
 
 
 class RetryPolicy(_Model):
-    max_attempts: int = Field(default=10, ge=1, le=100)
-    initial_backoff_seconds: int = Field(default=1, ge=1, le=3600)
-    max_backoff_seconds: int = Field(default=60, ge=1, le=3600)
+    max_attempts: int = Field(default=DEFAULT_BACKOFF[0], ge=1, le=100)
+    initial_backoff_seconds: int = Field(default=DEFAULT_BACKOFF[1], ge=1, le=3600)
+    max_backoff_seconds: int = Field(default=DEFAULT_BACKOFF[2], ge=1, le=3600)
 
 
 class AIImageJobSpec(_Model):
-    account: str = Field(min_length=2, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_NAME)
     input: JobInput
     pipeline: str
     parameters: dict[str, Any] = Field(default_factory=dict)

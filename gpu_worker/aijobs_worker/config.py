@@ -5,14 +5,16 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aijobs.api.rules import SERVICE_URLS
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIJOBS_", extra="ignore")
 
     identity: str = "worker"
     secret: str = ""
-    ai_url: str = "http://127.0.0.1:8104"
-    storage_url: str = "http://127.0.0.1:8103"
+    ai_url: str = SERVICE_URLS["ai"]
+    storage_url: str = SERVICE_URLS["storage"]
     worker_id: str = Field(default="", description="Empty: hostname-pid")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1 ...")
     max_tasks: int = Field(default=8, ge=1, le=256, description="Tasks leased (and batched) at once")

@@ -20,8 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from aijobs_services.kit.client import Ambiguous, Refused, ServiceClient, ServiceError
-
+from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_worker import codec
 from aijobs_worker.config import WorkerSettings
 from aijobs_worker.runner import Item, Runner

@@ -9,10 +9,10 @@ import signal
 import socket
 from pathlib import Path
 
-from aijobs_services.kit.callers import TokenSigner
-from aijobs_services.kit.client import ServiceClient
 from prometheus_client import start_http_server
 
+from aijobs.wire.client import ServiceClient
+from aijobs.wire.tokens import TokenSigner
 from aijobs_worker.config import WorkerSettings
 from aijobs_worker.loop import Worker
 from aijobs_worker.runner import Runner, pick_device

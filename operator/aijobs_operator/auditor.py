@@ -13,9 +13,9 @@ import copy
 import logging
 from typing import Any
 
-from aijobs_services.kit.client import ServiceError
-
+from aijobs import consistency
 from aijobs.consistency import Finding, JobRecords, findings
+from aijobs.wire.client import ServiceError
 from aijobs_operator import saga
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
@@ -26,10 +26,7 @@ log = logging.getLogger("aijobs.operator.auditor")
 
 
 async def fetch_records(svc: Services, uid: str) -> JobRecords:
-    charges = await svc.payment.json("GET", f"/v1/jobs/{uid}/charges")
-    stored = await svc.storage.json("GET", f"/v1/jobs/{uid}/objects")
-    tasks = await svc.ai.json("POST", "/v1/tasks/query", json={"jobIds": [uid]})
-    return JobRecords(charges["holds"], stored["items"], (tasks["items"] or [None])[0])
+    return await consistency.fetch_records(svc.payment, svc.storage, svc.ai, uid)
 
 
 async def repair(svc: Services, uid: str, finding: Finding) -> None:

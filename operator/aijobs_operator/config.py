@@ -5,17 +5,19 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aijobs.api.rules import SERVICE_URLS
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIJOBS_", extra="ignore")
 
     identity: str = "operator"
     secret: str = ""
-    auth_url: str = "http://127.0.0.1:8102"
-    payment_url: str = "http://127.0.0.1:8101"
-    storage_url: str = "http://127.0.0.1:8103"
-    ai_url: str = "http://127.0.0.1:8104"
-    main_url: str = "http://127.0.0.1:8105"
+    auth_url: str = SERVICE_URLS["auth"]
+    payment_url: str = SERVICE_URLS["payment"]
+    storage_url: str = SERVICE_URLS["storage"]
+    ai_url: str = SERVICE_URLS["ai"]
+    main_url: str = SERVICE_URLS["main"]
     kubeconfig: str = Field(default="", description="Empty: in-cluster config, else $KUBECONFIG")
     namespaces: list[str] = Field(default_factory=list, description="Watch these; empty: the whole cluster")
     workers: int = Field(default=16, ge=1, description="Jobs reconciled concurrently")

@@ -35,6 +35,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aijobs.api.rules import DEFAULT_BACKOFF, MAX_HOLD
 from aijobs.api.v1alpha1 import (
     AIImageJobSpec,
     AIImageJobStatus,
@@ -95,7 +96,6 @@ CHECKPOINTS = frozenset({"process"})
 # objects, and the credits last.
 COMPENSATIONS = ("cancel-task", "delete-objects", "release-holds")
 TERMINAL = (Phase.DELIVERED, Phase.FAILED)
-MAX_HOLD = dt.timedelta(days=30)  # Payment's longest hold
 
 
 def idempotency_key(uid: str, step: str) -> str:
@@ -108,9 +108,9 @@ def idempotency_key(uid: str, step: str) -> str:
 class Policy:
     """What the operator's settings and the job's retry policy say, in one value."""
 
-    max_attempts: int = 10
-    initial_backoff: float = 1.0
-    max_backoff: float = 60.0
+    max_attempts: int = DEFAULT_BACKOFF[0]
+    initial_backoff: float = DEFAULT_BACKOFF[1]
+    max_backoff: float = DEFAULT_BACKOFF[2]
     default_deadline: dt.timedelta = dt.timedelta(hours=1)
     hold_grace: dt.timedelta = dt.timedelta(hours=1)
     compensation_max_backoff: float = 60.0

@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aijobs_services.kit.client import Ambiguous, Refused, ServiceError
-
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus
+from aijobs.wire.client import Ambiguous, Refused, ServiceError
 from aijobs_operator import core, saga
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.kube import ApiException, KubeWriter

@@ -10,12 +10,12 @@ import socket
 from typing import Any
 
 import kopf
-from aijobs_services.kit.callers import TokenSigner
-from aijobs_services.kit.client import ServiceClient
 from prometheus_client import start_http_server
 
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.kube import api_client
+from aijobs.wire.client import ServiceClient
+from aijobs.wire.tokens import TokenSigner
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
 from aijobs_operator.kube import KubeWriter

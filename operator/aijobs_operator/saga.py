@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+from aijobs.api.rules import TERMINAL_PHASES
 from aijobs_operator.core import idempotency_key
 
 __all__ = ["FINALIZER", "TERMINAL", "idempotency_key", "iso", "now", "parse"]
 
 FINALIZER = "aijobs.io/saga"
-TERMINAL = ("Delivered", "Failed")
+TERMINAL = TERMINAL_PHASES
 
 
 def now() -> dt.datetime:

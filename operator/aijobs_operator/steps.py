@@ -3,7 +3,7 @@
 Every call carries an Idempotency-Key derived from the job's uid and the step's name, so a retry
 after a timeout, a restart of the operator or a duplicate event never acts twice. A step returns
 :class:`~aijobs_operator.core.Done` or :class:`~aijobs_operator.core.Waiting`, raises
-:class:`StepFailed` for a definite no, and lets :class:`~aijobs_services.kit.client.Ambiguous`
+:class:`StepFailed` for a definite no, and lets :class:`~aijobs.wire.client.Ambiguous`
 through for the engine to retry. Steps never write the saga log: what they learned travels back
 in their outcome, and what they send is built from the log alone (see :mod:`aijobs_operator.core`).
 
@@ -22,9 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aijobs_services.kit.client import Refused, ServiceClient
-
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, JobResult
+from aijobs.wire.client import Refused, ServiceClient
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.core import Done, Policy, Waiting, hold_expiry, idempotency_key
 from aijobs_operator.saga import iso, parse

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from aijobs.chaos import Campaign, build_stack, run_random, run_scenario, schedule
-from aijobs.testbed.stack import Stack
+from aijobs_dev.chaos import Campaign, build_stack, run_random, run_scenario, schedule
+from aijobs_dev.testbed.stack import Stack
 
 
 @pytest.fixture(scope="module")

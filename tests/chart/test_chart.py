@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from aijobs.controlplane.assets import ensure_helm
-from aijobs.controlplane.cluster import ControlPlane
+from aijobs_dev.controlplane.assets import ensure_helm
+from aijobs_dev.controlplane.cluster import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "aijobs"

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aijobs_dev.controlplane.cluster import ControlPlane
+from aijobs_dev.testbed.postgres import PostgresCluster
+from aijobs_dev.testbed.stack import SERVICES, Stack, Tenant
 from PIL import Image
-
-from aijobs.controlplane.cluster import ControlPlane
-from aijobs.testbed.postgres import PostgresCluster
-from aijobs.testbed.stack import SERVICES, Stack, Tenant
 
 QUOTA = 100_000  # bytes per account in Storage: scenario 1 uploads more than that
 

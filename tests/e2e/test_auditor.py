@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from aijobs_dev.testbed.stack import Stack, Tenant
 from aijobs_services.kit.db import make_engine
 
-from aijobs.testbed.stack import Stack, Tenant
 from tests.e2e.conftest import Jobs, eventually, manifest
 
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aijobs_dev.testbed.stack import Stack
 from kubernetes import client as k8s
 
 from aijobs.kube import api_client
-from aijobs.testbed.stack import Stack
 from tests.e2e.conftest import Jobs, eventually, make_stack, manifest
 
 

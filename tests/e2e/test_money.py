@@ -14,7 +14,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from aijobs.testbed.stack import Stack, Tenant
+from aijobs_dev.testbed.stack import Stack, Tenant
+
 from tests.e2e.conftest import Jobs, eventually, live, manifest, reason
 
 

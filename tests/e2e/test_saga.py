@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 import httpx
+from aijobs_dev.testbed.stack import Stack, Tenant
 from PIL import Image
 
-from aijobs.testbed.stack import Stack, Tenant
 from tests.e2e.conftest import QUOTA, Jobs, eventually, live, manifest, png, reason
 
 

@@ -37,7 +37,7 @@ def test_the_readme_names_only_commands_this_file_runs() -> None:
     [
         pytest.param([*AIJOBS, "--help"], id="aijobs"),
         pytest.param([*AIJOBS, "chaos", "--help"], id="aijobs-chaos"),
-        pytest.param([sys.executable, "-m", "aijobs.chaos", "--help"], id="python-m-aijobs.chaos"),
+        pytest.param([sys.executable, "-m", "aijobs_dev.chaos", "--help"], id="python-m-aijobs_dev.chaos"),
         pytest.param([*AIJOBS, "worker", "--help"], id="aijobs-worker"),
         pytest.param([sys.executable, "bench/simulate.py", "--help"], id="bench-simulate"),
     ],

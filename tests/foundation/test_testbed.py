@@ -9,8 +9,7 @@ from pathlib import Path
 
 import psycopg
 import sqlalchemy as sa
-
-from aijobs.testbed.postgres import PostgresCluster
+from aijobs_dev.testbed.postgres import PostgresCluster
 
 
 def test_a_test_database_is_real_postgresql_and_starts_empty(pg_url: str) -> None:

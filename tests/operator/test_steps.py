@@ -14,10 +14,10 @@ from aijobs_operator import core
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
 from aijobs_operator.steps import Job, Services, StepFailed, charge, deliver, upload
-from aijobs_services.kit.callers import TokenSigner
-from aijobs_services.kit.client import Ambiguous, Refused, ServiceClient
 
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, StepRecord
+from aijobs.wire.client import Ambiguous, Refused, ServiceClient
+from aijobs.wire.tokens import TokenSigner
 
 T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 SIGNER = TokenSigner("operator", "a-test-secret-that-is-long-enough-for-hs256")

@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from aijobs_dev.testbed.processes import ServiceProcess, make_secrets
 from aijobs_services.kit.app import create_app
-from aijobs_services.kit.callers import TokenSigner
 from aijobs_services.kit.settings import ServiceSettings
 from aijobs_services.registry import spec
 from fastapi.testclient import TestClient
 
-from aijobs.testbed.processes import ServiceProcess, make_secrets
+from aijobs.wire.tokens import TokenSigner
 
 
 @dataclass

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from aijobs_services.kit.callers import TokenSigner
 from aijobs_services.kit.db import make_engine
 from aijobs_services.payment import ledger
 
+from aijobs.wire.tokens import TokenSigner
 from tests.services.conftest import Api, snapshot
 
 Payment = tuple[Api, sa.Engine]

@@ -8,9 +8,8 @@ replays exactly with ``bench/simulate.py --replay SEED``.
 from __future__ import annotations
 
 import pytest
+from aijobs_dev.simulation.run import replay, run_range, simulate
 from aijobs_operator import core
-
-from aijobs.simulation.run import replay, run_range, simulate
 
 SCHEDULES = 20_000
 

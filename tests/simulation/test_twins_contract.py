@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aijobs_dev.simulation.twins import Account as TwinAccount
+from aijobs_dev.simulation.twins import AITwin, AuthTwin, PaymentTwin, StorageTwin, Twin
+from aijobs_dev.testbed.processes import make_secrets
 
-from aijobs.simulation.twins import Account as TwinAccount
-from aijobs.simulation.twins import AITwin, AuthTwin, PaymentTwin, StorageTwin, Twin
-from aijobs.testbed.processes import make_secrets
 from tests.services import images
 from tests.services.conftest import Api, _in_process
 from tests.services.test_storage import _storage

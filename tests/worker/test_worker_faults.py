@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from aijobs_dev.testbed.stack import Stack
 from PIL import Image
 
-from aijobs.testbed.stack import Stack
 from tests.e2e.conftest import eventually, make_stack, png
 
 

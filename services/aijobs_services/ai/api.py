@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from sqlalchemy.orm import Session
 
+from aijobs.api.rules import ACCOUNT_NAME
 from aijobs.api.v1alpha1 import PIPELINES
 from aijobs_services.ai import queue
 from aijobs_services.ai.models import Task
@@ -19,7 +20,7 @@ from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 
-NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+NAME = ACCOUNT_NAME
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Worker = Annotated[Caller, Depends(allow("worker"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api", "worker"))]

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, model_validator
 from sqlalchemy.orm import Session
 
+from aijobs.api.rules import ACCOUNT_NAME
 from aijobs_services.auth import directory
 from aijobs_services.auth.models import Binding, Token, User
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
@@ -17,7 +18,7 @@ from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.problems import NotFound
 
-NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+NAME = ACCOUNT_NAME
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Verifier = Annotated[Caller, Depends(allow("main-api", "operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]

@@ -8,7 +8,6 @@ from a caller in its ``callers`` table; a route accepts only the callers it name
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,37 +15,15 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, Request
 
+from aijobs.wire.tokens import LEEWAY_SECONDS
 from aijobs_services.kit.problems import Forbidden, Unauthenticated
 
-__all__ = ["Caller", "CallerDep", "TokenSigner", "allow", "verify_token"]
-
-TOKEN_TTL_SECONDS = 300
-LEEWAY_SECONDS = 30
+__all__ = ["Caller", "CallerDep", "allow", "verify_token"]
 
 
 @dataclass(frozen=True)
 class Caller:
     name: str
-
-
-class TokenSigner:
-    """Makes bearer tokens for one identity, reusing each until it is close to expiry."""
-
-    def __init__(self, identity: str, secret: str) -> None:
-        self.identity = identity
-        self._secret = secret
-        self._cache: dict[str, tuple[str, float]] = {}
-
-    def token_for(self, audience: str) -> str:
-        now = time.time()
-        cached = self._cache.get(audience)
-        if cached and cached[1] - now > 60:
-            return cached[0]
-        exp = now + TOKEN_TTL_SECONDS
-        claims = {"iss": self.identity, "aud": audience, "iat": int(now), "exp": int(exp)}
-        token = jwt.encode(claims, self._secret, algorithm="HS256")
-        self._cache[audience] = (token, exp)
-        return token
 
 
 def verify_token(token: str, audience: str, secrets: Mapping[str, str]) -> Caller:

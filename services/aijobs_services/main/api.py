@@ -2,39 +2,31 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from aijobs.api.pipelines import PipelineError, validate_parameters
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
-from aijobs.consistency import JobRecords, findings
+from aijobs.consistency import fetch_records, findings
+from aijobs.wire.client import Ambiguous, Refused, ServiceClient
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
-from aijobs_services.kit.client import Ambiguous, Refused, ServiceClient
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.idempotency import IdempotentRequestDep, read_idempotent_request
-from aijobs_services.kit.problems import Forbidden, NotFound, Problem, Unauthenticated, Unprocessable
-from aijobs_services.main import jobs
+from aijobs_services.kit.problems import Forbidden, NotFound, Unauthenticated
+from aijobs_services.main import jobs, submission
 from aijobs_services.main.models import Delivery, Webhook
 from aijobs_services.main.settings import MainSettings
+from aijobs_services.main.submission import Unavailable, read_job
 
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
-
-
-class Unavailable(Problem):
-    status, slug, title = 503, "dependency-unavailable", "A service this request needs is unavailable"
 
 
 @dataclass(frozen=True)
@@ -94,27 +86,6 @@ async def _namespace_of(request: Request, tenant: str) -> str:
     return namespace
 
 
-async def _read_job(request: Request, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        job = await run_in_threadpool(
-            _custom(request).get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-        )
-        return cast(dict[str, Any], job)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
-
-
-def _same_request_or_refuse(job: dict[str, Any], digest: str, key: str) -> None:
-    if job["metadata"].get("annotations", {}).get(jobs.ANNOTATION_REQUEST) != digest:
-        raise Unprocessable(
-            f"Idempotency-Key {key!r} was first used for a different job request",
-            slug="idempotency-key-reused",
-            title="Idempotency-Key reused with a different request",
-        )
-
-
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
@@ -129,98 +100,17 @@ async def submit_job(
     url: Annotated[str | None, Form(max_length=2048)] = None,
     file: Annotated[UploadFile | None, File()] = None,
 ) -> JSONResponse:
-    settings = _settings(request)
-    try:
-        params = json.loads(parameters)
-        assert isinstance(params, dict)
-    except (ValueError, AssertionError) as exc:
-        raise Unprocessable("parameters: must be a JSON object", slug="validation-error") from exc
-    try:
-        params = validate_parameters(pipeline, params)
-    except PipelineError as exc:
-        raise Unprocessable(str(exc), slug="bad-pipeline", title="Invalid pipeline or parameters") from exc
-    start = None
-    if run_at:
-        try:
-            start = dt.datetime.fromisoformat(run_at.replace("Z", "+00:00"))
-            if start.tzinfo is None:
-                raise ValueError("no time zone")
-        except ValueError as exc:
-            raise Unprocessable(
-                f"runAt: {run_at!r} is not an RFC 3339 time with a zone (e.g. 2030-01-01T02:00:00Z)",
-                slug="validation-error",
-            ) from exc
-    if (file is None) == (url is None):
-        raise Unprocessable("give exactly one of file (an upload) or url", slug="validation-error")
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise Unprocessable("url: must be an http(s) URL", slug="validation-error")
-    content = await file.read() if file is not None else b""
-
+    order = submission.parse(
+        pipeline=pipeline, parameters=parameters, run_at=run_at, url=url, has_file=file is not None
+    )
+    content = await file.read() if file is not None else None
     namespace = await _namespace_of(request, user.tenant)
-    name = jobs.job_name(user.id, idempotency_key)
-    digest = jobs.request_digest(
-        {
-            "pipeline": pipeline,
-            "parameters": params,
-            "runAt": run_at,
-            "url": url,
-            "file": hashlib.sha256(content).hexdigest() if file is not None else None,
-        }
+    status, view = await submission.submit(
+        submission.Submission(user.id, user.tenant, namespace, idempotency_key, order, content),
+        submission.Edges(_settings(request), _clients(request)["storage"], _custom(request)),
     )
-    existing = await _read_job(request, namespace, name)
-    if existing is not None:
-        _same_request_or_refuse(existing, digest, idempotency_key)
-        return JSONResponse(jobs.view(existing), 200, headers={"Idempotent-Replayed": "true"})
-
-    if file is not None:
-        try:
-            stored = await _clients(request)["storage"].json(
-                "PUT",
-                f"/v1/objects/upload:{user.tenant}:{name}",
-                params={"account": user.tenant},
-                content=content,
-                timeout=60,
-            )
-        except Ambiguous as exc:
-            raise Unavailable(
-                f"{exc}; retry with the same Idempotency-Key", headers={"Retry-After": "2"}
-            ) from exc
-        except Refused as exc:
-            raise Problem(
-                exc.detail, status=exc.status, slug=exc.kind, title="The image was refused"
-            ) from exc
-        job_input: dict[str, Any] = {"storageRef": {"objectId": stored["id"]}}
-    else:
-        job_input = {"url": url}
-    deadline = (start or utcnow()) + dt.timedelta(seconds=settings.job_deadline_seconds)
-    body = jobs.manifest(
-        name=name,
-        account=user.tenant,
-        user=user.id,
-        pipeline=pipeline,
-        parameters=params,
-        price=settings.prices[pipeline],
-        job_input=job_input,
-        run_at=start,
-        deadline=deadline,
-        digest=digest,
-    )
-    try:
-        created: Any = await run_in_threadpool(
-            _custom(request).create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body
-        )
-    except ApiException as exc:
-        if exc.status == 409:  # a concurrent retry created it first
-            raced = await _read_job(request, namespace, name)
-            assert raced is not None
-            _same_request_or_refuse(raced, digest, idempotency_key)
-            return JSONResponse(jobs.view(raced), 200, headers={"Idempotent-Replayed": "true"})
-        if exc.status == 422:
-            raise Unprocessable(
-                json.loads(exc.body or "{}").get("message", "invalid job"), slug="invalid-job"
-            ) from exc
-        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
-    return JSONResponse(jobs.view(created), 201)
+    headers = {"Idempotent-Replayed": "true"} if status == 200 else None
+    return JSONResponse(view, status, headers=headers)
 
 
 @router.get("/jobs", summary="Your account's jobs, newest first (paginated)")
@@ -246,7 +136,7 @@ async def list_jobs(
 @router.get("/jobs/{job_id}", summary="One of your jobs, as its saga log tells it")
 async def get_job(request: Request, job_id: str, user: UserDep) -> dict[str, Any]:
     namespace = await _namespace_of(request, user.tenant)
-    job = await _read_job(request, namespace, job_id)
+    job = await read_job(_custom(request), namespace, job_id)
     if job is None or job["metadata"].get("labels", {}).get(jobs.LABEL_ACCOUNT) != user.tenant:
         raise NotFound(f"no job {job_id!r} in your account", slug="unknown-job", title="Unknown job")
     return jobs.view(job)
@@ -254,18 +144,18 @@ async def get_job(request: Request, job_id: str, user: UserDep) -> dict[str, Any
 
 @router.get("/admin/jobs/{namespace}/{name}", summary="A job's saga log beside every service's records")
 async def admin_job(request: Request, namespace: str, name: str, _: Admin) -> dict[str, Any]:
-    job = await _read_job(request, namespace, name)
+    job = await read_job(_custom(request), namespace, name)
     if job is None:
         raise NotFound(f"no job {namespace}/{name}", slug="unknown-job", title="Unknown job")
     uid, spec, status = job["metadata"]["uid"], job["spec"], job.get("status") or {}
     clients = _clients(request)
-    charges = await _call(clients["payment"], "GET", f"/v1/jobs/{uid}/charges")
-    stored = await _call(clients["storage"], "GET", f"/v1/jobs/{uid}/objects")
-    tasks = await _call(clients["ai"], "POST", "/v1/tasks/query", json={"jobIds": [uid]})
+    try:
+        records = await fetch_records(clients["payment"], clients["storage"], clients["ai"], uid)
+    except Ambiguous as exc:
+        raise Unavailable(f"{exc}; try again", headers={"Retry-After": "2"}) from exc
     binding = await _call(
         clients["auth"], "GET", "/v1/bindings", params={"namespace": namespace, "account": spec["account"]}
     )
-    records = JobRecords(charges["holds"], stored["items"], (tasks["items"] or [None])[0])
     return {
         "job": {
             "namespace": namespace,
@@ -276,8 +166,8 @@ async def admin_job(request: Request, namespace: str, name: str, _: Admin) -> di
             "sagaLog": status,
         },
         "services": {
-            "payment": charges,
-            "storage": stored["items"],
+            "payment": records.charges,
+            "storage": records.objects,
             "ai": records.task,
             "auth": {"bound": bool(binding["items"])},
         },

@@ -7,9 +7,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from aijobs.kube import api_client
+from aijobs.wire.client import ServiceClient
+from aijobs.wire.tokens import TokenSigner
 from aijobs_services.kit.app import ServiceSpec
-from aijobs_services.kit.callers import TokenSigner
-from aijobs_services.kit.client import ServiceClient
 from aijobs_services.main.api import router
 from aijobs_services.main.models import IdempotencyKeys
 from aijobs_services.main.notify import send_due

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from aijobs.api.rules import SERVICE_URLS
 from aijobs_services.kit.settings import ServiceSettings
 
 DEFAULT_PRICES = {
@@ -19,10 +20,10 @@ DEFAULT_PRICES = {
 
 class MainSettings(ServiceSettings):
     max_body_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
-    auth_url: str = "http://127.0.0.1:8102"
-    storage_url: str = "http://127.0.0.1:8103"
-    payment_url: str = "http://127.0.0.1:8101"
-    ai_url: str = "http://127.0.0.1:8104"
+    auth_url: str = SERVICE_URLS["auth"]
+    storage_url: str = SERVICE_URLS["storage"]
+    payment_url: str = SERVICE_URLS["payment"]
+    ai_url: str = SERVICE_URLS["ai"]
     kubeconfig: str = Field(default="", description="Empty: in-cluster config, else $KUBECONFIG")
     prices: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     job_deadline_seconds: int = Field(default=3600, ge=60, description="From runAt (or now) to the deadline")

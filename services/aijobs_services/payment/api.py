@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from sqlalchemy.orm import Session
 
+from aijobs.api.rules import ACCOUNT_NAME
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
@@ -18,7 +19,7 @@ from aijobs_services.kit.problems import NotFound, Problem
 from aijobs_services.payment import ledger
 from aijobs_services.payment.models import Account, Hold, LedgerEntry
 
-ACCOUNT_ID = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+ACCOUNT_ID = ACCOUNT_NAME
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from aijobs.api.rules import MAX_HOLD
 from aijobs_services.kit.db import aware, utcnow
 from aijobs_services.kit.problems import Conflict, NotFound, Problem, Unprocessable
 from aijobs_services.payment.models import Account, Hold, LedgerEntry
 
 FUNDING = "system:funding"
 REVENUE = "system:revenue"
-MAX_HOLD = dt.timedelta(days=30)
 
 
 class InsufficientCredits(Problem):

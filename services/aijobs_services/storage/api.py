@@ -16,6 +16,7 @@ from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from aijobs.api.rules import ACCOUNT_NAME
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
@@ -27,7 +28,7 @@ from aijobs_services.storage.images import inspect_image
 from aijobs_services.storage.models import StoredObject
 from aijobs_services.storage.settings import StorageSettings
 
-NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+NAME = ACCOUNT_NAME
 KEY = r"^[A-Za-z0-9._:/-]{1,255}$"
 Writer = Annotated[Caller, Depends(allow("main-api", "operator", "worker", "admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
@@ -221,11 +222,21 @@ def commit_object(
     return store.run(session, idem, lambda s: (200, public(objects.commit(s, object_id, body.job_id))))
 
 
+Discarder = Annotated[Caller, Depends(allow("main-api", "operator", "admin"))]
+
+
 @router.post("/objects/{object_id}/delete", summary="Delete an object (idempotent)")
 def delete_object(
-    object_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    object_id: str, caller: Discarder, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    return store.run(session, idem, lambda s: (200, public(objects.delete(s, objects.get(s, object_id)))))
+    def act(s: Session) -> tuple[int, Any]:
+        obj = objects.get(s, object_id)
+        # Main API may only take back an upload whose job it failed to create (still staging).
+        if caller.name == "main-api" and obj.state != "staging":
+            raise Forbidden(f"object {object_id} is {obj.state}; only a staging upload can be discarded")
+        return 200, public(objects.delete(s, obj))
+
+    return store.run(session, idem, act)
 
 
 @router.post("/jobs/{job_id}/objects/delete", summary="Delete every object of a job (compensation)")

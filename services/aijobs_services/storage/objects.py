@@ -136,9 +136,7 @@ def collect(session: Session, blobs: BlobStore, staging_grace: int, deleted_grac
     horizon = now.timestamp() - deleted_grace
     with blobs.collecting():  # no put is between keeping a blob and recording it
         with session.begin():
-            live = set(
-                session.scalars(sa.select(StoredObject.sha256).where(StoredObject.state.in_(LIVE)))
-            )
+            live = set(session.scalars(sa.select(StoredObject.sha256).where(StoredObject.state.in_(LIVE))))
         for sha, mtime in blobs.all_blobs():
             if sha not in live and mtime < horizon and blobs.remove(sha):
                 removed += 1

@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from aijobs.controlplane.assets import Assets, ensure_assets
-from aijobs.controlplane.pki import Pki, write_pki
+from aijobs_dev.controlplane.assets import Assets, ensure_assets
+from aijobs_dev.controlplane.pki import Pki, write_pki
 
 __all__ = ["ControlPlane", "ControlPlaneError", "free_port"]
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aijobs_services.kit.callers import TokenSigner
 from kubernetes import client as k8s
 
-from aijobs.controlplane.cluster import free_port
 from aijobs.kube import api_client
-from aijobs.testbed.processes import ManagedProcess, ServiceProcess, make_secrets
+from aijobs.wire.tokens import TokenSigner
+from aijobs_dev.controlplane.cluster import free_port
+from aijobs_dev.testbed.processes import ManagedProcess, ServiceProcess, make_secrets
 
 SERVICES = ("auth", "payment", "storage", "ai", "main")
 PROXIED = ("auth", "payment", "storage", "ai", "main")
@@ -93,7 +93,7 @@ class Stack:
             [
                 sys.executable,
                 "-m",
-                "aijobs.testbed.faultproxy",
+                "aijobs_dev.testbed.faultproxy",
                 "--port",
                 str(port),
                 "--upstream",

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aijobs.api.rules import MAX_HOLD
+
 __all__ = ["AITwin", "AuthTwin", "MainTwin", "PaymentTwin", "Reply", "StorageTwin", "Twin"]
 
-MAX_HOLD = dt.timedelta(days=30)
 PROBLEM = "https://aijobs.io/problems/"
 
 

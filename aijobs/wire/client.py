@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from aijobs_services.kit.callers import TokenSigner
+from aijobs.wire.tokens import TokenSigner
 
 __all__ = ["IN_PROGRESS", "Ambiguous", "Refused", "ServiceClient", "ServiceError"]
 

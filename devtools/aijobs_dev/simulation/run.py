@@ -8,8 +8,8 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from aijobs.simulation.check import Violation, check
-from aijobs.simulation.world import World
+from aijobs_dev.simulation.check import Violation, check
+from aijobs_dev.simulation.world import World
 
 __all__ = ["Campaign", "replay", "run_range", "simulate"]
 

@@ -7,7 +7,7 @@ A campaign submits jobs while a seeded schedule injects faults: network faults t
 in front of every service (drop, delay, reset, drop-after-commit, 5xx/429, slow bodies), SIGKILL
 and restart of the operator, a worker or any service, and a full disk (an account's storage
 quota). Then it heals everything, waits for every job to end, and checks every job against every
-service's records (:mod:`aijobs.checker`). The same seed gives the same schedule.
+service's records (:mod:`aijobs_dev.checker`). The same seed gives the same schedule.
 
 The four scenarios of the seed document run the same way, each with the one fault it describes,
 and print the story: what happened to the credits, the files, the task and each service's record.
@@ -33,11 +33,12 @@ from typing import Any
 from kubernetes import client as k8s
 from PIL import Image
 
+from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
-from aijobs.checker import JobView, Violation, check
 from aijobs.kube import api_client
-from aijobs.testbed.processes import ManagedProcess
-from aijobs.testbed.stack import SERVICES, Stack
+from aijobs_dev.checker import JobView, Violation, check
+from aijobs_dev.testbed.processes import ManagedProcess
+from aijobs_dev.testbed.stack import SERVICES, Stack
 
 NET_ACTIONS = ("drop", "delay", "reset", "drop-response", "status", "slow-body")
 KILLABLE = ("operator", "worker", "payment", "storage", "ai", "auth", "main")
@@ -180,7 +181,7 @@ class Campaign:
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             phases = [(j.get("status") or {}).get("phase") for j in self.jobs()]
-            if len(phases) == len(self.submitted) and all(p in ("Delivered", "Failed") for p in phases):
+            if len(phases) == len(self.submitted) and all(p in TERMINAL_PHASES for p in phases):
                 return time.monotonic() - started
             time.sleep(0.5)
         return None
@@ -343,7 +344,7 @@ def _wait_job(campaign: Campaign, name: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = next((j for j in campaign.jobs() if j["metadata"]["name"] == name), None)
-        if job and (job.get("status") or {}).get("phase") in ("Delivered", "Failed"):
+        if job and (job.get("status") or {}).get("phase") in TERMINAL_PHASES:
             return
         time.sleep(0.3)
     raise TimeoutError(f"{name} did not end in {timeout:.0f}s")
@@ -426,9 +427,9 @@ def run_scenario(campaign: Campaign, scenario: str) -> tuple[Report, str]:
 def main(argv: list[str]) -> int:
     import argparse
 
-    from aijobs.controlplane.cluster import ControlPlane
     from aijobs.crds import install_crds
-    from aijobs.testbed.postgres import PostgresCluster, PostgresError
+    from aijobs_dev.controlplane.cluster import ControlPlane
+    from aijobs_dev.testbed.postgres import PostgresCluster, PostgresError
 
     parser = argparse.ArgumentParser(prog="aijobs chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=50)

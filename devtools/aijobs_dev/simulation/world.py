@@ -2,7 +2,7 @@
 VOPR idea, for aijobs).
 
 The operator's real engine and step code (:class:`aijobs_operator.engine.Reconciler`, the real
-:class:`~aijobs_services.kit.client.ServiceClient` and its error sorting) run against in-memory
+:class:`~aijobs.wire.client.ServiceClient` and its error sorting) run against in-memory
 twins of the five services and of the API server, on a virtual clock, in one event loop with no
 real I/O. Every source of nondeterminism — the clock, which job is woken, which watch event
 arrives and when, which call fails and how, when the operator crashes, when a user deletes a job,
@@ -20,7 +20,7 @@ Faults a schedule may draw (each with a probability the seed also draws):
 - the disk is **full**; the GPU task **fails**; the account is **short** of credits.
 
 After the schedule, faults heal and the world runs until every job is terminal or gone; then an
-independent checker (:mod:`aijobs.simulation.check`) tests I1-I5 from what the twins hold.
+independent checker (:mod:`aijobs_dev.simulation.check`) tests I1-I5 from what the twins hold.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
 from aijobs_operator.kube import ApiException
 from aijobs_operator.steps import Services
-from aijobs_services.kit.callers import TokenSigner
-from aijobs_services.kit.client import ServiceClient
 
-from aijobs.simulation.twins import AITwin, AuthTwin, MainTwin, PaymentTwin, Reply, StorageTwin, Twin
+from aijobs.api.rules import TERMINAL_PHASES
+from aijobs.wire.client import ServiceClient
+from aijobs.wire.tokens import TokenSigner
+from aijobs_dev.simulation.twins import AITwin, AuthTwin, MainTwin, PaymentTwin, Reply, StorageTwin, Twin
 
 __all__ = ["Crash", "Faults", "World"]
 
@@ -247,7 +248,7 @@ class World:
         account, namespace = "acme", "team"
         self.auth.bindings.add((namespace, account))
         prices = [self.rng.randint(1, 20) for _ in range(n)]
-        from aijobs.simulation.twins import Account
+        from aijobs_dev.simulation.twins import Account
 
         short = self.rng.random() < 0.15
         self.payment.accounts[account] = Account(available=sum(prices) - (prices[0] if short else 0))
@@ -448,7 +449,7 @@ class World:
 
     def settled(self) -> bool:
         for body in self.kube.objects.values():
-            if (body.get("status") or {}).get("phase") not in ("Delivered", "Failed"):
+            if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
                 return False
             if body["metadata"].get("deletionTimestamp"):
                 return False

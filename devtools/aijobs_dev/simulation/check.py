@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aijobs.simulation.world import World
+from aijobs.api.rules import TERMINAL_PHASES
+from aijobs_dev.simulation.world import World
 
 __all__ = ["Violation", "check"]
 
@@ -64,16 +65,14 @@ def check(world: World) -> list[Violation]:
                 ):
                     bad("I3", f"task {task.id} left {task.state}")
         # I4: every job ended (or was let go) once faults healed.
-        if body is not None and (
-            phase not in ("Delivered", "Failed") or body["metadata"].get("deletionTimestamp")
-        ):
+        if body is not None and (phase not in TERMINAL_PHASES or body["metadata"].get("deletionTimestamp")):
             bad("I4", f"still {phase}{' (deleting)' if body['metadata'].get('deletionTimestamp') else ''}")
         # I5: the log tells the same story as the services.
         if phase == "Delivered" and not delivered:
             bad("I5", "the status says Delivered, but no result was delivered")
         if phase == "Failed" and delivered:
             bad("I5", "the status says Failed, but a result was delivered")
-        if body is not None and phase in ("Delivered", "Failed"):  # what `kubectl wait` reads
+        if body is not None and phase in TERMINAL_PHASES:  # what `kubectl wait` reads
             conditions = {c["type"]: c["status"] for c in body["status"].get("conditions", [])}
             want = {"Complete": str(phase == "Delivered"), "Failed": str(phase == "Failed")}
             if {k: conditions.get(k) for k in want} != want:

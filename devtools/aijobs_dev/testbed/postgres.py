@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from aijobs.controlplane.cluster import free_port
+from aijobs_dev.controlplane.cluster import free_port
 
 __all__ = ["PostgresCluster", "PostgresError", "find_bindir"]
 

@@ -25,10 +25,11 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from aijobs.controlplane.cluster import ControlPlane
+from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.crds import install_crds
 from aijobs.kube import api_client
-from aijobs.testbed.stack import Stack
+from aijobs_dev.controlplane.cluster import ControlPlane
+from aijobs_dev.testbed.stack import Stack
 
 
 def _say(text: str) -> None:
@@ -79,7 +80,7 @@ class Demo:
                 if phase not in seen:
                     seen.add(phase)
                     print(f"   {name}: {phase}")
-            if status.get("phase") in ("Delivered", "Failed"):
+            if status.get("phase") in TERMINAL_PHASES:
                 print(f"   {name}: {status['phase']} — {status.get('message')}")
                 return job
             time.sleep(0.2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.consistency import JobRecords, findings
 
 __all__ = ["JobView", "Violation", "check"]
@@ -54,7 +55,7 @@ def check(
         live = [o for o in job.objects if o["state"] != "deleted"]
         results = [o for o in live if o["kind"] == "result"]
         # I4: everything ended.
-        if job.phase not in ("Delivered", "Failed"):
+        if job.phase not in TERMINAL_PHASES:
             bad("I4", f"still {job.phase} after the grace period")
             continue
         # I1: charged the price once if delivered, else nothing.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from aijobs.controlplane.cluster import free_port
+from aijobs_dev.controlplane.cluster import free_port
 
 __all__ = ["CALLER_NAMES", "ManagedProcess", "ServiceProcess", "make_secrets"]
 

@@ -1,6 +1,6 @@
 """A fault-injecting HTTP proxy: a real network hop between a client and one service.
 
-    python -m aijobs.testbed.faultproxy --port 9001 --upstream http://127.0.0.1:8101 --seed 7
+    python -m aijobs_dev.testbed.faultproxy --port 9001 --upstream http://127.0.0.1:8101 --seed 7
 
 Rules are set over its control API (``PUT /__faults/rules``, a JSON list) and matched by method
 and path regex, with a probability and an optional count. Actions:

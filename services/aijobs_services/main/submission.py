@@ -1,0 +1,209 @@
+"""Submitting a job through Main API, as a use case apart from HTTP: check the order, store the
+upload, create the AIImageJob. A retry with the same Idempotency-Key finds the job it made (the
+job's name derives from the user and the key); a refusal leaves nothing behind.
+
+``parse`` is pure; ``submit`` takes its edges (Storage, the Kubernetes API, the settings) as
+arguments, so the route function only translates HTTP to a :class:`Submission` and back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, cast
+
+from fastapi.concurrency import run_in_threadpool
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from aijobs.api.pipelines import PipelineError, validate_parameters
+from aijobs.api.rules import MAX_HOLD
+from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
+from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
+from aijobs_services.kit.db import utcnow
+from aijobs_services.kit.problems import Problem, Unprocessable
+from aijobs_services.main import jobs
+from aijobs_services.main.settings import MainSettings
+
+__all__ = ["Edges", "Order", "Submission", "Unavailable", "parse", "read_job", "submit"]
+
+# RFC 3339 as the CRD's `format: date-time` reads it: separators, a zone, nothing else.
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+
+class Unavailable(Problem):
+    status, slug, title = 503, "dependency-unavailable", "A service this request needs is unavailable"
+
+
+@dataclass(frozen=True)
+class Order:
+    """What the user asked for, checked."""
+
+    pipeline: str
+    parameters: dict[str, Any]
+    run_at: dt.datetime | None
+    run_at_text: str | None
+    url: str | None
+
+
+@dataclass(frozen=True)
+class Submission:
+    user: str
+    account: str
+    namespace: str
+    key: str
+    order: Order
+    content: bytes | None  # an upload, or None for a URL
+
+
+@dataclass(frozen=True)
+class Edges:
+    settings: MainSettings
+    storage: ServiceClient
+    kube: k8s.CustomObjectsApi
+
+
+def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
+    """runAt as the CRD accepts it, in the future, and within what a hold can cover."""
+    if not RFC3339.fullmatch(text):
+        raise Unprocessable(
+            f"runAt: {text!r} is not an RFC 3339 time with a zone (e.g. 2030-01-01T02:00:00Z)",
+            slug="validation-error",
+        )
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise Unprocessable(f"runAt: {text!r} is not a valid time: {exc}", slug="validation-error") from exc
+    if when < now - dt.timedelta(minutes=1):
+        raise Unprocessable(f"runAt: {text} is in the past", slug="validation-error")
+    if when > now + MAX_HOLD - dt.timedelta(hours=2):
+        raise Unprocessable(
+            f"runAt: {text} is too far ahead: credits can be held for {MAX_HOLD.days} days at most",
+            slug="validation-error",
+        )
+    return when
+
+
+def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None, has_file: bool) -> Order:
+    try:
+        params = json.loads(parameters)
+    except (ValueError, RecursionError) as exc:
+        raise Unprocessable("parameters: must be a JSON object", slug="validation-error") from exc
+    if not isinstance(params, dict):
+        raise Unprocessable("parameters: must be a JSON object", slug="validation-error")
+    try:
+        params = validate_parameters(pipeline, params)
+    except PipelineError as exc:
+        raise Unprocessable(str(exc), slug="bad-pipeline", title="Invalid pipeline or parameters") from exc
+    if has_file == (url is not None):
+        raise Unprocessable("give exactly one of file (an upload) or url", slug="validation-error")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise Unprocessable("url: must be an http(s) URL", slug="validation-error")
+    start = parse_run_at(run_at, utcnow()) if run_at else None
+    return Order(pipeline, params, start, run_at, url)
+
+
+async def read_job(kube: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        job = await run_in_threadpool(
+            kube.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+        return cast(dict[str, Any], job)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
+
+
+def _same_request_or_refuse(job: dict[str, Any], digest: str, key: str) -> None:
+    if job["metadata"].get("annotations", {}).get(jobs.ANNOTATION_REQUEST) != digest:
+        raise Unprocessable(
+            f"Idempotency-Key {key!r} was first used for a different job request",
+            slug="idempotency-key-reused",
+            title="Idempotency-Key reused with a different request",
+        )
+
+
+async def _discard(edges: Edges, object_id: str | None) -> None:
+    """Delete a staged upload whose job was refused (best effort: Storage's collector removes
+    staging objects past their grace anyway)."""
+    if object_id is None:
+        return
+    with contextlib.suppress(ServiceError):
+        await edges.storage.json("POST", f"/v1/objects/{object_id}/delete", key=f"discard:{object_id}")
+
+
+async def submit(sub: Submission, edges: Edges) -> tuple[int, dict[str, Any]]:
+    """Returns (201, the new job's view) or (200, the job an earlier try with this key made)."""
+    order = sub.order
+    name = jobs.job_name(sub.user, sub.key)
+    digest = jobs.request_digest(
+        {
+            "pipeline": order.pipeline,
+            "parameters": order.parameters,
+            "runAt": order.run_at_text,
+            "url": order.url,
+            "file": hashlib.sha256(sub.content).hexdigest() if sub.content is not None else None,
+        }
+    )
+    existing = await read_job(edges.kube, sub.namespace, name)
+    if existing is not None:
+        _same_request_or_refuse(existing, digest, sub.key)
+        return 200, jobs.view(existing)
+
+    staged: str | None = None
+    if sub.content is not None:
+        try:
+            stored = await edges.storage.json(
+                "PUT",
+                f"/v1/objects/upload:{sub.account}:{name}",
+                params={"account": sub.account},
+                content=sub.content,
+                timeout=60,
+            )
+        except Ambiguous as exc:
+            raise Unavailable(
+                f"{exc}; retry with the same Idempotency-Key", headers={"Retry-After": "2"}
+            ) from exc
+        except Refused as exc:
+            raise Problem(
+                exc.detail, status=exc.status, slug=exc.kind, title="The image was refused"
+            ) from exc
+        staged = stored["id"]
+        job_input: dict[str, Any] = {"storageRef": {"objectId": stored["id"]}}
+    else:
+        job_input = {"url": order.url}
+    deadline = (order.run_at or utcnow()) + dt.timedelta(seconds=edges.settings.job_deadline_seconds)
+    body = jobs.manifest(
+        name=name,
+        account=sub.account,
+        user=sub.user,
+        pipeline=order.pipeline,
+        parameters=order.parameters,
+        price=edges.settings.prices[order.pipeline],
+        job_input=job_input,
+        run_at=order.run_at,
+        deadline=deadline,
+        digest=digest,
+    )
+    try:
+        created: Any = await run_in_threadpool(
+            edges.kube.create_namespaced_custom_object, GROUP, VERSION, sub.namespace, PLURAL, body
+        )
+    except ApiException as exc:
+        if exc.status == 409:  # a concurrent retry created it first
+            raced = await read_job(edges.kube, sub.namespace, name)
+            assert raced is not None
+            _same_request_or_refuse(raced, digest, sub.key)
+            return 200, jobs.view(raced)
+        await _discard(edges, staged)  # refused: nothing is left behind
+        if exc.status == 422:
+            raise Unprocessable(
+                json.loads(exc.body or "{}").get("message", "invalid job"), slug="invalid-job"
+            ) from exc
+        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
+    return 201, jobs.view(created)
