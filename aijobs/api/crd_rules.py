@@ -2,8 +2,9 @@
 worker, the AI service and Main API share (:mod:`aijobs.api.pipelines`), so that ``kubectl
 apply`` refuses what the worker would refuse, with a message naming the field.
 
-``python -m aijobs.api.crd_rules`` rewrites the generated block of the CRD (between the
-``# BEGIN generated`` and ``# END generated`` lines: the parameters' properties and rules, in ``crds/`` and the chart's copy);
+``python -m aijobs.api.crd_rules`` rewrites the generated blocks of the CRD (between the
+``# BEGIN generated`` and ``# END generated`` lines: the parameters' properties and rules) in
+``crds/`` and in the chart's copy;
 ``tests/foundation/test_crd_on_apiserver.py`` fails when the file and this module disagree.
 """
 
@@ -29,7 +30,12 @@ def _bounds(info: FieldInfo) -> tuple[Any, Any, bool, bool]:
     lo = hi = None
     lo_open = hi_open = False
     for meta in info.metadata:
-        for attr, is_lo, is_open in (("ge", True, False), ("gt", True, True), ("le", False, False), ("lt", False, True)):
+        for attr, is_lo, is_open in (
+            ("ge", True, False),
+            ("gt", True, True),
+            ("le", False, False),
+            ("lt", False, True),
+        ):
             value = getattr(meta, attr, None)
             if value is None:
                 continue
@@ -76,7 +82,9 @@ def _check(pipeline: str, name: str, info: FieldInfo) -> tuple[str, str] | None:
     if hi is not None:
         conds.append(f"{value} {'<' if hi_open else '<='} {literal(hi)}")
     span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    rule = f"self.pipeline != '{pipeline}' || !has(self.parameters) || !has({value}) || ({' && '.join(conds)})"
+    rule = (
+        f"self.pipeline != '{pipeline}' || !has(self.parameters) || !has({value}) || ({' && '.join(conds)})"
+    )
     return rule, f"parameters.{name}: for {pipeline} it must be in {span}"
 
 
@@ -144,7 +152,10 @@ def rewrite(text: str) -> str:
 
 def main() -> int:
     root = Path(__file__).resolve().parents[2]
-    for path in (root / "crds" / "aijobs.io_aiimagejobs.yaml", root / "charts/aijobs/files/aijobs.io_aiimagejobs.yaml"):
+    for path in (
+        root / "crds" / "aijobs.io_aiimagejobs.yaml",
+        root / "charts/aijobs/files/aijobs.io_aiimagejobs.yaml",
+    ):
         path.write_text(rewrite(path.read_text()))
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -57,7 +57,10 @@ class StorageRef(_Model):
 
 class InlineImage(_Model):
     data: str = Field(
-        min_length=4, max_length=699052, pattern=r"^[A-Za-z0-9+/]*={0,2}$", description="base64"
+        min_length=4,
+        max_length=699052,
+        pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        description="base64",
     )
     content_type: Literal["image/png", "image/jpeg", "image/webp"]
 

@@ -12,7 +12,8 @@ import yaml
 
 from tests.conftest import Kubectl
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
 def _example(name: str = "upscale-inline.yaml") -> dict[str, Any]:
@@ -105,6 +106,148 @@ BAD = [
         id="backoff-order",
     ),
     pytest.param(_with({"priority": "high"}), 'unknown field "spec.priority"', id="unknown-field"),
+    # -- parameters, checked against the one schema the worker and AI share (generated CEL)
+    pytest.param(
+        _with({"pipeline": "grayscale", "parameters": {"width": 10}}),
+        "parameters: grayscale takes no parameters",
+        id="grayscale-width",
+    ),
+    pytest.param(
+        _with({"parameters": {"size": 64}}), "parameters: upscale-x2 takes no parameters", id="upscale-size"
+    ),
+    pytest.param(_with({"pipeline": "resize"}), "parameters.width: resize needs it", id="resize-nothing"),
+    pytest.param(
+        _with({"pipeline": "resize", "parameters": {"width": 10}}),
+        "parameters.height: resize needs it",
+        id="resize-no-height",
+    ),
+    pytest.param(
+        _with({"pipeline": "resize", "parameters": {"width": -1, "height": 5}}),
+        "parameters.width: for resize it must be in [1, 8192]",
+        id="resize-negative",
+    ),
+    pytest.param(
+        _with({"pipeline": "resize", "parameters": {"width": 9000, "height": 5}}),
+        "parameters.width: for resize it must be in [1, 8192]",
+        id="resize-too-wide",
+    ),
+    pytest.param(
+        _with({"pipeline": "resize", "parameters": {"width": 1.5, "height": 5}}),
+        "spec.parameters.width in body must be of type integer",
+        id="resize-fraction",
+    ),
+    pytest.param(
+        _with({"pipeline": "resize", "parameters": {"width": "10", "height": 5}}),
+        "spec.parameters.width in body must be of type integer",
+        id="resize-string",
+    ),
+    pytest.param(
+        _with({"pipeline": "resize", "parameters": {"width": 10, "height": 5, "antialias": "yes"}}),
+        "spec.parameters.antialias in body must be of type boolean",
+        id="resize-antialias",
+    ),
+    pytest.param(
+        _with({"pipeline": "resize", "parameters": {"width": 10, "height": 5, "strength": 1}}),
+        "parameters: resize takes width, height, antialias",
+        id="resize-foreign",
+    ),
+    pytest.param(
+        _with({"pipeline": "denoise", "parameters": {"strength": 0}}),
+        "parameters.strength: for denoise it must be in (0, 3.0]",
+        id="denoise-zero",
+    ),
+    pytest.param(
+        _with({"pipeline": "denoise", "parameters": {"strength": 3.5}}),
+        "parameters.strength: for denoise it must be in (0, 3.0]",
+        id="denoise-strong",
+    ),
+    pytest.param(
+        _with({"pipeline": "sharpen", "parameters": {"amount": 6}}),
+        "parameters.amount: for sharpen it must be in (0, 5.0]",
+        id="sharpen-amount",
+    ),
+    pytest.param(
+        _with({"pipeline": "sharpen", "parameters": {"sigma": -1}}),
+        "parameters.sigma: for sharpen it must be in (0, 5.0]",
+        id="sharpen-sigma",
+    ),
+    pytest.param(
+        _with({"pipeline": "thumbnail", "parameters": {"size": 8}}),
+        "parameters.size: for thumbnail it must be in [16, 1024]",
+        id="thumbnail-small",
+    ),
+    pytest.param(
+        _with({"pipeline": "thumbnail", "parameters": {"size": 4096}}),
+        "parameters.size: for thumbnail it must be in [16, 1024]",
+        id="thumbnail-big",
+    ),
+    pytest.param(
+        _with({"pipeline": "user-model"}), "parameters.model: user-model needs it", id="user-model-none"
+    ),
+    pytest.param(
+        _with({"pipeline": "user-model", "parameters": {"model": "../etc/passwd"}}),
+        "spec.parameters.model in body should match",
+        id="user-model-path",
+    ),
+    pytest.param(
+        _with({"parameters": {"foo": 1}}), 'unknown field "spec.parameters.foo"', id="unknown-parameter"
+    ),
+    # -- inputs
+    pytest.param(
+        _with({"input": {"inline": {"contentType": "image/png", "data": "QUJDRAA"}}}),
+        "spec.input.inline.data in body should match",
+        id="inline-not-whole-base64",
+    ),
+    pytest.param(
+        _with({"input": {"inline": {"contentType": "image/png", "data": "QUJD RA=="}}}),
+        "spec.input.inline.data in body should match",
+        id="inline-space",
+    ),
+    pytest.param(
+        _with({"input": {"inline": {"contentType": "image/png", "data": "QQ"}}}),
+        "spec.input.inline.data",
+        id="inline-too-short",
+    ),
+    pytest.param(
+        _with({"input": {"inline": {"data": "QUJDRA=="}}}),
+        "spec.input.inline.contentType: Required value",
+        id="inline-no-type",
+    ),
+    pytest.param(
+        _with({"input": {"storageRef": {}}}), "spec.input.storageRef.objectId: Required value", id="ref-no-id"
+    ),
+    pytest.param(
+        _with({"input": {"storageRef": {"objectId": "../../x"}}}),
+        "spec.input.storageRef.objectId in body should match",
+        id="ref-path",
+    ),
+    pytest.param(
+        _with({"input": {"url": "https://x.example/" + "a" * 2100}}), "spec.input.url", id="url-too-long"
+    ),
+    pytest.param(_with({"input": {"url": "javascript:alert(1)"}}), "spec.input.url", id="url-javascript"),
+    # -- account, price, times, retry policy
+    pytest.param(_with({"account": "a"}), "spec.account", id="account-too-short"),
+    pytest.param(_with({"account": "x" * 64}), "spec.account", id="account-too-long"),
+    pytest.param(_with({"account": "-acme"}), "spec.account", id="account-leading-dash"),
+    pytest.param(
+        _with({"price": 1_000_001}),
+        "spec.price in body should be less than or equal to 1000000",
+        id="price-huge",
+    ),
+    pytest.param(_with({"price": 2.5}), "spec.price", id="price-fraction"),
+    pytest.param(_with({"deadline": "next week"}), "spec.deadline", id="deadline-format"),
+    pytest.param(_with({"runAt": "2030-W01-1T10:00:00Z"}), "spec.runAt", id="run-at-week-date"),
+    pytest.param(
+        _with({"retryPolicy": {"maxAttempts": 0}}), "spec.retryPolicy.maxAttempts", id="attempts-zero"
+    ),
+    pytest.param(
+        _with({"retryPolicy": {"maxAttempts": 1000}}), "spec.retryPolicy.maxAttempts", id="attempts-huge"
+    ),
+    pytest.param(
+        _with({"retryPolicy": {"initialBackoffSeconds": 0}}),
+        "spec.retryPolicy.initialBackoffSeconds",
+        id="backoff-zero",
+    ),
 ]
 
 
@@ -243,3 +386,16 @@ def test_a_status_field_outside_the_schema_is_pruned(kubectl: Kubectl) -> None:
         check=True,
     )
     assert kubectl.json("get", "aij", "upscale-inline")["status"] == {"phase": "Pending"}
+
+
+def test_the_crds_parameter_rules_are_generated_from_the_shared_schema() -> None:
+    """`python -m aijobs.api.crd_rules` rewrites them; a parameter added to a pipeline without
+    regenerating the CRD fails here."""
+    from aijobs.api.crd_rules import rewrite
+
+    for path in (
+        ROOT / "crds" / "aijobs.io_aiimagejobs.yaml",
+        ROOT / "charts/aijobs/files/aijobs.io_aiimagejobs.yaml",
+    ):
+        text = path.read_text()
+        assert rewrite(text) == text, f"{path} is stale: run python -m aijobs.api.crd_rules"

@@ -252,7 +252,7 @@ def test_ingest_refuses_private_addresses_unless_allow_listed(
     for api, engine in _storage(pg_url, secrets, tmp_path / "closed"):
         before = snapshot(engine)
         refused = api.post("/v1/ingest", body, caller="operator", key=None)
-        assert refused.status_code == 422 and refused.json()["type"].endswith("/url-refused")
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/destination-refused")
         assert "127.0.0.1" in refused.json()["detail"]
         assert (
             api.post(

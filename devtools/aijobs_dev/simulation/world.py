@@ -274,8 +274,6 @@ class World:
                 spec["deadline"] = (self.clock + dt.timedelta(seconds=self.rng.randint(1, 40))).strftime(
                     "%Y-%m-%dT%H:%M:%SZ"
                 )
-            elif shape < 0.35:  # bytes the base64 pattern admits but that do not decode
-                spec["input"] = {"inline": {"contentType": "image/png", "data": "QUJDRA" + "A"}}
             job = SimJob(uid, namespace, f"job-{i}", price, spec)
             self.jobs.append(job)
             self.kube.create(

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.consistency import fetch_records, findings
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
+from aijobs_services.kit import outbound
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import utcnow
@@ -222,6 +223,8 @@ async def set_webhook(
     request: Request, body: WebhookBody, user: UserDep, store: IdemStoreDep
 ) -> JSONResponse:
     idem = await read_idempotent_request(request, f"user:{user.id}")
+    allow = outbound.networks(_settings(request).outbound_allow_cidrs)
+    await run_in_threadpool(outbound.check, body.url, allow, "url")  # 422 before anything is stored
 
     def act(s: Session) -> tuple[int, Any]:
         hook = s.get(Webhook, user.tenant)

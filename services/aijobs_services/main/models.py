@@ -31,7 +31,9 @@ class Delivery(MainBase):
     name: Mapped[str] = mapped_column(sa.String(253))
     account: Mapped[str] = mapped_column(sa.String(63), index=True)
     result_url: Mapped[str] = mapped_column(sa.String(4096))
-    state: Mapped[str] = mapped_column(sa.String(16), index=True)  # pending | sent | no-webhook | gave-up
+    state: Mapped[str] = mapped_column(
+        sa.String(16), index=True
+    )  # pending | sent | no-webhook | gave-up | refused
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)

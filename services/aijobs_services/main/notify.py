@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
+from aijobs_services.kit import outbound
 from aijobs_services.kit.db import utcnow
 from aijobs_services.main.models import Delivery, Webhook
 
@@ -25,6 +26,7 @@ def sign(secret: str, body: bytes) -> str:
 
 def send_due(session: Session, app: FastAPI, limit: int = 50) -> int:
     max_attempts: int = app.state.settings.webhook_max_attempts
+    allow = outbound.networks(app.state.settings.outbound_allow_cidrs)
     now = utcnow()
     with session.begin():
         due = list(
@@ -57,7 +59,15 @@ def send_due(session: Session, app: FastAPI, limit: int = 50) -> int:
             }
             delivery.attempts += 1
             try:
-                response = httpx.post(hook.url, content=body, headers=headers, timeout=5)
+                # Checked at every send, not only when set: DNS may have changed since.
+                destination = outbound.check(hook.url, allow)
+            except outbound.DestinationRefused as exc:
+                delivery.state, delivery.last_error = "refused", str(exc.detail)  # never retried
+                continue
+            url, host, extensions = destination.request()
+            try:
+                with httpx.Client(timeout=5, follow_redirects=False) as client:
+                    response = client.post(url, content=body, headers=headers | host, extensions=extensions)
                 ok, error = response.is_success, f"answered {response.status_code}"
             except httpx.HTTPError as exc:
                 ok, error = False, f"{type(exc).__name__}: {exc}"

@@ -28,3 +28,6 @@ class MainSettings(ServiceSettings):
     prices: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     job_deadline_seconds: int = Field(default=3600, ge=60, description="From runAt (or now) to the deadline")
     webhook_max_attempts: int = Field(default=12, ge=1)
+    outbound_allow_cidrs: list[str] = Field(
+        default_factory=list, description="Private ranges webhooks may reach (default: none)"
+    )

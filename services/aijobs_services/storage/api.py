@@ -167,8 +167,8 @@ async def ingest_url(request: Request, body: IngestBody, _: Operator) -> JSONRes
     existing = await run_in_threadpool(_existing, request.app.state.sessions, body.key)
     if existing is not None:
         return JSONResponse(existing, 200)
-    await ingest.check_url(body.url, settings.ingest_allow_cidrs)
-    chunks = ingest.fetch(body.url, settings.ingest_allow_cidrs, settings.ingest_timeout_seconds)
+    destination = await ingest.check_url(body.url, settings.ingest_allow_cidrs)
+    chunks = ingest.fetch(destination, settings.ingest_timeout_seconds)
     return await _put(
         request,
         chunks,
