@@ -8,10 +8,11 @@ import time
 
 import jwt
 
-__all__ = ["LEEWAY_SECONDS", "TOKEN_TTL_SECONDS", "TokenSigner"]
+__all__ = ["LEEWAY_SECONDS", "MAX_TOKEN_LIFETIME_SECONDS", "TOKEN_TTL_SECONDS", "TokenSigner"]
 
 TOKEN_TTL_SECONDS = 300
 LEEWAY_SECONDS = 30
+MAX_TOKEN_LIFETIME_SECONDS = 900  # services refuse longer-lived tokens (and any without exp/iat)
 
 
 class TokenSigner:

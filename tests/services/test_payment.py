@@ -209,6 +209,31 @@ BAD_REQUESTS = [
         None,
         id="no-idempotency-key",
     ),
+    # Money is an integer JSON number and nothing else: no coercion from strings, floats, booleans.
+    *(
+        pytest.param(
+            {"json": {"account": "acme", "jobId": "j", "amount": amount}},
+            422,
+            "validation-error",
+            "body.amount",
+            id=f"amount-{name}",
+        )
+        for name, amount in [("string-3", "3"), ("float-2.0", 2.0), ("true", True), ("null", None)]
+    ),
+    pytest.param(
+        {"content": b"[" * 50_000 + b"]" * 50_000, "headers": {"content-type": "application/json"}},
+        413,
+        "payload-too-large",
+        None,
+        id="nested-50000-deep",
+    ),
+    pytest.param(
+        {"content": iter([b'{"account": "acme", "jobId": "', b"x" * 70_000, b'", "amount": 1}'])},
+        413,
+        "payload-too-large",
+        None,
+        id="chunked-over-the-limit",
+    ),
 ]
 
 
@@ -241,7 +266,9 @@ def test_a_forged_or_expired_service_token_is_refused(payment: Payment) -> None:
     import jwt
 
     old = jwt.encode(
-        {"iss": "operator", "aud": "payment", "exp": 1_000_000}, api.secrets["operator"], "HS256"
+        {"iss": "operator", "aud": "payment", "iat": 999_000, "exp": 1_000_000},
+        api.secrets["operator"],
+        "HS256",
     )
     response = api.http.get("/v1/accounts/acme", headers={"Authorization": f"Bearer {old}"})
     assert response.status_code == 401 and "expired" in response.json()["detail"]
@@ -336,3 +363,35 @@ def test_concurrent_identical_requests_act_once(pg_url: str, service_process: An
             == 1
         )
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("claims", "says"),
+    [
+        pytest.param({"iat": 0}, "exp", id="no-expiry"),
+        pytest.param({"exp": 0}, "iat", id="no-issued-at"),
+        pytest.param({"iat": 0, "exp": 10 * 365 * 86400}, "900s at most", id="ten-year-token"),
+        pytest.param({"iat": 0, "exp": 3600}, "900s at most", id="one-hour-token"),
+    ],
+)
+def test_a_service_token_without_expiry_or_with_a_long_life_is_refused(
+    payment: Payment, secrets: dict[str, str], claims: dict[str, int], says: str
+) -> None:
+    import time
+
+    import jwt
+
+    api, engine = payment
+    _account(api)
+    before = snapshot(engine)
+    now = int(time.time())
+    body = {"iss": "operator", "aud": "payment", **{k: now + v for k, v in claims.items()}}
+    token = jwt.encode(body, secrets["operator"], algorithm="HS256")
+    response = api.http.post(
+        "/v1/holds",
+        json={"account": "acme", "jobId": "j", "amount": 1},
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "long-lived"},
+    )
+    assert response.status_code == 401, response.text
+    assert says in response.json()["detail"]
+    assert snapshot(engine) == before

@@ -225,6 +225,12 @@ def test_a_signed_link_downloads_without_a_token_until_it_expires(storage: tuple
     assert api.http.get(path.replace("signature=", "signature=f")).status_code == 403
     expired = path.split("expires=")[0] + "expires=1000&" + path.split("&", 1)[1]
     assert api.http.get(expired).status_code == 403
+    non_ascii = path.split("signature=")[0] + "signature=%C3%A9"
+    assert api.http.get(non_ascii).status_code == 403
+    served = api.http.get(path)
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert served.headers["content-disposition"].startswith("attachment;")
+    assert "sandbox" in served.headers["content-security-policy"]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import Field, StrictInt
 from sqlalchemy.orm import Session
 
 from aijobs.api.rules import ACCOUNT_NAME
@@ -33,18 +33,18 @@ class TaskCreate(CamelModel):
     params: dict[str, Any] = Field(default_factory=dict)
     input_object_id: str = Field(min_length=1, max_length=40)
     run_at: dt.datetime | None = None
-    max_attempts: int = Field(default=5, ge=1, le=50)
+    max_attempts: StrictInt = Field(default=5, ge=1, le=50)
 
 
 class LeaseRequest(CamelModel):
     worker: str = Field(min_length=1, max_length=128)
-    max_tasks: int = Field(default=1, ge=1, le=256)
-    lease_seconds: int = Field(default=60, ge=5, le=3600)
+    max_tasks: StrictInt = Field(default=1, ge=1, le=256)
+    lease_seconds: StrictInt = Field(default=60, ge=5, le=3600)
 
 
 class Heartbeat(CamelModel):
     lease_token: str
-    lease_seconds: int = Field(default=60, ge=5, le=3600)
+    lease_seconds: StrictInt = Field(default=60, ge=5, le=3600)
 
 
 class Completion(CamelModel):

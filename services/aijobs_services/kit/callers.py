@@ -15,7 +15,7 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, Request
 
-from aijobs.wire.tokens import LEEWAY_SECONDS
+from aijobs.wire.tokens import LEEWAY_SECONDS, MAX_TOKEN_LIFETIME_SECONDS
 from aijobs_services.kit.problems import Forbidden, Unauthenticated
 
 __all__ = ["Caller", "CallerDep", "allow", "verify_token"]
@@ -35,11 +35,24 @@ def verify_token(token: str, audience: str, secrets: Mapping[str, str]) -> Calle
     if secret is None:
         raise Unauthenticated(f"unknown caller {issuer!r}")
     try:
-        jwt.decode(token, secret, algorithms=["HS256"], audience=audience, leeway=LEEWAY_SECONDS)
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=audience,
+            leeway=LEEWAY_SECONDS,
+            options={"require": ["exp", "iat", "iss", "aud"]},
+        )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthenticated("the bearer token has expired") from exc
     except jwt.PyJWTError as exc:
         raise Unauthenticated(f"the bearer token was rejected: {exc}") from exc
+    lifetime = claims["exp"] - claims["iat"]
+    if not isinstance(lifetime, int | float) or lifetime > MAX_TOKEN_LIFETIME_SECONDS:
+        raise Unauthenticated(
+            f"the bearer token lives {lifetime}s; service tokens may live "
+            f"{MAX_TOKEN_LIFETIME_SECONDS}s at most"
+        )
     return Caller(str(issuer))
 
 

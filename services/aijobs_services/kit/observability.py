@@ -115,8 +115,9 @@ class RequestMetrics:
         )
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(BaseException):
+    """A BaseException so that no ``except Exception`` on the way (FastAPI turns any error while
+    reading a body into a 400) can hide it from this middleware, which answers 413."""
 
 
 async def _no_body() -> Message:

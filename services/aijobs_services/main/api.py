@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Uplo
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
@@ -20,7 +21,7 @@ from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.idempotency import IdempotentRequestDep, read_idempotent_request
-from aijobs_services.kit.problems import Forbidden, NotFound, Unauthenticated
+from aijobs_services.kit.problems import Forbidden, NotFound, Unauthenticated, Unprocessable
 from aijobs_services.main import jobs, submission
 from aijobs_services.main.models import Delivery, Webhook
 from aijobs_services.main.settings import MainSettings
@@ -125,9 +126,17 @@ async def list_jobs(
     kw: dict[str, Any] = {"label_selector": f"{jobs.LABEL_ACCOUNT}={user.tenant}", "limit": limit}
     if continue_:
         kw["_continue"] = continue_
-    page: Any = await run_in_threadpool(
-        _custom(request).list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **kw
-    )
+    try:
+        page: Any = await run_in_threadpool(
+            _custom(request).list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **kw
+        )
+    except ApiException as exc:
+        if exc.status in (400, 410, 422) and continue_:
+            raise Unprocessable(
+                "continue: not a token this listing gave (or it expired); list again without it",
+                slug="validation-error",
+            ) from exc
+        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
     return {
         "items": [jobs.view(j) for j in page["items"]],
         "continue": page["metadata"].get("continue") or None,

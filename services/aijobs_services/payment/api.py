@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import Field, StrictInt
 from sqlalchemy.orm import Session
 
 from aijobs.api.rules import ACCOUNT_NAME
@@ -30,13 +30,13 @@ class AccountCreate(CamelModel):
 
 
 class TopUpCreate(CamelModel):
-    amount: int = Field(gt=0, le=10**12)
+    amount: StrictInt = Field(gt=0, le=10**12)
 
 
 class HoldCreate(CamelModel):
     account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_ID)
     job_id: str = Field(min_length=1, max_length=128)
-    amount: int = Field(gt=0, le=10**9)
+    amount: StrictInt = Field(gt=0, le=10**9)
     expires_at: dt.datetime | None = Field(default=None, description="Default: one hour from now")
 
 
