@@ -99,6 +99,10 @@ class Campaign:
     initial: dict[str, int] = field(default_factory=dict)
     namespaces: dict[str, str] = field(default_factory=dict)
     submitted: list[tuple[str, str]] = field(default_factory=list)  # (namespace, name)
+    deleted: dict[tuple[str, str], tuple[str, str, int]] = field(
+        default_factory=dict
+    )  # -> uid, account, price
+    commit_kills: list[tuple[str, str]] = field(default_factory=list)  # (service, rule) waiting to fire
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
@@ -119,9 +123,11 @@ class Campaign:
         price: int = 2,
         deadline_s: float = 90,
         params: dict[str, Any] | None = None,
+        run_at_s: float | None = None,
     ) -> None:
-        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=deadline_s)
-        body = {
+        now = dt.datetime.now(dt.UTC)
+        deadline = now + dt.timedelta(seconds=deadline_s + (run_at_s or 0))
+        body: dict[str, Any] = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "AIImageJob",
             "metadata": {"name": name},
@@ -135,9 +141,53 @@ class Campaign:
                 "input": {"inline": {"contentType": "image/png", "data": base64.b64encode(image).decode()}},
             },
         }
+        if run_at_s is not None:
+            body["spec"]["runAt"] = (now + dt.timedelta(seconds=run_at_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
         namespace = self.namespaces[account]
         self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         self.submitted.append((namespace, name))
+
+    def delete(self, namespace: str, name: str) -> None:
+        """A user deletes a job, at whatever point of its saga it is."""
+        try:
+            job: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except k8s.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        self.deleted[(namespace, name)] = (
+            job["metadata"]["uid"],
+            job["spec"]["account"],
+            job["spec"]["price"],
+        )
+        self.faults_log.append({"t": time.time(), "kind": "delete", "target": f"{namespace}/{name}"})
+
+    def kill_at_commit(self, service: str, path: str, rng: random.Random) -> None:
+        """The callee commits, its answer is dropped, and the operator is killed right then."""
+        rule = f"commit-kill@{len(self.commit_kills)}"
+        self.stack.faults(
+            service,
+            [{"action": "drop-response", "path": path, "method": "POST|PUT", "times": 1, "name": rule}],
+        )
+        self.commit_kills.append((service, rule))
+        self.faults_log.append({"t": time.time(), "kind": "commit-kill", "target": f"{service} {path}"})
+
+    def fire_commit_kills(self) -> Callable[[], None] | None:
+        """Kill the operator as soon as a commit-kill rule has fired; returns the restart."""
+        for service, rule in list(self.commit_kills):
+            if any(e["rule"] == rule for e in self.stack.fault_log(service)):
+                self.commit_kills.remove((service, rule))
+                self.stack.faults(service, [])
+                operator = self.stack.operators[-1]
+                operator.kill()
+                self.faults_log.append({"t": time.time(), "kind": "kill", "target": "operator@commit"})
+
+                def restart(operator: ManagedProcess = operator) -> None:
+                    operator.start()
+
+                return restart
+        return None
 
     # -- faults ---------------------------------------------------------------------------------
     def inject(self, fault: Fault) -> Callable[[], None]:
@@ -163,6 +213,7 @@ class Campaign:
         return self.stack.services[target]
 
     def heal_all(self) -> None:
+        self.commit_kills.clear()
         for name in SERVICES:
             self.stack.faults(name, [])
         for proc in [*self.stack.services.values(), self.stack.operators[-1], *self.stack.workers]:
@@ -178,13 +229,35 @@ class Campaign:
         return found
 
     def wait_terminal(self, timeout: float) -> float | None:
+        """Until every job left is terminal and every deleted one is gone."""
         started = time.monotonic()
+        expected = len(self.submitted) - len(self.deleted)
         while time.monotonic() - started < timeout:
-            phases = [(j.get("status") or {}).get("phase") for j in self.jobs()]
-            if len(phases) == len(self.submitted) and all(p in TERMINAL_PHASES for p in phases):
+            jobs = self.jobs()
+            phases = [(j.get("status") or {}).get("phase") for j in jobs]
+            if len(jobs) == expected and all(p in TERMINAL_PHASES for p in phases):
                 return time.monotonic() - started
             time.sleep(0.5)
         return None
+
+    def gone(self) -> list[JobView]:
+        views = []
+        for (namespace, name), (uid, account, price) in self.deleted.items():
+            records = self.stack.job_records(uid)
+            views.append(
+                JobView(
+                    name,
+                    namespace,
+                    uid,
+                    account,
+                    price,
+                    {},
+                    records["charges"]["holds"],
+                    records["objects"],
+                    records["tasks"],
+                )
+            )
+        return views
 
     def views(self) -> list[JobView]:
         views = []
@@ -244,6 +317,8 @@ class Report:
 def _fault_kind(entry: dict[str, Any]) -> str:
     if entry["kind"] == "net" and "rule" in entry:
         return f"net:{entry['rule']['action']}"
+    if entry["kind"] == "delete":
+        return "delete"
     return f"{entry['kind']}:{entry['target']}"
 
 
@@ -251,7 +326,7 @@ def report(campaign: Campaign, heal: float | None, started: float) -> Report:
     views = campaign.views()
     balances = {a: campaign.stack.balance(a) for a in campaign.initial}
     ledger = campaign.stack.call("payment", "GET", "/v1/ledger/check")
-    violations = check(views, balances, campaign.initial, ledger)
+    violations = check(views, balances, campaign.initial, ledger, campaign.gone())
     proxy = campaign.proxy_faults()
     touched: dict[str, list[dict[str, Any]]] = {}
     for view in views:
@@ -290,6 +365,17 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
     pending_heals: list[tuple[float, Callable[[], None]]] = []
     next_fault = 0
     t0 = time.monotonic()
+    deletions = sorted(
+        (rng.uniform(0, duration + 5), i) for i in rng.sample(range(jobs), k=max(1, jobs // 20))
+    )
+    commit_points = [
+        ("payment", "^/v1/holds$"),
+        ("storage", "^/v1/objects/job:"),
+        ("ai", "^/v1/tasks$"),
+        ("payment", "^/v1/holds/[^/]+/capture$"),
+        ("main", "^/v1/deliveries$"),
+    ]
+    next_commit_kill = 2.0
     for i, at in enumerate(submit_times):
         while time.monotonic() - t0 < at:
             now = time.monotonic() - t0
@@ -299,19 +385,35 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
                 hold = fault.detail.get("window", fault.detail.get("down", 1.0))
                 pending_heals.append((now + hold, heal))
                 next_fault += 1
+            if "kill" in kinds and now >= next_commit_kill and not campaign.commit_kills:
+                campaign.kill_at_commit(*rng.choice(commit_points), rng)
+                next_commit_kill = now + rng.uniform(3, 8)
+            restart = campaign.fire_commit_kills() if campaign.commit_kills else None
+            if restart is not None:
+                pending_heals.append((now + rng.uniform(0.3, 3.0), restart))
+            while deletions and deletions[0][0] <= now and deletions[0][1] < i:
+                _, victim = deletions.pop(0)
+                campaign.delete(campaign.submitted[victim][0], campaign.submitted[victim][1])
             for due, heal in [h for h in pending_heals if h[0] <= now]:
                 heal()
                 pending_heals.remove((due, heal))
             time.sleep(0.05)
         big = "disk" in kinds and i % 11 == 10  # big images all go to one account: its quota fills up
         account = accounts[0] if big else poor if i % 17 == 16 else accounts[i % len(accounts)]
+        shape = rng.random()  # a far runAt (beyond a hold's life), a near one, a deadline at a step's edge
+        run_at_s = 31 * 86400.0 if shape < 0.02 else rng.uniform(1, 6) if shape < 0.1 else None
+        deadline_s = rng.uniform(1.0, 6.0) if 0.1 <= shape < 0.15 else 90.0
         campaign.submit(
             account,
             f"job-{i:05d}",
             _image(rng, noise=180 if big else 0),
             pipeline=rng.choice(["grayscale", "thumbnail", "sharpen"]),
             price=rng.randint(1, 3),
+            run_at_s=run_at_s,
+            deadline_s=deadline_s,
         )
+    for _, victim in deletions:  # those drawn for after the last submission
+        campaign.delete(*campaign.submitted[victim])
     for _, heal in pending_heals:
         heal()
     campaign.heal_all()

@@ -40,10 +40,35 @@ class Violation:
 
 
 def check(
-    jobs: list[JobView], balances: dict[str, dict[str, int]], initial: dict[str, int], ledger: dict[str, Any]
+    jobs: list[JobView],
+    balances: dict[str, dict[str, int]],
+    initial: dict[str, int],
+    ledger: dict[str, Any],
+    gone: list[JobView] | None = None,
 ) -> list[Violation]:
+    """``gone``: jobs a user deleted (their records, no status): charged only if delivered before
+    they went, and then with their result still there to fetch; otherwise nothing left."""
     out: list[Violation] = []
     delivered_cost: dict[str, int] = {}
+    for job in gone or []:
+        captured = [h for h in job.holds if h["state"] == "captured"]
+        charged = sum(h["amount"] for h in captured)
+        live = [o for o in job.objects if o["state"] != "deleted"]
+        evidence: dict[str, Any] = {"holds": job.holds, "objects": job.objects, "tasks": job.tasks}
+        where = f"{job.namespace}/{job.name} (deleted)"
+        if any(h["state"] == "active" for h in job.holds):
+            out.append(Violation("I3", where, "a hold is still active", evidence))
+        if charged:
+            delivered_cost[job.account] = delivered_cost.get(job.account, 0) + job.price
+            if charged != job.price or len(captured) != 1:
+                out.append(Violation("I1", where, f"charged {charged} (price {job.price})", evidence))
+            if not any(o["kind"] == "result" for o in live):
+                out.append(Violation("I1", where, "charged, but the result is gone", evidence))
+        else:
+            if live:
+                out.append(Violation("I3", where, f"{len(live)} object(s) left", evidence))
+            if any(t["state"] in ("scheduled", "running") and not t["cancelRequested"] for t in job.tasks):
+                out.append(Violation("I3", where, "a task is still scheduled or running", evidence))
     for job in jobs:
         records = {"holds": job.holds, "objects": job.objects, "tasks": job.tasks, "phase": job.phase}
 
