@@ -35,7 +35,7 @@ def _storage(
         storage_root=str(root),
         sweep_interval_seconds=0,
         url_signing_key="k" * 32,
-        **settings,
+        **{"public_url": "http://testserver", **settings},
     )
     app = create_app(spec("storage"), config)
     with TestClient(app) as client:
@@ -348,3 +348,25 @@ def test_a_blob_taken_up_again_while_the_collector_runs_is_never_removed(
         lock = tmp_path / "v" / ".collect.lock"
         with blobs.sharing(), lock.open("a") as other, pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_links_are_signed_only_with_the_configured_public_url_never_the_host_header(
+    pg_url: str, secrets: dict[str, str], tmp_path: Path
+) -> None:
+    picture = images.png(color=(9, 9, 9))
+    for api, _ in _storage(pg_url, secrets, tmp_path / "a", public_url="https://files.example.com"):
+        obj = _put(api, "result:host", picture, caller="worker", kind="result", state="committed").json()
+        link = api.http.post(
+            f"/v1/objects/{obj['id']}/download-url",
+            json={"ttlSeconds": 600},
+            headers=api.headers("operator", None) | {"Host": "evil.example.net"},
+        ).json()
+        assert link["url"].startswith("https://files.example.com/v1/download/")
+    for api, _ in _storage(pg_url, secrets, tmp_path / "b", public_url=""):
+        obj = _put(api, "result:none", picture, caller="worker", kind="result", state="committed").json()
+        refused = api.http.post(
+            f"/v1/objects/{obj['id']}/download-url",
+            json={"ttlSeconds": 600},
+            headers=api.headers("operator", None),
+        )
+        assert refused.status_code == 503 and refused.json()["type"].endswith("/not-configured")

@@ -61,7 +61,11 @@ class Stack:
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         common = {"AIJOBS_URL_SIGNING_KEY": self.secrets["admin"][:32]}
         extra = {
-            "storage": {"AIJOBS_STORAGE_ROOT": str(self.root / "storage-volume"), **common},
+            "storage": {
+                "AIJOBS_STORAGE_ROOT": str(self.root / "storage-volume"),
+                "AIJOBS_PUBLIC_URL": urls["storage"],
+                **common,
+            },
             "main": {
                 "AIJOBS_IDENTITY": "main-api",
                 "AIJOBS_SECRET": self.secrets["main-api"],

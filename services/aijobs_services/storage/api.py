@@ -21,7 +21,7 @@ from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
 from aijobs_services.kit.idempotency import IdempotentRequestDep
-from aijobs_services.kit.problems import Forbidden, NotFound, Unprocessable
+from aijobs_services.kit.problems import Forbidden, NotFound, Problem, Unprocessable
 from aijobs_services.storage import ingest, objects
 from aijobs_services.storage.blobs import BlobStore, Staged
 from aijobs_services.storage.images import inspect_image
@@ -258,6 +258,10 @@ def list_job_objects(job_id: str, _: Reader, session: SessionDep) -> dict[str, A
         return {"jobId": job_id, "items": [public(o) for o in objects.for_job(session, job_id)]}
 
 
+class NotConfigured(Problem):
+    status, slug, title = 503, "not-configured", "This service is missing a setting"
+
+
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -291,8 +295,13 @@ def download_url(
             raise Unprocessable("expiresAt must be in the future and within 30 days", slug="bad-expiry")
     else:
         expires = int(now.timestamp()) + body.ttl_seconds
+    base = _settings(request).public_url.rstrip("/")
+    if not base:  # never from the request's Host header: a caller could point links anywhere
+        raise NotConfigured(
+            "Storage has no public URL to sign download links with: set AIJOBS_PUBLIC_URL "
+            "(the chart's services.storage.publicUrl)"
+        )
     sig = _signature(request.app.state.url_key, object_id, expires)
-    base = _settings(request).public_url or str(request.base_url).rstrip("/")
     return {
         "url": f"{base}/v1/download/{object_id}?expires={expires}&signature={sig}",
         "expiresAt": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),

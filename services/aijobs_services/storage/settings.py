@@ -22,6 +22,10 @@ class StorageSettings(ServiceSettings):
     )
     deleted_grace_seconds: int = Field(default=600, ge=0, description="Unreferenced blobs live this long")
     url_signing_key: str = Field(default="", description="HMAC key for download links; empty: a random one")
-    public_url: str = Field(default="", description="Base of download links; empty: this service's own URL")
+    public_url: str = Field(
+        default="",
+        pattern=r"^(https?://\S+)?$",
+        description="Base URL of download links, as users reach this service (required to sign links)",
+    )
     ingest_allow_cidrs: list[str] = Field(default_factory=list, description="Private ranges ingest may reach")
     ingest_timeout_seconds: float = Field(default=10.0, gt=0)
