@@ -61,3 +61,16 @@ def test_a_bad_order_is_refused_with_the_field_named(fields: dict[str, object], 
     with pytest.raises(Unprocessable) as refused:
         parse(**args)  # type: ignore[arg-type]
     assert says in str(refused.value.detail)
+
+
+def test_an_account_submitting_too_fast_is_told_when_to_come_back() -> None:
+    from aijobs_services.main.limits import SubmissionLimiter
+
+    now = [0.0]
+    limiter = SubmissionLimiter(per_minute=60, burst=3, clock=lambda: now[0])
+    assert [limiter.take("acme") for _ in range(3)] == [None, None, None]  # the burst
+    wait = limiter.take("acme")
+    assert wait is not None and 0.9 <= wait <= 1.0  # one a second at 60 a minute
+    assert limiter.take("globex") is None  # accounts do not share a bucket
+    now[0] += 1.0
+    assert limiter.take("acme") is None

@@ -109,7 +109,12 @@ async def submit_job(
     namespace = await _namespace_of(request, user.tenant)
     status, view = await submission.submit(
         submission.Submission(user.id, user.tenant, namespace, idempotency_key, order, content),
-        submission.Edges(_settings(request), _clients(request)["storage"], _custom(request)),
+        submission.Edges(
+            _settings(request),
+            _clients(request)["storage"],
+            _custom(request),
+            request.app.state.limiter,
+        ),
     )
     headers = {"Idempotent-Replayed": "true"} if status == 200 else None
     return JSONResponse(view, status, headers=headers)

@@ -28,6 +28,9 @@ class MainSettings(ServiceSettings):
     prices: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     job_deadline_seconds: int = Field(default=3600, ge=60, description="From runAt (or now) to the deadline")
     webhook_max_attempts: int = Field(default=12, ge=1)
+    submissions_per_minute: float = Field(default=120, gt=0, description="Per account and replica")
+    submission_burst: int = Field(default=30, ge=1)
+    max_jobs_in_flight: int = Field(default=200, ge=1, description="Per account: jobs not yet ended")
     outbound_allow_cidrs: list[str] = Field(
         default_factory=list, description="Private ranges webhooks may reach (default: none)"
     )

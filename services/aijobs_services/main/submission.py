@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,12 +22,13 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from aijobs.api.pipelines import PipelineError, validate_parameters
-from aijobs.api.rules import MAX_HOLD
+from aijobs.api.rules import MAX_HOLD, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Problem, Unprocessable
 from aijobs_services.main import jobs
+from aijobs_services.main.limits import SubmissionLimiter
 from aijobs_services.main.settings import MainSettings
 
 __all__ = ["Edges", "Order", "Submission", "Unavailable", "parse", "read_job", "submit"]
@@ -65,6 +67,42 @@ class Edges:
     settings: MainSettings
     storage: ServiceClient
     kube: k8s.CustomObjectsApi
+    limiter: SubmissionLimiter | None = None  # None: no limits (tests of the use case alone)
+
+
+class RateLimited(Problem):
+    status, slug, title = 429, "rate-limited", "Too many submissions"
+
+
+async def admit(sub: Submission, edges: Edges, limiter: SubmissionLimiter) -> None:
+    """An account's rate and its jobs in flight; checked only for a new job (a retry of one that
+    exists is answered, never refused)."""
+    wait = limiter.take(sub.account)
+    if wait is not None:
+        raise RateLimited(
+            f"account {sub.account!r} submits faster than {edges.settings.submissions_per_minute:g} jobs "
+            f"a minute; retry in {math.ceil(wait)}s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+    try:
+        listing: Any = await run_in_threadpool(
+            edges.kube.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            sub.namespace,
+            PLURAL,
+            label_selector=f"{jobs.LABEL_ACCOUNT}={sub.account}",
+        )
+    except ApiException as exc:
+        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
+    phases = [(j.get("status") or {}).get("phase") for j in listing["items"]]
+    in_flight = sum(1 for p in phases if p not in TERMINAL_PHASES)
+    if in_flight >= edges.settings.max_jobs_in_flight:
+        raise RateLimited(
+            f"account {sub.account!r} has {in_flight} jobs in flight, the most it may have; "
+            "submit again when some have ended",
+            headers={"Retry-After": "10"},
+        )
 
 
 def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
@@ -155,6 +193,8 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, dict[str, Any]]:
         _same_request_or_refuse(existing, digest, sub.key)
         return 200, jobs.view(existing)
 
+    if edges.limiter is not None:
+        await admit(sub, edges, edges.limiter)
     staged: str | None = None
     if sub.content is not None:
         try:
