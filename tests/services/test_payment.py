@@ -395,3 +395,21 @@ def test_a_service_token_without_expiry_or_with_a_long_life_is_refused(
     assert response.status_code == 401, response.text
     assert says in response.json()["detail"]
     assert snapshot(engine) == before
+
+
+def test_every_admin_money_movement_lands_once_in_an_audit_trail_only_admins_read(payment: Payment) -> None:
+    api, _ = payment
+    api.ok("POST", "/v1/accounts", {"id": "acme"})
+    top_up = {"amount": 50, "reason": "welcome credits"}
+    first = api.post("/v1/accounts/acme/top-ups", top_up, key="top-up-1")
+    again = api.post("/v1/accounts/acme/top-ups", top_up, key="top-up-1")  # a retry moves money once
+    assert first.json() == again.json()
+    trail = api.ok("GET", "/v1/admin/audit")["items"]
+    assert [(e["action"], e["target"]) for e in trail] == [
+        ("account.top-up", "acme"),
+        ("account.open", "acme"),
+    ]
+    assert trail[0]["detail"]["amount"] == 50 and trail[0]["detail"]["reason"] == "welcome credits"
+    assert trail[0]["detail"]["key"] == "top-up-1" and trail[0]["caller"] == "admin"
+    assert api.get("/v1/admin/audit", caller="operator").status_code == 403
+    assert api.ok("GET", "/v1/accounts/acme")["available"] == 50

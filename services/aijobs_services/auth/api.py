@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from aijobs.api.rules import ACCOUNT_NAME
 from aijobs_services.auth import directory
-from aijobs_services.auth.models import Binding, Token, User
+from aijobs_services.auth.models import AdminActions, Binding, Token, User
+from aijobs_services.kit.admin_audit import record
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.idempotency import IdempotentRequestDep
@@ -73,17 +74,23 @@ router = APIRouter(prefix="/v1", tags=["auth"])
 
 @router.post("/tenants", status_code=201, summary="Create a tenant (its id is its credit account)")
 def create_tenant(
-    body: TenantCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: TenantCreate, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    return store.run(session, idem, lambda s: (201, {"id": directory.create_tenant(s, body.id).id}))
+    def act(s: Session) -> tuple[int, Any]:
+        tenant = directory.create_tenant(s, body.id)
+        record(s, AdminActions, who.name, "tenant.create", tenant.id, key=idem.key)
+        return 201, {"id": tenant.id}
+
+    return store.run(session, idem, act)
 
 
 @router.post("/users", status_code=201, summary="Create a user in a tenant")
 def create_user(
-    body: UserCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: UserCreate, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         user = directory.create_user(s, body.id, body.tenant)
+        record(s, AdminActions, who.name, "user.create", user.id, tenant=user.tenant_id, key=idem.key)
         return 201, {"id": user.id, "tenant": user.tenant_id}
 
     return store.run(session, idem, act)
@@ -91,10 +98,12 @@ def create_user(
 
 @router.post("/tokens", status_code=201, summary="Issue an API token (shown once)")
 def issue_token(
-    body: TokenCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: TokenCreate, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         token, plaintext = directory.issue_token(s, user_id=body.user, service=body.service)
+        subject = body.user or body.service or ""
+        record(s, AdminActions, who.name, "token.issue", token.id, subject=subject, key=idem.key)
         return 201, {**_token(token), "token": plaintext}
 
     def redact(stored: dict[str, Any]) -> dict[str, Any]:
@@ -109,9 +118,14 @@ def issue_token(
 
 @router.post("/tokens/{token_id}/revoke", summary="Revoke a token (idempotent)")
 def revoke_token(
-    token_id: str, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    token_id: str, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    return store.run(session, idem, lambda s: (200, _token(directory.revoke_token(s, token_id))))
+    def act(s: Session) -> tuple[int, Any]:
+        token = directory.revoke_token(s, token_id)
+        record(s, AdminActions, who.name, "token.revoke", token_id, key=idem.key)
+        return 200, _token(token)
+
+    return store.run(session, idem, act)
 
 
 @router.post("/tokens/verify", summary="Who presents this token? (401 if nobody valid)")
@@ -128,24 +142,28 @@ def verify_token(body: TokenVerify, _: Verifier, session: SessionDep) -> dict[st
 
 @router.post("/bindings", status_code=201, summary="Let a namespace charge an account")
 def bind(
-    body: BindingBody, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: BindingBody, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    return store.run(
-        session, idem, lambda s: (201, _binding(directory.bind(s, body.namespace, body.account)))
-    )
+    def act(s: Session) -> tuple[int, Any]:
+        binding = directory.bind(s, body.namespace, body.account)
+        record(s, AdminActions, who.name, "binding.create", f"{body.namespace}/{body.account}", key=idem.key)
+        return 201, _binding(binding)
+
+    return store.run(session, idem, act)
 
 
 @router.delete("/bindings/{namespace}/{account}", summary="Stop a namespace charging an account")
 def unbind(
     namespace: str,
     account: str,
-    _: Admin,
+    who: Admin,
     idem: IdempotentRequestDep,
     store: IdemStoreDep,
     session: SessionDep,
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         directory.unbind(s, namespace, account)
+        record(s, AdminActions, who.name, "binding.delete", f"{namespace}/{account}", key=idem.key)
         return 200, {"namespace": namespace, "account": account, "bound": False}
 
     return store.run(session, idem, act)

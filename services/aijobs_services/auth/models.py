@@ -7,6 +7,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from aijobs_services.kit.admin_audit import admin_actions_table
 from aijobs_services.kit.idempotency import idempotency_table
 
 
@@ -52,3 +53,4 @@ class Binding(AuthBase):
 
 
 IdempotencyKeys = idempotency_table(AuthBase.metadata)
+AdminActions = admin_actions_table(AuthBase.metadata)

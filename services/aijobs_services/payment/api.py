@@ -11,13 +11,14 @@ from pydantic import Field, StrictInt
 from sqlalchemy.orm import Session
 
 from aijobs.api.rules import ACCOUNT_NAME
+from aijobs_services.kit.admin_audit import record
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.problems import NotFound, Problem
 from aijobs_services.payment import ledger
-from aijobs_services.payment.models import Account, Hold, LedgerEntry
+from aijobs_services.payment.models import Account, AdminActions, Hold, LedgerEntry
 
 ACCOUNT_ID = ACCOUNT_NAME
 Admin = Annotated[Caller, Depends(allow("admin"))]
@@ -31,6 +32,7 @@ class AccountCreate(CamelModel):
 
 class TopUpCreate(CamelModel):
     amount: StrictInt = Field(gt=0, le=10**12)
+    reason: str = Field(default="", max_length=500, description="Why (kept in the admin audit trail)")
 
 
 class HoldCreate(CamelModel):
@@ -94,9 +96,14 @@ router = APIRouter(prefix="/v1", tags=["payment"])
 
 @router.post("/accounts", status_code=201, summary="Open a credit account (admin)")
 def open_account(
-    body: AccountCreate, _: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: AccountCreate, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    return store.run(session, idem, lambda s: (201, _account(ledger.open_account(s, body.id))))
+    def act(s: Session) -> tuple[int, Any]:
+        account = ledger.open_account(s, body.id)
+        record(s, AdminActions, who.name, "account.open", body.id, key=idem.key)
+        return 201, _account(account)
+
+    return store.run(session, idem, act)
 
 
 @router.get("/accounts/{account_id}", summary="Balances: available, held, and their sum")
@@ -109,13 +116,24 @@ def get_account(account_id: str, _: Reader, session: SessionDep) -> dict[str, An
 def top_up(
     account_id: str,
     body: TopUpCreate,
-    _: Admin,
+    who: Admin,
     idem: IdempotentRequestDep,
     store: IdemStoreDep,
     session: SessionDep,
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         account, txn = ledger.top_up(s, account_id, body.amount)
+        record(
+            s,
+            AdminActions,
+            who.name,
+            "account.top-up",
+            account_id,
+            amount=body.amount,
+            reason=body.reason,
+            transaction=txn,
+            key=idem.key,
+        )
         return 201, {"transaction": txn, "account": _account(account)}
 
     return store.run(session, idem, act)

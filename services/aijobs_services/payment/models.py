@@ -8,6 +8,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from aijobs_services.kit.admin_audit import admin_actions_table
 from aijobs_services.kit.idempotency import idempotency_table
 
 
@@ -60,3 +61,4 @@ class LedgerEntry(PaymentBase):
 
 
 IdempotencyKeys = idempotency_table(PaymentBase.metadata)
+AdminActions = admin_actions_table(PaymentBase.metadata)
