@@ -230,8 +230,8 @@ class Reconciler:
             if job.status != written:
                 body = await self._write(body, job.status)
         finally:
-            for event in events:
-                await self.kube.event(body, event.type, event.reason, event.message)
+            if events:  # one Event per pass: each is an API write as costly as a status patch
+                await self.kube.event(body, *_one_event(events))
 
     def policy(self, job: core.JobView) -> core.Policy:
         return self._policy.for_job(job.spec)
@@ -322,6 +322,13 @@ class Reconciler:
                 return body
             raise
         return self.remember(updated)
+
+
+def _one_event(events: list[core.Event]) -> tuple[str, str, str]:
+    """The events of one pass as one: its type is Warning if any was, its reason the last one's
+    (where the job now stands), its message each step's in order."""
+    type_ = "Warning" if any(e.type == "Warning" for e in events) else "Normal"
+    return type_, events[-1].reason, "; ".join(f"{e.reason}: {e.message}" for e in events)
 
 
 def dump_status(status: AIImageJobStatus) -> dict[str, Any]:
