@@ -43,6 +43,11 @@ def main() -> int:
     print(f"violations  {violations} in {len(campaign.failing)} schedules")
     for seed, lines in list(campaign.failing.items())[:20]:
         print(f"  seed {seed}: {'; '.join(lines)}")
+    if campaign.failing:
+        print(
+            "\nthe first failing seed, with the fewest kinds of fault:\n"
+            + minimal(next(iter(campaign.failing)))
+        )
     return 1 if campaign.failing else 0
 
 

@@ -8,7 +8,7 @@ replays exactly with ``bench/simulate.py --replay SEED``.
 from __future__ import annotations
 
 import pytest
-from aijobs_dev.simulation.run import replay, run_range, simulate
+from aijobs_dev.simulation.run import minimal, replay, run_range, simulate
 from aijobs_operator import core
 
 SCHEDULES = 20_000
@@ -21,7 +21,7 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
         f"outcomes {dict(campaign.outcomes)}; faults {dict(campaign.faults)}"
     )
     stories = [f"seed {seed}: {lines}" for seed, lines in list(campaign.failing.items())[:5]]
-    assert not campaign.failing, "\n".join(stories) + "\n" + replay(next(iter(campaign.failing)))
+    assert not campaign.failing, "\n".join(stories) + "\n" + minimal(next(iter(campaign.failing)))
     # The faults were drawn where intended, and the jobs reached every kind of ending.
     for kind in (
         "crash",
@@ -52,3 +52,10 @@ def test_the_simulation_finds_a_capture_that_is_not_written_ahead(monkeypatch: p
     campaign = run_range(0, 1500)
     assert campaign.failing
     assert any("I1" in line for lines in campaign.failing.values() for line in lines)
+
+
+def test_a_failing_seed_is_told_with_the_fewest_kinds_of_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "committed_to_deliver", lambda status: core.succeeded(status, "capture"))
+    seed = next(iter(run_range(0, 1500).failing))
+    story = minimal(seed)
+    assert f"seed {seed}, minimal faults" in story and "VIOLATION I1" in story

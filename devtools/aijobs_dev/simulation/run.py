@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from aijobs_dev.simulation.check import Violation, check
-from aijobs_dev.simulation.world import World
+from aijobs_dev.simulation.world import Faults, World
 
-__all__ = ["Campaign", "replay", "run_range", "simulate"]
+__all__ = ["Campaign", "minimal", "replay", "run_range", "simulate"]
 
 
 @dataclass
@@ -31,8 +32,8 @@ class Campaign:
         self.failing.update(other.failing)
 
 
-def run_one(seed: int) -> tuple[World, list[Violation]]:
-    world = World(seed)
+def run_one(seed: int, faults: Faults | None = None) -> tuple[World, list[Violation]]:
+    world = World(seed, faults)
     world.run_sync()
     return world, check(world)
 
@@ -76,3 +77,21 @@ def replay(seed: int) -> str:
     lines = [f"seed {seed}: faults {world.faults}", *world.story]
     lines += [f"VIOLATION {v}" for v in violations] or ["no violation"]
     return "\n".join(lines)
+
+
+def minimal(seed: int) -> str:
+    """A failing seed's shortest story: turn each kind of fault off in turn, keeping it off while
+    the schedule still fails, then tell what is left (the same seed, fewer kinds of fault)."""
+    world, violations = run_one(seed)
+    if not violations:
+        return f"seed {seed}: no violation"
+    faults = world.faults
+    for kind in dataclasses.fields(Faults):
+        if getattr(faults, kind.name) == 0:
+            continue
+        fewer = dataclasses.replace(faults, **{kind.name: 0.0})
+        trial, found = run_one(seed, fewer)
+        if found and len(trial.story) <= len(world.story):
+            world, violations, faults = trial, found, fewer
+    lines = [f"seed {seed}, minimal faults {faults}", *world.story]
+    return "\n".join([*lines, *(f"VIOLATION {v}" for v in violations)])
