@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aijobs_dev.simulation.run import replay, simulate
+from aijobs_dev.simulation.run import minimal, replay, simulate
 
 
 def main() -> int:
