@@ -224,3 +224,23 @@ def test_workers_racing_for_tasks_never_share_one(pg_url: str, service_process: 
 
     leased = [task for batch in asyncio.run(race()) for task in batch]
     assert len(leased) == len(set(leased)) == 30
+
+
+def test_a_worker_with_an_identity_of_its_own_leases_under_it_whatever_name_it_sends(
+    pg_url: str, secrets: dict[str, str]
+) -> None:
+    secrets = {**secrets, "worker.gpu-1": "a-secret-of-gpu-1-that-is-long-enough!"}
+    for api, _ in _in_process("ai", pg_url, secrets):
+        _create(api, "job-own")
+        leased = api.post(
+            "/v1/leases",
+            {"worker": "gpu-2", "maxTasks": 1, "leaseSeconds": 30},
+            caller="worker.gpu-1",
+            key="lease-own",
+        ).json()["items"]
+        assert [t["leaseOwner"] for t in leased] == ["worker.gpu-1"]  # not the name it claimed
+        _create(api, "job-shared")
+        shared = _lease(api, worker="gpu-2")
+        assert [t["leaseOwner"] for t in shared] == ["worker/gpu-2"]  # a label, marked as such
+        outsider = api.post("/v1/leases", {"worker": "x"}, caller="main-api", key="lease-outsider")
+        assert outsider.status_code == 403

@@ -22,8 +22,10 @@ from aijobs_services.kit.idempotency import IdempotentRequestDep
 
 NAME = ACCOUNT_NAME
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
-Worker = Annotated[Caller, Depends(allow("worker"))]
-Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api", "worker"))]
+# A worker may have an identity of its own (``worker.<name>``, with its own secret) or share
+# ``worker`` with the others; only an identity of its own proves who holds a lease.
+Worker = Annotated[Caller, Depends(allow("worker", "worker.*"))]
+Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api", "worker", "worker.*"))]
 
 
 class TaskCreate(CamelModel):
@@ -85,6 +87,7 @@ def public(task: Task, *, with_lease: bool = False) -> dict[str, Any]:
     }
     if with_lease:
         doc["leaseToken"] = task.lease_token
+        doc["leaseOwner"] = task.lease_owner
         doc["leaseExpiresAt"] = aware(task.lease_expires_at).isoformat() if task.lease_expires_at else None
     return doc
 
@@ -141,10 +144,14 @@ def cancel_task(
 
 @router.post("/leases", summary="Lease due tasks (idempotent by key: a retried lease returns the same tasks)")
 def lease_tasks(
-    body: LeaseRequest, _: Worker, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: LeaseRequest, caller: Worker, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
+    # The lease's owner comes from the token: a worker with an identity of its own can't lease
+    # under another's name; under the shared identity the name is only a label, and says so.
+    owner = caller.name if caller.name != "worker" else f"worker/{body.worker}"
+
     def act(s: Session) -> tuple[int, Any]:
-        tasks = queue.lease(s, body.worker, body.max_tasks, body.lease_seconds)
+        tasks = queue.lease(s, owner, body.max_tasks, body.lease_seconds)
         return 200, {"items": [public(t, with_lease=True) for t in tasks]}
 
     return store.run(session, idem, act)

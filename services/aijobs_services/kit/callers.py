@@ -70,10 +70,12 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 
 
 def allow(*names: str) -> Callable[[Caller], Awaitable[Caller]]:
-    """A dependency that admits only the named callers (403 for any other authenticated one)."""
+    """A dependency that admits only the named callers (403 for any other authenticated one).
+    A name ending in ``.*`` admits a family of identities: ``worker.*`` is ``worker.gpu-1``, …"""
+    prefixes = tuple(n[:-1] for n in names if n.endswith(".*"))
 
     async def check(caller: CallerDep) -> Caller:
-        if caller.name not in names:
+        if caller.name not in names and not (prefixes and caller.name.startswith(prefixes)):
             raise Forbidden(f"caller {caller.name!r} may not do this (allowed: {', '.join(names)})")
         return caller
 
