@@ -437,6 +437,13 @@ def _accept(job: JobView, now: dt.datetime, policy: Policy) -> Action:
     return Accept(new, (Event("Normal", "Accepted", f"job accepted; deadline {_iso(deadline)}"),))
 
 
+def refuse_unreadable(generation: int, now: dt.datetime, why: str) -> AIImageJobStatus:
+    """The log of a job whose spec can't be read: failed before anything was charged."""
+    status = AIImageJobStatus(started_at=now)
+    _finish(status, generation, Phase.FAILED, "InvalidSpec", why, now)
+    return status
+
+
 def _compensate(job: JobView, now: dt.datetime, reason: str, why: str) -> Compensate:
     new = _copy(job.status)
     new.phase = Phase.COMPENSATING

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus
 from aijobs.wire.client import Ambiguous, Refused, ServiceError
 from aijobs_operator import core, saga
@@ -186,7 +188,11 @@ class Reconciler:
             return
         if not deleting and saga.FINALIZER not in (meta.get("finalizers") or []):
             body = self.remember(await self.kube.add_finalizer(body, saga.FINALIZER))
-        job = self._view(body)
+        try:
+            job = self._view(body)
+        except ValidationError as exc:
+            await self._refuse(body, exc)
+            return
         written = job.status
         events: list[core.Event] = []
         try:
@@ -232,6 +238,22 @@ class Reconciler:
         finally:
             if events:  # one Event per pass: each is an API write as costly as a status patch
                 await self.kube.event(body, *_one_event(events))
+
+    async def _refuse(self, body: dict[str, Any], exc: ValidationError) -> None:
+        """A spec this operator can't read (the API server's schema and the models disagree: an
+        upgrade gone wrong). Never accepted, it is failed at once and nothing is charged; once
+        accepted it can't be unread, so it waits, loudly, for an operator that reads it."""
+        meta = body["metadata"]
+        why = f"the spec does not match this operator's model: {exc.errors()[0]['msg']}"
+        if (body.get("status") or {}).get("phase"):
+            log.error("%s/%s: %s", meta["namespace"], meta["name"], why)
+            self.later((meta["namespace"], meta["name"]), 60.0)
+            return
+        status = core.refuse_unreadable(int(meta.get("generation") or 1), self.clock(), why)
+        body = await self._write(body, status)
+        await self.kube.event(body, "Warning", "InvalidSpec", why)
+        if meta.get("deletionTimestamp"):
+            await self.kube.remove_finalizer(body, saga.FINALIZER)
 
     def policy(self, job: core.JobView) -> core.Policy:
         return self._policy.for_job(job.spec)

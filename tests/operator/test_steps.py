@@ -15,7 +15,7 @@ from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
 from aijobs_operator.steps import Job, Services, StepFailed, charge, deliver, upload
 
-from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, StepRecord
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, InlineImage, JobInput, StepRecord
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
 from aijobs.wire.tokens import TokenSigner
 
@@ -65,7 +65,10 @@ async def test_a_retried_charge_sends_the_same_hold_whatever_the_time() -> None:
 
 
 async def test_an_undecodable_inline_image_is_a_definite_failure() -> None:
-    job = _job(spec={"input": {"inline": {"contentType": "image/png", "data": "QUJDRAA"}}})
+    # The CRD admits whole base64 only; this is the step's own defence should one slip through.
+    job = _job()
+    broken = InlineImage.model_construct(data="QUJDRAA", content_type="image/png")
+    job.spec = job.spec.model_copy(update={"input": JobInput.model_construct(inline=broken)})
     with pytest.raises(StepFailed) as failed:
         await upload(job, _services(lambda r: httpx.Response(500)), OperatorSettings())
     assert failed.value.reason == "InputUndecodable"
@@ -138,3 +141,38 @@ def test_a_late_watch_event_of_a_deleted_job_is_ignored() -> None:
     reconciler.observe("DELETED", {**body, "metadata": {**body["metadata"], "resourceVersion": "7"}})
     reconciler.observe("MODIFIED", body)
     assert reconciler.cache == {}
+
+
+async def test_a_spec_the_operator_cannot_read_fails_before_any_charge() -> None:
+    class Kube:
+        def __init__(self) -> None:
+            self.patches: list[dict[str, Any]] = []
+            self.events: list[str] = []
+
+        async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> dict[str, Any]:
+            return {**body, "metadata": {**body["metadata"], "finalizers": [finalizer]}}
+
+        async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+            self.patches.append(status)
+            return {**body, "status": status}
+
+        async def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+            self.events.append(reason)
+
+    calls: list[httpx.Request] = []
+    kube = Kube()
+    reconciler = Reconciler(
+        OperatorSettings(), _services(lambda r: calls.append(r) or httpx.Response(500)), kube
+    )  # type: ignore[arg-type]
+    meta = {
+        "namespace": "ns",
+        "name": "job",
+        "uid": "u1",
+        "resourceVersion": "1",
+        "creationTimestamp": "2026-11-27T12:00:00Z",
+    }
+    body = {"metadata": meta, "spec": {"account": "acme", "pipeline": "resize", "price": "ten", "input": {}}}
+    reconciler.observe("ADDED", body)
+    await reconciler.reconcile(("ns", "job"))
+    assert kube.patches[-1]["phase"] == "Failed" and kube.events == ["InvalidSpec"]
+    assert calls == []  # no service was called: nothing charged, nothing stored
