@@ -48,6 +48,22 @@ def test_each_command_explains_itself(argv: list[str]) -> None:
     assert "usage:" in proc.stdout
 
 
+def test_the_simulation_commands_run_and_replay_as_the_readme_shows() -> None:
+    campaign = _run([sys.executable, "bench/simulate.py", "--schedules", "40", "--processes", "1"], 300)
+    assert campaign.returncode == 0, campaign.stdout + campaign.stderr
+    assert "violations  0 in 0 schedules" in campaign.stdout
+    story = _run([sys.executable, "bench/simulate.py", "--replay", "1234"], 120)
+    assert story.returncode == 0 and story.stdout.startswith("seed 1234: faults")
+
+
+def test_regenerating_the_crds_parameter_rules_changes_nothing_committed() -> None:
+    crd = ROOT / "crds" / "aijobs.io_aiimagejobs.yaml"
+    before = crd.read_text()
+    proc = _run([sys.executable, "-m", "aijobs.api.crd_rules"], 60)
+    assert proc.returncode == 0, proc.stderr
+    assert crd.read_text() == before
+
+
 def test_a_service_applies_its_migrations_with_the_readmes_flags(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'payment.db'}"
     proc = _run([*AIJOBS, "service", "payment", "--port", "0", "--database-url", url, "--migrate-only"], 120)
