@@ -387,7 +387,9 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
                 next_fault += 1
             if "kill" in kinds and now >= next_commit_kill and not campaign.commit_kills:
                 campaign.kill_at_commit(*rng.choice(commit_points), rng)
-                next_commit_kill = now + rng.uniform(3, 8)
+                # Every kill makes a new operator list every job again: space them out so that a
+                # long campaign measures faults, not an operator that never gets to work.
+                next_commit_kill = now + rng.uniform(15, 30)
             restart = campaign.fire_commit_kills() if campaign.commit_kills else None
             if restart is not None:
                 pending_heals.append((now + rng.uniform(0.3, 3.0), restart))
@@ -417,7 +419,7 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
     for _, heal in pending_heals:
         heal()
     campaign.heal_all()
-    healed = campaign.wait_terminal(timeout=240)
+    healed = campaign.wait_terminal(timeout=max(240.0, jobs * 0.12))
     time.sleep(5)  # two auditor passes, so that I5 is checked after it had its say
     return report(campaign, healed, started)
 
