@@ -376,7 +376,14 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
         ("main", "^/v1/deliveries$"),
     ]
     next_commit_kill = 2.0
+    next_progress = 120.0
     for i, at in enumerate(submit_times):
+        if time.monotonic() - t0 >= next_progress:  # a long campaign says how it goes
+            next_progress += 120.0
+            phases = Counter((j.get("status") or {}).get("phase") or "New" for j in campaign.jobs())
+            print(
+                f"[{time.monotonic() - t0:6.0f}s] submitted {i}, {dict(phases)}", file=sys.stderr, flush=True
+            )
         while time.monotonic() - t0 < at:
             now = time.monotonic() - t0
             while next_fault < len(plan) and plan[next_fault].at <= now:
