@@ -294,10 +294,12 @@ class Report:
     violations: list[Violation]
     touched: dict[str, list[dict[str, Any]]]
     seconds: float
+    deleted: int = 0  # jobs users deleted during the campaign (checked from the services' records)
 
     def print(self, out: Any = sys.stdout) -> None:
         w = out.write
-        w(f"jobs: {self.jobs}   outcomes: {dict(self.outcomes)}   in {self.seconds:.0f}s\n")
+        w(f"jobs: {self.jobs} left + {self.deleted} deleted   outcomes: {dict(self.outcomes)}   ")
+        w(f"in {self.seconds:.0f}s\n")
         w(f"failure reasons: {dict(self.failure_reasons)}\n")
         w(f"faults injected: {dict(self.faults)} ({sum(self.faults.values())} in all)\n")
         heal = f"{self.heal_seconds:.1f}s" if self.heal_seconds is not None else "NOT ALL JOBS ENDED"
@@ -349,6 +351,7 @@ def report(campaign: Campaign, heal: float | None, started: float) -> Report:
         violations,
         touched,
         time.monotonic() - started,
+        len(campaign.deleted),
     )
 
 

@@ -226,6 +226,10 @@ class Worker:
                 await self._sleep(_backoff(attempt, exc.retry_after, cap=10.0))
             except Refused as exc:  # lease taken over or task cancelled: someone else owns it now
                 log.info("completion of %s refused (%s); dropping this run's claim", entry.task_id, exc.kind)
+                if exc.kind == "task-cancelled":  # acknowledge, so the task ends (and its job can go)
+                    await self._give_back(
+                        {"id": entry.task_id, "leaseToken": entry.lease_token}, "cancelled", False
+                    )
                 return
 
     async def _give_back(self, task: dict[str, Any], reason: str, retryable: bool) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, JobResult
-from aijobs.wire.client import Refused, ServiceClient
+from aijobs.wire.client import Ambiguous, Refused, ServiceClient
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.core import Done, Policy, Waiting, hold_expiry, idempotency_key
 from aijobs_operator.saga import iso, parse
@@ -259,14 +259,18 @@ DO: dict[str, StepFn] = {
 
 # ------------------------------------------------------------------------------- compensation
 async def cancel_task(job: Job, svc: Services) -> str:
+    """Cancel the job's task and wait until it has stopped: a worker that is running it may still
+    store a result before it hears of the cancellation, and the objects are deleted only after."""
     items = (await svc.ai.json("POST", "/v1/tasks/query", json={"jobIds": [job.uid]}))["items"]
     cancelled = []
     for task in items:
         if task["state"] in ("scheduled", "running") and not task["cancelRequested"]:
-            await svc.ai.json(
+            task = await svc.ai.json(
                 "POST", f"/v1/tasks/{task['id']}/cancel", key=idempotency_key(job.uid, "cancel-task")
             )
             cancelled.append(task["id"])
+        if task["state"] == "running":
+            raise Ambiguous("ai", f"task {task['id']} is cancelled but still running: waiting for its worker")
     return f"cancelled task {', '.join(cancelled)}" if cancelled else "no task to cancel"
 
 

@@ -391,6 +391,10 @@ class World:
                 self.say(f"worker starts {task.id}")
             elif task.state == "running" and self.rng.random() < 0.5:
                 if task.cancel_requested:
+                    if self.rng.random() < 0.5:  # it stored its result before it heard of the cancel
+                        self.storage.store(
+                            f"job:{task.job_id}:result", task.account, task.job_id, "result", b"late"
+                        )
                     task.state = "cancelled"
                 elif self.chance(self.faults.task_fails):
                     self.fire("task-fails", task.id)
