@@ -3,8 +3,10 @@ namespace per test, and a throwaway PostgreSQL cluster with a database per test.
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,3 +93,26 @@ def pg_url(postgres: PostgresCluster) -> Iterator[str]:
     url = postgres.create_database(name)
     yield url
     postgres.drop_database(name)
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A real HTTP server on loopback that answers 204 and keeps each request's headers (and its
+    path, under ``path``): where an outbound call must never arrive, it proves none did."""
+    hits: list[dict[str, str]] = []
+
+    class Count(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append({**dict(self.headers), "path": self.path})
+            self.send_response(204)
+            self.end_headers()
+
+        do_GET = do_POST
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Count)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()

@@ -35,7 +35,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aijobs.api.rules import DEFAULT_BACKOFF, MAX_HOLD
+from aijobs.api.rules import DEFAULT_BACKOFF, MAX_HOLD, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import (
     AIImageJobSpec,
     AIImageJobStatus,
@@ -50,6 +50,7 @@ __all__ = [
     "IRREVERSIBLE",
     "MAX_HOLD",
     "STEPS",
+    "TERMINAL",
     "Accept",
     "Action",
     "Compensate",
@@ -70,9 +71,13 @@ __all__ = [
     "Waiting",
     "backoff",
     "committed_to_deliver",
+    "hold_expiry",
     "idempotency_key",
+    "iso",
     "plan",
+    "refuse_unreadable",
     "settle",
+    "succeeded",
 ]
 
 # Forward order; the phase each step reaches (capture reaches none of its own).
@@ -95,7 +100,7 @@ CHECKPOINTS = frozenset({"process"})
 # Reverse order of the forward steps: the task first (so no new result appears), then the
 # objects, and the credits last.
 COMPENSATIONS = ("cancel-task", "delete-objects", "release-holds")
-TERMINAL = (Phase.DELIVERED, Phase.FAILED)
+TERMINAL = tuple(Phase(p) for p in TERMINAL_PHASES)
 
 
 def idempotency_key(uid: str, step: str) -> str:
@@ -366,7 +371,7 @@ def _finish(
     set_condition(status, "Stalled", "False", reason, "", gen, now)
 
 
-def _iso(value: dt.datetime) -> str:
+def iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -391,7 +396,7 @@ def plan(job: JobView, now: dt.datetime, policy: Policy) -> Action:
             continue
         if not committed and now > deadline:
             return _compensate(
-                job, now, "DeadlineExceeded", f"the deadline {_iso(deadline)} passed before delivery"
+                job, now, "DeadlineExceeded", f"the deadline {iso(deadline)} passed before delivery"
             )
         rec = _find(status.steps, name)
         if rec is not None and rec.next_attempt_at is not None and now < rec.next_attempt_at:
@@ -424,7 +429,7 @@ def _accept(job: JobView, now: dt.datetime, policy: Policy) -> Action:
     if deadline + policy.hold_grace > now + MAX_HOLD:
         # Credits can't be held that long: refuse before anything is charged, say why.
         why = (
-            f"the job would need its credits held until {_iso(deadline + policy.hold_grace)}, beyond "
+            f"the job would need its credits held until {iso(deadline + policy.hold_grace)}, beyond "
             f"Payment's {MAX_HOLD.days}-day limit; schedule it (runAt and deadline) within "
             f"{MAX_HOLD.days} days"
         )
@@ -434,7 +439,7 @@ def _accept(job: JobView, now: dt.datetime, policy: Policy) -> Action:
     new.message = "accepted; charging"
     set_condition(new, "Reconciling", "True", "Accepted", "the saga is running", gen, now)
     set_condition(new, "Stalled", "False", "Accepted", "", gen, now)
-    return Accept(new, (Event("Normal", "Accepted", f"job accepted; deadline {_iso(deadline)}"),))
+    return Accept(new, (Event("Normal", "Accepted", f"job accepted; deadline {iso(deadline)}"),))
 
 
 def refuse_unreadable(generation: int, now: dt.datetime, why: str) -> AIImageJobStatus:

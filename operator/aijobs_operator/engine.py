@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Phase
 from aijobs.wire.client import Ambiguous, Refused, ServiceError
 from aijobs_operator import core, saga
 from aijobs_operator.config import OperatorSettings
@@ -201,9 +201,9 @@ class Reconciler:
                 now = self.clock()
                 action = core.plan(job, now, self.policy(job))
                 if isinstance(action, core.Accept | core.Compensate | core.Finish):
+                    _count(job.status, action.status)
                     job = job.with_status(action.status)
                     events.extend(action.events)
-                    self._count(action)
                     must_write |= action.persist
                     continue
                 if isinstance(action, core.RunStep | core.RunUndo):
@@ -218,6 +218,7 @@ class Reconciler:
                             break
                     outcome = await self._carry_out(job, action, now)
                     settled = core.settle(job, action, outcome, self.clock(), self.policy(job))
+                    _count(job.status, settled.status)
                     job = job.with_status(settled.status)
                     events.extend(settled.events)
                     must_write |= settled.checkpoint
@@ -317,12 +318,6 @@ class Reconciler:
         finally:
             METRICS.step_seconds.labels(action.name, result).observe(time.perf_counter() - started)
 
-    def _count(self, action: core.Accept | core.Compensate | core.Finish) -> None:
-        if isinstance(action, core.Compensate):
-            METRICS.compensations.labels(action.status.conditions[-1].reason or "Unknown").inc()
-        elif isinstance(action, core.Finish) and action.status.phase is not None:
-            METRICS.outcomes.labels(str(action.status.phase)).inc()
-
     def _wake(self, key: Key, until: dt.datetime | None) -> None:
         """A timer for ``until`` (None: the follower wakes the job when its task changes)."""
         if until is None:
@@ -344,6 +339,17 @@ class Reconciler:
                 return body
             raise
         return self.remember(updated)
+
+
+def _count(before: AIImageJobStatus, after: AIImageJobStatus) -> None:
+    """Metrics of a transition: a compensation begun (by its reason), a job ended (by its phase)."""
+    if after.phase == before.phase:
+        return
+    if after.phase == Phase.COMPENSATING:
+        reason = next((c.reason for c in after.conditions if c.type == "Reconciling"), None)
+        METRICS.compensations.labels(reason or "Unknown").inc()
+    elif after.phase in core.TERMINAL:
+        METRICS.outcomes.labels(str(after.phase)).inc()
 
 
 def _one_event(events: list[core.Event]) -> tuple[str, str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 from aijobs.api.rules import TERMINAL_PHASES
-from aijobs_operator.core import idempotency_key
+from aijobs_operator.core import idempotency_key, iso
 
 __all__ = ["FINALIZER", "TERMINAL", "idempotency_key", "iso", "now", "parse"]
 
@@ -17,10 +17,6 @@ TERMINAL = TERMINAL_PHASES
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse(value: str) -> dt.datetime:

@@ -293,7 +293,8 @@ def test_the_operator_killed_mid_saga_loses_nothing(stack: Stack, tenant: Tenant
     operator = stack.operators[-1]
     names: list[str] = []
     for round_ in range(3):
-        run_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4))
+        # Long enough that a slow machine still catches the jobs waiting for it, mid-saga.
+        run_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10))
         batch = [f"crash-{round_}-{i}" for i in range(3)]
         for name in batch:
             jobs.apply(manifest(name, tenant.account, pipeline="grayscale", price=3, runAt=run_at))

@@ -4,11 +4,6 @@ created or called."""
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Iterator
-from typing import Any
-
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -16,27 +11,6 @@ from aijobs_dev.testbed.stack import Stack, Tenant
 from aijobs_services.kit.db import make_engine
 
 from tests.e2e.conftest import png
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[str, list[str]]]:
-    hits: list[str] = []
-
-    class Count(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            hits.append(self.path)
-            self.send_response(204)
-            self.end_headers()
-
-        do_GET = do_POST
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Count)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
 
 
 def _rows(stack: Stack, service: str, table: str) -> int:
@@ -48,7 +22,7 @@ def _rows(stack: Stack, service: str, table: str) -> int:
 
 
 def test_a_webhook_to_a_private_address_is_refused_and_never_called(
-    stack: Stack, tenant: Tenant, listener: tuple[str, list[str]]
+    stack: Stack, tenant: Tenant, listener: tuple[str, list[dict[str, str]]]
 ) -> None:
     url, hits = listener
     main = stack.services["main"].url

@@ -5,11 +5,7 @@ loopback counts the requests that reach it."""
 from __future__ import annotations
 
 import datetime as dt
-import http.server
-import threading
-from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,25 +17,6 @@ from aijobs_services.main.settings import MainSettings
 from sqlalchemy.orm import Session
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[str, list[dict[str, str]]]]:
-    hits: list[dict[str, str]] = []
-
-    class Count(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            hits.append(dict(self.headers))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Count)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", hits
-    server.shutdown()
 
 
 def _deliver(engine: sa.Engine, url: str, job: str) -> None:
@@ -71,7 +48,8 @@ def _state(engine: sa.Engine, job: str) -> tuple[str, str | None]:
 def test_a_webhook_to_loopback_is_never_called_unless_allow_listed(
     pg_url: str, listener: tuple[str, list[dict[str, str]]]
 ) -> None:
-    url, hits = listener
+    base, hits = listener
+    url = f"{base}/hook"
     migrate(pg_url, SPEC.migrations)
     engine = make_engine(pg_url)
     closed = SimpleNamespace(
