@@ -6,6 +6,9 @@ aijobs operator                   the saga operator (kopf)
 aijobs service NAME               one of the five HTTP services
 aijobs worker                     a GPU (or CPU) inference worker
 aijobs chaos [--scenario s1..s4]  a fault campaign, or one of the seed's four stories
+aijobs admin …                    platform admins: tenants, credits, users, tokens, a job explained
+aijobs submit IMAGE --pipeline …  users: submit a job (and wait for it, and download the result)
+aijobs jobs list|get|cancel       users: their jobs
 """
 
 from __future__ import annotations
@@ -172,7 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--max-tasks", type=int, help="tasks leased and batched at once")
     wk.add_argument("--model-dir", help="folder of users' models (TorchScript)")
     wk.set_defaults(func=_worker)
+
+    from aijobs.console.admin import add_admin_parser
+    from aijobs.console.user import add_user_parsers
+
+    add_admin_parser(sub)
+    add_user_parsers(sub)
     return parser
+
+
+def _console(args: argparse.Namespace) -> int:
+    """The admin and user commands: their errors are said in a line, not a traceback."""
+    from aijobs.console.config import ConfigError, load_config
+    from aijobs.console.http import CommandError
+
+    try:
+        return int(args.run(args, load_config(args.config)))
+    except (CommandError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["chaos"]:  # its options belong to the campaign's parser, not to this one
         return _chaos(argv[1:])
     args = build_parser().parse_args(argv)
+    if hasattr(args, "run"):
+        return _console(args)
     return int(args.func(args))
 
 

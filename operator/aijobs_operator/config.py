@@ -35,4 +35,7 @@ class OperatorSettings(BaseSettings):
     lease_namespace: str = "default"
     lease_seconds: int = Field(default=15, ge=2)
     pod_name: str = Field(default="", description="This replica's identity in the Lease; empty: hostname-pid")
+    account_sync_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often CreditAccounts' balances are read again"
+    )
     audit_interval_seconds: float = Field(default=30.0, ge=0, description="0: no auditor")

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from aijobs.api.tenancy import ACCOUNT_PLURAL
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.kube import api_client
 from aijobs.wire.client import ServiceClient
@@ -22,6 +23,7 @@ from aijobs_operator.kube import KubeWriter
 from aijobs_operator.leader import LeaseElector
 from aijobs_operator.metrics import METRICS
 from aijobs_operator.steps import Services
+from aijobs_operator.tenancy import AccountSyncer
 
 log = logging.getLogger("aijobs.operator")
 
@@ -41,7 +43,9 @@ def build_services(cfg: OperatorSettings) -> Services:
     )
 
 
-def registry_for(reconciler: Reconciler, extra_tasks: list[Any]) -> kopf.OperatorRegistry:
+def registry_for(
+    reconciler: Reconciler, extra_tasks: list[Any], accounts: AccountSyncer | None = None
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -64,6 +68,12 @@ def registry_for(reconciler: Reconciler, extra_tasks: list[Any]) -> kopf.Operato
     def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         # type is None for objects of the initial listing: treat them as added.
         reconciler.observe(type or "ADDED", copy.deepcopy(dict(body)))
+
+    if accounts is not None:
+
+        @kopf.on.event(GROUP, VERSION, ACCOUNT_PLURAL, registry=registry)
+        def on_account(type: str | None, body: kopf.Body, **_: Any) -> None:
+            accounts.observe(type or "ADDED", copy.deepcopy(dict(body)))
 
     return registry
 
@@ -97,7 +107,12 @@ def run(cfg: OperatorSettings | None = None) -> None:
         from aijobs_operator.auditor import Auditor
 
         tasks.append(Auditor(cfg, reconciler).run)
-    registry = registry_for(reconciler, tasks)
+    services = reconciler.svc
+    accounts = AccountSyncer(
+        services, api, lambda: list(reconciler.cache.values()), cfg.account_sync_interval_seconds
+    )
+    tasks.append(accounts.run)
+    registry = registry_for(reconciler, tasks, accounts)
     asyncio.run(
         kopf.operator(
             registry=registry,

@@ -113,10 +113,9 @@ def test_the_chart_lints_strictly_and_renders(
         assert worker["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
 
 
-def test_the_charts_crd_is_the_repositorys_crd() -> None:
-    assert (CHART / "files" / "aijobs.io_aiimagejobs.yaml").read_bytes() == (
-        ROOT / "crds" / "aijobs.io_aiimagejobs.yaml"
-    ).read_bytes()
+@pytest.mark.parametrize("name", ["aijobs.io_aiimagejobs.yaml", "aijobs.io_creditaccounts.yaml"])
+def test_the_charts_crds_are_the_repositorys_crds(name: str) -> None:
+    assert (CHART / "files" / name).read_bytes() == (ROOT / "crds" / name).read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -220,6 +219,9 @@ CAN = [
     ("create", "events", "team-a"),
     ("update", "leases.coordination.k8s.io", "aijobs-system"),
     ("create", "leases.coordination.k8s.io", "aijobs-system"),
+    ("watch", "creditaccounts.aijobs.io", ""),
+    ("patch", "creditaccounts.aijobs.io", ""),
+    ("patch", "creditaccounts.aijobs.io/status", ""),
 ]
 CANNOT = [
     ("get", "secrets", "team-a"),
@@ -230,6 +232,8 @@ CANNOT = [
     ("create", "aiimagejobs.aijobs.io", "team-a"),
     ("update", "leases.coordination.k8s.io", "kube-system"),
     ("get", "pods", "team-a"),
+    ("create", "creditaccounts.aijobs.io", ""),
+    ("delete", "creditaccounts.aijobs.io", ""),
 ]
 
 
@@ -244,6 +248,40 @@ def test_the_operator_can_do_exactly_what_it_does(
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
     proc = _kubectl(bare_plane, "auth", "can-i", verb, resource, *scope, f"--as={OPERATOR}")
     assert proc.stdout.strip() == ("yes" if allowed else "no"), proc.stderr
+
+
+def test_the_admin_role_opens_credit_accounts_and_a_namespace_user_cannot(
+    bare_plane: ControlPlane, installed: str
+) -> None:
+    _kubectl(
+        bare_plane, "create", "clusterrolebinding", "ops", "--clusterrole=rel-aijobs-admin", "--user=ops"
+    )
+    _kubectl(
+        bare_plane,
+        "create",
+        "rolebinding",
+        "dev",
+        "-n",
+        "default",
+        "--clusterrole=rel-aijobs-user",
+        "--user=dev",
+    )
+    try:
+
+        def can(user: str, verb: str, resource: str, *scope: str) -> str:
+            proc = _kubectl(bare_plane, "auth", "can-i", verb, resource, *scope, f"--as={user}")
+            return proc.stdout.strip()
+
+        assert can("ops", "create", "creditaccounts.aijobs.io") == "yes"
+        assert can("ops", "delete", "creditaccounts.aijobs.io") == "yes"
+        assert can("ops", "get", "secrets", "-n", installed) == "no"
+        assert can("dev", "create", "aiimagejobs.aijobs.io", "-n", "default") == "yes"
+        assert can("dev", "create", "aiimagejobs.aijobs.io", "-n", installed) == "no"
+        assert can("dev", "create", "creditaccounts.aijobs.io") == "no"
+        assert can("dev", "patch", "aiimagejobs.aijobs.io/status", "-n", "default") == "no"
+    finally:
+        _kubectl(bare_plane, "delete", "clusterrolebinding", "ops")
+        _kubectl(bare_plane, "delete", "rolebinding", "dev", "-n", "default")
 
 
 def test_helm_upgrade_reaches_the_crd_schema(

@@ -10,10 +10,14 @@ from typing import Any, Literal, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from aijobs.api import v1alpha1
+from aijobs.api import tenancy, v1alpha1
 from aijobs.crds import load_crds
 
-SCHEMA = load_crds()[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+_CRDS = {
+    crd["spec"]["names"]["kind"]: crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for crd in load_crds()
+}
+SCHEMA = _CRDS["AIImageJob"]
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
 
@@ -81,10 +85,13 @@ def _walk(model: type[BaseModel], schema: dict[str, Any], path: str) -> list[str
     [
         pytest.param(v1alpha1.AIImageJobSpec, "spec", id="spec"),
         pytest.param(v1alpha1.AIImageJobStatus, "status", id="status"),
+        pytest.param(tenancy.CreditAccountSpec, "spec", id="creditaccount-spec"),
+        pytest.param(tenancy.CreditAccountStatus, "status", id="creditaccount-status"),
     ],
 )
 def test_crd_schema_and_pydantic_model_agree(model: type[BaseModel], part: str) -> None:
-    assert _walk(model, SCHEMA["properties"][part], part) == []
+    schema = _CRDS["CreditAccount" if model.__module__ == tenancy.__name__ else "AIImageJob"]
+    assert _walk(model, schema["properties"][part], part) == []
 
 
 def test_crd_pipeline_enum_is_the_project_pipeline_list() -> None:
@@ -100,5 +107,6 @@ def _undescribed(schema: dict[str, Any], path: str) -> list[str]:
     return missing
 
 
-def test_every_field_a_user_sees_in_kubectl_explain_has_a_description() -> None:
-    assert _undescribed(SCHEMA, "aiimagejob") == []
+@pytest.mark.parametrize("kind", sorted(_CRDS))
+def test_every_field_a_user_sees_in_kubectl_explain_has_a_description(kind: str) -> None:
+    assert _undescribed(_CRDS[kind], kind.lower()) == []

@@ -388,6 +388,40 @@ def test_a_status_field_outside_the_schema_is_pruned(kubectl: Kubectl) -> None:
     assert kubectl.json("get", "aij", "upscale-inline")["status"] == {"phase": "Pending"}
 
 
+def _account(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "aijobs.io/v1alpha1",
+        "kind": "CreditAccount",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        pytest.param(_account("Acme"), "a CreditAccount's name is its account id", id="upper-case-name"),
+        pytest.param(_account("a"), "a CreditAccount's name is its account id", id="one-letter-name"),
+        pytest.param(_account("acme-bad1", namespaces=["Team_A"]), "spec.namespaces[0]", id="bad-namespace"),
+        pytest.param(_account("acme-bad2", namespaces=["a", "a"]), "Duplicate value", id="namespace-twice"),
+        pytest.param(
+            _account("acme-bad3", credits=5), 'unknown field "spec.credits"', id="credits-are-no-spec"
+        ),
+    ],
+)
+def test_a_bad_credit_account_is_refused_with_a_message(
+    kubectl: Kubectl, manifest: dict[str, Any], message: str
+) -> None:
+    proc = kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest))
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert kubectl.run("get", "creditaccount", manifest["metadata"]["name"]).returncode != 0
+
+
+def test_kubectl_explain_teaches_the_credit_account(kubectl: Kubectl) -> None:
+    out = " ".join(kubectl.run("explain", "creditaccount.spec", check=True).stdout.split())
+    assert "Namespaces whose AIImageJobs may charge this account" in out
+
+
 def test_the_crds_parameter_rules_are_generated_from_the_shared_schema() -> None:
     """`python -m aijobs.api.crd_rules` rewrites them; a parameter added to a pipeline without
     regenerating the CRD fails here."""

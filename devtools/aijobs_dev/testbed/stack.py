@@ -137,6 +137,7 @@ class Stack:
             "AIJOBS_CALL_TIMEOUT_SECONDS": "5",
             "AIJOBS_LEASE_SECONDS": "4",
             "AIJOBS_AUDIT_INTERVAL_SECONDS": "2",
+            "AIJOBS_ACCOUNT_SYNC_INTERVAL_SECONDS": "1",
             "AIJOBS_POD_NAME": f"operator-{len(self.operators)}",
             **self.operator_env,
             **env,

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from aijobs.api.rules import ACCOUNT_NAME
 from aijobs_services.auth import directory
-from aijobs_services.auth.models import AdminActions, Binding, Token, User
+from aijobs_services.auth.models import AdminActions, Binding, Tenant, Token, User
 from aijobs_services.kit.admin_audit import record
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
@@ -21,6 +21,9 @@ from aijobs_services.kit.problems import NotFound
 
 NAME = ACCOUNT_NAME
 Admin = Annotated[Caller, Depends(allow("admin"))]
+# Tenants and bindings are also what the operator makes CreditAccount objects into (who may create
+# those is the cluster's RBAC: the chart's aijobs-admin role).
+Provisioner = Annotated[Caller, Depends(allow("admin", "operator"))]
 Verifier = Annotated[Caller, Depends(allow("main-api", "operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]
 
@@ -74,7 +77,7 @@ router = APIRouter(prefix="/v1", tags=["auth"])
 
 @router.post("/tenants", status_code=201, summary="Create a tenant (its id is its credit account)")
 def create_tenant(
-    body: TenantCreate, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: TenantCreate, who: Provisioner, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         tenant = directory.create_tenant(s, body.id)
@@ -82,6 +85,20 @@ def create_tenant(
         return 201, {"id": tenant.id}
 
     return store.run(session, idem, act)
+
+
+@router.get("/tenants", summary="Every tenant")
+def list_tenants(_: Reader, session: SessionDep) -> dict[str, Any]:
+    with session.begin():
+        return {"items": [{"id": t} for t in session.scalars(sa.select(Tenant.id).order_by(Tenant.id))]}
+
+
+@router.get("/tenants/{tenant_id}", summary="One tenant")
+def get_tenant(tenant_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
+    with session.begin():
+        if session.get(Tenant, tenant_id) is None:
+            raise NotFound(f"no tenant {tenant_id!r}", slug="unknown-tenant", title="Unknown tenant")
+        return {"id": tenant_id}
 
 
 @router.post("/users", status_code=201, summary="Create a user in a tenant")
@@ -142,7 +159,7 @@ def verify_token(body: TokenVerify, _: Verifier, session: SessionDep) -> dict[st
 
 @router.post("/bindings", status_code=201, summary="Let a namespace charge an account")
 def bind(
-    body: BindingBody, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: BindingBody, who: Provisioner, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         binding = directory.bind(s, body.namespace, body.account)
@@ -156,7 +173,7 @@ def bind(
 def unbind(
     namespace: str,
     account: str,
-    who: Admin,
+    who: Provisioner,
     idem: IdempotentRequestDep,
     store: IdemStoreDep,
     session: SessionDep,

@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.consistency import fetch_records, findings
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
@@ -155,6 +156,34 @@ async def get_job(request: Request, job_id: str, user: UserDep) -> dict[str, Any
     if job is None or job["metadata"].get("labels", {}).get(jobs.LABEL_ACCOUNT) != user.tenant:
         raise NotFound(f"no job {job_id!r} in your account", slug="unknown-job", title="Unknown job")
     return jobs.view(job)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, summary="Cancel one of your jobs (idempotent)")
+async def cancel_job(request: Request, job_id: str, user: UserDep) -> dict[str, Any]:
+    """Deletes the job: the operator then undoes what was done and returns the held credits. A job
+    whose capture has begun is delivered and charged instead (the money promise: charged for a
+    result received, or not at all); one already ended stays as it is."""
+    namespace = await _namespace_of(request, user.tenant)
+    job = await read_job(_custom(request), namespace, job_id)
+    if job is None or job["metadata"].get("labels", {}).get(jobs.LABEL_ACCOUNT) != user.tenant:
+        raise NotFound(f"no job {job_id!r} in your account", slug="unknown-job", title="Unknown job")
+    view = jobs.view(job)
+    if view["phase"] in TERMINAL_PHASES:
+        return {**view, "cancel": "already-ended"}
+    try:
+        await run_in_threadpool(
+            _custom(request).delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            job_id,
+            body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=job["metadata"]["uid"])),
+        )
+    except ApiException as exc:
+        if exc.status not in (404, 409):  # gone already, or a newer job of that name: not ours to delete
+            raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
+    return {**view, "cancel": "requested"}
 
 
 @router.get("/admin/jobs/{namespace}/{name}", summary="A job's saga log beside every service's records")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field, StrictInt
 from sqlalchemy.orm import Session
@@ -22,6 +22,9 @@ from aijobs_services.payment.models import Account, AdminActions, Hold, LedgerEn
 
 ACCOUNT_ID = ACCOUNT_NAME
 Admin = Annotated[Caller, Depends(allow("admin"))]
+# The operator opens the account a CreditAccount object names (the cluster's RBAC decides who may
+# create one); only an admin moves money into it.
+Provisioner = Annotated[Caller, Depends(allow("admin", "operator"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]
 
@@ -96,7 +99,11 @@ router = APIRouter(prefix="/v1", tags=["payment"])
 
 @router.post("/accounts", status_code=201, summary="Open a credit account (admin)")
 def open_account(
-    body: AccountCreate, who: Admin, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    body: AccountCreate,
+    who: Provisioner,
+    idem: IdempotentRequestDep,
+    store: IdemStoreDep,
+    session: SessionDep,
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
         account = ledger.open_account(s, body.id)
@@ -104,6 +111,14 @@ def open_account(
         return 201, _account(account)
 
     return store.run(session, idem, act)
+
+
+@router.get("/accounts", summary="Every account's balances")
+def list_accounts(_: Reader, session: SessionDep) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    with session.begin():
+        return {"items": [_account(a) for a in session.scalars(sa.select(Account).order_by(Account.id))]}
 
 
 @router.get("/accounts/{account_id}", summary="Balances: available, held, and their sum")
@@ -215,6 +230,42 @@ def job_charges(job_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
                 }
                 for e in entries
             ],
+        }
+
+
+@router.get("/accounts/{account_id}/ledger", summary="An account's movements, newest first (paginated)")
+def account_ledger(
+    account_id: str,
+    _: Reader,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, description="Only entries older than this id")] = None,
+) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    books = [f"{account_id}:available", f"{account_id}:held"]
+    with session.begin():
+        ledger._account(session, account_id, lock=False)  # 404 for an unknown account
+        stmt = sa.select(LedgerEntry).where(LedgerEntry.book.in_(books))
+        if before is not None:
+            stmt = stmt.where(LedgerEntry.id < before)
+        entries = list(session.scalars(stmt.order_by(LedgerEntry.id.desc()).limit(limit)))
+        return {
+            "account": account_id,
+            "items": [
+                {
+                    "id": e.id,
+                    "transaction": e.txn_id,
+                    "kind": e.kind,
+                    "book": e.book.split(":", 1)[1],
+                    "amount": e.amount,
+                    "holdId": e.hold_id,
+                    "jobId": e.job_id,
+                    "at": aware(e.created_at).isoformat(),
+                }
+                for e in entries
+            ],
+            "next": entries[-1].id if len(entries) == limit else None,
         }
 
 

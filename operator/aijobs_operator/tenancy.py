@@ -1,0 +1,276 @@
+"""CreditAccount objects made real: Auth's tenant and bindings and Payment's account follow each
+object's spec, and its status shows the account's balances and jobs in flight.
+
+Level-based like the job reconciler: every pass reads what Auth and Payment hold, asks the pure
+rule (:func:`aijobs.api.tenancy.plan_sync`) what to change, changes it with idempotent calls, and
+writes the status only when it differs. A pass runs on every change of the object and, for the
+balances, every ``account_sync_interval_seconds``. Deleting the object stops its namespaces
+charging the account (a finalizer holds it until Auth agrees); the account and its ledger stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from aijobs.api.rules import TERMINAL_PHASES
+from aijobs.api.tenancy import ACCOUNT_FINALIZER, ACCOUNT_PLURAL, CreditAccountSpec, SyncPlan, plan_sync
+from aijobs.api.v1alpha1 import GROUP, VERSION
+from aijobs.wire.client import Refused, ServiceError
+from aijobs_operator.metrics import METRICS
+from aijobs_operator.saga import iso, now
+from aijobs_operator.steps import Services
+
+log = logging.getLogger("aijobs.operator.tenancy")
+
+
+def jobs_in_flight(jobs: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Per account, the jobs that have not ended (from the job reconciler's cache)."""
+    counts: dict[str, int] = {}
+    for body in jobs:
+        account = (body.get("spec") or {}).get("account")
+        if account and (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+            counts[account] = counts.get(account, 0) + 1
+    return counts
+
+
+class AccountSyncer:
+    def __init__(
+        self,
+        services: Services,
+        api: k8s.ApiClient,
+        jobs: Callable[[], Iterable[dict[str, Any]]],
+        interval: float,
+    ) -> None:
+        self.svc = services
+        self._custom = k8s.CustomObjectsApi(api)
+        self._jobs = jobs
+        self._interval = interval
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def observe(self, event_type: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.accounts.pop(name, None)
+            return
+        self.accounts[name] = body
+        self._dirty.add(name)
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
+        while True:
+            timeout = max(0.0, next_full - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if loop.time() >= next_full:
+                names, next_full = set(self.accounts), loop.time() + self._interval
+            else:
+                names = set(self._dirty)
+            self._dirty -= names
+            counts = jobs_in_flight(self._jobs())
+            for name in sorted(names):
+                body = self.accounts.get(name)
+                if body is not None:
+                    try:
+                        await self.sync(body, counts.get(name, 0))
+                    except Exception:  # one account's trouble must not stop the others
+                        log.exception("CreditAccount %s: sync failed", name)
+                        self._dirty.add(name)
+
+    async def sync(self, body: dict[str, Any], in_flight: int) -> None:
+        name = body["metadata"]["name"]
+        deleting = bool(body["metadata"].get("deletionTimestamp"))
+        try:
+            spec = CreditAccountSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:  # the CRD admits only valid specs; an old object may not be
+            await self._status(body, {}, _conditions(body, False, "InvalidSpec", str(exc)[:1000]))
+            return
+        if not deleting and ACCOUNT_FINALIZER not in (body["metadata"].get("finalizers") or []):
+            body = await self._add_finalizer(body)
+        try:
+            seen = await self._read(name)
+            plan = plan_sync(
+                None if deleting else spec,
+                tenant_exists=seen["tenant"],
+                account_exists=seen["account"] is not None,
+                bound=seen["bound"],
+            )
+            if not plan.empty:
+                await self._apply(name, plan)
+                seen = await self._read(name)
+        except ServiceError as exc:
+            await self._status(body, {}, _conditions(body, False, "SyncFailed", str(exc)[:1000]))
+            raise
+        if deleting:
+            await self._remove_finalizer(body)
+            return
+        account = seen["account"] or {}
+        status = {
+            "observedGeneration": body["metadata"].get("generation"),
+            "available": account.get("available"),
+            "held": account.get("held"),
+            "balance": account.get("balance"),
+            "jobsInFlight": in_flight,
+            "boundNamespaces": sorted(seen["bound"]),
+        }
+        matches = seen["bound"] == set(spec.namespaces) and seen["account"] is not None
+        reason, message = (
+            ("Synced", f"account {name} open; {len(spec.namespaces)} namespace(s) may charge it")
+            if matches
+            else ("Converging", "Auth or Payment changed while the operator synced; trying again")
+        )
+        await self._status(body, status, _conditions(body, matches, reason, message))
+
+    async def _read(self, name: str) -> dict[str, Any]:
+        try:
+            await self.svc.auth.json("GET", f"/v1/tenants/{name}")
+            tenant = True
+        except Refused as exc:
+            if exc.status != 404:
+                raise
+            tenant = False
+        try:
+            account = await self.svc.payment.json("GET", f"/v1/accounts/{name}")
+        except Refused as exc:
+            if exc.status != 404:
+                raise
+            account = None
+        bindings = await self.svc.auth.json("GET", "/v1/bindings", params={"account": name})
+        return {"tenant": tenant, "account": account, "bound": {b["namespace"] for b in bindings["items"]}}
+
+    async def _apply(self, name: str, plan: SyncPlan) -> None:
+        # Each call under a fresh key: the plan came from a fresh read, and a lost answer is found
+        # out by the next read (an "already exists" answer is what a retry would have said).
+        async def once(call: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                await call(*args, key=uuid.uuid4().hex, **kwargs)
+            except Refused as exc:
+                if exc.status != 409:
+                    raise
+
+        if plan.create_tenant:
+            await once(self.svc.auth.call, "POST", "/v1/tenants", json={"id": name})
+        if plan.open_account:
+            await once(self.svc.payment.call, "POST", "/v1/accounts", json={"id": name})
+        for namespace in plan.bind:
+            await once(
+                self.svc.auth.call, "POST", "/v1/bindings", json={"namespace": namespace, "account": name}
+            )
+        for namespace in plan.unbind:
+            await once(self.svc.auth.call, "DELETE", f"/v1/bindings/{namespace}/{name}")
+
+    async def _status(
+        self, body: dict[str, Any], fields: dict[str, Any], conditions: list[dict[str, Any]]
+    ) -> None:
+        current = body.get("status") or {}
+        wanted = {**current, **fields, "conditions": conditions}
+        if _comparable(wanted) == _comparable(current):
+            return
+        wanted["lastSyncTime"] = iso(now())
+        METRICS.api_writes.labels("account-status").inc()
+        try:
+            updated = await asyncio.to_thread(
+                self._custom.patch_cluster_custom_object_status,
+                GROUP,
+                VERSION,
+                ACCOUNT_PLURAL,
+                body["metadata"]["name"],
+                {"status": wanted},
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return
+        self.accounts[body["metadata"]["name"]] = cast(dict[str, Any], updated)
+
+    async def _add_finalizer(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+            {
+                "op": "add",
+                "path": "/metadata/finalizers",
+                "value": [*(meta.get("finalizers") or []), ACCOUNT_FINALIZER],
+            },
+        ]
+        METRICS.api_writes.labels("finalizer").inc()
+        updated = await asyncio.to_thread(
+            self._custom.patch_cluster_custom_object,
+            GROUP,
+            VERSION,
+            ACCOUNT_PLURAL,
+            meta["name"],
+            ops,
+            _content_type="application/json-patch+json",
+        )
+        return cast(dict[str, Any], updated)
+
+    async def _remove_finalizer(self, body: dict[str, Any]) -> None:
+        finalizers = body["metadata"].get("finalizers") or []
+        if ACCOUNT_FINALIZER not in finalizers:
+            return
+        i = finalizers.index(ACCOUNT_FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{i}", "value": ACCOUNT_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{i}"},
+        ]
+        METRICS.api_writes.labels("finalizer").inc()
+        try:
+            await asyncio.to_thread(
+                self._custom.patch_cluster_custom_object,
+                GROUP,
+                VERSION,
+                ACCOUNT_PLURAL,
+                body["metadata"]["name"],
+                ops,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _comparable(status: dict[str, Any]) -> Any:
+    conditions = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+    ]
+    return {**{k: v for k, v in status.items() if k != "lastSyncTime"}, "conditions": conditions}
+
+
+def _conditions(body: dict[str, Any], ok: bool, reason: str, message: str) -> list[dict[str, Any]]:
+    """Ready (the account exists and exactly the spec's namespaces may charge it) and Synced (the
+    last pass reached Auth and Payment); a transition time changes only when a status does."""
+    previous = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+    generation = body["metadata"].get("generation")
+    stamp = iso(now())
+    synced = reason not in ("SyncFailed", "InvalidSpec")
+    out = []
+    for type_, value in (("Ready", ok), ("Synced", synced)):
+        status = "True" if value else "False"
+        old = previous.get(type_) or {}
+        out.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": old.get("lastTransitionTime", stamp)
+                if old.get("status") == status
+                else stamp,
+            }
+        )
+    return out
