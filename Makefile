@@ -16,6 +16,7 @@ venv: $(VENV)/.installed
 # etcd + kube-apiserver: from KUBEBUILDER_ASSETS, or built once into ~/.cache/aijobs.
 tools: venv
 	scripts/ensure-postgres
+	scripts/ensure-prometheus
 	$(PY) -m aijobs_dev.controlplane.assets --helm >/dev/null
 
 lint: venv

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from aijobs.api.rules import TERMINAL_PHASES
 
-__all__ = ["Finding", "JobRecords", "fetch_records", "findings"]
+__all__ = ["FINDING_KINDS", "Finding", "JobRecords", "fetch_records", "findings"]
 
 TERMINAL = TERMINAL_PHASES
 
@@ -43,14 +43,32 @@ async def fetch_records(payment: Source, storage: Source, ai: Source, uid: str) 
     return JobRecords(charges["holds"], stored["items"], (tasks["items"] or [None])[0], charges)
 
 
+# Every kind of finding (stable names: dashboards and alerts select on them).
+FINDING_KINDS = (
+    "double-charge",
+    "missing-capture",
+    "stray-hold",
+    "missing-charge",
+    "missing-result",
+    "orphan-object",
+    "task-disagrees",
+    "charged-for-failure",
+    "orphan-task",
+)
+
+
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # stable: double-charge, missing-capture, stray-hold, orphan-object, orphan-task, ...
+    kind: str  # one of FINDING_KINDS
     service: str
     detail: str
     # What would put it right, if that is safe to decide from the saga log alone:
     # "release-hold:<id>", "capture-hold:<id>", "delete-object:<id>", "cancel-task:<id>", or None.
     repair: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FINDING_KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}: add it to FINDING_KINDS")
 
 
 def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Finding]:

@@ -29,6 +29,8 @@ QUEUE_WAIT = Histogram(
     registry=REGISTRY,
     buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
 )
+for _stage in ("fetch", "decode", "infer", "encode", "upload"):  # from 0, so rate() sees the first
+    STAGE_SECONDS.labels(_stage)
 IMAGES = Counter("aijobs_worker_images_total", "Images processed", ["pipeline", "outcome"], registry=REGISTRY)
 UPLOAD_RETRIES = Counter("aijobs_worker_upload_retries_total", "Result uploads retried", registry=REGISTRY)
 

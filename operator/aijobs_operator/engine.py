@@ -201,7 +201,7 @@ class Reconciler:
                 now = self.clock()
                 action = core.plan(job, now, self.policy(job))
                 if isinstance(action, core.Accept | core.Compensate | core.Finish):
-                    _count(job.status, action.status)
+                    _count(job.status, action.status, job.spec.price)
                     job = job.with_status(action.status)
                     events.extend(action.events)
                     must_write |= action.persist
@@ -218,7 +218,7 @@ class Reconciler:
                             break
                     outcome = await self._carry_out(job, action, now)
                     settled = core.settle(job, action, outcome, self.clock(), self.policy(job))
-                    _count(job.status, settled.status)
+                    _count(job.status, settled.status, job.spec.price)
                     job = job.with_status(settled.status)
                     events.extend(settled.events)
                     must_write |= settled.checkpoint
@@ -341,8 +341,9 @@ class Reconciler:
         return self.remember(updated)
 
 
-def _count(before: AIImageJobStatus, after: AIImageJobStatus) -> None:
-    """Metrics of a transition: a compensation begun (by its reason), a job ended (by its phase)."""
+def _count(before: AIImageJobStatus, after: AIImageJobStatus, price: int) -> None:
+    """Metrics of a transition: a compensation begun (by its reason), a job ended (by its phase),
+    and the credits that ending moved: charged for a delivery, returned by a released hold."""
     if after.phase == before.phase:
         return
     if after.phase == Phase.COMPENSATING:
@@ -350,6 +351,12 @@ def _count(before: AIImageJobStatus, after: AIImageJobStatus) -> None:
         METRICS.compensations.labels(reason or "Unknown").inc()
     elif after.phase in core.TERMINAL:
         METRICS.outcomes.labels(str(after.phase)).inc()
+        if after.phase == Phase.DELIVERED:
+            METRICS.credits.labels("charged").inc(price)
+        elif any(c.name == "release-holds" and c.state == "Succeeded" for c in after.compensations) and any(
+            s.name == "charge" and s.state == "Succeeded" for s in after.steps
+        ):
+            METRICS.credits.labels("returned").inc(price)
 
 
 def _one_event(events: list[core.Event]) -> tuple[str, str, str]:

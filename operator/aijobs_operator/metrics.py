@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from aijobs.consistency import FINDING_KINDS
+from aijobs_operator.core import STEP_NAMES
+
+# The reasons a job is compensated for that a person watches for (others appear when they happen).
+COMPENSATION_REASONS = (
+    "Deleted",
+    "DeadlineExceeded",
+    "InsufficientCredits",
+    "StorageFull",
+    "ProcessingFailed",
+    "InputUndecodable",
+    "StepError",
+)
+
 
 class OperatorMetrics:
     def __init__(self) -> None:
@@ -47,7 +61,28 @@ class OperatorMetrics:
             ["kind", "action"],
             registry=r,
         )
+        self.credits = Counter(
+            "aijobs_credits_total",
+            "Credits moved by jobs that ended: charged for a delivery, returned by a released hold",
+            ["movement"],
+            registry=r,
+        )
         self.leader = Gauge("aijobs_operator_leader", "1 while this replica holds the Lease", registry=r)
+        # Every series a dashboard panel shows exists from the start (at 0): rate() and increase()
+        # then answer 0 rather than nothing before the first event.
+        for step in STEP_NAMES:
+            self.retries.labels(step)
+            for outcome in ("ok", "failed", "unknown", "error"):
+                self.step_seconds.labels(step, outcome)
+        for reason in COMPENSATION_REASONS:
+            self.compensations.labels(reason)
+        for kind in FINDING_KINDS:
+            for action in ("reported", "repaired"):
+                self.audit.labels(kind, action)
+        for movement in ("charged", "returned"):
+            self.credits.labels(movement)
+        for phase in ("Delivered", "Failed"):
+            self.outcomes.labels(phase)
 
 
 METRICS = OperatorMetrics()

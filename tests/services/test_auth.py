@@ -123,12 +123,17 @@ def test_bad_admin_requests_get_a_problem_and_change_nothing(
     assert snapshot(engine) == before
 
 
-def test_only_the_admin_may_manage_tenants(auth: AuthFx) -> None:
+def test_only_the_admin_may_manage_tenants_users_and_tokens(auth: AuthFx) -> None:
+    """The operator makes CreditAccount objects into tenants and bindings (who may create those
+    is the cluster's RBAC), and nothing more: users and tokens stay the admin's."""
     api, engine = auth
     before = snapshot(engine)
-    assert api.post("/v1/tenants", {"id": "acme"}, caller="operator").status_code == 403
+    assert api.post("/v1/tenants", {"id": "acme"}, caller="main-api").status_code == 403
     assert api.post("/v1/tenants", {"id": "acme"}, caller=None).status_code == 401
+    assert api.post("/v1/users", {"id": "bob", "tenant": "acme"}, caller="operator").status_code == 403
+    assert api.post("/v1/tokens", {"service": "x1"}, caller="operator").status_code == 403
     assert snapshot(engine) == before
+    assert api.post("/v1/tenants", {"id": "acme"}, caller="operator").status_code == 201
 
 
 def test_auth_and_payment_run_as_real_processes(

@@ -68,6 +68,10 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings, engine: Engine | No
     for router in spec.routers:
         app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    for route in (r for router in spec.routers for r in router.routes):  # replays counted from 0
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if method in ("POST", "PUT", "PATCH", "DELETE"):
+                metrics.replays.labels(spec.name, f"{method} {getattr(route, 'path', '')}")
     store: IdempotencyStore = app.state.idempotency
     sweeps = [*spec.sweeps, lambda session, _: store.sweep(session)]
     sweeper = _Sweeper(spec.name, app, sweeps, settings.sweep_interval_seconds)

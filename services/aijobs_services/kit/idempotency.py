@@ -67,7 +67,8 @@ class IdempotentRequest:
     caller: str
     key: str
     fingerprint: str
-    route: str
+    route: str  # the request's method and path
+    template: str = ""  # its route's method and path template (a metric label of bounded size)
 
 
 async def read_idempotent_request(request: Request, caller: str) -> IdempotentRequest:
@@ -91,7 +92,14 @@ async def read_idempotent_request(request: Request, caller: str) -> IdempotentRe
     for part in (request.method.encode(), request.url.path.encode(), body):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
-    return IdempotentRequest(caller, key, digest.hexdigest(), f"{request.method} {request.url.path}")
+    template = getattr(request.scope.get("route"), "path", request.url.path)
+    return IdempotentRequest(
+        caller,
+        key,
+        digest.hexdigest(),
+        f"{request.method} {request.url.path}",
+        f"{request.method} {template}",
+    )
 
 
 async def _idempotent_request(request: Request, caller: CallerDep) -> IdempotentRequest:
@@ -162,7 +170,7 @@ class IdempotencyStore:
                 slug="idempotency-key-in-progress",
                 headers={"Retry-After": "1"},
             )
-        self._on_replay(req.route)
+        self._on_replay(req.template or req.route)
         return JSONResponse(
             json.loads(row.response_body),
             row.response_status,
