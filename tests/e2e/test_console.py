@@ -166,8 +166,8 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_is_charged(
     console.ok("admin", "tenant", "create", account, "--namespace", namespace)
     console.ok("admin", "top-up", account, "5", "--reason", "test")
     console.ok("admin", "user", "create", f"{account}-bob", "--tenant", account)
-    token = console.json("admin", "-o", "json", "token", "issue", "--user", f"{account}-bob")["token"]
-    user = {"AIJOBS_TOKEN": token}
+    issued = console.json("admin", "-o", "json", "token", "issue", "--user", f"{account}-bob")
+    user = {"AIJOBS_TOKEN": issued["token"]}
     image = tmp_path / "in.png"
     image.write_bytes(png())
 
@@ -186,6 +186,11 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_is_charged(
     assert bad_name.returncode == 2 and "account id" in bad_name.stderr, bad_name.stderr
     assert stack.balance(account) == {"id": account, "available": 5, "held": 0, "balance": 5}
     assert json.loads(console.ok("jobs", "list", "--json", env=user).stdout)["items"] == []
+
+    # A revoked token opens nothing any more.
+    assert "revoked" in console.ok("admin", "token", "revoke", issued["id"]).stdout
+    refused = console.run("jobs", "list", env=user)
+    assert refused.returncode == 2 and "401" in refused.stderr, refused.stderr
 
 
 def test_a_cancelled_job_returns_its_held_credits(stack: Stack, console: Console, tmp_path: Path) -> None:

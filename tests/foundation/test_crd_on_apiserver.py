@@ -417,6 +417,26 @@ def test_a_bad_credit_account_is_refused_with_a_message(
     assert kubectl.run("get", "creditaccount", manifest["metadata"]["name"]).returncode != 0
 
 
+def test_the_credit_account_example_is_accepted_and_shown_in_its_columns(kubectl: Kubectl) -> None:
+    path = ROOT / "examples" / "tenancy" / "creditaccount.yaml"
+    kubectl.run("apply", "-f", str(path), check=True)
+    try:
+        out = kubectl.run("get", "creditaccounts", "acme", "-o", "wide", check=True).stdout.splitlines()
+        assert out[0].split() == [
+            "NAME",
+            "AVAILABLE",
+            "HELD",
+            "BALANCE",
+            "IN-FLIGHT",
+            "NAMESPACES",
+            "READY",
+            "AGE",
+        ]
+        assert out[1].split()[:2] == ["acme", '["team-a","team-a-staging"]']
+    finally:
+        kubectl.run("delete", "-f", str(path), "--wait=false")
+
+
 def test_kubectl_explain_teaches_the_credit_account(kubectl: Kubectl) -> None:
     out = " ".join(kubectl.run("explain", "creditaccount.spec", check=True).stdout.split())
     assert "Namespaces whose AIImageJobs may charge this account" in out
