@@ -109,8 +109,10 @@ def progress_lines(job: dict[str, Any]) -> list[str]:
     """What a person waiting on a job wants to see: the phase, and a step that is retrying and why."""
     lines = [f"phase {job['phase']}" + (f": {job['message']}" if job.get("message") else "")]
     for step in job.get("steps") or []:
-        if step.get("state") == "Running" and step.get("attempts", 0) > 1 and step.get("lastError"):
-            lines.append(f"{step['name']}: attempt {step['attempts']} after {step['lastError']}")
+        if step.get("state") == "Running" and step.get("lastError"):
+            lines.append(
+                f"{step['name']} retrying (attempt {step.get('attempts', 0)} failed: {step['lastError']})"
+            )
     for comp in job.get("compensations") or []:
         if comp.get("state") == "Succeeded":
             lines.append(f"undone: {comp['name']}")

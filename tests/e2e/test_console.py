@@ -141,10 +141,37 @@ def test_a_tenant_onboarded_with_the_admin_commands_runs_a_job_submitted_with_ai
     image = tmp_path / "in.png"
     image.write_bytes(png(32, 20))
     out = tmp_path / "out.png"
-    done = console.ok("submit", str(image), "--pipeline", "grayscale", "--wait", "-o", str(out))
+    # Storage refuses the upload step twice: the progress says which step retries, and why.
+    stack.faults(
+        "storage",
+        [
+            {
+                "action": "status",
+                "status": 503,
+                "method": "POST",
+                "path": "^/v1/objects/[^/]+/commit$",
+                "times": 2,
+            }
+        ],
+    )
+    try:
+        done = console.ok("submit", str(image), "--pipeline", "grayscale", "--wait", "-o", str(out))
+    finally:
+        stack.faults("storage", [])
     assert "phase Delivered" in done.stderr and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "upload retrying (attempt 1 failed: storage: POST" in done.stderr and "503" in done.stderr, (
+        done.stderr
+    )
     job_id = done.stdout.split()[1].rstrip(":")
     assert stack.balance(account) == {"id": account, "available": 49, "held": 0, "balance": 49}
+
+    def listed() -> bool:  # the operator reads the balance back within its sync interval
+        out = console.ok("admin", "tenant", "list").stdout.splitlines()
+        return out[0].split()[:5] == ["NAME", "AVAILABLE", "HELD", "BALANCE", "IN-FLIGHT"] and any(
+            line.split()[:6] == [account, "49", "0", "49", "0", namespace] for line in out
+        )
+
+    eventually(listed, 30, "aijobs admin tenant list showing the charge")
 
     # Running the same command again finds the same job: no second job, no second charge.
     again_proc = console.ok("submit", str(image), "--pipeline", "grayscale")
