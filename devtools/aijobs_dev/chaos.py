@@ -564,7 +564,8 @@ def main(argv: list[str]) -> int:
         pg = None
         database = lambda name: f"sqlite:///{root}/{name}.db"  # noqa: E731
     install_crds(api_client(plane.kubeconfig))
-    stack = build_stack(root, plane.kubeconfig, database, args.seed, args.workers)
+    jobs = 0 if args.scenario else args.jobs  # the seed's scenario 1 needs the small quota
+    stack = build_stack(root, plane.kubeconfig, database, args.seed, args.workers, jobs=jobs)
     try:
         campaign = Campaign(stack, args.seed)
         if args.scenario:
@@ -584,14 +585,24 @@ def main(argv: list[str]) -> int:
 
 
 def build_stack(
-    root: Path, kubeconfig: Path, database: Callable[[str], str], seed: int, workers: int = 2
+    root: Path,
+    kubeconfig: Path,
+    database: Callable[[str], str],
+    seed: int,
+    workers: int = 2,
+    jobs: int = 0,
 ) -> Stack:
+    # The quota fills up for the account that gets the big images (a full disk, on purpose), not
+    # for the others: it grows with the campaign (~4 KB per job; a small job stores < 3 KB and a
+    # big image ~100 KB). A fixed 300 KB had every account full after ~1,500 deliveries of a
+    # 10,000-job campaign, which then drew StorageFull for nearly every job.
+    quota = max(300_000, jobs * 4_000)
     stack = Stack(
         root,
         kubeconfig,
         database,
         seed=seed,
-        service_env={"storage": {"AIJOBS_ACCOUNT_QUOTA_BYTES": "300000"}},
+        service_env={"storage": {"AIJOBS_ACCOUNT_QUOTA_BYTES": str(quota)}},
         operator_env={
             "AIJOBS_LEASE_NAME": f"aijobs-chaos-{uuid.uuid4().hex[:6]}",
             "AIJOBS_AUDIT_INTERVAL_SECONDS": "2",
