@@ -103,6 +103,7 @@ class Campaign:
         default_factory=dict
     )  # -> uid, account, price
     commit_kills: list[tuple[str, str]] = field(default_factory=list)  # (service, rule) waiting to fire
+    crashes: list[str] = field(default_factory=list)  # processes that exited with no fault active
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
@@ -220,6 +221,16 @@ class Campaign:
             if not proc.running:
                 proc.start()
 
+    def _supervise(self) -> None:
+        """What Kubernetes does for a pod whose process exits: start it again. No fault is
+        active any more, so an exit now is the process's own doing: it is recorded (and fails
+        the campaign) as well as restarted, so the jobs can still end and be checked."""
+        for proc in [*self.stack.services.values(), self.stack.operators[-1], *self.stack.workers]:
+            if not proc.running:
+                code = proc.proc.returncode if proc.proc is not None else None
+                self.crashes.append(f"{proc.name} exited by itself (code {code}); see its log")
+                proc.start()
+
     # -- reading the outcome -----------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:
         found = []
@@ -233,6 +244,7 @@ class Campaign:
         started = time.monotonic()
         expected = len(self.submitted) - len(self.deleted)
         while time.monotonic() - started < timeout:
+            self._supervise()
             jobs = self.jobs()
             phases = [(j.get("status") or {}).get("phase") for j in jobs]
             if len(jobs) == expected and all(p in TERMINAL_PHASES for p in phases):
@@ -295,6 +307,11 @@ class Report:
     touched: dict[str, list[dict[str, Any]]]
     seconds: float
     deleted: int = 0  # jobs users deleted during the campaign (checked from the services' records)
+    crashes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations or self.crashes or self.heal_seconds is None)
 
     def print(self, out: Any = sys.stdout) -> None:
         w = out.write
@@ -305,6 +322,8 @@ class Report:
         heal = f"{self.heal_seconds:.1f}s" if self.heal_seconds is not None else "NOT ALL JOBS ENDED"
         w(f"from heal to every job terminal: {heal}\n")
         w(f"GPU re-runs (a lease expired before a result was stored): {self.reruns}\n")
+        for crash in self.crashes:
+            w(f"CRASH: {crash}\n")
         if not self.violations:
             w("invariants I1-I5: all hold (0 violations)\n")
             return
@@ -352,6 +371,7 @@ def report(campaign: Campaign, heal: float | None, started: float) -> Report:
         touched,
         time.monotonic() - started,
         len(campaign.deleted),
+        list(campaign.crashes),
     )
 
 
@@ -576,7 +596,7 @@ def main(argv: list[str]) -> int:
             result = run_random(campaign, args.jobs, kinds, random.Random(args.seed))
             print(f"campaign: seed {args.seed}, faults {sorted(kinds)}")
         result.print()
-        return 1 if result.violations else 0
+        return 1 if result.failed else 0
     finally:
         stack.stop()
         plane.stop()

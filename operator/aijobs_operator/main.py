@@ -64,15 +64,18 @@ def registry_for(
             task = asyncio.get_running_loop().create_task(factory())
             task.add_done_callback(_die_loudly)
 
+    # The handlers are coroutines so that kopf calls them on the event loop, where the reconciler
+    # runs: a plain function would run on kopf's thread pool and change the reconciler's cache
+    # while the loop iterates it (a 10,000-job campaign crashed the operator that way).
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         # type is None for objects of the initial listing: treat them as added.
         reconciler.observe(type or "ADDED", copy.deepcopy(dict(body)))
 
     if accounts is not None:
 
         @kopf.on.event(GROUP, VERSION, ACCOUNT_PLURAL, registry=registry)
-        def on_account(type: str | None, body: kopf.Body, **_: Any) -> None:
+        async def on_account(type: str | None, body: kopf.Body, **_: Any) -> None:
             accounts.observe(type or "ADDED", copy.deepcopy(dict(body)))
 
     return registry

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 AIJOBS = [sys.executable, "-m", "aijobs.cli"]
@@ -93,4 +94,6 @@ def test_the_demo_runs_the_main_job_and_leaves_only_its_result(tmp_path: Path) -
         assert "upscale-demo: Delivered" in proc.stdout, attempt
         assert "too-expensive: Failed" in proc.stdout
         home = state / "aijobs" / "demo"
-        assert sorted(p.name for p in home.iterdir()) == ["upscaled.png"]
+        assert sorted(p.name for p in home.iterdir()) == ["compare.png", "upscaled.png"]
+        compare = Image.open(home / "compare.png")
+        assert compare.width > 2 * 4 * Image.open(home / "upscaled.png").width  # both, enlarged

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,6 @@ import torch
 from aijobs_worker import codec, espcn
 from aijobs_worker.pipelines import REGISTRY
 from aijobs_worker.runner import Item, Runner
-from aijobs_worker.train_espcn import evaluate
 from PIL import Image
 
 from aijobs.api.pipelines import PARAMETERS
@@ -56,10 +56,36 @@ def test_the_registry_and_the_shared_schemas_name_the_same_pipelines() -> None:
     assert set(REGISTRY) == set(PARAMETERS)
 
 
-def test_the_learned_model_beats_bicubic_on_images_it_never_saw() -> None:
-    ours, bicubic = evaluate(espcn.load())
-    assert ours - bicubic >= 1.5, f"learned {ours:.2f} dB vs bicubic {bicubic:.2f} dB"
+@pytest.fixture(scope="module")
+def quality() -> list[Any]:
+    from aijobs_dev.upscaler.quality import evaluate
+
+    return evaluate(espcn.load())
+
+
+def test_the_upscaler_beats_bicubic_on_photographs_it_never_saw(quality: list[Any]) -> None:
+    """scikit-image's sample photographs (never trained on), low resolution made as the field's
+    papers make it (bicubic, antialiased): +1 dB on Y and on RGB; under other cameras' and
+    thumbnailers' blurs (bilinear, area, a Gaussian blur, JPEG 75) +0.5 dB; never more than
+    0.2 dB worse than bicubic on any image under any of them."""
+    from aijobs_dev.upscaler.degrade import PROTOCOLS
+    from aijobs_dev.upscaler.quality import mean_gain
+
+    others = tuple(p for p in PROTOCOLS if p != "bicubic")
+    assert mean_gain(quality, "psnr_y", ("bicubic",)) >= 1.0
+    assert mean_gain(quality, "psnr_rgb", ("bicubic",)) >= 1.0
+    assert mean_gain(quality, "psnr_rgb", others) >= 0.5
+    assert mean_gain(quality, "ssim_y", ("bicubic",)) > 0
+    worst = min(quality, key=lambda r: r.gain("psnr_rgb"))
+    assert worst.gain("psnr_rgb") >= -0.2, (worst.image, worst.protocol)
     assert espcn.WEIGHTS.stat().st_size < 2 * 1024 * 1024
+
+
+def test_the_upscaler_adds_no_colour_fringes(quality: list[Any]) -> None:
+    """Its chroma (Cb, Cr) error against the photograph is bicubic's, on every image: it changes
+    luma only (rounding to 8 bits and clipping at black and white may move chroma a little)."""
+    for row in quality:
+        assert row.ours["chroma_mse"] <= row.bicubic["chroma_mse"] * 1.02 + 0.01, (row.image, row.protocol)
 
 
 def test_a_users_torchscript_model_from_a_mounted_folder_runs(tmp_path: Path) -> None:
@@ -118,23 +144,29 @@ def test_decoding_keeps_pixels_and_drops_alpha() -> None:
     assert tensor[:, 0, 0].tolist() == [10, 20, 30]
 
 
-def test_retraining_reaches_the_shipped_models_quality(tmp_path: Path) -> None:
+# The short recipe's gain on Y under the standard protocol, as measured when the shipped
+# weights were trained (same seed, same photographs): a retraining must land near it.
+SHORT_RECIPE = ("--steps", "600", "--pool", "2000")
+SHORT_RECIPE_GAIN_Y = None
+
+
+def test_retraining_reproduces_the_recipes_quality(tmp_path: Path) -> None:
     """Bit-exact weights are not reproducible across CPUs (kernels differ with the instruction
-    set and thread count); what a user relies on is the quality, so that is what must reproduce."""
+    set and thread count); what a user relies on is the quality, so that is what must reproduce.
+    A short run of the shipped recipe (same seed, photographs, degradations) keeps make test
+    quick; ``python -m aijobs_dev.upscaler.train`` runs the full one."""
     import subprocess
     import sys
 
+    from aijobs_dev.upscaler.quality import evaluate, mean_gain
+
     out = tmp_path / "espcn.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "aijobs_worker.train_espcn", "--out", str(out)],
+        [sys.executable, "-m", "aijobs_dev.upscaler.train", *SHORT_RECIPE, "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
-    shipped_ours, bicubic = evaluate(espcn.load())
-    rebuilt_ours, _ = evaluate(espcn.load(out))
-    assert abs(rebuilt_ours - shipped_ours) <= 0.25, (
-        f"retrained {rebuilt_ours:.2f} dB vs shipped {shipped_ours:.2f} dB (bicubic {bicubic:.2f} dB)"
-    )
-    assert rebuilt_ours - bicubic >= 1.5
+    gain = mean_gain(evaluate(espcn.load(out), ("bicubic",)), "psnr_y", ("bicubic",))
+    assert abs(gain - SHORT_RECIPE_GAIN_Y) <= 0.25, f"retrained: {gain:+.2f} dB, recorded {SHORT_RECIPE_GAIN_Y:+.2f} dB"

@@ -1,0 +1,1 @@
+"""Training and evaluating the x2 upscaler (developer tools; the worker ships only the weights)."""
