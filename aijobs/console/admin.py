@@ -141,7 +141,10 @@ def tenant_delete(args: argparse.Namespace, cfg: Config) -> int:
                     break
                 raise
             if time.monotonic() > deadline:
-                raise CommandError(f"CreditAccount {args.name} still there after {args.timeout:.0f}s")
+                raise CommandError(
+                    f"CreditAccount {args.name} still there after {args.timeout:.0f}s: the operator "
+                    "removes it once Auth has unbound its namespaces (is the operator running?)"
+                )
             time.sleep(0.5)
     print(
         f"CreditAccount {args.name} deleted: its namespaces may no longer charge it; "
