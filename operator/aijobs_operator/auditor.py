@@ -19,6 +19,7 @@ from aijobs.wire.client import ServiceError
 from aijobs_operator import saga
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
+from aijobs_operator.kube import ApiException
 from aijobs_operator.metrics import METRICS
 from aijobs_operator.steps import Services
 
@@ -59,6 +60,12 @@ class Auditor:
                         await self.audit(body)
                     except ServiceError as exc:
                         log.warning("audit of %s deferred: %s", body["metadata"]["name"], exc)
+                    except ApiException as exc:  # deleted since it was read (404), or a blip
+                        log.info(
+                            "audit of %s skipped: Kubernetes answered %s",
+                            body["metadata"]["name"],
+                            exc.status,
+                        )
 
     async def audit(self, body: dict[str, Any]) -> str:
         """Check one finished job, repair what is safe, and record the verdict. Returns it."""

@@ -327,7 +327,8 @@ class Reconciler:
 
     def remember(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
-        self.cache[(meta["namespace"], meta["name"])] = body
+        if meta.get("uid") not in self._gone:  # a write that crossed the job's deletion
+            self.cache[(meta["namespace"], meta["name"])] = body
         return body
 
     async def _write(self, body: dict[str, Any], status: AIImageJobStatus) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_every_panel_of_the_dashboard_shows_data_from_a_real_prometheus(
     stack: Stack, prometheus: Prometheus, tmp_path: Path
 ) -> None:
     eventually(
-        lambda: (up := prometheus.targets_up()) and all(up.values()) and len(up) == 7, 30, "targets up"
+        lambda: (up := prometheus.targets_up()) and all(up.values()) and len(up) == 7, 60, "targets up"
     )
     tenant = stack.tenant(f"d{uuid.uuid4().hex[:8]}", credits=100)
     jobs = Jobs(stack, tenant.namespace)
@@ -79,7 +79,7 @@ def test_every_panel_of_the_dashboard_shows_data_from_a_real_prometheus(
         "/v1/holds",
         {"account": tenant.account, "jobId": failed["metadata"]["uid"], "amount": 3},
     )
-    eventually(lambda: stack.balance(tenant.account)["held"] == 0, 30, "the auditor released the stray hold")
+    eventually(lambda: stack.balance(tenant.account)["held"] == 0, 60, "the auditor released the stray hold")
 
     # Every query of every panel answers, every one that needs no GPU with data, and the values
     # say what happened: one delivered, two failed (one refunded), one stray hold repaired, one
@@ -107,7 +107,7 @@ def test_every_panel_of_the_dashboard_shows_data_from_a_real_prometheus(
         return readings if all(checks) else None
 
     try:
-        readings = eventually(what_a_person_sees, 60, "the dashboard showing what happened")
+        readings = eventually(what_a_person_sees, 120, "the dashboard showing what happened")
     finally:
         (tmp_path / "dashboard.txt").write_text(render(record(prometheus)))
     assert {r.panel for r in readings} == {title for title, _ in panel_queries()}
