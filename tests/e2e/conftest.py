@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aijobs_dev.controlplane.cluster import ControlPlane
+from aijobs_dev.controlplane.cluster import ControlPlane, free_port
 from aijobs_dev.testbed.postgres import PostgresCluster
 from aijobs_dev.testbed.stack import SERVICES, Stack, Tenant
 from PIL import Image
@@ -47,7 +47,7 @@ def stack(
     stack = make_stack(control_plane, postgres, tmp_path_factory)
     try:
         stack.start_operator()
-        stack.start_worker()
+        stack.start_worker(AIJOBS_METRICS_PORT=str(free_port()))  # scraped by the dashboard test
         yield stack
     finally:
         stack.stop()

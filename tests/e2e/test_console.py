@@ -68,15 +68,6 @@ def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         cli.run("admin", "tenant", "delete", item["metadata"]["name"])
 
 
-def _namespace(stack: Stack, name: str) -> None:
-    core = k8s.CoreV1Api(api_client(stack.kubeconfig))
-    try:
-        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    except k8s.exceptions.ApiException as exc:
-        if exc.status != 409:
-            raise
-
-
 def _account_status(stack: Stack, name: str) -> dict[str, Any]:
     custom = k8s.CustomObjectsApi(api_client(stack.kubeconfig))
     body = custom.get_cluster_custom_object("aijobs.io", "v1alpha1", "creditaccounts", name)
@@ -87,7 +78,7 @@ def test_a_tenant_onboarded_with_the_admin_commands_runs_a_job_submitted_with_ai
     stack: Stack, console: Console, tmp_path: Path
 ) -> None:
     account, namespace = f"acme{uuid.uuid4().hex[:6]}", f"team-{uuid.uuid4().hex[:6]}"
-    _namespace(stack, namespace)
+    stack.namespace(namespace)
 
     # The platform team: a CreditAccount object, made real by the operator in Auth and Payment.
     created = console.ok("admin", "tenant", "create", account, "--namespace", namespace).stdout
@@ -189,7 +180,7 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_is_charged(
     stack: Stack, console: Console, tmp_path: Path
 ) -> None:
     account, namespace = f"bad{uuid.uuid4().hex[:6]}", f"team-{uuid.uuid4().hex[:6]}"
-    _namespace(stack, namespace)
+    stack.namespace(namespace)
     console.ok("admin", "tenant", "create", account, "--namespace", namespace)
     console.ok("admin", "top-up", account, "5", "--reason", "test")
     console.ok("admin", "user", "create", f"{account}-bob", "--tenant", account)
@@ -222,7 +213,7 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_is_charged(
 
 def test_a_cancelled_job_returns_its_held_credits(stack: Stack, console: Console, tmp_path: Path) -> None:
     account, namespace = f"cxl{uuid.uuid4().hex[:6]}", f"team-{uuid.uuid4().hex[:6]}"
-    _namespace(stack, namespace)
+    stack.namespace(namespace)
     console.ok("admin", "tenant", "create", account, "--namespace", namespace)
     console.ok("admin", "top-up", account, "20", "--reason", "test")
     console.ok("admin", "user", "create", f"{account}-carol", "--tenant", account)

@@ -12,26 +12,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from aijobs_dev.controlplane.cluster import ControlPlane, free_port
 from aijobs_dev.dashboard import Prometheus, Reading, panel_queries, record, render
-from aijobs_dev.testbed.postgres import PostgresCluster
 from aijobs_dev.testbed.stack import Stack
 
 from aijobs.wire.tokens import TokenSigner
-from tests.e2e.conftest import QUOTA, Jobs, eventually, make_stack, manifest, png
-
-
-@pytest.fixture(scope="module")
-def stack(
-    control_plane: ControlPlane, postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    stack = make_stack(control_plane, postgres, tmp_path_factory)
-    try:
-        stack.start_operator()
-        stack.start_worker(AIJOBS_METRICS_PORT=str(free_port()))
-        yield stack
-    finally:
-        stack.stop()
+from tests.e2e.conftest import QUOTA, Jobs, eventually, manifest, png
 
 
 @pytest.fixture(scope="module")

@@ -190,18 +190,22 @@ class Stack:
             response.raise_for_status()
             return response.json()
 
+    def namespace(self, name: str) -> None:
+        """Create a namespace (already there is fine)."""
+        core = k8s.CoreV1Api(api_client(self.kubeconfig))
+        try:
+            core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+        except k8s.exceptions.ApiException as exc:
+            if exc.status != 409:
+                raise
+
     def tenant(
         self, account: str, credits: int, namespace: str | None = None, user: str | None = None
     ) -> Tenant:
         """A paying tenant: an account with credits, a user with a token, a namespace bound to it."""
         namespace = namespace or f"{account}-jobs"
         user = user or f"{account}-user"
-        core = k8s.CoreV1Api(api_client(self.kubeconfig))
-        try:
-            core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
-        except k8s.exceptions.ApiException as exc:
-            if exc.status != 409:
-                raise
+        self.namespace(namespace)
         self.call("auth", "POST", "/v1/tenants", {"id": account})
         self.call("auth", "POST", "/v1/users", {"id": user, "tenant": account})
         token = self.call("auth", "POST", "/v1/tokens", {"user": user})["token"]
