@@ -74,6 +74,13 @@ def _helm(
     return proc
 
 
+def test_the_chart_renders_without_a_kube_version(helm: Path, tmp_path: Path) -> None:
+    """GitOps tools render with helm's default capabilities: the chart must not refuse them."""
+    out = _helm(helm, "template", "t", str(CHART), values=FULL_VALUES, tmp=tmp_path).stdout
+    kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
+    assert {"CustomResourceDefinition", "Deployment", "NetworkPolicy"} <= kinds
+
+
 @pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "full"])
 def test_the_chart_lints_strictly_and_renders(
     helm: Path, tmp_path: Path, values: dict[str, Any] | None
