@@ -77,9 +77,7 @@ def test_the_upscaler_beats_bicubic_on_photographs_it_never_saw(quality: list[An
     assert mean_gain(quality, "psnr_rgb", others) >= 0.5
     assert mean_gain(quality, "ssim_y", ("bicubic",)) > 0
     worst = min(quality, key=lambda r: r.gain("psnr_rgb"))
-    # The goal is -0.2 dB; the shipped weights reach -0.24 dB on one pair (chelsea after JPEG 75:
-    # the model sharpens some of JPEG's ringing). Held here so that it cannot get worse.
-    assert worst.gain("psnr_rgb") >= -0.3, (worst.image, worst.protocol)
+    assert worst.gain("psnr_rgb") >= -0.2, (worst.image, worst.protocol)
     assert espcn.WEIGHTS.stat().st_size < 2 * 1024 * 1024
 
 
@@ -148,8 +146,8 @@ def test_decoding_keeps_pixels_and_drops_alpha() -> None:
 
 # The short recipe's gain on Y under the standard protocol, as measured when the shipped
 # weights were trained (same seed, same photographs): a retraining must land near it.
-SHORT_RECIPE = ("--steps", "600", "--pool", "2000")
-SHORT_RECIPE_GAIN_Y = 1.21  # measured here (AMD EPYC Zen 4, 2 threads)
+SHORT_RECIPE = ("--steps", "600", "--pool", "2000", "--finetune-steps", "150", "--finetune-pool", "1000")
+SHORT_RECIPE_GAIN_Y = 1.19  # measured here (AMD EPYC Zen 4, 2 threads)
 
 
 def test_retraining_reproduces_the_recipes_quality(tmp_path: Path) -> None:
