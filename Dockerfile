@@ -1,14 +1,20 @@
-# syntax=docker/dockerfile:1
 # Two images from one build:
 #   --target aijobs  (default) the operator and the five services: slim Python, non-root
-#   --target worker  the GPU worker on a CUDA-capable torch base (WORKER_BASE)
+#   --target postgres  the chart's bundled PostgreSQL (postgresql.bundled): Debian's package
+#   --target worker  the GPU worker: the same base with torch from PyPI (the CUDA build, which also
+#                    runs on CPU), the very version the project pins: one torch everywhere
 # Entrypoints are `aijobs` subcommands: operator, service NAME, worker.
+#
+# PYTHON_IMAGE is any Debian-style image with python3 and its venv module. The default is the
+# public one; `python -m aijobs_dev.images` passes a base made locally with debootstrap where no
+# registry is reachable. Everything installs into a virtual environment, /opt/aijobs, so that the
+# same steps work on Debian's python3 (which refuses system-wide pip installs) and python:slim.
+# Runs with a read-only root filesystem: nothing writes outside /tmp, which the chart mounts.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG WORKER_BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-RUN pip install --no-cache-dir build==1.2.2
+RUN python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir -q build==1.2.2
 COPY pyproject.toml README.md ./
 COPY aijobs ./aijobs
 # devtools/ (test bed, simulator, demo) is not copied: the images ship only what runs.
@@ -16,25 +22,37 @@ COPY operator ./operator
 COPY services ./services
 COPY gpu_worker ./gpu_worker
 COPY crds ./crds
-RUN python -m build --wheel --outdir /wheels .
+RUN /opt/build/bin/python -m build --wheel --outdir /wheels .
 
-FROM ${PYTHON_IMAGE} AS aijobs
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/aijobs-*.whl && rm -rf /wheels \
-    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin aijobs
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/aijobs/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/tmp XDG_CACHE_HOME=/tmp/.cache
+RUN python3 -m venv /opt/aijobs \
+    && (getent passwd 10001 >/dev/null || useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin aijobs)
+
+FROM runtime AS postgres
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
+    && rm -rf /var/lib/apt/lists/*
+ENV PATH=/usr/lib/postgresql/15/bin:$PATH
+COPY docker/postgres-entrypoint.sh /usr/local/bin/aijobs-postgres
 USER 10001
 WORKDIR /tmp
-ENTRYPOINT ["aijobs"]
-CMD ["operator"]
+ENTRYPOINT ["aijobs-postgres"]
 
-FROM ${WORKER_BASE} AS worker
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+FROM runtime AS worker
 COPY --from=build /wheels /wheels
-# torch comes with the base image; the worker extra adds the rest.
-RUN pip install --no-cache-dir "$(ls /wheels/aijobs-*.whl)[worker]" && rm -rf /wheels \
-    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin aijobs
+RUN pip install -q "$(ls /wheels/aijobs-*.whl)[worker,torch]" && rm -rf /wheels
 USER 10001
 WORKDIR /tmp
 ENTRYPOINT ["aijobs"]
 CMD ["worker"]
+
+FROM runtime AS aijobs
+COPY --from=build /wheels /wheels
+RUN pip install -q /wheels/aijobs-*.whl && rm -rf /wheels
+USER 10001
+WORKDIR /tmp
+ENTRYPOINT ["aijobs"]
+CMD ["operator"]

@@ -1,6 +1,7 @@
 """The ``aijobs`` command: one entry point for every process the project runs.
 
 aijobs controlplane up|down|env   a local etcd + kube-apiserver (tests, demo)
+aijobs cluster up|down|env|load   a single-node cluster on this machine: pods run (root)
 aijobs demo                       the main job, end to end, on this machine
 aijobs operator                   the saga operator (kopf)
 aijobs service NAME               one of the five HTTP services
@@ -68,6 +69,37 @@ def _controlplane(args: argparse.Namespace) -> int:
             print(f"installed CRD {name}", file=sys.stderr)
     print(f"control plane up at {plane.api_url}; stop it with `aijobs controlplane down`", file=sys.stderr)
     print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    _devtools()
+    from aijobs_dev.controlplane.assets import AssetError
+    from aijobs_dev.controlplane.cluster import ControlPlaneError
+    from aijobs_dev.controlplane.node import NodeCluster
+
+    cluster = NodeCluster(Path(args.dir))
+    if args.action == "down":
+        was_running = cluster.running
+        cluster.stop()
+        print("cluster stopped" if was_running else f"no cluster runs from {cluster.root}")
+        return 0
+    if args.action in ("env", "load") and not cluster.running:
+        print(f"no cluster runs from {cluster.root}; run `aijobs cluster up`", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "load":
+            for image in args.images:
+                cluster.load_image(image)
+                print(f"loaded {image}", file=sys.stderr)
+            return 0
+        if args.action == "up":
+            cluster.start(log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            print("cluster up: one node, Ready; stop it with `aijobs cluster down`", file=sys.stderr)
+    except (AssetError, ControlPlaneError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
 
 
@@ -144,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--dir", default=str(_state_home() / "controlplane"), help="where its files live")
     cp.add_argument("--no-crds", action="store_true", help="do not install the AIImageJob CRD")
     cp.set_defaults(func=_controlplane)
+
+    cl = sub.add_parser("cluster", help="start or stop a single-node cluster (kubelet, containerd)")
+    cl.add_argument("action", choices=["up", "down", "env", "load"])
+    cl.add_argument("images", nargs="*", help="load: images of the local Docker engine")
+    cl.add_argument("--dir", default=str(_state_home() / "cluster"), help="where its files live")
+    cl.set_defaults(func=_cluster)
 
     demo = sub.add_parser("demo", help="run the main job end to end on this machine")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")

@@ -26,6 +26,10 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.22.0"
+CNI_PLUGINS_VERSION = "v1.9.0"
+COREDNS_VERSION = "v1.12.4"
+NODE_BINARIES = ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl")
+CNI_PLUGINS = ("main/bridge", "main/loopback", "ipam/host-local", "meta/portmap")
 
 __all__ = [
     "ETCD_VERSION",
@@ -35,6 +39,7 @@ __all__ = [
     "cache_root",
     "ensure_assets",
     "ensure_helm",
+    "ensure_node_assets",
 ]
 
 
@@ -132,15 +137,20 @@ def staging_replaces(gomod_text: str, version: str) -> list[tuple[str, str]]:
     return [(mod, tag) for mod in staging]
 
 
-def _build_kube_apiserver(folder: Path, log) -> None:  # type: ignore[no-untyped-def]
-    folder.mkdir(parents=True, exist_ok=True)
+def _kubernetes_wrapper(folder: Path, log) -> Path:  # type: ignore[no-untyped-def]
     work = folder / "build-kube-apiserver"
+    if (work / "go.mod").is_file() and "k8s.io/kubernetes" in (work / "go.mod").read_text():
+        return work
     work.mkdir(parents=True, exist_ok=True)
     info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], work, log))
     replaces = staging_replaces(Path(info["GoMod"]).read_text(), KUBERNETES_VERSION)
     _wrapper(work, f"k8s.io/kubernetes {KUBERNETES_VERSION}", replaces)
+    return work
+
+
+def _kubernetes_ldflags() -> str:
     minor = KUBERNETES_VERSION.split(".")[1]
-    ldflags = " ".join(
+    return " ".join(
         [
             "-s -w",
             f"-X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}",
@@ -149,8 +159,67 @@ def _build_kube_apiserver(folder: Path, log) -> None:  # type: ignore[no-untyped
             "-X k8s.io/component-base/version.gitTreeState=clean",
         ]
     )
+
+
+def _build_kube_apiserver(folder: Path, log) -> None:  # type: ignore[no-untyped-def]
+    folder.mkdir(parents=True, exist_ok=True)
+    work = _kubernetes_wrapper(folder, log)
     pkg = f"k8s.io/kubernetes/cmd/kube-apiserver@{KUBERNETES_VERSION}"
-    _timed_build("kube-apiserver", folder, work, pkg, ldflags, log)
+    _timed_build("kube-apiserver", folder, work, pkg, _kubernetes_ldflags(), log)
+
+
+def ensure_node_assets(*, log=print) -> Path:  # type: ignore[no-untyped-def]
+    """The folder holding what a single node adds to the control plane: ``kubelet``,
+    ``kube-controller-manager``, ``kube-scheduler``, ``kube-proxy``, ``kubectl``, ``coredns``, ``pause`` and
+    ``cni/`` (bridge, loopback, host-local, portmap). ``$AIJOBS_NODE_ASSETS`` names one made
+    elsewhere; otherwise each is built once from the Go module proxy (kubelet and friends from
+    the same wrapper module as kube-apiserver: a few minutes each on 2 cores, cold)."""
+    explicit = os.environ.get("AIJOBS_NODE_ASSETS")
+    folder = Path(explicit) if explicit else cache_root() / "node-assets" / f"k8s-{KUBERNETES_VERSION}"
+    wanted = [*NODE_BINARIES, "coredns", "pause", *(f"cni/{p.split('/')[1]}" for p in CNI_PLUGINS)]
+    missing = [name for name in wanted if not (folder / name).is_file()]
+    if explicit and missing:
+        raise AssetError(f"AIJOBS_NODE_ASSETS={explicit} lacks: {', '.join(missing)}")
+    if not missing:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    plane = ensure_assets(log=log).kube_apiserver.parent
+    work = _kubernetes_wrapper(plane, log)
+    for name in NODE_BINARIES:
+        if not (folder / name).is_file():
+            pkg = f"k8s.io/kubernetes/cmd/{name}@{KUBERNETES_VERSION}"
+            _timed_build(name, folder, work, pkg, _kubernetes_ldflags(), log)
+    cni = folder / "cni"
+    cni.mkdir(exist_ok=True)
+    if any(not (cni / p.split("/")[1]).is_file() for p in CNI_PLUGINS):
+        pkgs = [
+            f"github.com/containernetworking/plugins/plugins/{p}@{CNI_PLUGINS_VERSION}" for p in CNI_PLUGINS
+        ]
+        _go_install(pkgs, cni, log)
+    if not (folder / "coredns").is_file():
+        _go_install([f"github.com/coredns/coredns@{COREDNS_VERSION}"], folder, log)
+    if not (folder / "pause").is_file():
+        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(folder / "pause"), "."], PAUSE_SOURCE, log)
+    return folder
+
+
+PAUSE_SOURCE = Path(__file__).parent / "pause"
+
+
+def _go_install(pkgs: list[str], target: Path, log) -> None:  # type: ignore[no-untyped-def]
+    """``go install`` of modules without replace lines, binaries straight into ``target``."""
+    go = shutil.which("go")
+    if go is None:
+        raise AssetError("`go` is not on PATH: install Go, or set AIJOBS_NODE_ASSETS")
+    started = time.monotonic()
+    env = dict(os.environ, GOBIN=str(target), CGO_ENABLED="0", GOWORK="off")
+    log(f"  $ go install {' '.join(pkgs)}")
+    proc = subprocess.run(
+        [go, "install", "-trimpath", "-ldflags", "-s -w", *pkgs], env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise AssetError(f"`go install {' '.join(pkgs)}` failed:\n{proc.stderr[-4000:]}")
+    log(f"built {', '.join(p.rsplit('/', 1)[-1] for p in pkgs)} in {time.monotonic() - started:.0f}s")
 
 
 def ensure_helm(*, log=print) -> Path:  # type: ignore[no-untyped-def]
@@ -190,6 +259,8 @@ def main() -> int:
         assets = ensure_assets(log=log)
         if "--helm" in sys.argv:
             ensure_helm(log=log)
+        if "--node" in sys.argv:
+            ensure_node_assets(log=log)
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

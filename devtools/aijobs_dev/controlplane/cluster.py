@@ -79,8 +79,11 @@ class ControlPlane:
     """One etcd and one kube-apiserver under ``root``. ``start`` returns once ``/readyz`` is ok
     and the ``default`` namespace exists; ``stop`` ends both and removes ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, node_ip: str | None = None) -> None:
+        """``node_ip``: serve on this address too and advertise it, for pods of a node
+        (:mod:`aijobs_dev.controlplane.node`); ServiceAccount tokens are then mounted into pods."""
         self.root = root
+        self.node_ip = node_ip
         self.kubeconfig = root / "kubeconfig"
         self.audit_log = root / "audit.log"
         self._state_file = root / "state.json"
@@ -93,7 +96,8 @@ class ControlPlane:
         self.root.mkdir(parents=True, exist_ok=True)
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
-        pki = write_pki(self.root / "pki")
+        pki = write_pki(self.root / "pki", (self.node_ip,) if self.node_ip else ())
+        self.pki = pki
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
 
         etcd = self._spawn(
@@ -144,17 +148,25 @@ class ControlPlane:
 
     # -- internals ----------------------------------------------------------------------------
     def _apiserver_flags(self, pki: Pki, etcd_port: int, api_port: int, policy: Path) -> list[str]:
+        if self.node_ip:
+            where = [f"--advertise-address={self.node_ip}", "--bind-address=0.0.0.0"]
+            where += [
+                f"--kubelet-client-certificate={pki.admin_cert}",
+                f"--kubelet-client-key={pki.admin_key}",
+            ]
+            where += ["--kubelet-preferred-address-types=InternalIP"]
+        else:  # no pods: no controller-manager to make tokens, so no ServiceAccount admission
+            where = ["--advertise-address=127.0.0.1", "--bind-address=127.0.0.1"]
+            where += ["--disable-admission-plugins=ServiceAccount"]
         return [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--advertise-address=127.0.0.1",
-            "--bind-address=127.0.0.1",
+            *where,
             f"--secure-port={api_port}",
             f"--cert-dir={self.root / 'apiserver-certs'}",
             f"--tls-cert-file={pki.serving_cert}",
             f"--tls-private-key-file={pki.serving_key}",
             f"--client-ca-file={pki.ca_cert}",
             "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
             f"--service-account-issuer=https://127.0.0.1:{api_port}",

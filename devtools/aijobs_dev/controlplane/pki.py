@@ -86,7 +86,8 @@ def _issue(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def write_pki(folder: Path) -> Pki:
+def write_pki(folder: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """``extra_ips``: addresses the API server is also reached at (a node's, for its pods)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("aijobs-local-ca")
@@ -104,6 +105,7 @@ def write_pki(folder: Path) -> Pki:
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
         ],
     )
     admin_key = ec.generate_private_key(ec.SECP256R1())

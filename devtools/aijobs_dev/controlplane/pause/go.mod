@@ -1,0 +1,3 @@
+module aijobs.local/pause
+
+go 1.24.0
