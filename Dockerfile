@@ -24,6 +24,15 @@ COPY gpu_worker ./gpu_worker
 COPY crds ./crds
 RUN /opt/build/bin/python -m build --wheel --outdir /wheels .
 
+# The dependencies, read from pyproject.toml alone, so that their layers (torch's several GB)
+# are rebuilt only when a pin changes, not with every change to the code.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /src/pyproject.toml
+RUN python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+x = p['optional-dependencies']; \
+open('/src/aijobs.txt', 'w').write('\n'.join(p['dependencies'])); \
+open('/src/worker.txt', 'w').write('\n'.join(p['dependencies'] + x['worker'] + x['torch']))"
+
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/aijobs/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -32,8 +41,11 @@ RUN python3 -m venv /opt/aijobs \
     && (getent passwd 10001 >/dev/null || useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin aijobs)
 
 FROM runtime AS postgres
+# postgresql-15 pins the major version; the exact Debian revision is left to the mirror, which
+# drops old revisions as security updates land (a pinned one would stop building).
+# hadolint ignore=DL3008
 RUN apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null \
     && rm -rf /var/lib/apt/lists/*
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH
 COPY docker/postgres-entrypoint.sh /usr/local/bin/aijobs-postgres
@@ -42,16 +54,20 @@ WORKDIR /tmp
 ENTRYPOINT ["aijobs-postgres"]
 
 FROM runtime AS worker
+COPY --from=requirements /src/worker.txt /opt/requirements.txt
+RUN pip install -q -r /opt/requirements.txt
 COPY --from=build /wheels /wheels
-RUN pip install -q "$(ls /wheels/aijobs-*.whl)[worker,torch]" && rm -rf /wheels
+RUN pip install -q --no-deps /wheels/aijobs-*.whl && rm -rf /wheels
 USER 10001
 WORKDIR /tmp
 ENTRYPOINT ["aijobs"]
 CMD ["worker"]
 
 FROM runtime AS aijobs
+COPY --from=requirements /src/aijobs.txt /opt/requirements.txt
+RUN pip install -q -r /opt/requirements.txt
 COPY --from=build /wheels /wheels
-RUN pip install -q /wheels/aijobs-*.whl && rm -rf /wheels
+RUN pip install -q --no-deps /wheels/aijobs-*.whl && rm -rf /wheels
 USER 10001
 WORKDIR /tmp
 ENTRYPOINT ["aijobs"]

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint venv tools
+.PHONY: demo test lint venv tools cluster-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# etcd + kube-apiserver: from KUBEBUILDER_ASSETS, or built once into ~/.cache/aijobs.
+# etcd + kube-apiserver: from KUBEBUILDER_ASSETS, or built once into ~/.cache/aijobs; with
+# helm and a node's binaries (kubelet, kube-proxy, CoreDNS, CNI plugins: AIJOBS_NODE_ASSETS).
 tools: venv
 	scripts/ensure-postgres
 	scripts/ensure-prometheus
-	$(PY) -m aijobs_dev.controlplane.assets --helm >/dev/null
+	scripts/ensure-docker
+	$(PY) -m aijobs_dev.controlplane.assets --helm --node >/dev/null
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -28,3 +30,8 @@ test: tools lint
 
 demo: tools
 	$(VENV)/bin/aijobs demo
+
+# The chart on a real single-node cluster (root): images, node, helm install, one job Delivered.
+# KEEP=1 leaves the cluster running.
+cluster-demo: tools
+	$(PY) -m aijobs_dev.clusterdemo $(if $(KEEP),--keep)

@@ -81,7 +81,10 @@ def test_the_chart_renders_without_a_kube_version(helm: Path, tmp_path: Path) ->
     assert {"CustomResourceDefinition", "Deployment", "NetworkPolicy"} <= kinds
 
 
-@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "full"])
+SINGLE_NODE = yaml.safe_load((CHART / "ci" / "single-node.yaml").read_text())
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES, SINGLE_NODE], ids=["defaults", "full", "single-node"])
 def test_the_chart_lints_strictly_and_renders(
     helm: Path, tmp_path: Path, values: dict[str, Any] | None
 ) -> None:
@@ -114,7 +117,12 @@ def test_the_chart_lints_strictly_and_renders(
                 assert sc["capabilities"]["drop"] == ["ALL"]
                 assert container["resources"]["limits"] and container["resources"]["requests"]
     worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker"))
-    assert worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    limits = worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    if values is SINGLE_NODE:  # no GPU asked for: none in the limits (a node without GPUs fits it)
+        assert "nvidia.com/gpu" not in limits
+        assert {"StatefulSet", "Secret"} <= kinds  # the bundled PostgreSQL, the generated secrets
+        return
+    assert limits["nvidia.com/gpu"] == 1
     if values:
         assert "ServiceMonitor" in kinds
         assert worker["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
@@ -349,7 +357,9 @@ def test_the_dockerfile_lints_and_its_entrypoints_exist() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dockerfile = (ROOT / "Dockerfile").read_text()
     commands = [json.loads(m) for m in re.findall(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)]
-    assert re.findall(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.MULTILINE) == ['["aijobs"]'] * 2
+    entrypoints = re.findall(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.MULTILINE)
+    assert sorted(entrypoints) == ['["aijobs"]', '["aijobs"]', '["aijobs-postgres"]']
+    assert (ROOT / "docker" / "postgres-entrypoint.sh").stat().st_mode & 0o111
     chart_args = [["service", "payment"], ["operator"], ["worker"]]
     for args in [*commands, *chart_args]:
         proc = subprocess.run(
