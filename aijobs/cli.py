@@ -90,8 +90,8 @@ def _cluster(args: argparse.Namespace) -> int:
     try:
         if args.action == "load":
             for image in args.images:
-                cluster.load_image(image)
-                print(f"loaded {image}", file=sys.stderr)
+                loaded = cluster.load_image(image)
+                print(f"{'loaded' if loaded else 'already loaded'}: {image}", file=sys.stderr)
             return 0
         if args.action == "up":
             cluster.start(log=lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -245,6 +246,12 @@ def main() -> int:
         log(demo.kubectl("get", "pods", "-A", "-o", "wide").stdout)
         log("$ kubectl get aij -n team-a")
         log(demo.kubectl("get", "aij", "-n", "team-a").stdout)
+        with contextlib.suppress(AssertionError):  # the account's status is refreshed every 30 s
+            _until(
+                lambda: demo.get("creditaccount", "acme").get("status", {}).get("balance") == 90,
+                "the account's new balance",
+                timeout=60,
+            )
         log("$ kubectl get creditaccounts")
         log(demo.kubectl("get", "creditaccounts").stdout)
         phase = demo.get("aij", "-n", "team-a", "upscale-inline")["status"]["phase"]

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from aijobs_dev.controlplane.assets import ensure_assets, ensure_node_assets
+from aijobs_dev.controlplane.assets import cache_root, ensure_assets, ensure_node_assets
 from aijobs_dev.controlplane.cluster import ControlPlane, ControlPlaneError, _alive, _terminate, free_port
 
 __all__ = ["NodeCluster", "node_ip"]
@@ -66,8 +66,12 @@ class _NodeState:
 class NodeCluster:
     """``start`` returns once the node is Ready and DNS answers; ``stop`` undoes everything."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, image_store: Path | None = None) -> None:
+        """``image_store``: containerd's root (content and unpacked layers), kept across
+        clusters so that an image unchanged since the last cluster is not loaded again
+        (the worker's is ~6 GB); one running node at a time may use it."""
         self.root = root
+        self.image_store = image_store or cache_root() / "node-images"
         self.kubeconfig = root / "plane" / "kubeconfig"
         self._state_file = root / "node-state.json"
         self.containerd_socket = root / "containerd" / "containerd.sock"
@@ -195,19 +199,32 @@ class NodeCluster:
         self._unmount_all()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def load_image(self, image: str) -> None:
-        """Copy an image from the local Docker engine into the node's containerd (no registry)."""
+    def load_image(self, image: str) -> bool:
+        """Copy an image from the local Docker engine into the node's containerd (no registry),
+        unpacked; False where the image store already holds this very image (same Docker id)."""
+        inspect = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True
+        )
+        if inspect.returncode != 0:
+            raise ControlPlaneError(f"no image {image} in the local Docker engine: {inspect.stderr.strip()}")
+        marker = self.image_store / "loaded" / image.replace("/", "_").replace(":", "_")
+        listed = subprocess.run(
+            [*self._ctr(), "images", "ls", "-q"], capture_output=True, text=True
+        ).stdout.split()
+        reference = image if "/" in image else f"docker.io/library/{image}"
+        if marker.is_file() and marker.read_text() == inspect.stdout.strip() and reference in listed:
+            return False
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
         assert save.stdout is not None
         proc = subprocess.run(
-            [*self._ctr(), "images", "import", "--no-unpack", "-"],
-            stdin=save.stdout,
-            capture_output=True,
-            text=True,
+            [*self._ctr(), "images", "import", "-"], stdin=save.stdout, capture_output=True, text=True
         )
         save.stdout.close()
         if save.wait() != 0 or proc.returncode != 0:
             raise ControlPlaneError(f"loading {image} into containerd failed: {proc.stderr[-2000:]}")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(inspect.stdout.strip())
+        return True
 
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig)}
