@@ -42,6 +42,11 @@ AUDIT_POLICY = {
             "verbs": ["create", "update", "patch", "delete"],
             "resources": [{"group": "aijobs.io"}],
         },
+        {  # Events are API writes too: benchmarks count them per job
+            "level": "Metadata",
+            "verbs": ["create", "update", "patch"],
+            "resources": [{"group": "", "resources": ["events"]}, {"group": "events.k8s.io"}],
+        },
         {"level": "None"},
     ],
 }
