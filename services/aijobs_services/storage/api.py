@@ -77,6 +77,13 @@ def _settings(request: Request) -> StorageSettings:
     return settings
 
 
+class BlobResponse(FileResponse):
+    """A stored blob, sent in 1 MiB pieces: Starlette's 64 KiB default costs a thread hop and an
+    event-loop turn per piece (bench/storage.py: GET 284 -> ~405 MB/s on 3 MB objects)."""
+
+    chunk_size = 1024 * 1024
+
+
 def _blobs(request: Request) -> BlobStore:
     blobs: BlobStore = request.app.state.blobs
     return blobs
@@ -202,12 +209,12 @@ def get_by_key(key: str, _: Reader, session: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/objects/{object_id}/content", summary="An object's bytes")
-def get_content(object_id: str, _: Reader, request: Request, session: SessionDep) -> FileResponse:
+def get_content(object_id: str, _: Reader, request: Request, session: SessionDep) -> BlobResponse:
     with session.begin():
         obj = objects.get(session, object_id)
         if obj.state == "deleted":
             raise NotFound(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
-    return FileResponse(
+    return BlobResponse(
         _blobs(request).path(obj.sha256), media_type=obj.content_type, headers=_download_headers(obj)
     )
 
@@ -311,7 +318,7 @@ def download_url(
 @router.get("/download/{object_id}", summary="Download through a signed link (no token needed)")
 def download(
     object_id: str, expires: int, signature: str, request: Request, session: SessionDep
-) -> FileResponse:
+) -> BlobResponse:
     expected = _signature(request.app.state.url_key, object_id, expires)
     if not signature.isascii() or not hmac.compare_digest(expected, signature):
         raise Forbidden("the link's signature is not valid", slug="bad-signature", title="Invalid link")
@@ -321,6 +328,6 @@ def download(
         obj = objects.get(session, object_id)
         if obj.state == "deleted":
             raise NotFound(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
-    return FileResponse(
+    return BlobResponse(
         _blobs(request).path(obj.sha256), media_type=obj.content_type, headers=_download_headers(obj)
     )
