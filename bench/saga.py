@@ -15,6 +15,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -49,6 +50,44 @@ def _peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _descendants_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of every process below this one, summed by program: the
+    operator, each service, the workers, the fault proxies, kube-apiserver, etcd, postgres."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    stats: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        words = [w.decode(errors="replace") for w in argv if w]
+        name = Path(words[0]).name.split(":")[0] if words else "?"  # "postgres: …" backends too
+        if "-m" in words:  # python -m aijobs.cli service storage -> "service storage"
+            rest = words[words.index("-m") + 1 :]
+            name = rest[0].rsplit(".", 1)[-1] if rest[0] != "aijobs.cli" else " ".join(rest[1:3])
+            name = name.replace(" --", "").strip()
+        stats[pid] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    me, below = os.getpid(), set()
+    for pid in stats:
+        p = pid
+        while p in parents and p != me and p > 1:
+            p = parents[p]
+        if p == me and pid != me:
+            below.add(pid)
+    out: dict[str, float] = {"bench (this process)": stats[me][1]}
+    for pid in below:
+        name, cpu = stats[pid]
+        out[name] = out.get(name, 0.0) + cpu
+    return out
 
 
 def _writes_per_job(audit_log: Path, names: set[str], namespace: str) -> tuple[float, float]:
@@ -110,6 +149,7 @@ def main() -> None:
         lambda n: pg.create_database(f"{n}_{uuid.uuid4().hex[:6]}"),
         seed=1,
         workers=args.workers,
+        jobs=args.jobs,  # Storage's per-account quota grows with the run
     )
     try:
         tenant = stack.tenant("bench", credits=args.jobs * 10)
@@ -132,6 +172,7 @@ def main() -> None:
             custom.create_namespaced_custom_object(GROUP, VERSION, tenant.namespace, PLURAL, body)
             return time.perf_counter()
 
+        cpu_before = _descendants_cpu()
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             applied = dict(zip(names, pool.map(create, names), strict=True))
@@ -146,6 +187,7 @@ def main() -> None:
                     delivered[job["metadata"]["name"]] = now
             time.sleep(0.25 if args.jobs <= 1000 else 2.0)  # listing 10,000 jobs costs CPU too
         elapsed = max(delivered.values()) - started
+        cpu_after = _descendants_cpu()
         latencies = [delivered[n] - applied[n] for n in delivered]
         operator = stack.operators[-1]
         assert operator.proc is not None
@@ -168,6 +210,15 @@ def main() -> None:
             f"ratio {rate / ceiling:.3f}"
         )
         print(f"  {args.workers} CPU workers; balance after: {stack.balance('bench')}")
+        spent = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
+        total = sum(spent.values())
+        print(
+            f"  CPU per job, all processes: {1000 * total / len(delivered):.0f} ms "
+            f"({total:.1f} CPU-s over {elapsed:.1f} s on {os.cpu_count()} cores = "
+            f"{100 * total / elapsed / (os.cpu_count() or 1):.0f}% busy); by program:"
+        )
+        for name, cpu in sorted(spent.items(), key=lambda kv: -kv[1])[:14]:
+            print(f"    {1000 * cpu / len(delivered):7.1f} ms  {name}")
     finally:
         stack.stop()
         plane.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 import heapq
 import logging
@@ -327,6 +328,7 @@ class Reconciler:
 
     def remember(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
+        meta.pop("managedFields", None)  # our own write's answer: a fresh dict, slimmed in place
         if meta.get("uid") not in self._gone:  # a write that crossed the job's deletion
             self.cache[(meta["namespace"], meta["name"])] = body
         return body
@@ -358,6 +360,22 @@ def _count(before: AIImageJobStatus, after: AIImageJobStatus, price: int) -> Non
             s.name == "charge" and s.state == "Succeeded" for s in after.steps
         ):
             METRICS.credits.labels("returned").inc(price)
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim(body: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a watched job without what the operator never reads: ``managedFields``
+    (more than half of a delivered job's size: every status field the operator ever wrote) and
+    kubectl's last-applied annotation (a second copy of the spec, inline image included). The
+    cache holds every job in flight, so this is most of the operator's memory."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    if LAST_APPLIED in (meta.get("annotations") or {}):
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
+    shallow = {k: v for k, v in body.items() if k != "metadata"}
+    shallow["metadata"] = meta
+    return copy.deepcopy(shallow)
 
 
 def _one_event(events: list[core.Event]) -> tuple[str, str, str]:

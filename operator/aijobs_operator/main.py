@@ -18,7 +18,7 @@ from aijobs.kube import api_client
 from aijobs.wire.client import ServiceClient
 from aijobs.wire.tokens import TokenSigner
 from aijobs_operator.config import OperatorSettings
-from aijobs_operator.engine import Reconciler
+from aijobs_operator.engine import Reconciler, slim
 from aijobs_operator.kube import KubeWriter
 from aijobs_operator.leader import LeaseElector
 from aijobs_operator.metrics import METRICS
@@ -70,7 +70,7 @@ def registry_for(
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         # type is None for objects of the initial listing: treat them as added.
-        reconciler.observe(type or "ADDED", copy.deepcopy(dict(body)))
+        reconciler.observe(type or "ADDED", slim(dict(body)))
 
     if accounts is not None:
 

@@ -176,3 +176,31 @@ async def test_a_spec_the_operator_cannot_read_fails_before_any_charge() -> None
     await reconciler.reconcile(("ns", "job"))
     assert kube.patches[-1]["phase"] == "Failed" and kube.events == ["InvalidSpec"]
     assert calls == []  # no service was called: nothing charged, nothing stored
+
+
+def test_the_cache_keeps_jobs_without_managed_fields_or_a_second_copy_of_the_spec() -> None:
+    """Every job in flight sits in the operator's cache: what it never reads is not kept there
+    (managedFields were more than half of a delivered job's size)."""
+    from aijobs_operator.engine import LAST_APPLIED, slim
+
+    watched = {
+        "metadata": {
+            "namespace": "ns",
+            "name": "job",
+            "uid": "u1",
+            "resourceVersion": "5",
+            "managedFields": [{"manager": "aijobs-operator", "fieldsV1": {"f:status": {}}}],
+            "annotations": {LAST_APPLIED: '{"spec": "..."}', "team": "a"},
+        },
+        "spec": {"pipeline": "resize"},
+    }
+    reconciler = Reconciler(OperatorSettings(), _services(lambda r: httpx.Response(500)), None)  # type: ignore[arg-type]
+    reconciler.observe("ADDED", slim(watched))
+    cached = reconciler.cache[("ns", "job")]
+    assert "managedFields" not in cached["metadata"]
+    assert cached["metadata"]["annotations"] == {"team": "a"}
+    assert cached["spec"] == watched["spec"] and cached["spec"] is not watched["spec"]
+    assert "managedFields" in watched["metadata"]  # the watched object itself is left alone
+    written = {**watched, "metadata": {**watched["metadata"], "resourceVersion": "6"}}
+    reconciler.remember(written)  # a write's answer carries managedFields again
+    assert "managedFields" not in reconciler.cache[("ns", "job")]["metadata"]
