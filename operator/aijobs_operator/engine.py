@@ -158,13 +158,16 @@ class Reconciler:
             "Failed",
         ):
             METRICS.jobs.labels(phase).set(phases.get(phase, 0))
+        for uid in [u for u in self.tasks if u not in waiting]:
+            del self.tasks[uid]  # its job moved on or is gone; process() asks AI if it ever must
         uids = list(waiting)
         for start in range(0, len(uids), 1000):
             METRICS.follow_requests.inc()
             result = await self.svc.ai.json(
                 "POST", "/v1/tasks/query", json={"jobIds": uids[start : start + 1000]}
             )
-            for task in result["items"]:
+            for item in result["items"]:
+                task = {k: item.get(k) for k in TASK_FIELDS}
                 before = self.tasks.get(task["jobId"])
                 self.tasks[task["jobId"]] = task
                 if before is None or (before["state"], before["updatedAt"]) != (
@@ -298,7 +301,7 @@ class Reconciler:
                 return core.Done(await UNDO[action.name](step_job, self.svc))
             outcome = await DO[action.name](step_job, self.svc, self.cfg)
             if step_job.task is not None:
-                self.tasks[job.uid] = step_job.task
+                self.tasks[job.uid] = {k: step_job.task.get(k) for k in TASK_FIELDS}
             return outcome
         except StepFailed as exc:
             result = "failed"
@@ -363,6 +366,8 @@ def _count(before: AIImageJobStatus, after: AIImageJobStatus, price: int) -> Non
 
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# What the process step reads of a task; the follower keeps only these for each waiting job.
+TASK_FIELDS = ("id", "jobId", "state", "runAt", "resultObjectId", "reruns", "error", "updatedAt")
 
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
