@@ -23,7 +23,8 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _state_home() -> Path:
+def state_home() -> Path:
+    """Where the developer commands keep what they start: ``$XDG_STATE_HOME/aijobs``."""
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(xdg) / "aijobs"
 
@@ -173,14 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("controlplane", help="start or stop a local etcd + kube-apiserver")
     cp.add_argument("action", choices=["up", "down", "env"])
-    cp.add_argument("--dir", default=str(_state_home() / "controlplane"), help="where its files live")
+    cp.add_argument("--dir", default=str(state_home() / "controlplane"), help="where its files live")
     cp.add_argument("--no-crds", action="store_true", help="do not install the AIImageJob CRD")
     cp.set_defaults(func=_controlplane)
 
     cl = sub.add_parser("cluster", help="start or stop a single-node cluster (kubelet, containerd)")
     cl.add_argument("action", choices=["up", "down", "env", "load"])
     cl.add_argument("images", nargs="*", help="load: images of the local Docker engine")
-    cl.add_argument("--dir", default=str(_state_home() / "cluster"), help="where its files live")
+    cl.add_argument("--dir", default=str(state_home() / "cluster"), help="where its files live")
     cl.set_defaults(func=_cluster)
 
     demo = sub.add_parser("demo", help="run the main job end to end on this machine")

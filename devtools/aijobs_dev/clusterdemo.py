@@ -19,7 +19,6 @@ import argparse
 import base64
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import httpx
 import yaml
 
+from aijobs.cli import state_home
 from aijobs_dev.controlplane.assets import AssetError, ensure_helm, ensure_node_assets
 from aijobs_dev.controlplane.cluster import ControlPlaneError
 from aijobs_dev.controlplane.node import NodeCluster
@@ -150,22 +150,7 @@ class ChartOnNode:
             r.raise_for_status()
 
     def apply(self, manifest: dict[str, Any], namespace: str | None = None) -> None:
-        ns = ["-n", namespace] if namespace else []
-        proc = subprocess.run(
-            [
-                str(ensure_node_assets() / "kubectl"),
-                f"--kubeconfig={self.cluster.kubeconfig}",
-                *ns,
-                "apply",
-                "-f",
-                "-",
-            ],
-            input=yaml.safe_dump(manifest),
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise ControlPlaneError(f"kubectl apply: {proc.stderr.strip()}")
+        self.cluster.apply(manifest, namespace=namespace)
 
     def wait_phase(self, namespace: str, name: str, phases: set[str], timeout: float = 300) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -210,15 +195,10 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
     raise AssertionError(f"no {what} after {timeout:.0f}s")
 
 
-def _state_home() -> Path:
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "aijobs"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
-    parser.add_argument("--dir", type=Path, default=_state_home() / "cluster-demo")
+    parser.add_argument("--dir", type=Path, default=state_home() / "cluster-demo")
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -167,7 +167,7 @@ class Reconciler:
                 "POST", "/v1/tasks/query", json={"jobIds": uids[start : start + 1000]}
             )
             for item in result["items"]:
-                task = {k: item.get(k) for k in TASK_FIELDS}
+                task = _task_fields(item)
                 before = self.tasks.get(task["jobId"])
                 self.tasks[task["jobId"]] = task
                 if before is None or (before["state"], before["updatedAt"]) != (
@@ -301,7 +301,7 @@ class Reconciler:
                 return core.Done(await UNDO[action.name](step_job, self.svc))
             outcome = await DO[action.name](step_job, self.svc, self.cfg)
             if step_job.task is not None:
-                self.tasks[job.uid] = {k: step_job.task.get(k) for k in TASK_FIELDS}
+                self.tasks[job.uid] = _task_fields(step_job.task)
             return outcome
         except StepFailed as exc:
             result = "failed"
@@ -331,7 +331,7 @@ class Reconciler:
 
     def remember(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
-        meta.pop("managedFields", None)  # our own write's answer: a fresh dict, slimmed in place
+        _drop_unread(meta)  # our own write's answer: a fresh dict, slimmed in place
         if meta.get("uid") not in self._gone:  # a write that crossed the job's deletion
             self.cache[(meta["namespace"], meta["name"])] = body
         return body
@@ -375,12 +375,22 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
     (more than half of a delivered job's size: every status field the operator ever wrote) and
     kubectl's last-applied annotation (a second copy of the spec, inline image included). The
     cache holds every job in flight, so this is most of the operator's memory."""
-    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    if LAST_APPLIED in (meta.get("annotations") or {}):
-        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
-    shallow = {k: v for k, v in body.items() if k != "metadata"}
-    shallow["metadata"] = meta
+    shallow = dict(body)
+    shallow["metadata"] = _drop_unread(dict(body["metadata"]))  # dropped before the deep copy
     return copy.deepcopy(shallow)
+
+
+def _drop_unread(meta: dict[str, Any]) -> dict[str, Any]:
+    """Remove, from metadata this process owns, what :func:`slim` leaves out."""
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return meta
+
+
+def _task_fields(task: dict[str, Any]) -> dict[str, Any]:
+    return {k: task.get(k) for k in TASK_FIELDS}
 
 
 def _one_event(events: list[core.Event]) -> tuple[str, str, str]:

@@ -7,8 +7,8 @@ root (a node runs containers) and Debian's docker.io/containerd (``scripts/ensur
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import datetime as dt
 import os
 import shutil
 import time
@@ -46,12 +46,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         demo.cluster.stop()
 
 
-def _job(name: str, *, run_at: str | None = None, pipeline: str = "resize") -> dict[str, Any]:
+def _job(name: str, *, pipeline: str = "resize") -> dict[str, Any]:
     spec: dict[str, Any] = {"account": "acme", "pipeline": pipeline, "price": 5, "input": INLINE_PNG}
     if pipeline == "resize":
         spec["parameters"] = {"width": 8, "height": 8}
-    if run_at:
-        spec["runAt"] = run_at
     return {
         "apiVersion": "aijobs.io/v1alpha1",
         "kind": "AIImageJob",
@@ -64,6 +62,21 @@ def _pods(node: Any, component: str) -> list[dict[str, Any]]:
     selector = f"app.kubernetes.io/component={component}"
     items: list[dict[str, Any]] = node.get("pods", "-n", "aijobs-system", "-l", selector)["items"]
     return [p for p in items if p["metadata"].get("deletionTimestamp") is None]
+
+
+@contextlib.contextmanager
+def _no_workers(node: Any) -> Iterator[None]:
+    """No GPU worker runs inside the block: a job stops at Scheduled (charged, uploaded,
+    scheduled; mid-saga) for as long as the block lasts, on a fast machine or a slow one."""
+    node.kubectl("scale", "deployment", "-n", "aijobs-system", "aijobs-worker", "--replicas=0")
+    deadline = time.monotonic() + 120
+    while node.get("pods", "-n", "aijobs-system", "-l", "app.kubernetes.io/component=worker")["items"]:
+        assert time.monotonic() < deadline, "the worker pod did not go away"
+        time.sleep(1)
+    try:
+        yield
+    finally:
+        node.kubectl("scale", "deployment", "-n", "aijobs-system", "aijobs-worker", "--replicas=1")
 
 
 def _charged_once(node: Any, job: dict[str, Any]) -> None:
@@ -120,11 +133,11 @@ def test_killing_the_leader_operator_mid_saga_hands_over_and_charges_once(node: 
     lease = node.get("lease", "-n", "aijobs-system", "aijobs-operator")
     leader = lease["spec"]["holderIdentity"]
     assert leader in {p["metadata"]["name"] for p in _pods(node, "operator")}
-    run_at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    node.apply(_job("handover", run_at=run_at), NS)
-    mid = node.wait_phase(NS, "handover", {"Scheduled"})  # charged, uploaded, scheduled: mid-saga
-    assert mid["status"]["phase"] == "Scheduled"
-    node.kubectl("delete", "pod", "-n", "aijobs-system", leader, "--grace-period=0", "--force")
+    with _no_workers(node):
+        node.apply(_job("handover"), NS)
+        mid = node.wait_phase(NS, "handover", {"Scheduled"})  # charged, uploaded, scheduled: mid-saga
+        assert mid["status"]["phase"] == "Scheduled"
+        node.kubectl("delete", "pod", "-n", "aijobs-system", leader, "--grace-period=0", "--force")
 
     job = node.wait_phase(NS, "handover", {"Delivered", "Failed"}, timeout=300)
     assert job["status"]["phase"] == "Delivered", job["status"]
@@ -137,10 +150,10 @@ def test_killing_the_leader_operator_mid_saga_hands_over_and_charges_once(node: 
 
 def test_a_deleted_service_pod_comes_back_and_the_saga_finishes(node: Any) -> None:
     before = _pods(node, "storage")[0]["metadata"]["name"]
-    run_at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    node.apply(_job("restarted", run_at=run_at), NS)
-    node.wait_phase(NS, "restarted", {"Scheduled"})
-    node.kubectl("delete", "pod", "-n", "aijobs-system", before, "--wait=false")
+    with _no_workers(node):
+        node.apply(_job("restarted"), NS)
+        node.wait_phase(NS, "restarted", {"Scheduled"})
+        node.kubectl("delete", "pod", "-n", "aijobs-system", before, "--wait=false")
     job = node.wait_phase(NS, "restarted", {"Delivered", "Failed"}, timeout=300)
     assert job["status"]["phase"] == "Delivered", job["status"]
     _charged_once(node, job)

@@ -39,3 +39,14 @@ capabilities: {drop: [ALL]}
 {{- define "aijobs.serviceUrl" -}}
 http://{{ include "aijobs.fullname" .root }}-{{ .name }}:8080
 {{- end -}}
+
+{{- /* A generated secret value that survives upgrades: the live Secret's value for .key where
+there is one (helm reads it back with lookup), else a new random one of .length characters. */}}
+{{- define "aijobs.keptSecretValue" -}}
+{{- $existing := lookup "v1" "Secret" .namespace .secret -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{- index $existing.data .key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum .length -}}
+{{- end -}}
+{{- end -}}

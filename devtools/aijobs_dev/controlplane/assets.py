@@ -206,16 +206,16 @@ def ensure_node_assets(*, log=print) -> Path:  # type: ignore[no-untyped-def]
 PAUSE_SOURCE = Path(__file__).parent / "pause"
 
 
-def _go_install(pkgs: list[str], target: Path, log) -> None:  # type: ignore[no-untyped-def]
+def _go_install(pkgs: list[str], target: Path, log, ldflags: str = "-s -w") -> None:  # type: ignore[no-untyped-def]
     """``go install`` of modules without replace lines, binaries straight into ``target``."""
     go = shutil.which("go")
     if go is None:
-        raise AssetError("`go` is not on PATH: install Go, or set AIJOBS_NODE_ASSETS")
+        raise AssetError("`go` is not on PATH: install Go, or set AIJOBS_HELM / AIJOBS_NODE_ASSETS")
     started = time.monotonic()
     env = dict(os.environ, GOBIN=str(target), CGO_ENABLED="0", GOWORK="off")
     log(f"  $ go install {' '.join(pkgs)}")
     proc = subprocess.run(
-        [go, "install", "-trimpath", "-ldflags", "-s -w", *pkgs], env=env, capture_output=True, text=True
+        [go, "install", "-trimpath", "-ldflags", ldflags, *pkgs], env=env, capture_output=True, text=True
     )
     if proc.returncode != 0:
         raise AssetError(f"`go install {' '.join(pkgs)}` failed:\n{proc.stderr[-4000:]}")
@@ -232,22 +232,9 @@ def ensure_helm(*, log=print) -> Path:  # type: ignore[no-untyped-def]
     binary = target / "helm"
     if not binary.is_file():
         target.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
         log(f"building helm {HELM_VERSION} into {target} (first time only; a few minutes)")
-        go = shutil.which("go")
-        if go is None:
-            raise AssetError("`go` is not on PATH: install Go, or set AIJOBS_HELM to a helm binary")
-        env = dict(os.environ, GOBIN=str(target), CGO_ENABLED="0", GOWORK="off")
         ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-        proc = subprocess.run(
-            [go, "install", "-trimpath", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise AssetError(f"`go install helm` failed:\n{proc.stderr[-4000:]}")
-        log(f"built helm in {time.monotonic() - started:.0f}s")
+        _go_install([f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], target, log, ldflags)
     return binary
 
 

@@ -26,6 +26,7 @@ to what aijobs needs and written for these machines.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -174,7 +175,7 @@ class NodeCluster:
             state.pids["coredns"] = self._spawn([str(assets / "coredns"), "-conf", str(corefile)], "coredns")
             self._save(state)
             self._wait(self._node_ready, f"node {NODE_NAME} Ready", timeout, state)
-            self._apply(self._storage_objects())
+            self.apply(*self._storage_objects())
         except BaseException:
             kept = self.root.with_name(self.root.name + "-failed-logs")
             shutil.rmtree(kept, ignore_errors=True)
@@ -208,26 +209,19 @@ class NodeCluster:
         if inspect.returncode != 0:
             raise ControlPlaneError(f"no image {image} in the local Docker engine: {inspect.stderr.strip()}")
         marker = self.image_store / "loaded" / image.replace("/", "_").replace(":", "_")
-        listed = subprocess.run(
-            [*self._ctr(), "images", "ls", "-q"], capture_output=True, text=True
-        ).stdout.split()
+        listed = self._ctr("images", "ls", "-q").stdout.split()
         reference = image if "/" in image else f"docker.io/library/{image}"
         if marker.is_file() and marker.read_text() == inspect.stdout.strip() and reference in listed:
             return False
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
         assert save.stdout is not None
-        proc = subprocess.run(
-            [*self._ctr(), "images", "import", "-"], stdin=save.stdout, capture_output=True, text=True
-        )
+        proc = self._ctr("images", "import", "-", stdin=save.stdout)
         save.stdout.close()
         if save.wait() != 0 or proc.returncode != 0:
             raise ControlPlaneError(f"loading {image} into containerd failed: {proc.stderr[-2000:]}")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(inspect.stdout.strip())
         return True
-
-    def env(self) -> dict[str, str]:
-        return {"KUBECONFIG": str(self.kubeconfig)}
 
     # -- configuration -----------------------------------------------------------------------
     def _containerd_config(self, assets: Path) -> str:
@@ -368,8 +362,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         return objects
 
     # -- helpers -----------------------------------------------------------------------------
-    def _ctr(self) -> list[str]:
-        return ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io"]
+    def _ctr(self, *args: str, stdin: Any = None) -> subprocess.CompletedProcess[str]:
+        """``ctr`` against this node's containerd, in the namespace kubelet uses."""
+        argv = ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args]
+        return subprocess.run(argv, stdin=stdin, capture_output=True, text=True)
 
     def _import_pause(self, assets: Path) -> None:
         """An image of one file, /pause, written as a Docker archive by hand: no builder needed."""
@@ -380,8 +376,6 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         subprocess.run(
             ["tar", "-C", str(build / "rootfs"), "-cf", str(build / "layer.tar"), "pause"], check=True
         )
-        import hashlib
-
         digest = hashlib.sha256((build / "layer.tar").read_bytes()).hexdigest()
         config = {
             "architecture": "amd64",
@@ -399,28 +393,22 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             ["tar", "-C", str(build), "-cf", str(archive), "manifest.json", config_name, "layer.tar"],
             check=True,
         )
-        proc = subprocess.run(
-            [*self._ctr(), "images", "import", str(archive)], capture_output=True, text=True
-        )
+        proc = self._ctr("images", "import", str(archive))
         if proc.returncode != 0:
             raise ControlPlaneError(f"importing the pause image failed: {proc.stderr}")
 
     def _spawn(self, argv: list[str], name: str) -> int:
-        with (self.root / "logs" / f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        return proc.pid
+        return ControlPlane._spawn(argv, self.root / "logs" / f"{name}.log").pid
 
     def _save(self, state: _NodeState) -> None:
         self._state_file.write_text(json.dumps(asdict(state)))
 
     def kubectl(
-        self, *args: str, check: bool = True, timeout: float = 120
+        self, *args: str, check: bool = True, timeout: float = 120, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """kubectl (the one built beside kubelet) against this cluster."""
         argv = [str(ensure_node_assets() / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise ControlPlaneError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
         return proc
@@ -436,10 +424,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         conditions = node.get("status", {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def _apply(self, objects: list[dict[str, object]]) -> None:
-        manifest = self.root / "storage.yaml"
-        manifest.write_text(yaml.safe_dump_all(objects))
-        self.kubectl("apply", "-f", str(manifest))
+    def apply(self, *objects: dict[str, Any], namespace: str | None = None) -> None:
+        """``kubectl apply`` of these objects (in ``namespace``, where given)."""
+        where = ["-n", namespace] if namespace else []
+        self.kubectl(*where, "apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
 
     def _wait(self, ready, what: str, timeout: float, state: _NodeState | None = None) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
@@ -457,24 +445,15 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     def _remove_containers(self) -> None:
         if not self.containerd_socket.exists():
             return
-        listed = subprocess.run([*self._ctr(), "tasks", "list", "-q"], capture_output=True, text=True)
-        for task in listed.stdout.split():
-            subprocess.run([*self._ctr(), "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
+        for task in self._ctr("tasks", "list", "-q").stdout.split():
+            self._ctr("tasks", "kill", "-s", "SIGKILL", task)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            for task in subprocess.run(
-                [*self._ctr(), "tasks", "list", "-q"], capture_output=True, text=True
-            ).stdout.split():
-                subprocess.run([*self._ctr(), "tasks", "delete", "--force", task], capture_output=True)
-            if not subprocess.run(
-                [*self._ctr(), "tasks", "list", "-q"], capture_output=True, text=True
-            ).stdout.strip():
-                break
+        while (tasks := self._ctr("tasks", "list", "-q").stdout.split()) and time.monotonic() < deadline:
+            for task in tasks:
+                self._ctr("tasks", "delete", "--force", task)
             time.sleep(0.5)
-        for container in subprocess.run(
-            [*self._ctr(), "containers", "list", "-q"], capture_output=True, text=True
-        ).stdout.split():
-            subprocess.run([*self._ctr(), "containers", "delete", container], capture_output=True)
+        for container in self._ctr("containers", "list", "-q").stdout.split():
+            self._ctr("containers", "delete", container)
 
     def _kill_shims(self) -> None:
         """containerd's shims outlive it; each was started with our socket on its command line."""
