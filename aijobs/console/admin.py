@@ -89,6 +89,9 @@ def _wait_ready(custom: k8s.CustomObjectsApi, name: str, timeout: float) -> dict
 def _account_row(body: dict[str, Any]) -> list[Any]:
     status = body.get("status") or {}
     ok, _ = _ready(body)
+    # As kubectl's columns: the Ready condition's reason and message (NamespaceTaken names the
+    # account that holds the namespace).
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
     return [
         body["metadata"]["name"],
         status.get("available"),
@@ -97,10 +100,22 @@ def _account_row(body: dict[str, Any]) -> list[Any]:
         status.get("jobsInFlight"),
         ",".join((body.get("spec") or {}).get("namespaces") or []) or "-",
         "True" if ok else "False",
+        ready.get("reason") or "-",
+        ready.get("message") or "",
     ]
 
 
-ACCOUNT_HEADER = ["NAME", "AVAILABLE", "HELD", "BALANCE", "IN-FLIGHT", "NAMESPACES", "READY"]
+ACCOUNT_HEADER = [
+    "NAME",
+    "AVAILABLE",
+    "HELD",
+    "BALANCE",
+    "IN-FLIGHT",
+    "NAMESPACES",
+    "READY",
+    "REASON",
+    "MESSAGE",
+]
 
 
 # -- tenants -----------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ rule (:func:`aijobs.api.tenancy.plan_sync`) what to change, changes it with idem
 writes the status only when it differs. A pass runs on every change of the object and, for the
 balances, every ``account_sync_interval_seconds``. Deleting the object stops its namespaces
 charging the account (a finalizer holds it until Auth agrees); the account and its ledger stay.
+
+A namespace of the spec that another account holds (Auth binds a namespace to one account at most)
+stays unbound: the object shows Ready=False ``NamespaceTaken`` naming the holder, and each pass
+reads again who holds it. An account that lets a namespace go wakes the others that list it, so
+they bind it without waiting for the next full pass.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from aijobs.api.rules import TERMINAL_PHASES
-from aijobs.api.tenancy import ACCOUNT_FINALIZER, ACCOUNT_PLURAL, CreditAccountSpec, SyncPlan, plan_sync
+from aijobs.api.tenancy import (
+    ACCOUNT_FINALIZER,
+    ACCOUNT_PLURAL,
+    CreditAccountSpec,
+    SyncPlan,
+    plan_sync,
+    readiness,
+)
 from aijobs.api.v1alpha1 import GROUP, VERSION
 from aijobs.wire.client import Refused, ServiceError
 from aijobs_operator.metrics import METRICS
@@ -100,17 +112,21 @@ class AccountSyncer:
             return
         if not deleting and ACCOUNT_FINALIZER not in (body["metadata"].get("finalizers") or []):
             body = await self._add_finalizer(body)
+        wanted = () if deleting else spec.namespaces
         try:
-            seen = await self._read(name)
+            seen = await self._read(name, wanted)
             plan = plan_sync(
                 None if deleting else spec,
                 tenant_exists=seen["tenant"],
                 account_exists=seen["account"] is not None,
                 bound=seen["bound"],
+                held_elsewhere=seen["held"],
             )
             if not plan.empty:
-                await self._apply(name, plan)
-                seen = await self._read(name)
+                await self._apply(name, plan)  # a bind that lost a race is refused: read below
+                seen = await self._read(name, wanted)
+                if plan.unbind:
+                    self._wake_claimants(name, plan.unbind)
         except ServiceError as exc:
             await self._status(body, {}, _conditions(body, False, "SyncFailed", str(exc)[:1000]))
             raise
@@ -126,15 +142,26 @@ class AccountSyncer:
             "jobsInFlight": in_flight,
             "boundNamespaces": sorted(seen["bound"]),
         }
-        matches = seen["bound"] == set(spec.namespaces) and seen["account"] is not None
-        reason, message = (
-            ("Synced", f"account {name} open; {len(spec.namespaces)} namespace(s) may charge it")
-            if matches
-            else ("Converging", "Auth or Payment changed while the operator synced; trying again")
+        ready = readiness(
+            name,
+            spec,
+            account_exists=seen["account"] is not None,
+            bound=seen["bound"],
+            held_elsewhere=seen["held"],
         )
-        await self._status(body, status, _conditions(body, matches, reason, message))
+        await self._status(body, status, _conditions(body, ready.ready, ready.reason, ready.message))
 
-    async def _read(self, name: str) -> dict[str, Any]:
+    def _wake_claimants(self, releaser: str, namespaces: Iterable[str]) -> None:
+        """The other accounts that list a namespace ``releaser`` let go of may bind it now."""
+        freed = set(namespaces)
+        for other, body in self.accounts.items():
+            if other != releaser and freed & set((body.get("spec") or {}).get("namespaces") or []):
+                self._dirty.add(other)
+                self._wake.set()
+
+    async def _read(self, name: str, wanted: Iterable[str]) -> dict[str, Any]:
+        """What Auth and Payment hold for account ``name``; ``held`` names the holder of each
+        namespace in ``wanted`` that another account holds (asked only for the unbound ones)."""
         try:
             await self.svc.auth.json("GET", f"/v1/tenants/{name}")
             tenant = True
@@ -149,7 +176,14 @@ class AccountSyncer:
                 raise
             account = None
         bindings = await self.svc.auth.json("GET", "/v1/bindings", params={"account": name})
-        return {"tenant": tenant, "account": account, "bound": {b["namespace"] for b in bindings["items"]}}
+        bound = {b["namespace"] for b in bindings["items"]}
+        held: dict[str, str] = {}
+        for namespace in sorted(set(wanted) - bound):
+            holders = await self.svc.auth.json("GET", "/v1/bindings", params={"namespace": namespace})
+            for b in holders["items"]:
+                if b["account"] != name:
+                    held[namespace] = b["account"]
+        return {"tenant": tenant, "account": account, "bound": bound, "held": held}
 
     async def _apply(self, name: str, plan: SyncPlan) -> None:
         # Each call under a fresh key: the plan came from a fresh read, and a lost answer is found

@@ -430,6 +430,8 @@ def test_the_credit_account_example_is_accepted_and_shown_in_its_columns(kubectl
             "IN-FLIGHT",
             "NAMESPACES",
             "READY",
+            "REASON",
+            "MESSAGE",
             "AGE",
         ]
         assert out[1].split()[:2] == ["acme", '["team-a","team-a-staging"]']

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aijobs_operator.tenancy import jobs_in_flight
 
-from aijobs.api.tenancy import CreditAccountSpec, SyncPlan, plan_sync
+from aijobs.api.tenancy import CreditAccountSpec, Readiness, SyncPlan, plan_sync, readiness
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,89 @@ def test_plan_sync(
 ) -> None:
     spec = None if wanted is None else CreditAccountSpec(namespaces=wanted)
     assert plan_sync(spec, tenant_exists=tenant, account_exists=account, bound=bound) == plan
+
+
+@pytest.mark.parametrize(
+    ("wanted", "bound", "held", "plan"),
+    [
+        pytest.param(["a", "b"], set(), {"a": "acme"}, SyncPlan(False, False, ("b",), ()), id="one-taken"),
+        pytest.param(
+            ["a"], set(), {"a": "acme"}, SyncPlan(False, False, (), ()), id="only-taken-asks-nothing"
+        ),
+        pytest.param(["a"], set(), {}, SyncPlan(False, False, ("a",), ()), id="holder-let-go"),
+        pytest.param(
+            ["b"], {"a"}, {"b": "acme"}, SyncPlan(False, False, (), ("a",)), id="taken-while-moving"
+        ),
+    ],
+)
+def test_a_namespace_another_account_holds_is_not_asked_for(
+    wanted: list[str], bound: set[str], held: dict[str, str], plan: SyncPlan
+) -> None:
+    """Auth would refuse it; a later pass asks again once its holder lets go."""
+    spec = CreditAccountSpec(namespaces=wanted)
+    assert plan_sync(spec, tenant_exists=True, account_exists=True, bound=bound, held_elsewhere=held) == plan
+
+
+TAKEN_ONE = "namespace team-a is bound to account acme; remove it from this CreditAccount or from acme's"
+TAKEN_TWO = (
+    "namespace team-a is bound to account acme; namespace team-b is bound to account initech; "
+    "remove each from this CreditAccount or from its holder's"
+)
+CONVERGING = Readiness(False, "Converging", "Auth or Payment changed while the operator synced; trying again")
+
+
+@pytest.mark.parametrize(
+    ("wanted", "account", "bound", "held", "ready"),
+    [
+        pytest.param(
+            ["team-a", "team-c"],
+            True,
+            {"team-a", "team-c"},
+            {},
+            Readiness(True, "Synced", "account globex open; 2 namespace(s) may charge it"),
+            id="synced",
+        ),
+        pytest.param(
+            ["team-a", "team-c"],
+            True,
+            {"team-c"},
+            {"team-a": "acme"},
+            Readiness(False, "NamespaceTaken", TAKEN_ONE),
+            id="one-taken-names-its-holder",
+        ),
+        pytest.param(
+            ["team-b", "team-a"],
+            True,
+            set(),
+            {"team-b": "initech", "team-a": "acme"},
+            Readiness(False, "NamespaceTaken", TAKEN_TWO),
+            id="two-taken-name-each-holder",
+        ),
+        pytest.param(
+            ["team-a"],
+            False,
+            set(),
+            {"team-a": "acme"},
+            Readiness(False, "NamespaceTaken", TAKEN_ONE),
+            id="taken-says-more-than-a-missing-account",
+        ),
+        pytest.param(["team-a"], True, set(), {}, CONVERGING, id="not-bound-nor-taken"),
+        pytest.param(["team-a"], False, {"team-a"}, {}, CONVERGING, id="account-missing"),
+        pytest.param(
+            ["team-c"],
+            True,
+            {"team-c"},
+            {"team-a": "acme"},
+            Readiness(True, "Synced", "account globex open; 1 namespace(s) may charge it"),
+            id="a-holder-outside-the-spec-does-not-matter",
+        ),
+    ],
+)
+def test_readiness(
+    wanted: list[str], account: bool, bound: set[str], held: dict[str, str], ready: Readiness
+) -> None:
+    spec = CreditAccountSpec(namespaces=wanted)
+    assert readiness("globex", spec, account_exists=account, bound=bound, held_elsewhere=held) == ready
 
 
 def test_deleting_never_closes_the_account() -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from aijobs_services.auth.models import Binding
+from aijobs_services.kit.db import utcnow
 
 from tests.services.conftest import Api, snapshot
 
@@ -149,3 +154,102 @@ def test_auth_and_payment_run_as_real_processes(
         assert p.get("/readyz").json() == {"status": "ready"}
         assert "aijobs_http_requests_total" in p.get("/metrics").text
         assert "/v1/holds" in p.get("/openapi.json").json()["paths"]
+
+
+def _bind(api: Api, namespace: str, account: str) -> httpx.Response:
+    return api.post("/v1/bindings", {"namespace": namespace, "account": account}, caller="operator")
+
+
+def _may_charge(api: Api, namespace: str, account: str) -> int:
+    body = {"namespace": namespace, "account": account}
+    return api.post("/v1/authorize-charge", body, caller="operator", key=None).status_code
+
+
+def test_a_namespace_bound_to_one_account_is_refused_to_another_who_is_told_the_holder(
+    auth: AuthFx,
+) -> None:
+    """Else a manifest in one tenant's namespace could spend another tenant's credits."""
+    api, engine = auth
+    _tenant_with_user(api, "acme", "alice")
+    _tenant_with_user(api, "globex", "bob")
+    assert _bind(api, "team-a", "acme").status_code == 201
+    before = snapshot(engine, skip=("idempotency_keys", "alembic_version", "admin_actions"))
+    refused = _bind(api, "team-a", "globex")
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert problem["type"] == "https://aijobs.io/problems/namespace-bound-elsewhere"
+    assert (problem["namespace"], problem["account"], problem["heldBy"]) == ("team-a", "globex", "acme")
+    assert "bound to account 'acme'" in problem["detail"]
+    assert snapshot(engine, skip=("idempotency_keys", "alembic_version", "admin_actions")) == before
+    assert _may_charge(api, "team-a", "globex") == 403
+    assert _may_charge(api, "team-a", "acme") == 200
+    # Binding it to its holder again is still an idempotent success.
+    assert _bind(api, "team-a", "acme").status_code == 201
+    assert api.ok("GET", "/v1/bindings?namespace=team-a")["items"] == [
+        {"namespace": "team-a", "account": "acme"}
+    ]
+    # Once the holder lets go, the other account may have it.
+    released = api.http.delete("/v1/bindings/team-a/acme", headers=api.headers("operator", "release-1"))
+    assert released.status_code == 200
+    assert _bind(api, "team-a", "globex").status_code == 201
+    assert _may_charge(api, "team-a", "globex") == 200 and _may_charge(api, "team-a", "acme") == 403
+
+
+def test_of_two_accounts_binding_one_namespace_at_once_exactly_one_wins(auth: AuthFx) -> None:
+    api, _ = auth
+    _tenant_with_user(api, "acme", "alice")
+    _tenant_with_user(api, "globex", "bob")
+    namespaces = [f"team-{i}" for i in range(8)]
+    for namespace in namespaces:
+        start = threading.Barrier(2, timeout=30)
+
+        def race(
+            account: str, namespace: str = namespace, start: threading.Barrier = start
+        ) -> httpx.Response:
+            start.wait()
+            return _bind(api, namespace, account)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = dict(zip(("acme", "globex"), pool.map(race, ("acme", "globex")), strict=True))
+        codes = sorted(r.status_code for r in answers.values())
+        assert codes == [201, 409], {a: r.text for a, r in answers.items()}
+        winner = next(a for a, r in answers.items() if r.status_code == 201)
+        loser = next(r for r in answers.values() if r.status_code == 409)
+        assert loser.json()["heldBy"] == winner
+        held = api.ok("GET", f"/v1/bindings?namespace={namespace}")["items"]
+        assert held == [{"namespace": namespace, "account": winner}]
+
+
+def test_a_bind_that_loses_a_race_in_the_database_is_a_409_naming_the_winner(auth: AuthFx) -> None:
+    """The check before the insert cannot see a concurrent bind that has not committed yet: the
+    unique index is the guard, and losing to it is the same refusal, not a 500."""
+    api, engine = auth
+    _tenant_with_user(api, "acme", "alice")
+    _tenant_with_user(api, "globex", "bob")
+
+    def waiting_on_a_lock() -> bool:
+        with engine.connect() as probe:
+            waiting = probe.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        return bool(waiting)
+
+    with engine.connect() as winner, ThreadPoolExecutor(1) as pool:
+        winner.begin()
+        winner.execute(sa.insert(Binding).values(namespace="team-a", account_id="acme", created_at=utcnow()))
+        loser = pool.submit(_bind, api, "team-a", "globex")  # reads no holder, then waits on the index
+        deadline = time.monotonic() + 30
+        while not (loser.done() or waiting_on_a_lock()):
+            assert time.monotonic() < deadline, "the second bind neither finished nor waited"
+            time.sleep(0.02)
+        winner.commit()
+        answer = loser.result(timeout=30)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["heldBy"] == "acme"
+    assert api.ok("GET", "/v1/bindings?namespace=team-a")["items"] == [
+        {"namespace": "team-a", "account": "acme"}
+    ]
+    assert _may_charge(api, "team-a", "globex") == 403

@@ -157,7 +157,11 @@ def verify_token(body: TokenVerify, _: Verifier, session: SessionDep) -> dict[st
     }
 
 
-@router.post("/bindings", status_code=201, summary="Let a namespace charge an account")
+@router.post(
+    "/bindings",
+    status_code=201,
+    summary="Let a namespace charge an account (409 namespace-bound-elsewhere if another holds it)",
+)
 def bind(
     body: BindingBody, who: Provisioner, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:

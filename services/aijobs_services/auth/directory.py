@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aijobs_services.auth.models import Binding, Tenant, Token, User
@@ -25,6 +26,12 @@ class InvalidToken(Unauthenticated):
 
 class TenantNotAllowed(Forbidden):
     slug, title = "tenant-not-allowed", "This namespace may not charge that account"
+
+
+class NamespaceBoundElsewhere(Conflict):
+    """One namespace charges one account at most; ``heldBy`` names the account that holds it."""
+
+    slug, title = "namespace-bound-elsewhere", "The namespace is bound to another account"
 
 
 @dataclass(frozen=True)
@@ -114,13 +121,42 @@ def verify(session: Session, presented: str) -> Principal:
     return Principal(token.kind, token.subject, token.tenant_id, token.id)
 
 
+def _holder(session: Session, namespace: str) -> Binding | None:
+    return session.scalars(sa.select(Binding).where(Binding.namespace == namespace)).one_or_none()
+
+
+def _held(holder: Binding, account_id: str) -> Binding:
+    """``holder`` if it is ``account_id``'s binding (binding again changes nothing), else refused."""
+    if holder.account_id == account_id:
+        return holder
+    namespace, other = holder.namespace, holder.account_id
+    raise NamespaceBoundElsewhere(
+        f"namespace {namespace!r} is bound to account {other!r}, and a namespace charges one account "
+        f"at most; unbind it from {other!r} first (DELETE /v1/bindings/{namespace}/{other})",
+        namespace=namespace,
+        account=account_id,
+        heldBy=other,
+    )
+
+
 def bind(session: Session, namespace: str, account_id: str) -> Binding:
+    """Let ``namespace`` charge ``account_id``, unless another account holds it (409)."""
     _tenant(session, account_id)
-    binding = session.get(Binding, (namespace, account_id))
-    if binding is None:
-        binding = Binding(namespace=namespace, account_id=account_id, created_at=utcnow())
-        session.add(binding)
-        session.flush()
+    holder = _holder(session, namespace)
+    if holder is not None:
+        return _held(holder, account_id)
+    binding = Binding(namespace=namespace, account_id=account_id, created_at=utcnow())
+    try:
+        with session.begin_nested():  # the caller's transaction stays usable if the insert loses
+            session.add(binding)
+            session.flush()
+    except IntegrityError:
+        # A concurrent bind of this namespace committed between our read and our insert: the
+        # unique index refused ours (on PostgreSQL after waiting for that transaction's outcome).
+        holder = _holder(session, namespace)
+        if holder is None:
+            raise
+        return _held(holder, account_id)
     return binding
 
 

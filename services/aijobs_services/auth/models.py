@@ -44,9 +44,13 @@ class Token(AuthBase):
 
 
 class Binding(AuthBase):
-    """Namespace ``namespace`` may charge account ``account_id``."""
+    """Namespace ``namespace`` may charge account ``account_id``.
+
+    A namespace charges one account at most: otherwise a manifest in one tenant's namespace could
+    spend another tenant's credits. The unique index is the guard, whatever the callers do."""
 
     __tablename__ = "bindings"
+    __table_args__ = (sa.Index("uq_bindings_namespace", "namespace", unique=True),)
     namespace: Mapped[str] = mapped_column(sa.String(63), primary_key=True)
     account_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id"), primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
