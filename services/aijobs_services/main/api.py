@@ -115,6 +115,7 @@ async def submit_job(
             _clients(request)["storage"],
             _custom(request),
             request.app.state.limiter,
+            request.app.state.sessions,
         ),
     )
     headers = {"Idempotent-Replayed": "true"} if status == 200 else None

@@ -1,4 +1,5 @@
-"""Main API's tables: webhooks and the delivery notifications owed to them (an outbox)."""
+"""Main API's tables: webhooks and the delivery notifications owed to them (an outbox), and the
+slots submissions reserve among their account's jobs in flight."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ class Delivery(MainBase):
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
     sent_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+
+
+class SubmissionSlot(MainBase):
+    """A job being submitted, counted in its account's jobs in flight from admission until its
+    AIImageJob exists or the submission is refused (see :mod:`aijobs_services.main.limits`)."""
+
+    __tablename__ = "submission_slots"
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    account: Mapped[str] = mapped_column(sa.String(63), index=True)
+    job_name: Mapped[str] = mapped_column(sa.String(253))
+    reserved_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
 IdempotencyKeys = idempotency_table(MainBase.metadata)

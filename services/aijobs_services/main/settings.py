@@ -31,6 +31,11 @@ class MainSettings(ServiceSettings):
     submissions_per_minute: float = Field(default=120, gt=0, description="Per account and replica")
     submission_burst: int = Field(default=30, ge=1)
     max_jobs_in_flight: int = Field(default=200, ge=1, description="Per account: jobs not yet ended")
+    # Longer than a submission takes (its upload may take 60 s): a slot older than this was left
+    # by a replica that died mid-submission, and stops counting.
+    submission_slot_seconds: int = Field(
+        default=300, ge=90, description="How long a submission's reserved slot counts before its job exists"
+    )
     outbound_allow_cidrs: list[str] = Field(
         default_factory=list, description="Private ranges webhooks may reach (default: none)"
     )

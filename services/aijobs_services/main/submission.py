@@ -2,8 +2,10 @@
 upload, create the AIImageJob. A retry with the same Idempotency-Key finds the job it made (the
 job's name derives from the user and the key); a refusal leaves nothing behind.
 
-``parse`` is pure; ``submit`` takes its edges (Storage, the Kubernetes API, the settings) as
-arguments, so the route function only translates HTTP to a :class:`Submission` and back.
+``parse`` is pure; ``submit`` takes its edges (Storage, the Kubernetes API, the settings, Main's
+database) as arguments, so the route function only translates HTTP to a :class:`Submission` and
+back. A new job holds a slot among its account's jobs in flight from admission until it exists or
+is refused (:mod:`aijobs_services.main.limits`).
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
+import anyio
 from fastapi.concurrency import run_in_threadpool
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from aijobs.api.pipelines import PipelineError, validate_parameters
-from aijobs.api.rules import MAX_HOLD, TERMINAL_PHASES
+from aijobs.api.rules import MAX_HOLD
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Problem, Unprocessable
 from aijobs_services.main import jobs
-from aijobs_services.main.limits import SubmissionLimiter
+from aijobs_services.main.limits import AtLimit, Slot, SubmissionLimiter, SubmissionSlots
 from aijobs_services.main.settings import MainSettings
 
 __all__ = ["Edges", "Order", "Submission", "Unavailable", "parse", "read_job", "submit"]
@@ -67,42 +72,67 @@ class Edges:
     settings: MainSettings
     storage: ServiceClient
     kube: k8s.CustomObjectsApi
-    limiter: SubmissionLimiter | None = None  # None: no limits (tests of the use case alone)
+    limiter: SubmissionLimiter | None = None  # None: no rate limit (tests of the use case alone)
+    sessions: sessionmaker[Session] | None = None  # Main's database; None: no limit on jobs in flight
 
 
 class RateLimited(Problem):
     status, slug, title = 429, "rate-limited", "Too many submissions"
 
 
-async def admit(sub: Submission, edges: Edges, limiter: SubmissionLimiter) -> None:
-    """An account's rate and its jobs in flight; checked only for a new job (a retry of one that
-    exists is answered, never refused)."""
-    wait = limiter.take(sub.account)
-    if wait is not None:
-        raise RateLimited(
-            f"account {sub.account!r} submits faster than {edges.settings.submissions_per_minute:g} jobs "
-            f"a minute; retry in {math.ceil(wait)}s",
-            headers={"Retry-After": str(math.ceil(wait))},
-        )
-    try:
-        listing: Any = await run_in_threadpool(
-            edges.kube.list_namespaced_custom_object,
+def _slots(edges: Edges) -> SubmissionSlots | None:
+    if edges.sessions is None:
+        return None
+    return SubmissionSlots(edges.sessions, dt.timedelta(seconds=edges.settings.submission_slot_seconds))
+
+
+async def admit(sub: Submission, name: str, edges: Edges, slots: SubmissionSlots | None) -> Slot | None:
+    """An account's rate, then a slot among its jobs in flight for the job ``name``, which the
+    caller releases. Checked only for a new job: a retry of one that exists is answered first."""
+    if edges.limiter is not None:
+        wait = edges.limiter.take(sub.account)
+        if wait is not None:
+            raise RateLimited(
+                f"account {sub.account!r} submits faster than {edges.settings.submissions_per_minute:g} "
+                f"jobs a minute; retry in {math.ceil(wait)}s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+    if slots is None:
+        return None
+
+    def listing() -> dict[str, str | None]:
+        # Without a resourceVersion: a quorum read, showing every job created before it.
+        found: Any = edges.kube.list_namespaced_custom_object(
             GROUP,
             VERSION,
             sub.namespace,
             PLURAL,
             label_selector=f"{jobs.LABEL_ACCOUNT}={sub.account}",
+            _request_timeout=30,  # the account's admissions wait on this one meanwhile
+        )
+        return {j["metadata"]["name"]: (j.get("status") or {}).get("phase") for j in found["items"]}
+
+    try:
+        return await run_in_threadpool(
+            slots.reserve, sub.account, name, edges.settings.max_jobs_in_flight, listing, utcnow()
         )
     except ApiException as exc:
         raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
-    phases = [(j.get("status") or {}).get("phase") for j in listing["items"]]
-    in_flight = sum(1 for p in phases if p not in TERMINAL_PHASES)
-    if in_flight >= edges.settings.max_jobs_in_flight:
+    except AtLimit as full:
         raise RateLimited(
-            f"account {sub.account!r} has {in_flight} jobs in flight, the most it may have; "
+            f"account {sub.account!r} has {full.in_flight} jobs in flight, the most it may have; "
             "submit again when some have ended",
             headers={"Retry-After": "10"},
-        )
+        ) from None
+
+
+async def _release(slots: SubmissionSlots | None, slot: Slot | None) -> None:
+    """Give the slot back, even when the request is cancelled. Best effort: a slot left behind
+    stops counting once its job is listed, or once it is older than its bound."""
+    if slots is None or slot is None:
+        return
+    with anyio.CancelScope(shield=True), contextlib.suppress(SQLAlchemyError):
+        await run_in_threadpool(slots.release, slot)
 
 
 def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
@@ -193,8 +223,18 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, dict[str, Any]]:
         _same_request_or_refuse(existing, digest, sub.key)
         return 200, jobs.view(existing)
 
-    if edges.limiter is not None:
-        await admit(sub, edges, edges.limiter)
+    slots = _slots(edges)
+    slot = await admit(sub, name, edges, slots)
+    try:
+        return await _stage_and_create(sub, name, digest, edges)
+    finally:
+        await _release(slots, slot)  # the job exists (the listing counts it), or was refused
+
+
+async def _stage_and_create(
+    sub: Submission, name: str, digest: str, edges: Edges
+) -> tuple[int, dict[str, Any]]:
+    order = sub.order
     staged: str | None = None
     if sub.content is not None:
         try:
