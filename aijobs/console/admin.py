@@ -6,9 +6,11 @@ Payment); money movements are idempotent calls to Payment, each in its admin aud
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 from kubernetes import client as k8s
@@ -16,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from aijobs.api.tenancy import ACCOUNT_API_VERSION, ACCOUNT_KIND, ACCOUNT_PLURAL
 from aijobs.api.v1alpha1 import GROUP, VERSION
-from aijobs.console.config import Config
+from aijobs.console.config import Config, PrivateFile
 from aijobs.console.http import Api, CommandError, new_key
 from aijobs.wire.tokens import TokenSigner
 
@@ -253,15 +255,15 @@ def user_create(args: argparse.Namespace, cfg: Config) -> int:
 
 def token_issue(args: argparse.Namespace, cfg: Config) -> int:
     subject = {"user": args.user} if args.user else {"service": args.service}
-    with _service(cfg, "auth") as auth:
-        body = auth.json("POST", "/v1/tokens", key=new_key(), json=subject)
-    if args.write:
-        from pathlib import Path
-
-        path = Path(args.write)
-        path.touch(mode=0o600)
-        path.write_text(body["token"] + "\n")
-        body = {**body, "token": f"(written to {path})"}
+    # The file is opened before the token is issued: a folder we can't write to is said before a
+    # token exists that nobody would ever see.
+    with contextlib.ExitStack() as stack:
+        secret = stack.enter_context(PrivateFile(Path(args.write))) if args.write else None
+        with _service(cfg, "auth") as auth:
+            body = auth.json("POST", "/v1/tokens", key=new_key(), json=subject)
+        if secret is not None:
+            secret.commit(body["token"] + "\n")
+            body = {**body, "token": f"(written to {secret.path})"}
     emit(
         args,
         body,

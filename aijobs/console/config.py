@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 from aijobs.api.rules import SERVICE_URLS
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "ConfigError", "PrivateFile", "load_config"]
 
 
 class ConfigError(Exception):
@@ -129,3 +130,44 @@ def load_config(path: str | None = None) -> Config:
         admin=dict(doc.get("admin") or {}),
         user=dict(doc.get("user") or {}),
     )
+
+
+class PrivateFile:
+    """A file only its owner may read, written whole or not at all: the text goes to a new file
+    created with mode 600 beside ``path``, which then replaces ``path``. Writing into an existing
+    file would keep that file's mode (0644 is usual), so its secret would be readable by all.
+
+    Use it as a context manager; a file not committed by the end is removed::
+
+        with PrivateFile(path) as secret:
+            secret.commit(token)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._temporary: Path | None = None
+
+    def __enter__(self) -> PrivateFile:
+        if self.path.is_dir():
+            raise ConfigError(f"{self.path} is a folder; give a file's path")
+        try:  # mkstemp creates the file with mode 600 whatever the umask
+            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise ConfigError(f"can't write beside {self.path}: {exc.strerror}") from exc
+        os.close(fd)
+        self._temporary = Path(name)
+        return self
+
+    def commit(self, text: str) -> None:
+        assert self._temporary is not None, "use PrivateFile as a context manager"
+        with self._temporary.open("w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(self._temporary, self.path)
+        self._temporary = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._temporary is not None:
+            self._temporary.unlink(missing_ok=True)
+            self._temporary = None

@@ -125,8 +125,11 @@ def test_a_tenant_onboarded_with_the_admin_commands_runs_a_job_submitted_with_ai
     # A user and their token, written to the file the user's configuration names.
     console.ok("admin", "user", "create", f"{account}-alice", "--tenant", account)
     token_file = Path(console.config.read_text().split('token_file = "')[1].split('"')[0])
+    token_file.write_text("a token from before\n")  # an existing, world-readable file
+    token_file.chmod(0o644)
     console.ok("admin", "token", "issue", "--user", f"{account}-alice", "--write", str(token_file))
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert token_file.read_text().startswith("aij_")
 
     # The user submits, waits, and gets the result; exit code 0 means Delivered.
     image = tmp_path / "in.png"
