@@ -8,13 +8,25 @@ import datetime as dt
 __all__ = [
     "ACCOUNT_NAME",
     "DEFAULT_BACKOFF",
+    "HTTP_URL",
     "MAX_HOLD",
+    "NAMESPACE_NAME",
+    "OBJECT_NAME",
     "SERVICE_URLS",
     "TERMINAL_PHASES",
 ]
 
 # An account (tenant) name: a DNS label, as a namespace's name is.
 ACCOUNT_NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+NAMESPACE_NAME = ACCOUNT_NAME  # at most 63 characters
+# A custom object's name (an AIImageJob's): a DNS subdomain, at most 253 characters.
+OBJECT_NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
+
+# An image or webhook URL as every entrance takes it (the CRD's pattern, the services' models):
+# http(s), a host name or a bracketed IPv6 address, an optional port, no user-info, no spaces.
+# What a pattern can't say (a port over 65535, an IPv6 literal that is not an address) the
+# services' parser (kit.outbound) and the CRD's CEL rules refuse.
+HTTP_URL = r"^https?://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?(?:[/?#]\S*)?$"
 
 # Payment's longest hold: credits can't be reserved for longer, so neither can a job wait longer.
 MAX_HOLD = dt.timedelta(days=30)

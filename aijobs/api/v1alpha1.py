@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from aijobs.api.rules import ACCOUNT_NAME, DEFAULT_BACKOFF
+from aijobs.api.rules import ACCOUNT_NAME, DEFAULT_BACKOFF, HTTP_URL
 
 GROUP = "aijobs.io"
 VERSION = "v1alpha1"
@@ -67,7 +67,7 @@ class InlineImage(_Model):
 
 class JobInput(_Model):
     storage_ref: StorageRef | None = None
-    url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    url: str | None = Field(default=None, max_length=2048, pattern=HTTP_URL)
     inline: InlineImage | None = None
 
 

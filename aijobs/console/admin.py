@@ -328,13 +328,27 @@ def explain_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _newest_first(api: Api, path: str, want: int | None, page_size: int = 1000) -> list[dict[str, Any]]:
+    """Up to ``want`` entries (all of them for None) of a listing paged by ``before``/``next``."""
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {}
+    while want is None or len(items) < want:
+        limit = page_size if want is None else min(page_size, want - len(items))
+        page = api.json("GET", path, params={**params, "limit": limit})
+        items += page["items"]
+        if page.get("next") is None:
+            break
+        params["before"] = page["next"]
+    return items
+
+
 def audit(args: argparse.Namespace, cfg: Config) -> int:
     rows: list[list[Any]] = []
     items: list[dict[str, Any]] = []
+    want = None if args.all else args.limit
     for name in args.service or ["payment", "auth"]:
         with _service(cfg, name) as svc:
-            for item in svc.json("GET", "/v1/admin/audit", params={"limit": args.limit})["items"]:
-                items.append({"service": name, **item})
+            items += [{"service": name, **item} for item in _newest_first(svc, "/v1/admin/audit", want)]
     items.sort(key=lambda i: i["at"], reverse=True)
     for item in items:
         detail = {k: v for k, v in item["detail"].items() if k != "key"}
@@ -428,7 +442,9 @@ def add_admin_parser(sub: Any) -> None:
 
     p = what.add_parser("audit", help="what admins (and the operator, for CreditAccounts) did")
     p.add_argument("--service", action="append", choices=["payment", "auth"])
-    p.add_argument("--limit", type=int, default=50)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--limit", type=int, default=50, help="the newest N entries of each service")
+    which.add_argument("--all", action="store_true", help="the whole trail, read page by page")
     p.set_defaults(run=audit)
 
 

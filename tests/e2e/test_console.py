@@ -101,6 +101,8 @@ def test_a_tenant_onboarded_with_the_admin_commands_runs_a_job_submitted_with_ai
     assert [e["kind"] for e in ledger] == ["top-up"]
     trail = console.json("admin", "-o", "json", "audit", "--service", "payment")
     assert any(i["action"] == "account.top-up" and i["detail"]["reason"] == "welcome credits" for i in trail)
+    whole = console.json("admin", "-o", "json", "audit", "--service", "payment", "--all")
+    assert len(whole) >= len(trail) and len({i["id"] for i in whole}) == len(whole)
     assert "already done" in console.ok(
         "admin", "top-up", account, "50", "--reason", "welcome credits",
         "--idempotency-key", first["idempotencyKey"],

@@ -225,6 +225,24 @@ BAD = [
         _with({"input": {"url": "https://x.example/" + "a" * 2100}}), "spec.input.url", id="url-too-long"
     ),
     pytest.param(_with({"input": {"url": "javascript:alert(1)"}}), "spec.input.url", id="url-javascript"),
+    pytest.param(
+        _with({"input": {"url": "http://[::1/x.png"}}), "spec.input.url", id="url-unclosed-bracket"
+    ),
+    pytest.param(
+        _with({"input": {"url": "http://a]b/"}}), "spec.input.url", id="url-stray-bracket"
+    ),
+    pytest.param(
+        _with({"input": {"url": "https://[zz]/"}}), "spec.input.url", id="url-bracket-not-an-address"
+    ),
+    pytest.param(
+        _with({"input": {"url": "https://[::1::2]/x"}}), "input.url: not a well-formed", id="url-bad-ipv6"
+    ),
+    pytest.param(
+        _with({"input": {"url": "http://a.example:99999/x"}}), "input.url: not a well-formed", id="url-port"
+    ),
+    pytest.param(
+        _with({"input": {"url": "http://u:p@a.example/x"}}), "spec.input.url", id="url-user-info"
+    ),
     # -- account, price, times, retry policy
     pytest.param(_with({"account": "a"}), "spec.account", id="account-too-short"),
     pytest.param(_with({"account": "x" * 64}), "spec.account", id="account-too-long"),
@@ -455,3 +473,11 @@ def test_the_crds_parameter_rules_are_generated_from_the_shared_schema() -> None
     ):
         text = path.read_text()
         assert rewrite(text) == text, f"{path} is stale: run python -m aijobs.api.crd_rules"
+
+
+def test_the_crds_url_pattern_is_the_one_every_service_checks() -> None:
+    from aijobs.api.rules import HTTP_URL
+
+    crd = yaml.safe_load((ROOT / "crds/aijobs.io_aiimagejobs.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["input"]["properties"]["url"]["pattern"] == HTTP_URL

@@ -413,3 +413,21 @@ def test_every_admin_money_movement_lands_once_in_an_audit_trail_only_admins_rea
     assert trail[0]["detail"]["key"] == "top-up-1" and trail[0]["caller"] == "admin"
     assert api.get("/v1/admin/audit", caller="operator").status_code == 403
     assert api.ok("GET", "/v1/accounts/acme")["available"] == 50
+
+
+def test_the_whole_audit_trail_is_read_page_by_page(payment: Payment) -> None:
+    api, _ = payment
+    api.ok("POST", "/v1/accounts", {"id": "acme"})
+    for i in range(7):
+        api.ok("POST", "/v1/accounts/acme/top-ups", {"amount": 1, "reason": f"gift {i}"})
+    pages, params = [], {"limit": 3}
+    while True:
+        page = api.ok("GET", "/v1/admin/audit", params=params)
+        pages.append(page["items"])
+        if page["next"] is None:
+            break
+        params = {"limit": 3, "before": page["next"]}
+    entries = [e for page in pages for e in page]
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [e["detail"].get("reason") for e in entries] == [f"gift {i}" for i in reversed(range(7))] + [None]
+    assert len({e["id"] for e in entries}) == 8 and entries[-1]["action"] == "account.open"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 from sqlalchemy.orm import Session
 
 from aijobs.api.rules import ACCOUNT_NAME
@@ -18,6 +17,7 @@ from aijobs_services.ai.models import Task
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware
+from aijobs_services.kit.fields import Timestamp
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 
 NAME = ACCOUNT_NAME
@@ -34,7 +34,7 @@ class TaskCreate(CamelModel):
     pipeline: str = Field(description=f"One of: {', '.join(PIPELINES)}")
     params: dict[str, Any] = Field(default_factory=dict)
     input_object_id: str = Field(min_length=1, max_length=40)
-    run_at: dt.datetime | None = None
+    run_at: Timestamp | None = None
     max_attempts: StrictInt = Field(default=5, ge=1, le=50)
 
 
@@ -58,7 +58,7 @@ class Completion(CamelModel):
 class Failure(CamelModel):
     lease_token: str
     reason: str = Field(min_length=1, max_length=4000)
-    retryable: bool
+    retryable: StrictBool
 
 
 class TaskQuery(CamelModel):
@@ -100,7 +100,6 @@ def create_task(
     body: TaskCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
-        run_at = aware(body.run_at).astimezone(dt.UTC) if body.run_at else None
         task, created = queue.create(
             s,
             job_id=body.job_id,
@@ -108,7 +107,7 @@ def create_task(
             pipeline=body.pipeline,
             params=body.params,
             input_object_id=body.input_object_id,
-            run_at=run_at,
+            run_at=body.run_at,
             max_attempts=body.max_attempts,
         )
         return (201 if created else 200), public(task)

@@ -1,6 +1,7 @@
 """An audit trail of what admins did (credits added, tenants, users, tokens, bindings), written
 in the same transaction as the action itself (a replayed request adds no second line), and
-readable by an admin at ``GET /v1/admin/audit``."""
+readable by an admin at ``GET /v1/admin/audit``, page by page: each page's ``next`` is the
+``before`` of the one after it, so the whole trail can be read however long it grows."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from aijobs_services.kit.app import SessionDep
 from aijobs_services.kit.callers import Caller, allow
+from aijobs_services.kit.fields import MAX_ROW_ID
 
 __all__ = ["admin_actions_table", "audit_router", "create_admin_actions_table", "record"]
 
@@ -64,15 +66,21 @@ def audit_router(table: sa.Table) -> APIRouter:
         session: SessionDep,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         action: Annotated[str | None, Query(max_length=64)] = None,
+        before: Annotated[
+            int | None, Query(ge=1, le=MAX_ROW_ID, description="Only entries older than this id (next)")
+        ] = None,
     ) -> dict[str, Any]:
         stmt = sa.select(table).order_by(table.c.id.desc()).limit(limit)
         if action:
             stmt = stmt.where(table.c.action == action)
+        if before is not None:
+            stmt = stmt.where(table.c.id < before)
         with session.begin():
             rows = session.execute(stmt).mappings().all()
         return {
             "items": [
                 {
+                    "id": row["id"],
                     "at": row["at"].isoformat(),
                     "caller": row["caller"],
                     "action": row["action"],
@@ -80,7 +88,8 @@ def audit_router(table: sa.Table) -> APIRouter:
                     "detail": json.loads(row["detail"]),
                 }
                 for row in rows
-            ]
+            ],
+            "next": rows[-1]["id"] if len(rows) == limit else None,
         }
 
     return router

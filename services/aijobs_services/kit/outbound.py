@@ -10,27 +10,36 @@ no service becomes a proxy into the cluster (SSRF):
   header and TLS's server name carry the name, so certificates are still verified against it;
 - redirects are not followed; time and size are limited by the caller.
 
-A refusal is a :class:`DestinationRefused` (422, ``destination-refused``), naming the field.
+A refusal is a :class:`DestinationRefused` (422, ``destination-refused``), naming the field; a URL
+that is not even well formed (``http://[::1/x.png``) is its subclass :class:`BadUrl` (422,
+``bad-url``), found by :func:`parse` without a DNS lookup, so that Main API refuses it before a
+job exists.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from aijobs.api.rules import HTTP_URL
 from aijobs_services.kit.problems import Unprocessable
 
-__all__ = ["Destination", "DestinationRefused", "check", "networks"]
+__all__ = ["BadUrl", "Destination", "DestinationRefused", "check", "networks", "parse"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class DestinationRefused(Unprocessable):
     slug, title = "destination-refused", "Destination not allowed"
+
+
+class BadUrl(DestinationRefused):
+    slug, title = "bad-url", "Not a well-formed http(s) URL"
 
 
 def networks(allow: Sequence[str]) -> tuple[Network, ...]:
@@ -63,29 +72,41 @@ def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not (address.is_multicast or address.is_reserved)
 
 
+def parse(url: str, field: str = "url") -> tuple[SplitResult, str, int]:
+    """``url`` split, with its host and port, if it is a well-formed http(s) URL with a host and no
+    user-info; :class:`BadUrl` otherwise. Pure: no DNS."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # an unclosed "[", an address that is not one, a port out of range
+        raise BadUrl(f"{field}: {url!r} is not a well-formed URL ({exc})") from exc
+    if parts.scheme not in ("http", "https") or not host:
+        raise BadUrl(f"{field}: only http(s) URLs with a host are allowed, not {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise BadUrl(f"{field}: a URL with user-info is not allowed")
+    if port == 0 or not re.fullmatch(HTTP_URL, url):
+        raise BadUrl(
+            f"{field}: {url!r} is not a well-formed http(s) URL (a host name or [IPv6 address], an "
+            "optional port from 1 to 65535, no spaces)"
+        )
+    return parts, host, port or (443 if parts.scheme == "https" else 80)
+
+
 def check(url: str, allow: Sequence[Network], field: str = "url") -> Destination:
     """Check ``url`` against the policy; resolve it once. Blocking (DNS): run it on a thread from
     async code."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DestinationRefused(f"{field}: only http(s) URLs with a host are allowed, not {url!r}")
-    if parts.username is not None or parts.password is not None:
-        raise DestinationRefused(f"{field}: a URL with user-info is not allowed")
+    _, host, port = parse(url, field)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise DestinationRefused(f"{field}: {exc}") from exc
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise DestinationRefused(f"{field}: host {parts.hostname!r} does not resolve") from exc
+        raise DestinationRefused(f"{field}: host {host!r} does not resolve") from exc
     addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
     for address in addresses:
         if not _public(address) and not any(address in net for net in allow):
             raise DestinationRefused(
-                f"{field}: {parts.hostname} resolves to {address}, a loopback, private, link-local or "
+                f"{field}: {host} resolves to {address}, a loopback, private, link-local or "
                 "otherwise non-public address; such destinations are refused unless the operator's "
                 "allow-list admits them",
                 address=str(address),
             )
-    return Destination(url, parts.hostname, str(addresses[0]))
+    return Destination(url, host, str(addresses[0]))

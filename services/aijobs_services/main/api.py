@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kubernetes import client as k8s
@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from aijobs.api.rules import TERMINAL_PHASES
+from aijobs.api.rules import HTTP_URL, NAMESPACE_NAME, OBJECT_NAME, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.consistency import fetch_records, findings
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
@@ -30,6 +30,9 @@ from aijobs_services.main.submission import Unavailable, read_job
 
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
+# A name Kubernetes could not hold is the caller's mistake (422), not the API server's trouble.
+JobName = Annotated[str, Path(max_length=253, pattern=OBJECT_NAME, description="The job's name (its id)")]
+Namespace = Annotated[str, Path(max_length=63, pattern=NAMESPACE_NAME)]
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", summary="One of your jobs, as its saga log tells it")
-async def get_job(request: Request, job_id: str, user: UserDep) -> dict[str, Any]:
+async def get_job(request: Request, job_id: JobName, user: UserDep) -> dict[str, Any]:
     namespace = await _namespace_of(request, user.tenant)
     job = await read_job(_custom(request), namespace, job_id)
     if job is None or job["metadata"].get("labels", {}).get(jobs.LABEL_ACCOUNT) != user.tenant:
@@ -160,7 +163,7 @@ async def get_job(request: Request, job_id: str, user: UserDep) -> dict[str, Any
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, summary="Cancel one of your jobs (idempotent)")
-async def cancel_job(request: Request, job_id: str, user: UserDep) -> dict[str, Any]:
+async def cancel_job(request: Request, job_id: JobName, user: UserDep) -> dict[str, Any]:
     """Deletes the job: the operator then undoes what was done and returns the held credits. A job
     whose capture has begun is delivered and charged instead (the money promise: charged for a
     result received, or not at all); one already ended stays as it is."""
@@ -188,7 +191,7 @@ async def cancel_job(request: Request, job_id: str, user: UserDep) -> dict[str, 
 
 
 @router.get("/admin/jobs/{namespace}/{name}", summary="A job's saga log beside every service's records")
-async def admin_job(request: Request, namespace: str, name: str, _: Admin) -> dict[str, Any]:
+async def admin_job(request: Request, namespace: Namespace, name: JobName, _: Admin) -> dict[str, Any]:
     job = await read_job(_custom(request), namespace, name)
     if job is None:
         raise NotFound(f"no job {namespace}/{name}", slug="unknown-job", title="Unknown job")
@@ -258,7 +261,7 @@ def record_delivery(
 
 class WebhookBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=2048, pattern=r"^https?://\S+$")
+    url: str = Field(max_length=2048, pattern=HTTP_URL)
     secret: str = Field(min_length=16, max_length=128, description="Signs each notification (HMAC-SHA256)")
 
 

@@ -30,6 +30,7 @@ from aijobs.api.pipelines import PipelineError, validate_parameters
 from aijobs.api.rules import MAX_HOLD
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
+from aijobs_services.kit import outbound
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Problem, Unprocessable
 from aijobs_services.main import jobs
@@ -169,8 +170,8 @@ def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None
         raise Unprocessable(str(exc), slug="bad-pipeline", title="Invalid pipeline or parameters") from exc
     if has_file == (url is not None):
         raise Unprocessable("give exactly one of file (an upload) or url", slug="validation-error")
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise Unprocessable("url: must be an http(s) URL", slug="validation-error")
+    if url is not None:
+        outbound.parse(url, "url")  # well formed, or refused before anything is stored
     start = parse_run_at(run_at, utcnow()) if run_at else None
     return Order(pipeline, params, start, run_at, url)
 

@@ -15,6 +15,7 @@ from aijobs_services.kit.admin_audit import record
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
+from aijobs_services.kit.fields import MAX_ROW_ID, Timestamp
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.problems import NotFound, Problem
 from aijobs_services.payment import ledger
@@ -42,11 +43,11 @@ class HoldCreate(CamelModel):
     account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_ID)
     job_id: str = Field(min_length=1, max_length=128)
     amount: StrictInt = Field(gt=0, le=10**9)
-    expires_at: dt.datetime | None = Field(default=None, description="Default: one hour from now")
+    expires_at: Timestamp | None = Field(default=None, description="Default: one hour from now")
 
 
 class HoldExtend(CamelModel):
-    expires_at: dt.datetime
+    expires_at: Timestamp
 
 
 class AccountPublic(CamelModel):
@@ -88,10 +89,6 @@ def _hold(h: Hold) -> dict[str, Any]:
 
 def _hold_or_problem(result: Hold | Problem) -> tuple[int, Any]:
     return (result.status, result) if isinstance(result, Problem) else (200, _hold(result))
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return aware(value).astimezone(dt.UTC)
 
 
 router = APIRouter(prefix="/v1", tags=["payment"])
@@ -158,7 +155,7 @@ def top_up(
 def place_hold(
     body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    expires = _aware(body.expires_at) if body.expires_at else utcnow() + dt.timedelta(hours=1)
+    expires = body.expires_at or utcnow() + dt.timedelta(hours=1)
     return store.run(
         session,
         idem,
@@ -199,7 +196,7 @@ def extend(
     session: SessionDep,
 ) -> JSONResponse:
     return store.run(
-        session, idem, lambda s: (200, _hold(ledger.extend(s, hold_id, _aware(body.expires_at))))
+        session, idem, lambda s: (200, _hold(ledger.extend(s, hold_id, body.expires_at)))
     )
 
 
@@ -239,7 +236,9 @@ def account_ledger(
     _: Reader,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1, description="Only entries older than this id")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ROW_ID, description="Only entries older than this id (a page's next)")
+    ] = None,
 ) -> dict[str, Any]:
     import sqlalchemy as sa
 

@@ -16,10 +16,11 @@ from pydantic import Field, StrictInt
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aijobs.api.rules import ACCOUNT_NAME
+from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL
 from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
+from aijobs_services.kit.fields import MAX_ROW_ID, Timestamp
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.problems import Forbidden, NotFound, Problem, Unprocessable
 from aijobs_services.storage import ingest, objects
@@ -37,7 +38,7 @@ Reader = Annotated[Caller, Depends(allow("main-api", "operator", "worker", "admi
 
 class IngestBody(CamelModel):
     key: str = Field(pattern=KEY)
-    url: str = Field(max_length=2048, pattern=r"^https?://\S+$")
+    url: str = Field(max_length=2048, pattern=HTTP_URL)
     account: str = Field(min_length=2, max_length=63, pattern=NAME)
     job_id: str | None = Field(default=None, max_length=128)
     kind: Literal["input", "result"] = "input"
@@ -50,7 +51,7 @@ class CommitBody(CamelModel):
 
 class DownloadUrlBody(CamelModel):
     ttl_seconds: StrictInt = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
-    expires_at: dt.datetime | None = Field(
+    expires_at: Timestamp | None = Field(
         default=None, description="An exact expiry instead of a TTL: the same expiry gives the same link"
     )
 
@@ -297,7 +298,7 @@ def download_url(
             raise NotFound(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
     now = utcnow()
     if body.expires_at is not None:
-        expires = int(aware(body.expires_at).timestamp())
+        expires = int(body.expires_at.timestamp())
         if not now.timestamp() < expires <= now.timestamp() + 30 * 24 * 3600:
             raise Unprocessable("expiresAt must be in the future and within 30 days", slug="bad-expiry")
     else:
@@ -317,7 +318,11 @@ def download_url(
 
 @router.get("/download/{object_id}", summary="Download through a signed link (no token needed)")
 def download(
-    object_id: str, expires: int, signature: str, request: Request, session: SessionDep
+    object_id: str,
+    expires: Annotated[int, Query(ge=0, le=MAX_ROW_ID)],
+    signature: Annotated[str, Query(max_length=128)],
+    request: Request,
+    session: SessionDep,
 ) -> BlobResponse:
     expected = _signature(request.app.state.url_key, object_id, expires)
     if not signature.isascii() or not hmac.compare_digest(expected, signature):
