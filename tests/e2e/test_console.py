@@ -181,6 +181,24 @@ def test_a_tenant_onboarded_with_the_admin_commands_runs_a_job_submitted_with_ai
     assert f"charged {GRAYSCALE_PRICE}" in explained and "disagreements now: none" in explained
 
 
+def test_a_tenant_claiming_a_namespace_another_account_holds_is_told_who_holds_it(
+    stack: Stack, console: Console
+) -> None:
+    holder, late, namespace = (
+        f"acme{uuid.uuid4().hex[:6]}",
+        f"evil{uuid.uuid4().hex[:6]}",
+        f"team-{uuid.uuid4().hex[:6]}",
+    )
+    stack.namespace(namespace)
+    console.ok("admin", "tenant", "create", holder, "--namespace", namespace)
+    refused = console.run("admin", "tenant", "create", late, "--namespace", namespace)
+    # Said at once (no wait for the command's timeout), naming the account that holds it.
+    assert refused.returncode != 0 and "NamespaceTaken" in refused.stderr and holder in refused.stderr
+    assert stack.call("auth", "GET", f"/v1/bindings?account={late}")["items"] == []
+    listing = console.ok("admin", "tenant", "list").stdout
+    assert any(late in line and "NamespaceTaken" in line for line in listing.splitlines())
+
+
 def test_bad_input_is_refused_with_a_reason_and_nothing_is_charged(
     stack: Stack, console: Console, tmp_path: Path
 ) -> None:
