@@ -76,10 +76,6 @@ def _ready(body: dict[str, Any]) -> tuple[bool, str]:
     return False, "the operator has not synced it yet (is the operator running?)"
 
 
-# Ready=False reasons that waiting will not change: a person must act (the message says how).
-_NEEDS_A_PERSON = ("NamespaceTaken", "InvalidSpec")
-
-
 def _wait_ready(custom: k8s.CustomObjectsApi, name: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -87,11 +83,13 @@ def _wait_ready(custom: k8s.CustomObjectsApi, name: str, timeout: float) -> dict
         ok, why = _ready(body)
         if ok:
             return body
+        # Stalled: waiting will not change it, a person must act (the message says how).
         status = body.get("status") or {}
-        ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+        conditions = status.get("conditions") or []
+        stalled: dict[str, Any] = next((c for c in conditions if c["type"] == "Stalled"), {})
         current = status.get("observedGeneration") == body["metadata"].get("generation")
-        if current and ready.get("reason") in _NEEDS_A_PERSON:
-            raise CommandError(f"CreditAccount {name} is not Ready ({ready['reason']}): {why}")
+        if current and stalled.get("status") == "True":
+            raise CommandError(f"CreditAccount {name} is not Ready ({stalled.get('reason')}): {why}")
         if time.monotonic() > deadline:
             raise CommandError(f"CreditAccount {name} not Ready after {timeout:.0f}s: {why}")
         time.sleep(0.5)  # polling the object's status, bounded by the deadline above

@@ -26,6 +26,14 @@ The rules, each one a branch below and a table of cases in ``tests/operator/test
   answers a definite no (the hold can no longer be captured), which leaves the user uncharged.
 - A job being deleted is compensated first, or, past capture, delivered first; the finalizer is
   let go only then.
+
+The conditions say the same to tools that read them. kstatus (Flux's ``wait: true``, kpt) reads a
+custom resource by ``Reconciling`` and ``Stalled`` only: the first of them that is True decides
+(InProgress, Failed), neither True reads Current. So exactly one is True until the job ends:
+``Reconciling`` while the saga works (running, retrying an unknown outcome, compensating),
+``Stalled`` while a service says a definite no to a step the job cannot give up (a delivery past
+the capture, an undo), and, for good, once the job has failed. A delivered job has neither.
+``Complete``/``Failed`` are batch/v1 Job's, for ``kubectl wait --for=condition=...``.
 """
 
 from __future__ import annotations
@@ -348,6 +356,25 @@ def set_condition(
     )
 
 
+def _reconciling(status: AIImageJobStatus, reason: str, message: str, gen: int, now: dt.datetime) -> None:
+    """kstatus reads InProgress: the saga is working on the job."""
+    set_condition(status, "Reconciling", "True", reason, message, gen, now)
+    set_condition(status, "Stalled", "False", reason, "", gen, now)
+
+
+def _stalled(
+    status: AIImageJobStatus, reason: str, message: str, cause: str, gen: int, now: dt.datetime
+) -> None:
+    """kstatus reads Failed: retrying alone is not expected to help, a person should look.
+    Reconciling keeps ``cause`` as its reason (a compensation's cause names the failure)."""
+    set_condition(status, "Stalled", "True", reason, message, gen, now)
+    set_condition(status, "Reconciling", "False", cause, message, gen, now)
+
+
+def _is_stalled(status: AIImageJobStatus) -> bool:
+    return any(c.type == "Stalled" and c.status == "True" for c in status.conditions)
+
+
 def backoff(uid: str, step: str, attempts: int, initial: float, maximum: float) -> float:
     """Exponential backoff with jitter in [50 %, 100 %]. The jitter is drawn from the job, step and
     attempt (a hash, not a random generator), so the same log always gives the same delay and
@@ -368,7 +395,11 @@ def _finish(
     set_condition(status, "Complete", "True" if delivered else "False", reason, message, gen, now)
     set_condition(status, "Failed", "False" if delivered else "True", reason, message, gen, now)
     set_condition(status, "Reconciling", "False", reason, "", gen, now)
-    set_condition(status, "Stalled", "False", reason, "", gen, now)
+    # A failure is final: Stalled stays True (kstatus: Failed), with the failure's reason.
+    if delivered:
+        set_condition(status, "Stalled", "False", reason, "", gen, now)
+    else:
+        set_condition(status, "Stalled", "True", reason, message, gen, now)
 
 
 def iso(value: dt.datetime) -> str:
@@ -437,8 +468,7 @@ def _accept(job: JobView, now: dt.datetime, policy: Policy) -> Action:
         return Finish(new, (Event("Warning", "BeyondHoldLife", why),))
     new.phase = Phase.PENDING
     new.message = "accepted; charging"
-    set_condition(new, "Reconciling", "True", "Accepted", "the saga is running", gen, now)
-    set_condition(new, "Stalled", "False", "Accepted", "", gen, now)
+    _reconciling(new, "Accepted", "the saga is running", gen, now)
     return Accept(new, (Event("Normal", "Accepted", f"job accepted; deadline {iso(deadline)}"),))
 
 
@@ -453,7 +483,7 @@ def _compensate(job: JobView, now: dt.datetime, reason: str, why: str) -> Compen
     new = _copy(job.status)
     new.phase = Phase.COMPENSATING
     new.message = why
-    set_condition(new, "Reconciling", "True", reason, why, job.generation, now)
+    _reconciling(new, reason, why, job.generation, now)
     return Compensate(new, (Event("Warning", reason, f"compensating: {why}"),))
 
 
@@ -517,6 +547,8 @@ def _settle_step(job: JobView, name: str, outcome: Outcome, now: dt.datetime, po
             new.reruns = outcome.reruns
         new.message = outcome.message
         set_condition(new, condition, "True", "Done", outcome.message, gen, now)
+        if _is_stalled(new):  # a refused delivery went through at last
+            _reconciling(new, "Accepted", "the saga is running", gen, now)
         return Settled(new, (Event("Normal", condition, outcome.message),), checkpoint=name in CHECKPOINTS)
     if isinstance(outcome, Waiting):
         deadline = deadline_of(job, policy)
@@ -531,7 +563,7 @@ def _settle_step(job: JobView, name: str, outcome: Outcome, now: dt.datetime, po
         rec.state, rec.finished_at = "Failed", now
         new.phase = Phase.COMPENSATING
         new.message = outcome.message
-        set_condition(new, "Reconciling", "True", outcome.reason, outcome.message, gen, now)
+        _reconciling(new, outcome.reason, outcome.message, gen, now)
         return Settled(new, (Event("Warning", outcome.reason, f"compensating: {outcome.message}"),))
     # Unknown: the same request again, later.
     rec.last_error = outcome.message
@@ -539,7 +571,7 @@ def _settle_step(job: JobView, name: str, outcome: Outcome, now: dt.datetime, po
         why = f"{name} gave up after {rec.attempts} attempts: {outcome.message}"
         new.phase = Phase.COMPENSATING
         new.message = why
-        set_condition(new, "Reconciling", "True", "RetriesExhausted", why, gen, now)
+        _reconciling(new, "RetriesExhausted", why, gen, now)
         return Settled(new, (Event("Warning", "RetriesExhausted", f"compensating: {why}"),))
     return _retry(job, new, rec, name, outcome.message, outcome.retry_after, now, policy)
 
@@ -567,9 +599,10 @@ def _retry(
         else f"{name} was refused ({error}); past the capture the job can only go forward: "
         f"retrying in {delay:.0f}s"
     )
-    set_condition(new, "Reconciling", "True", "Retrying", message, gen, now)
-    if stalled is not None:
-        set_condition(new, "Stalled", "True", stalled, message, gen, now)
+    if stalled is None:
+        _reconciling(new, "Retrying", message, gen, now)
+    else:
+        _stalled(new, stalled, message, stalled, gen, now)
     new.message = f"{name} retrying: {error}"
     return Settled(new, wait=Wait(rec.next_attempt_at))
 
@@ -577,8 +610,11 @@ def _retry(
 def _settle_undo(job: JobView, name: str, outcome: Outcome, now: dt.datetime, policy: Policy) -> Settled:
     new, gen = _copy(job.status), job.generation
     rec = _record(new, name, compensation=True)
+    cause = _failure_reason(new)
     if isinstance(outcome, Done):
         rec.state, rec.finished_at, rec.last_error = "Succeeded", now, outcome.message
+        if _is_stalled(new):  # a refused undo went through at last
+            _reconciling(new, cause, new.message or "compensating", gen, now)
         return Settled(new)
     # Anything else is retried: a refund is delayed, never skipped.
     message = outcome.message
@@ -587,13 +623,9 @@ def _settle_undo(job: JobView, name: str, outcome: Outcome, now: dt.datetime, po
     if isinstance(outcome, Unknown) and outcome.retry_after:
         delay = max(delay, outcome.retry_after)
     rec.next_attempt_at = now + dt.timedelta(seconds=delay)
-    set_condition(
-        new,
-        "Stalled",
-        "True",
-        "CompensationRetrying",
-        f"{name}: {message}; retrying in {delay:.0f}s (a refund is delayed, never skipped)",
-        gen,
-        now,
-    )
+    why = f"{name}: {message}; retrying in {delay:.0f}s (a refund is delayed, never skipped)"
+    if isinstance(outcome, Unknown):  # the service may answer next time: still compensating
+        _reconciling(new, cause, why, gen, now)
+    else:  # a definite no to an undo: the money waits for a person to look
+        _stalled(new, "CompensationRefused", why, cause, gen, now)
     return Settled(new, wait=Wait(rec.next_attempt_at))

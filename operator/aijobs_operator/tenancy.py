@@ -30,6 +30,7 @@ from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.tenancy import (
     ACCOUNT_FINALIZER,
     ACCOUNT_PLURAL,
+    NAMESPACE_TAKEN,
     CreditAccountSpec,
     SyncPlan,
     plan_sync,
@@ -108,7 +109,8 @@ class AccountSyncer:
         try:
             spec = CreditAccountSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:  # the CRD admits only valid specs; an old object may not be
-            await self._status(body, {}, _conditions(body, False, "InvalidSpec", str(exc)[:1000]))
+            seen = {"observedGeneration": body["metadata"].get("generation")}
+            await self._status(body, seen, account_conditions(body, False, "InvalidSpec", str(exc)[:1000]))
             return
         if not deleting and ACCOUNT_FINALIZER not in (body["metadata"].get("finalizers") or []):
             body = await self._add_finalizer(body)
@@ -128,7 +130,8 @@ class AccountSyncer:
                 if plan.unbind:
                     self._wake_claimants(name, plan.unbind)
         except ServiceError as exc:
-            await self._status(body, {}, _conditions(body, False, "SyncFailed", str(exc)[:1000]))
+            seen = {"observedGeneration": body["metadata"].get("generation")}
+            await self._status(body, seen, account_conditions(body, False, "SyncFailed", str(exc)[:1000]))
             raise
         if deleting:
             await self._remove_finalizer(body)
@@ -149,7 +152,7 @@ class AccountSyncer:
             bound=seen["bound"],
             held_elsewhere=seen["held"],
         )
-        await self._status(body, status, _conditions(body, ready.ready, ready.reason, ready.message))
+        await self._status(body, status, account_conditions(body, ready.ready, ready.reason, ready.message))
 
     def _wake_claimants(self, releaser: str, namespaces: Iterable[str]) -> None:
         """The other accounts that list a namespace ``releaser`` let go of may bind it now."""
@@ -284,15 +287,31 @@ def _comparable(status: dict[str, Any]) -> Any:
     return {**{k: v for k, v in status.items() if k != "lastSyncTime"}, "conditions": conditions}
 
 
-def _conditions(body: dict[str, Any], ok: bool, reason: str, message: str) -> list[dict[str, Any]]:
-    """Ready (the account exists and exactly the spec's namespaces may charge it) and Synced (the
-    last pass reached Auth and Payment); a transition time changes only when a status does."""
+# Ready=False reasons that another pass will not change: a person must act (the message says how).
+# kstatus (Flux's wait, kpt) reads them as Failed through Stalled=True. SyncFailed (Auth or Payment
+# did not answer, or refused) is not among them: every pass retries it and a service coming back
+# heals it unattended, as a job's unknown outcome is retried; so it reads InProgress, and an
+# applier that waits says its message when its own timeout ends the wait.
+STALLED_REASONS = frozenset({"InvalidSpec", NAMESPACE_TAKEN})
+
+
+def account_conditions(body: dict[str, Any], ok: bool, reason: str, message: str) -> list[dict[str, Any]]:
+    """Ready (the account exists and exactly the spec's namespaces may charge it), Synced (the
+    last pass reached Auth and Payment) and what kstatus reads: Reconciling (InProgress) while a
+    later pass may still get it Ready, Stalled (Failed) while only a person can; neither once
+    Ready. A transition time changes only when a status does."""
     previous = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
     generation = body["metadata"].get("generation")
     stamp = iso(now())
     synced = reason not in ("SyncFailed", "InvalidSpec")
+    stalled = not ok and reason in STALLED_REASONS
     out = []
-    for type_, value in (("Ready", ok), ("Synced", synced)):
+    for type_, value in (
+        ("Ready", ok),
+        ("Synced", synced),
+        ("Reconciling", not ok and not stalled),
+        ("Stalled", stalled),
+    ):
         status = "True" if value else "False"
         old = previous.get(type_) or {}
         out.append(

@@ -7,6 +7,7 @@ user's money and job would see: what is called next, what is compensated, when a
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -380,3 +381,162 @@ def test_an_undo_that_fails_is_retried_never_skipped() -> None:
     settled = core.settle(job.with_status(action.status), action, core.Unknown("503"), T0, POLICY)
     assert settled.wait is not None and settled.status.phase == Phase.COMPENSATING
     assert not core.succeeded(settled.status, "cancel-task", compensation=True)
+
+
+# ------------------------------------------------------------------- what kstatus reads
+def run_saga(job: core.JobView, outcomes: Sequence[core.Outcome], now: dt.datetime = T0) -> AIImageJobStatus:
+    """The log the core writes when each step (or undo) it runs meets the next of ``outcomes``,
+    up to the point where they run out or the job ends; the clock moves on to each retry."""
+    todo = list(outcomes)
+    while True:
+        action = core.plan(job, now, POLICY)
+        if isinstance(action, core.Wait) and action.until is not None and todo:
+            now = action.until
+            continue
+        if isinstance(action, core.Accept | core.Compensate | core.Finish):
+            job = job.with_status(action.status)
+            if isinstance(action, core.Finish):
+                return job.status
+            continue
+        if not isinstance(action, core.RunStep | core.RunUndo) or not todo:
+            return job.status
+        settled = core.settle(job.with_status(action.status), action, todo.pop(0), now, POLICY)
+        job = job.with_status(settled.status)
+        if settled.wait is not None and not todo:
+            return job.status
+
+
+def _new(**spec: Any) -> core.JobView:
+    return _job(None, spec=spec, deadline=None)
+
+
+_DELIVERY = [
+    core.Done("held"),
+    core.Done("uploaded"),
+    core.Done("scheduled"),
+    core.Done("stored", {"resultObjectId": "r"}),
+    core.Done("captured"),
+]
+_UNDONE = [core.Done("cancelled"), core.Done("deleted"), core.Done("released")]
+_FAR = {"runAt": "2026-12-29T00:00:00Z"}
+
+# Each state a job can be in, the log the core writes for it, and the status kstatus (Flux's
+# wait: true, kpt) must read: a failed job is Failed, never Current. tests/foundation/test_kstatus.py
+# replays this table on a real API server through cli-utils' own code.
+JOB_STATES = [
+    pytest.param(
+        lambda: run_saga(_new(), [*_DELIVERY, core.Done("delivered")]), "Current", "Delivered", id="delivered"
+    ),
+    pytest.param(lambda: run_saga(_new(), []), "InProgress", "Pending", id="accepted"),
+    pytest.param(lambda: run_saga(_new(), _DELIVERY[:2]), "InProgress", "Uploaded", id="in-progress"),
+    pytest.param(
+        lambda: run_saga(_new(), [core.Done("held"), core.Unknown("503")]),
+        "InProgress",
+        "Charged",
+        id="retrying",
+    ),
+    pytest.param(
+        lambda: run_saga(_new(), [*_DELIVERY, core.Definite("Refused", "422 the link was refused")]),
+        "Failed",
+        "Processed",
+        id="stalled-delivery-refused-after-capture",
+    ),
+    pytest.param(
+        lambda: run_saga(_new(), [*_DELIVERY, core.Definite("Refused", "422"), core.Unknown("timed out")]),
+        "InProgress",
+        "Processed",
+        id="a-stalled-delivery-retried-with-an-unknown-outcome",
+    ),
+    pytest.param(
+        lambda: run_saga(
+            _new(), [core.Done("held"), core.Definite("UploadRefused", "413"), core.Unknown("503")]
+        ),
+        "InProgress",
+        "Compensating",
+        id="compensating-a-refund-retrying",
+    ),
+    pytest.param(
+        lambda: run_saga(
+            _new(),
+            [core.Done("held"), core.Definite("UploadRefused", "413"), core.Definite("Refused", "409")],
+        ),
+        "Failed",
+        "Compensating",
+        id="compensation-refused",
+    ),
+    pytest.param(
+        lambda: run_saga(_new(), [core.Definite("InsufficientCredits", "402"), *_UNDONE]),
+        "Failed",
+        "Failed",
+        id="failed-before-charging-refused-credits",
+    ),
+    pytest.param(
+        lambda: run_saga(_new(**_FAR), []), "Failed", "Failed", id="failed-at-acceptance-beyond-hold-life"
+    ),
+    pytest.param(
+        lambda: core.refuse_unreadable(1, T0, "spec.price: not an integer"),
+        "Failed",
+        "Failed",
+        id="failed-invalid-spec",
+    ),
+    pytest.param(
+        lambda: run_saga(_new(), [core.Done("held"), core.Definite("UploadRefused", "413"), *_UNDONE]),
+        "Failed",
+        "Failed",
+        id="failed-after-charging-refunded",
+    ),
+]
+
+
+def kstatus_rule(status: AIImageJobStatus) -> str:
+    """kstatus's rule for a custom resource whose generation is observed (cli-utils,
+    pkg/kstatus/status/generic.go): the first of Reconciling and Stalled found True in the list
+    decides, InProgress or Failed; neither True reads Current (no Ready condition here)."""
+    for cond in status.conditions:
+        if cond.status == "True" and cond.type in ("Reconciling", "Stalled"):
+            return "InProgress" if cond.type == "Reconciling" else "Failed"
+    return "Current"
+
+
+@pytest.mark.parametrize(("build", "kstatus", "phase"), JOB_STATES)
+def test_conditions_say_what_kstatus_reads(build: Any, kstatus: str, phase: str) -> None:
+    status = build()
+    assert status.phase == phase
+    assert kstatus_rule(status) == kstatus
+    true = {c.type for c in status.conditions if c.status == "True"}
+    assert not {"Reconciling", "Stalled"} <= true  # never both: kstatus would read list order
+    assert ("Failed" in true) == (phase == "Failed")  # kubectl wait --for=condition=Failed
+    assert ("Complete" in true) == (phase == "Delivered")  # kubectl wait --for=condition=Complete
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "reason"),
+    [
+        pytest.param(
+            [core.Definite("InsufficientCredits", "402"), *_UNDONE], "InsufficientCredits", id="charge"
+        ),
+        pytest.param(
+            [core.Done("held"), core.Definite("UploadRefused", "413"), *_UNDONE], "UploadRefused", id="upload"
+        ),
+        pytest.param(
+            [
+                core.Done("held"),
+                core.Definite("UploadRefused", "413"),
+                core.Definite("Refused", "409"),
+                core.Unknown("503"),
+                *_UNDONE,
+            ],
+            "UploadRefused",
+            id="through-a-refused-undo-and-a-retry",
+        ),
+    ],
+)
+def test_a_failed_job_says_its_failure_in_stalled_and_failed(
+    outcomes: list[core.Outcome], reason: str
+) -> None:
+    status = run_saga(_new(), outcomes)
+    assert status.phase == Phase.FAILED
+    conditions = {c.type: c for c in status.conditions}
+    assert conditions["Stalled"].status == "True" and conditions["Stalled"].reason == reason
+    assert conditions["Failed"].reason == reason
+    assert conditions["Reconciling"].status == "False"

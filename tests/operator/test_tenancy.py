@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from aijobs_operator.tenancy import jobs_in_flight
+from aijobs_operator.tenancy import account_conditions, jobs_in_flight
 
 from aijobs.api.tenancy import CreditAccountSpec, Readiness, SyncPlan, plan_sync, readiness
 
@@ -125,3 +127,39 @@ def test_jobs_in_flight_count_only_jobs_that_have_not_ended() -> None:
         {"spec": {"account": "other"}, "status": {"phase": "Charged"}},
     ]
     assert jobs_in_flight(jobs) == {"acme": 2, "other": 1}
+
+
+def kstatus_rule(conditions: list[dict[str, Any]]) -> str:
+    """kstatus's rule for a custom resource whose generation is observed (cli-utils,
+    pkg/kstatus/status/generic.go, then status.go's Ready fallback)."""
+    for cond in conditions:
+        if cond["status"] == "True" and cond["type"] in ("Reconciling", "Stalled"):
+            return "InProgress" if cond["type"] == "Reconciling" else "Failed"
+    ready = next((c for c in conditions if c["type"] == "Ready"), None)
+    if ready is not None:
+        return "Current" if ready["status"] == "True" else "InProgress"
+    return "Current"
+
+
+# Each state a CreditAccount can be in and the status kstatus (Flux's wait: true, kpt) must read:
+# what a person must fix is Failed; what the next pass may fix is InProgress.
+# tests/foundation/test_kstatus.py replays these on a real API server through cli-utils' own code.
+ACCOUNT_STATES = [
+    pytest.param(True, "Synced", "Current", id="ready"),
+    pytest.param(False, "InvalidSpec", "Failed", id="invalid-spec"),
+    pytest.param(False, "NamespaceTaken", "Failed", id="namespace-taken"),
+    pytest.param(False, "SyncFailed", "InProgress", id="sync-failing-is-retried"),
+    pytest.param(False, "Converging", "InProgress", id="converging"),
+]
+
+
+@pytest.mark.parametrize(("ok", "reason", "kstatus"), ACCOUNT_STATES)
+def test_account_conditions_say_what_kstatus_reads(ok: bool, reason: str, kstatus: str) -> None:
+    body = {"metadata": {"generation": 3}, "status": {}}
+    conditions = account_conditions(body, ok, reason, "why")
+    assert kstatus_rule(conditions) == kstatus
+    by_type = {c["type"]: c for c in conditions}
+    assert by_type["Ready"]["status"] == str(ok)  # kubectl wait --for=condition=Ready
+    assert by_type["Stalled"]["status"] == str(kstatus == "Failed")
+    assert by_type["Reconciling"]["status"] == str(kstatus == "InProgress")
+    assert {c["observedGeneration"] for c in conditions} == {3}

@@ -72,9 +72,16 @@ def check(world: World) -> list[Violation]:
             bad("I5", "the status says Delivered, but no result was delivered")
         if phase == "Failed" and delivered:
             bad("I5", "the status says Failed, but a result was delivered")
-        if body is not None and phase in TERMINAL_PHASES:  # what `kubectl wait` reads
+        if body is not None and phase in TERMINAL_PHASES:  # what `kubectl wait` and kstatus read
             conditions = {c["type"]: c["status"] for c in body["status"].get("conditions", [])}
-            want = {"Complete": str(phase == "Delivered"), "Failed": str(phase == "Failed")}
+            failed = str(phase == "Failed")
+            # kstatus: Stalled=True reads Failed, neither it nor Reconciling True reads Current.
+            want = {
+                "Complete": str(phase == "Delivered"),
+                "Failed": failed,
+                "Reconciling": "False",
+                "Stalled": failed,
+            }
             if {k: conditions.get(k) for k in want} != want:
                 bad("I5", f"phase {phase} but conditions {conditions}")
     return found
