@@ -26,3 +26,12 @@ class WorkerSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, description="0: no metrics server")
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     call_timeout_seconds: float = Field(default=30.0, gt=0)
+    infer_budget_seconds: float = Field(
+        default=600.0, gt=0, description="The longest one inference batch may take before /healthz fails"
+    )
+    stall_grace_seconds: float = Field(
+        default=15.0, ge=0, description="Slack past each stage's bound before the loop counts as wedged"
+    )
+    # A fault for tests, never set in production: when this file appears, the loop removes it and
+    # then blocks forever (as on a GPU call that never returns), so the probes can be seen to act.
+    wedge_file: str = Field(default="", description="Test-only fault hook; empty: off")

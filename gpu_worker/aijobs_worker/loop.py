@@ -14,7 +14,9 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
+import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Any
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_worker import codec
 from aijobs_worker.config import WorkerSettings
+from aijobs_worker.health import Pulse
 from aijobs_worker.runner import Item, Runner
 from aijobs_worker.spool import Entry, Spool
 from aijobs_worker.telemetry import IMAGES, QUEUE_WAIT, STAGE_SECONDS, UPLOAD_RETRIES
@@ -51,9 +54,13 @@ class Worker:
         runner: Runner,
         spool: Spool,
         worker_id: str,
+        pulse: Pulse | None = None,
     ) -> None:
         self.cfg, self.ai, self.storage, self.runner, self.spool = cfg, ai, storage, runner, spool
         self.worker_id = worker_id
+        # Every turn of the loop beats here, with how long its next stage may take: /healthz.
+        self.pulse = pulse or Pulse(cfg.stall_grace_seconds)
+        self.wedge_release = threading.Event()  # only a test sets it, to end its wedged worker
         self.held: dict[str, Held] = {}
         self.stopping = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
@@ -65,8 +72,10 @@ class Worker:
         try:
             await self.drain_spool()
             while not self.stopping.is_set():
+                await self._wedge_if_asked()
                 tasks = await self._lease()
                 if not tasks:
+                    self.pulse.beat("waiting between lease polls", self.cfg.poll_seconds)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopping.wait(), self.cfg.poll_seconds)
                     continue
@@ -84,12 +93,15 @@ class Worker:
             "leaseSeconds": self.cfg.lease_seconds,
         }
         for attempt in range(1, 1_000_000):
+            self.pulse.beat("polling the AI service for work", self.cfg.call_timeout_seconds)
             try:
                 items: list[dict[str, Any]] = (await self.ai.json("POST", "/v1/leases", key=key, json=body))[
                     "items"
                 ]
+                self.pulse.polled(True)
                 break
             except Ambiguous as exc:  # retry the same key: a lost answer hands us the same tasks
+                self.pulse.polled(False, str(exc))
                 if self.stopping.is_set():
                     return []
                 await self._sleep(_backoff(attempt, exc.retry_after))
@@ -101,6 +113,9 @@ class Worker:
 
     async def process(self, tasks: list[dict[str, Any]]) -> None:
         loop = asyncio.get_running_loop()
+        # The stages of ours around inference are bounded by one lease: one that outlasts the
+        # lease it runs under has stopped. Inference has the model's own budget.
+        self.pulse.beat(f"fetching {len(tasks)} input(s)", self.cfg.lease_seconds)
         started = time.perf_counter()
         blobs = await asyncio.gather(*(self._fetch(t) for t in tasks), return_exceptions=True)
         STAGE_SECONDS.labels("fetch").observe((time.perf_counter() - started) / max(1, len(tasks)))
@@ -109,6 +124,7 @@ class Worker:
             if isinstance(blob, BaseException):
                 await self._give_back(task, f"could not fetch the input: {blob}", retryable=True)
                 continue
+            self.pulse.beat("decoding an input", self.cfg.lease_seconds)
             t0 = time.perf_counter()
             try:
                 image = await loop.run_in_executor(self._pool, codec.decode, blob)
@@ -119,9 +135,11 @@ class Worker:
             items.append(Item(task["id"], task["pipeline"], task["params"], image))
         if not items:
             return
+        self.pulse.beat(f"running inference on {len(items)} image(s)", self.cfg.infer_budget_seconds)
         t0 = time.perf_counter()
         await asyncio.to_thread(self.runner.run, items)
         STAGE_SECONDS.labels("infer").observe((time.perf_counter() - t0) / len(items))
+        self.pulse.beat("encoding and storing results", self.cfg.lease_seconds)
         await asyncio.gather(*(self._finish_item(item) for item in items))
 
     async def _finish_item(self, item: Item) -> None:
@@ -162,6 +180,7 @@ class Worker:
         for attempt in itertools.count(1):
             if held is not None and held.cancelled:
                 break
+            self.pulse.beat(f"uploading the result of {entry.task_id}", self.cfg.lease_seconds)
             try:
                 obj = await self._upload(entry, content)
                 break
@@ -270,8 +289,27 @@ class Worker:
                     pass  # try again next round; the lease has slack
 
     async def _sleep(self, seconds: float) -> None:
+        """A pause before a retry: the loop beats again after it and the call that follows."""
+        self.pulse.beat("pausing before a retry", seconds + self.cfg.call_timeout_seconds)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def _wedge_if_asked(self) -> None:
+        """The test-only fault of ``wedge_file``: consumed, so that the restarted container runs
+        normally (the file sits in the pod's /tmp, which outlives a container restart)."""
+        if not self.cfg.wedge_file or not _take(self.cfg.wedge_file):
+            return
+        log.warning("fault: %s found; the loop now blocks forever without beating", self.cfg.wedge_file)
+        await asyncio.to_thread(self.wedge_release.wait)  # a call that never returns
+
+
+def _take(path: str) -> bool:
+    """Remove the file at ``path``; whether it was there (a stat of /tmp: no need for a thread)."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _backoff(attempt: int, retry_after: float | None, cap: float = 30.0) -> float:

@@ -9,11 +9,11 @@ import signal
 import socket
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
+from aijobs.health import start_probe_server
 from aijobs.wire.client import ServiceClient
 from aijobs.wire.tokens import TokenSigner
 from aijobs_worker.config import WorkerSettings
+from aijobs_worker.health import Pulse
 from aijobs_worker.loop import Worker
 from aijobs_worker.runner import Runner, pick_device
 from aijobs_worker.spool import Spool
@@ -25,14 +25,15 @@ log = logging.getLogger("aijobs.worker")
 async def serve(cfg: WorkerSettings) -> None:
     device = pick_device(cfg.device)
     enable_gpu_telemetry()
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, registry=REGISTRY)
+    pulse = Pulse(cfg.stall_grace_seconds)
+    if cfg.metrics_port:  # /metrics, and the kubelet's probes: /healthz (liveness), /readyz
+        start_probe_server(cfg.metrics_port, REGISTRY, {"/healthz": pulse.live, "/readyz": pulse.ready})
     signer = TokenSigner(cfg.identity, cfg.secret)
     ai = ServiceClient("ai", cfg.ai_url, signer, timeout=cfg.call_timeout_seconds)
     storage = ServiceClient("storage", cfg.storage_url, signer, timeout=cfg.call_timeout_seconds)
     runner = Runner(device, Path(cfg.model_dir) if cfg.model_dir else None, cfg.max_batch)
     worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    worker = Worker(cfg, ai, storage, runner, Spool(Path(cfg.spool_dir)), worker_id)
+    worker = Worker(cfg, ai, storage, runner, Spool(Path(cfg.spool_dir)), worker_id, pulse)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)

@@ -18,6 +18,7 @@ import time
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from aijobs_operator.health import Vitals
 from aijobs_operator.metrics import METRICS
 
 log = logging.getLogger("aijobs.operator.leader")
@@ -28,9 +29,18 @@ def _now() -> dt.datetime:
 
 
 class LeaseElector:
-    def __init__(self, api: k8s.ApiClient, name: str, namespace: str, identity: str, seconds: int) -> None:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        name: str,
+        namespace: str,
+        identity: str,
+        seconds: int,
+        vitals: Vitals | None = None,
+    ) -> None:
         self._api = k8s.CoordinationV1Api(api)
         self.name, self.namespace, self.identity, self.seconds = name, namespace, identity, seconds
+        self.vitals = vitals or Vitals(seconds, ())  # each round is recorded here for the probes
 
     def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease (optimistic concurrency on resourceVersion)."""
@@ -85,10 +95,13 @@ class LeaseElector:
         while deadline is None or time.monotonic() < deadline:
             try:
                 if self.try_acquire():
+                    self.vitals.lease_round("leader", answered=True)
                     log.info("leading as %s (lease %s/%s)", self.identity, self.namespace, self.name)
                     METRICS.leader.set(1)
                     return True
+                self.vitals.lease_round("standby", answered=True)
             except ApiException as exc:
+                self.vitals.lease_round("standby", answered=False, error=str(exc.reason))
                 log.warning("lease: %s", exc.reason)
             if not waiting_logged:
                 log.info("standing by: another replica holds lease %s/%s", self.namespace, self.name)
@@ -104,9 +117,11 @@ class LeaseElector:
             try:
                 if await asyncio.to_thread(self.try_acquire):
                     last_ok = time.monotonic()
+                    self.vitals.lease_round("leader", answered=True)
                     continue
                 log.error("lost lease %s/%s to another replica; exiting", self.namespace, self.name)
             except ApiException as exc:
+                self.vitals.lease_round("leader", answered=False, error=str(exc.reason))
                 log.warning("lease renewal failed: %s", exc.reason)
                 if time.monotonic() - last_ok < self.seconds * 2 / 3:
                     continue

@@ -10,15 +10,16 @@ import socket
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from aijobs.api.tenancy import ACCOUNT_PLURAL
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
+from aijobs.health import start_probe_server
 from aijobs.kube import api_client
 from aijobs.wire.client import ServiceClient
 from aijobs.wire.tokens import TokenSigner
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler, slim
+from aijobs_operator.health import Vitals, tap_watch_streams
 from aijobs_operator.kube import KubeWriter
 from aijobs_operator.leader import LeaseElector
 from aijobs_operator.metrics import METRICS
@@ -44,7 +45,10 @@ def build_services(cfg: OperatorSettings) -> Services:
 
 
 def registry_for(
-    reconciler: Reconciler, extra_tasks: list[Any], accounts: AccountSyncer | None = None
+    reconciler: Reconciler,
+    extra_tasks: list[Any],
+    accounts: AccountSyncer | None = None,
+    vitals: Vitals | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -60,6 +64,8 @@ def registry_for(
         settings.posting.enabled = False
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        if vitals is not None:  # kopf reconnects a stream silent this long; two such is dead
+            vitals.silence = 2 * settings.watching.inactivity_timeout
         for factory in [reconciler.run, *extra_tasks]:
             task = asyncio.get_running_loop().create_task(factory())
             task.add_done_callback(_die_loudly)
@@ -100,9 +106,13 @@ def run(cfg: OperatorSettings | None = None) -> None:
         os.environ["KUBECONFIG"] = cfg.kubeconfig
     api = api_client(cfg.kubeconfig or None)
     identity = cfg.pod_name or f"{socket.gethostname()}-{os.getpid()}"
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, registry=METRICS.registry)
-    elector = LeaseElector(api, cfg.lease_name, cfg.lease_namespace, identity, cfg.lease_seconds)
+    vitals = Vitals(cfg.lease_seconds, [PLURAL, ACCOUNT_PLURAL])
+    tap_watch_streams(vitals)
+    if cfg.metrics_port:  # /metrics, and the kubelet's probes: /healthz (liveness), /readyz
+        start_probe_server(
+            cfg.metrics_port, METRICS.registry, {"/healthz": vitals.live, "/readyz": vitals.ready}
+        )
+    elector = LeaseElector(api, cfg.lease_name, cfg.lease_namespace, identity, cfg.lease_seconds, vitals)
     elector.acquire()
     reconciler = Reconciler(cfg, build_services(cfg), KubeWriter(api))
     tasks: list[Any] = [elector.keep]
@@ -115,7 +125,7 @@ def run(cfg: OperatorSettings | None = None) -> None:
         services, api, lambda: list(reconciler.cache.values()), cfg.account_sync_interval_seconds
     )
     tasks.append(accounts.run)
-    registry = registry_for(reconciler, tasks, accounts)
+    registry = registry_for(reconciler, tasks, accounts, vitals)
     asyncio.run(
         kopf.operator(
             registry=registry,
