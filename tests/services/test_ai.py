@@ -244,3 +244,35 @@ def test_a_worker_with_an_identity_of_its_own_leases_under_it_whatever_name_it_s
         assert [t["leaseOwner"] for t in shared] == ["worker/gpu-2"]  # a label, marked as such
         outsider = api.post("/v1/leases", {"worker": "x"}, caller="main-api", key="lease-outsider")
         assert outsider.status_code == 403
+
+
+def test_the_queue_depth_an_autoscaler_reads_counts_waiting_running_and_later_work(ai: AI) -> None:
+    api, engine = ai
+
+    def depth() -> dict[str, int]:
+        response = api.get("/v1/queue/depth", caller=None)  # KEDA holds no service token
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    assert depth() == {"ready": 0, "running": 0, "scheduled": 0, "demand": 0}
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=8)).isoformat()
+    _create(api, "job-later", runAt=later)
+    for job in ("job-a", "job-b", "job-c"):
+        _create(api, job)
+    cancelled = _create(api, "job-cancelled").json()["id"]
+    api.ok("POST", f"/v1/tasks/{cancelled}/cancel", caller="operator")
+    assert depth() == {"ready": 3, "running": 0, "scheduled": 1, "demand": 3}
+
+    [first, _] = _lease(api, "w1", n=2)
+    assert depth() == {"ready": 1, "running": 2, "scheduled": 1, "demand": 3}  # still work to serve
+    api.ok(
+        "POST",
+        f"/v1/tasks/{first['id']}/complete",
+        {"leaseToken": first["leaseToken"], "resultObjectId": "obj-r"},
+        caller="worker",
+    )
+    assert depth() == {"ready": 1, "running": 1, "scheduled": 1, "demand": 2}
+    with engine.begin() as conn:  # the other worker vanished: its task is due again
+        conn.execute(sa.text("update tasks set lease_expires_at = now() - interval '1 second'"))
+    assert depth() == {"ready": 2, "running": 0, "scheduled": 1, "demand": 2}
+    assert len(_lease(api, "w2", n=10)) == 2  # exactly what the depth said was ready

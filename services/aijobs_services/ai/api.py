@@ -134,6 +134,21 @@ def query_tasks(body: TaskQuery, _: Reader, session: SessionDep) -> dict[str, An
         return {"items": [public(t) for t in session.scalars(sa.select(Task).where(sa.or_(*conditions)))]}
 
 
+@router.get("/queue/depth", summary="Tasks ready, running and scheduled later (for autoscalers)")
+def queue_depth(session: SessionDep) -> dict[str, int]:
+    # Open to any caller, like /metrics: an autoscaler (KEDA's metrics-api scaler) cannot mint
+    # our short-lived signed tokens, and the answer is three counts, with no account, job or
+    # task in it. It only reads.
+    with session.begin():
+        found = queue.depth(session)
+    return {
+        "ready": found.ready,
+        "running": found.running,
+        "scheduled": found.scheduled,
+        "demand": found.demand,
+    }
+
+
 @router.post("/tasks/{task_id}/cancel", summary="Cancel a task (idempotent)")
 def cancel_task(
     task_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep

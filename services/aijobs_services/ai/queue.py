@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -94,16 +95,55 @@ def create(
     return task, True
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    """How much work the queue holds, as an autoscaler reads it: ``ready`` tasks are due and
+    waiting for a lease (including running ones whose lease ran out), ``running`` ones are held
+    by a live lease, ``scheduled`` ones wait for a later run-at."""
+
+    ready: int
+    running: int
+    scheduled: int
+
+    @property
+    def demand(self) -> int:
+        """The tasks workers must serve now. Running ones count too: scaling on ``ready`` alone
+        would stop workers in the middle of the tasks they just leased."""
+        return self.ready + self.running
+
+
+def _due(now: dt.datetime) -> sa.ColumnElement[bool]:
+    """What ``lease`` hands out: scheduled tasks whose time has come, running ones whose lease
+    expired; never one whose cancellation was asked."""
+    return sa.and_(
+        Task.cancel_requested.is_(False),
+        sa.or_(
+            sa.and_(Task.state == "scheduled", Task.run_at <= now),
+            sa.and_(Task.state == "running", Task.lease_expires_at < now),
+        ),
+    )
+
+
+def depth(session: Session) -> QueueDepth:
+    """The queue's depth in one read-only query (no locks: a count a moment old is fine)."""
+    now = utcnow()
+    live = sa.and_(Task.state == "running", Task.lease_expires_at >= now)
+    later = sa.and_(Task.state == "scheduled", Task.run_at > now, Task.cancel_requested.is_(False))
+    count = sa.func.count
+    row = session.execute(
+        sa.select(count().filter(_due(now)), count().filter(live), count().filter(later)).where(
+            Task.state.in_(("scheduled", "running"))
+        )
+    ).one()
+    return QueueDepth(ready=row[0], running=row[1], scheduled=row[2])
+
+
 def lease(session: Session, worker: str, max_tasks: int, lease_seconds: int) -> list[Task]:
     """Hand out up to ``max_tasks`` due tasks: scheduled ones whose time has come, and running
     ones whose lease expired. Two workers never get one task (SKIP LOCKED on PostgreSQL; on
     SQLite the write transaction is taken at BEGIN)."""
     now = utcnow()
-    due = sa.or_(
-        sa.and_(Task.state == "scheduled", Task.run_at <= now),
-        sa.and_(Task.state == "running", Task.lease_expires_at < now),
-    )
-    stmt = sa.select(Task).where(due, Task.cancel_requested.is_(False)).order_by(Task.run_at).limit(max_tasks)
+    stmt = sa.select(Task).where(_due(now)).order_by(Task.run_at).limit(max_tasks)
     stmt = stmt.with_for_update(skip_locked=True) if is_postgres(session) else stmt
     leased = []
     for task in session.scalars(stmt):
