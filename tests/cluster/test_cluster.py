@@ -162,6 +162,95 @@ def test_a_deleted_service_pod_comes_back_and_the_saga_finishes(node: Any) -> No
     assert len(after) == 1 and after[0]["metadata"]["name"] != before
 
 
+WEDGE = "/tmp/aijobs-wedge"  # the worker's test-only fault: its loop blocks for good once this appears
+
+
+def _worker_serves_metrics(node: Any, pod: str) -> bool:
+    """Whether the metrics Service sends traffic to this worker pod (a ready endpoint)."""
+    slices = node.get(
+        "endpointslices", "-n", "aijobs-system", "-l", "kubernetes.io/service-name=aijobs-worker-metrics"
+    )["items"]
+    return any(
+        (ep.get("targetRef") or {}).get("name") == pod and ep.get("conditions", {}).get("ready") is True
+        for s in slices
+        for ep in s.get("endpoints") or []
+    )
+
+
+def _wait(check: Any, what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f}s"
+        time.sleep(0.5)
+    return result
+
+
+def test_a_wedged_worker_leaves_the_metrics_service_is_restarted_and_works_again(node: Any) -> None:
+    from aijobs_dev.clusterdemo import VALUES
+    from aijobs_worker.config import WorkerSettings
+
+    probes = yaml.safe_load(VALUES.read_text())["worker"]["probes"]
+    worker = WorkerSettings()
+    # How long the kubelet may take to restart a wedged loop, from these probes and the worker's
+    # own bound (its idle wait, or a lease call, plus the grace), with a minute for the kubelet.
+    live = probes["liveness"]
+    restart_within = (
+        worker.call_timeout_seconds
+        + worker.stall_grace_seconds
+        + (live["periodSeconds"] + live["timeoutSeconds"]) * (live["failureThreshold"] + 1)
+        + live["terminationGracePeriodSeconds"]
+        + 60
+    )
+    start_within = probes["startup"]["periodSeconds"] * probes["startup"]["failureThreshold"] + 60
+
+    # The fault hook is off unless its variable names a file: a rollout turns it on.
+    node.kubectl(
+        "set", "env", "deployment/aijobs-worker", "-n", "aijobs-system", f"AIJOBS_WEDGE_FILE={WEDGE}"
+    )
+
+    def rolled_out() -> str | None:
+        pods = _pods(node, "worker")
+        envs = [{e["name"] for e in p["spec"]["containers"][0]["env"]} for p in pods]
+        if (
+            len(pods) == 1
+            and "AIJOBS_WEDGE_FILE" in envs[0]
+            and _worker_serves_metrics(node, pods[0]["metadata"]["name"])
+        ):
+            return str(pods[0]["metadata"]["name"])
+        return None
+
+    pod = _wait(rolled_out, "worker rolled out with the fault hook and ready", start_within)
+    restarts = node.get("pod", "-n", "aijobs-system", pod)["status"]["containerStatuses"][0]["restartCount"]
+
+    node.kubectl("exec", "-n", "aijobs-system", pod, "-c", "worker", "--", "touch", WEDGE)
+    # Wedged: no longer ready, so out of the metrics Service; then restarted by its liveness probe.
+    _wait(lambda: not _worker_serves_metrics(node, pod), "worker out of the metrics Service", restart_within)
+
+    def restarted() -> bool:
+        status = node.get("pod", "-n", "aijobs-system", pod)["status"]["containerStatuses"][0]
+        return bool(status["restartCount"] > restarts)
+
+    _wait(restarted, "restart of the wedged worker", restart_within)
+    _wait(
+        lambda: _worker_serves_metrics(node, pod),
+        "restarted worker back in the metrics Service",
+        start_within,
+    )
+    # It was the fault, seen by the probe: the loop took the file, /healthz said so, the kubelet acted.
+    previous = node.kubectl("logs", "-n", "aijobs-system", pod, "-c", "worker", "--previous").stdout
+    assert f"fault: {WEDGE} found" in previous, previous[-2000:]
+    events = node.get("events", "-n", "aijobs-system", "--field-selector", f"involvedObject.name={pod}")[
+        "items"
+    ]
+    failures = [e["message"] for e in events if e["reason"] == "Unhealthy" and "Liveness" in e["message"]]
+    assert any("503" in m for m in failures), [e["message"] for e in events]
+
+    node.apply(_job("after-wedge", pipeline="upscale-x2"), NS)
+    job = node.wait_phase(NS, "after-wedge", {"Delivered", "Failed"})
+    assert job["status"]["phase"] == "Delivered", job["status"]
+    _charged_once(node, job)
+
+
 def test_helm_upgrade_changes_the_crd_and_keeps_the_jobs(node: Any, tmp_path: Path) -> None:
     chart = tmp_path / "aijobs"
     shutil.copytree(node_chart(), chart)
@@ -187,7 +276,7 @@ def test_helm_upgrade_changes_the_crd_and_keeps_the_jobs(node: Any, tmp_path: Pa
 
 def test_helm_uninstall_keeps_the_crd_and_the_jobs(node: Any) -> None:
     jobs_before = {j["metadata"]["name"] for j in node.get("aij", "-n", NS)["items"]}
-    assert jobs_before >= {"first", "handover", "restarted"}
+    assert jobs_before >= {"first", "handover", "restarted", "after-wedge"}
     node.helm("uninstall", "aijobs", "-n", "aijobs-system", "--wait")
     assert node.get("crd", "aiimagejobs.aijobs.io")["metadata"]["name"] == "aiimagejobs.aijobs.io"
     assert {j["metadata"]["name"] for j in node.get("aij", "-n", NS)["items"]} == jobs_before

@@ -50,3 +50,28 @@ there is one (helm reads it back with lookup), else a new random one of .length 
 {{- randAlphaNum .length -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* Where one component's pods run: its own nodeSelector, tolerations, affinity and
+topologySpreadConstraints where set (not empty), else the shared ones under .Values.scheduling.
+A spread constraint without a labelSelector gets the component's own, so that it counts only
+this component's pods. Called with (dict "root" $ "values" <component values> "component" name). */}}
+{{- define "aijobs.scheduling" -}}
+{{- $shared := .root.Values.scheduling -}}
+{{- $own := .values -}}
+{{- with (default $shared.nodeSelector $own.nodeSelector) }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $shared.tolerations $own.tolerations) }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $shared.affinity $own.affinity) }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $shared.topologySpreadConstraints $own.topologySpreadConstraints) }}
+{{- $selector := dict "matchLabels" (include "aijobs.selector" (dict "root" $.root "component" $.component) | fromYaml) }}
+topologySpreadConstraints:
+{{- range . }}
+  - {{- toYaml (merge (dict) . (dict "labelSelector" $selector)) | nindent 4 }}
+{{- end }}
+{{- end }}
+{{- end -}}
