@@ -13,6 +13,7 @@ read from the downloaded ``go.mod`` rather than typed here, so a version bump ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,8 +37,10 @@ __all__ = [
     "KUBERNETES_VERSION",
     "AssetError",
     "Assets",
+    "build_go_source",
     "cache_root",
     "ensure_assets",
+    "ensure_go_tool",
     "ensure_helm",
     "ensure_node_assets",
 ]
@@ -222,20 +225,64 @@ def _go_install(pkgs: list[str], target: Path, log, ldflags: str = "-s -w") -> N
     log(f"built {', '.join(p.rsplit('/', 1)[-1] for p in pkgs)} in {time.monotonic() - started:.0f}s")
 
 
-def ensure_helm(*, log=print) -> Path:  # type: ignore[no-untyped-def]
-    """helm: ``$AIJOBS_HELM`` or ``helm`` on PATH if set/found, else built once with ``go install``
-    (helm's module has no replace lines) into the same tool cache."""
-    explicit = os.environ.get("AIJOBS_HELM")
+def ensure_go_tool(  # type: ignore[no-untyped-def]
+    name: str,
+    version: str,
+    package: str,
+    *,
+    env: str | None = None,
+    ldflags: str = "-s -w",
+    installed_as: str | None = None,
+    log=print,
+) -> Path:
+    """A tool built once with ``go install PACKAGE@VERSION`` (a module without replace lines)
+    into ``tools/NAME-VERSION/NAME`` of the tool cache; ``$ENV`` names a binary to use instead.
+    ``installed_as``: the name ``go install`` gives the binary when it is not ``name`` (a
+    package called ``cmd``)."""
+    explicit = os.environ.get(env) if env else None
     if explicit:
         return Path(explicit)
-    target = cache_root() / "tools" / f"helm-{HELM_VERSION}"
-    binary = target / "helm"
+    target = cache_root() / "tools" / f"{name}-{version}"
+    binary = target / name
     if not binary.is_file():
         target.mkdir(parents=True, exist_ok=True)
-        log(f"building helm {HELM_VERSION} into {target} (first time only; a few minutes)")
-        ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-        _go_install([f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], target, log, ldflags)
+        log(f"building {name} {version} into {target} (first time only; a few minutes)")
+        _go_install([f"{package}@{version}"], target, log, ldflags)
+        installed = target / (installed_as or name)
+        if not installed.is_file():
+            raise AssetError(f"`go install {package}@{version}` left no binary in {target}")
+        installed.rename(binary)
     return binary
+
+
+def build_go_source(  # type: ignore[no-untyped-def]
+    name: str, source: Path, *, prefix: str | None = None, flags: tuple[str, ...] = (), log=print
+) -> Path:
+    """A small Go program kept in this repository (``source`` holds go.mod, go.sum, main.go),
+    built once per version of its source: the folder's name carries a hash of those files, so an
+    edit or a new pin builds a new binary. Built to a partial name and renamed: a killed build
+    never leaves half a binary in place."""
+    digest = hashlib.sha256(
+        b"".join((source / part).read_bytes() for part in ("go.mod", "go.sum", "main.go"))
+    ).hexdigest()[:12]
+    target = cache_root() / "tools" / f"{prefix or name}-{digest}"
+    binary = target / name
+    if not binary.is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        log(f"building {name} into {target} (first time only)")
+        partial = target / f".{name}.partial"
+        _go(["build", *flags, "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], source, log)
+        partial.rename(binary)
+    return binary
+
+
+def ensure_helm(*, log=print) -> Path:  # type: ignore[no-untyped-def]
+    """helm: ``$AIJOBS_HELM`` if set, else built once with ``go install`` (helm's module has no
+    replace lines) into the tool cache."""
+    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+    return ensure_go_tool(
+        "helm", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", env="AIJOBS_HELM", ldflags=ldflags, log=log
+    )
 
 
 def main() -> int:

@@ -9,12 +9,11 @@ error) and runs the schema's constraints. We build it once into the tool cache, 
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aijobs_dev.controlplane.assets import _go, cache_root
+from aijobs_dev.controlplane.assets import build_go_source
 
 SOURCE = Path(__file__).parent / "dashboardcheck"
 
@@ -28,19 +27,7 @@ class DashboardReport:
 
 
 def ensure_dashboardcheck(*, log=print) -> Path:  # type: ignore[no-untyped-def]
-    # Keyed by the source's hash: an edit to the checker or a new SDK pin builds a new binary.
-    digest = hashlib.sha256(
-        b"".join((SOURCE / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))
-    ).hexdigest()[:12]
-    target = cache_root() / "tools" / f"dashboardcheck-{digest}"
-    binary = target / "dashboardcheck"
-    if not binary.is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        log(f"building dashboardcheck into {target} (first time only; about a minute)")
-        partial = target / ".dashboardcheck.partial"
-        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], SOURCE, log)
-        partial.rename(binary)
-    return binary
+    return build_go_source("dashboardcheck", SOURCE, log=log)
 
 
 def check_dashboards(binary: Path, *paths: Path) -> DashboardReport:

@@ -12,14 +12,13 @@ built with ``go build`` from the Go module proxy, keyed by a digest of its sourc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aijobs_dev.controlplane.assets import AssetError, _go, cache_root
+from aijobs_dev.controlplane.assets import AssetError, build_go_source
 
 CLI_UTILS_VERSION = "v0.37.2"
 SOURCE = Path(__file__).resolve().parents[1] / "kstatus"
@@ -37,31 +36,16 @@ class Verdict:
     message: str
 
 
-def _digest() -> str:
-    h = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        h.update((SOURCE / name).read_bytes())
-    return h.hexdigest()[:12]
-
-
 def ensure_kstatus(*, log=print) -> Path:  # type: ignore[no-untyped-def]
     explicit = os.environ.get("AIJOBS_KSTATUS")
     if explicit:
         return Path(explicit)
     if f"sigs.k8s.io/cli-utils {CLI_UTILS_VERSION}" not in (SOURCE / "go.mod").read_text():
         raise AssetError(f"{SOURCE / 'go.mod'} does not pin sigs.k8s.io/cli-utils {CLI_UTILS_VERSION}")
-    target = cache_root() / "tools" / f"kstatus-{CLI_UTILS_VERSION}-{_digest()}"
-    binary = target / "kstatus"
-    if not binary.is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        log(f"building kstatus (cli-utils {CLI_UTILS_VERSION}) into {target} (first time only)")
-        partial = target / ".kstatus.partial"
-        # -mod=readonly: the committed go.sum is the whole truth; the build never edits the repo.
-        _go(
-            ["build", "-mod=readonly", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], SOURCE, log
-        )
-        partial.rename(binary)  # atomic: a killed build never leaves a half binary in place
-    return binary
+    # -mod=readonly: the committed go.sum is the whole truth; the build never edits the repo.
+    return build_go_source(
+        "kstatus", SOURCE, prefix=f"kstatus-{CLI_UTILS_VERSION}", flags=("-mod=readonly",), log=log
+    )
 
 
 def compute(binary: Path, objects: str) -> list[Verdict]:

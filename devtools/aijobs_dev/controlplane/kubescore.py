@@ -9,13 +9,12 @@ binary to use instead.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aijobs_dev.controlplane.assets import AssetError, _go_install, cache_root
+from aijobs_dev.controlplane.assets import AssetError, ensure_go_tool
 
 KUBE_SCORE_VERSION = "v1.20.0"
 
@@ -34,16 +33,13 @@ class Finding:
 
 
 def ensure_kube_score(*, log=print) -> Path:  # type: ignore[no-untyped-def]
-    explicit = os.environ.get("AIJOBS_KUBE_SCORE")
-    if explicit:
-        return Path(explicit)
-    target = cache_root() / "tools" / f"kube-score-{KUBE_SCORE_VERSION}"
-    binary = target / "kube-score"
-    if not binary.is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        log(f"building kube-score {KUBE_SCORE_VERSION} into {target} (first time only; a few minutes)")
-        _go_install([f"github.com/zegl/kube-score/cmd/kube-score@{KUBE_SCORE_VERSION}"], target, log)
-    return binary
+    return ensure_go_tool(
+        "kube-score",
+        KUBE_SCORE_VERSION,
+        "github.com/zegl/kube-score/cmd/kube-score",
+        env="AIJOBS_KUBE_SCORE",
+        log=log,
+    )
 
 
 # kube-score's numeric grades (scorecard.Grade): 1 critical, 5 warning, 7 almost OK, 10 all OK.

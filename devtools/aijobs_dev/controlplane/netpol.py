@@ -24,7 +24,7 @@ import gzip
 import sys
 from pathlib import Path
 
-from aijobs_dev.controlplane.assets import AssetError, _go_install, cache_root
+from aijobs_dev.controlplane.assets import AssetError, ensure_go_tool
 
 KUBE_NETWORK_POLICIES_VERSION = "v0.8.0"
 # v0.8.0 has one command package; its binary is named after the folder.
@@ -45,17 +45,9 @@ __all__ = ["KUBE_NETWORK_POLICIES_VERSION", "NFT_TABLE", "ensure_enforcer", "ker
 
 def ensure_enforcer(*, log=print) -> Path:  # type: ignore[no-untyped-def]
     """The enforcer's binary, built once (a few minutes on 2 cores) into the tool cache."""
-    target = cache_root() / "tools" / f"kube-network-policies-{KUBE_NETWORK_POLICIES_VERSION}"
-    binary = target / "kube-network-policies"
-    if not binary.is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        log(f"building kube-network-policies {KUBE_NETWORK_POLICIES_VERSION} into {target} (first time only)")
-        _go_install([f"{PACKAGE}@{KUBE_NETWORK_POLICIES_VERSION}"], target, log)
-        built = target / "cmd"
-        if not built.is_file():
-            raise AssetError(f"`go install {PACKAGE}` left no binary in {target}")
-        built.rename(binary)
-    return binary
+    return ensure_go_tool(
+        "kube-network-policies", KUBE_NETWORK_POLICIES_VERSION, PACKAGE, installed_as="cmd", log=log
+    )
 
 
 def kernel_blockers(config_text: str | None = None) -> list[str]:
