@@ -77,6 +77,16 @@ def _helm(
     return proc
 
 
+def _render(
+    helm: Path, tmp: Path, values: dict[str, Any] | None, *flags: str, release: str = "t"
+) -> list[dict[str, Any]]:
+    """The chart's objects as ``helm template RELEASE`` renders them (``flags``: -n, --show-only…)."""
+    out = _helm(
+        helm, "template", release, str(CHART), "--kube-version", KUBE_VERSION, *flags, values=values, tmp=tmp
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
 def test_the_chart_renders_without_a_kube_version(helm: Path, tmp_path: Path) -> None:
     """GitOps tools render with helm's default capabilities: the chart must not refuse them."""
     out = _helm(helm, "template", "t", str(CHART), values=FULL_VALUES, tmp=tmp_path).stdout
@@ -481,21 +491,7 @@ def _connects(
 
 
 def _policies(helm: Path, tmp: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
-    out = _helm(
-        helm,
-        "template",
-        "t",
-        str(CHART),
-        "-n",
-        RELEASE_NS,
-        "--kube-version",
-        KUBE_VERSION,
-        "--show-only",
-        "templates/networkpolicies.yaml",
-        values=values,
-        tmp=tmp,
-    ).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
+    docs = _render(helm, tmp, values, "-n", RELEASE_NS, "--show-only", "templates/networkpolicies.yaml")
     for doc in docs:
         doc["metadata"]["namespace"] = RELEASE_NS
     return docs
@@ -579,22 +575,6 @@ def test_naming_the_api_server_closes_its_port_elsewhere(helm: Path, tmp_path: P
 AUTOSCALING = {"worker": {"replicas": 1, "gpus": 1, "autoscaling": {"enabled": True, "cooldownPeriod": 60}}}
 
 
-def _render_release(helm: Path, tmp: Path, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    out = _helm(
-        helm,
-        "template",
-        "rel",
-        str(CHART),
-        "-n",
-        "gpu",
-        "--kube-version",
-        KUBE_VERSION,
-        values=values,
-        tmp=tmp,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
 def _worker_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-aijobs-worker")
 
@@ -618,7 +598,7 @@ def _dependencies(dependant: Any) -> set[Any]:
 def test_without_autoscaling_the_worker_count_is_the_values_and_nothing_needs_keda(
     helm: Path, tmp_path: Path
 ) -> None:
-    docs = _render_release(helm, tmp_path)
+    docs = _render(helm, tmp_path, None, "-n", "gpu", release="rel")
     assert not [d for d in docs if d["apiVersion"].startswith("keda.sh/")]
     assert _worker_deployment(docs)["spec"]["replicas"] == 1
 
@@ -628,7 +608,7 @@ def test_with_autoscaling_keda_scales_the_worker_deployment_on_the_ai_queue_dept
 ) -> None:
     from aijobs_services.ai.api import router
 
-    docs = _render_release(helm, tmp_path, AUTOSCALING)
+    docs = _render(helm, tmp_path, AUTOSCALING, "-n", "gpu", release="rel")
     [scaled] = [d for d in docs if d["kind"] == "ScaledObject"]
     spec = scaled["spec"]
     worker = _worker_deployment(docs)
@@ -691,7 +671,11 @@ def test_the_scaled_object_is_valid_for_kedas_own_crd(
     )
     assert established.returncode == 0, established.stderr
     _kubectl(bare_plane, "create", "namespace", "gpu")
-    [scaled] = [d for d in _render_release(helm, tmp_path, AUTOSCALING) if d["kind"] == "ScaledObject"]
+    [scaled] = [
+        d
+        for d in _render(helm, tmp_path, AUTOSCALING, "-n", "gpu", release="rel")
+        if d["kind"] == "ScaledObject"
+    ]
 
     def dry_run(obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         return _kubectl(
@@ -717,13 +701,6 @@ def test_the_scaled_object_is_valid_for_kedas_own_crd(
 # Spreading, limits and kube-score (issue 29, item 4).
 
 WORKLOADS = ("Deployment", "StatefulSet")
-
-
-def _render(helm: Path, tmp: Path, values: dict[str, Any] | None, *flags: str) -> list[dict[str, Any]]:
-    out = _helm(
-        helm, "template", "t", str(CHART), "--kube-version", KUBE_VERSION, *flags, values=values, tmp=tmp
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
 
 
 def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
