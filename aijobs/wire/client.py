@@ -14,13 +14,16 @@ Low-level httpx errors are translated here, the original chained as the cause.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from aijobs.wire.tokens import TokenSigner
 
 __all__ = ["IN_PROGRESS", "Ambiguous", "Refused", "ServiceClient", "ServiceError"]
+
+M = TypeVar("M", bound=BaseModel)
 
 # Problem types that mean "ask again later", whatever their 4xx status says.
 IN_PROGRESS = frozenset({"idempotency-key-in-progress"})
@@ -120,6 +123,22 @@ class ServiceClient:
                 raise Ambiguous(self.service, f"{method} {path}: {slug}", _retry_after(response))
             raise Refused(self.service, response.status_code, slug, str(body.get("detail", "")), body)
         return response
+
+    async def fetch(self, into: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """Call, and read the answer as the wire model ``into`` (:mod:`aijobs.api`). An answer
+        that does not fit the model is the service breaking its contract: a definite failure
+        (:class:`Refused`, kind ``contract-violation``), never a retry that would fail the same."""
+        response = await self.call(method, path, **kwargs)
+        try:
+            return into.model_validate_json(response.content)
+        except ValueError as exc:
+            raise Refused(
+                self.service,
+                response.status_code,
+                "contract-violation",
+                f"{method} {path} answered a body that is not a {into.__name__}: {exc}"[:500],
+                {},
+            ) from exc
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self.call(method, path, **kwargs)).json()

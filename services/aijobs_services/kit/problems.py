@@ -23,6 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from aijobs.api.problem import PROBLEM_JSON, ProblemDetails, problem_type
+
 __all__ = [
     "PROBLEM_JSON",
     "BadRequest",
@@ -32,16 +34,10 @@ __all__ = [
     "Problem",
     "Unauthenticated",
     "Unprocessable",
+    "documented",
     "install_problem_handlers",
     "problem_type",
 ]
-
-PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "https://aijobs.io/problems/"
-
-
-def problem_type(slug: str) -> str:
-    return PROBLEM_BASE + slug
 
 
 class Problem(Exception):
@@ -111,6 +107,32 @@ class Conflict(Problem):
 
 class Unprocessable(Problem):
     status, slug, title = 422, "unprocessable", "Invalid request"
+
+
+PROBLEM_SCHEMA = ProblemDetails.model_json_schema()
+
+
+def documented(*answers: type[Problem] | tuple[int, str, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's error answers for its OpenAPI ``responses``: each status with its
+    ``application/problem+json`` body and the problem types it may carry. An answer is a
+    :class:`Problem` kind or ``(status, slug, when)`` for a kind raised as ``Problem(...)``.
+
+        @router.post("/holds", responses=documented(InsufficientCredits, NotFound))
+    """
+    by_status: dict[int, list[tuple[str, str]]] = {}
+    for answer in answers:
+        if isinstance(answer, tuple):
+            status, slug, when = answer
+        else:
+            status, slug, when = answer.status, answer.slug, answer.title
+        by_status.setdefault(status, []).append((slug, when))
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, kinds in sorted(by_status.items()):
+        out[status] = {
+            "description": "; ".join(f"`{slug}`: {when}" for slug, when in kinds),
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+        }
+    return out
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -195,9 +195,7 @@ def extend(
     store: IdemStoreDep,
     session: SessionDep,
 ) -> JSONResponse:
-    return store.run(
-        session, idem, lambda s: (200, _hold(ledger.extend(s, hold_id, body.expires_at)))
-    )
+    return store.run(session, idem, lambda s: (200, _hold(ledger.extend(s, hold_id, body.expires_at))))
 
 
 @router.get("/jobs/{job_id}/charges", summary="A job's holds and ledger movements (for the auditor)")
