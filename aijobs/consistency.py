@@ -1,6 +1,7 @@
 """Does every service's record of a job agree with its saga log? (Invariant I5.)
 
-A pure function over plain data: the job's status and what Payment, Storage and AI hold for it.
+A pure function over typed data: the job's saga log (:class:`AIImageJobStatus`) and what Payment,
+Storage and AI hold for it, read as their wire models (:mod:`aijobs.api`).
 Main API's admin view shows its findings; the auditor repairs what a finding's ``repair`` names;
 the fault campaign's checker counts them. Each finding is justified by the saga log alone: a
 repair never moves money on a guess.
@@ -8,39 +9,47 @@ repair never moves money on a guess.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel
+
+from aijobs.api.ai import Task, TaskList, TaskQuery
+from aijobs.api.payment import Charges, Hold
 from aijobs.api.rules import TERMINAL_PHASES
+from aijobs.api.storage import JobObjects, StoredObject
+from aijobs.api.v1alpha1 import AIImageJobStatus
 
 __all__ = ["FINDING_KINDS", "Finding", "JobRecords", "fetch_records", "findings"]
 
 TERMINAL = TERMINAL_PHASES
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
 class JobRecords:
-    """What each service says about one job (raw JSON from their auditor endpoints)."""
+    """What each service says about one job, from their auditor endpoints."""
 
-    holds: list[dict[str, Any]]  # Payment /v1/jobs/{uid}/charges -> holds
-    objects: list[dict[str, Any]]  # Storage /v1/jobs/{uid}/objects -> items
-    task: dict[str, Any] | None  # AI task of the job, if any
-    charges: dict[str, Any] = field(default_factory=dict)  # Payment's whole answer (with entries)
+    holds: list[Hold]  # Payment /v1/jobs/{uid}/charges -> holds
+    objects: list[StoredObject]  # Storage /v1/jobs/{uid}/objects -> items, deleted ones included
+    task: Task | None  # AI's task of the job, if any
+    charges: Charges | None = None  # Payment's whole answer (with its ledger entries), if read
 
 
 class Source(Protocol):
     """A service to read from (:class:`aijobs.wire.client.ServiceClient` is one)."""
 
-    async def json(self, method: str, path: str, **kwargs: Any) -> Any: ...
+    async def fetch(self, into: type[M], method: str, path: str, **kwargs: Any) -> M: ...
 
 
 async def fetch_records(payment: Source, storage: Source, ai: Source, uid: str) -> JobRecords:
     """What Payment, Storage and AI hold for one job: one read each. The auditor and Main API's
     admin view both judge a job from this."""
-    charges = await payment.json("GET", f"/v1/jobs/{uid}/charges")
-    stored = await storage.json("GET", f"/v1/jobs/{uid}/objects")
-    tasks = await ai.json("POST", "/v1/tasks/query", json={"jobIds": [uid]})
-    return JobRecords(charges["holds"], stored["items"], (tasks["items"] or [None])[0], charges)
+    charges = await payment.fetch(Charges, "GET", f"/v1/jobs/{uid}/charges")
+    stored = await storage.fetch(JobObjects, "GET", f"/v1/jobs/{uid}/objects")
+    query = TaskQuery(job_ids=[uid]).wire()
+    tasks = await ai.fetch(TaskList, "POST", "/v1/tasks/query", json=query)
+    return JobRecords(charges.holds, stored.items, tasks.items[0] if tasks.items else None, charges)
 
 
 # Every kind of finding (stable names: dashboards and alerts select on them).
@@ -71,19 +80,19 @@ class Finding:
             raise ValueError(f"unknown finding kind {self.kind!r}: add it to FINDING_KINDS")
 
 
-def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Finding]:
-    phase = status.get("phase")
+def findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[Finding]:
+    phase = status.phase
     if phase not in TERMINAL:
         return []  # in flight: the saga itself is still converging
     found: list[Finding] = []
-    captured = [h for h in records.holds if h["state"] == "captured"]
-    active = [h for h in records.holds if h["state"] == "active"]
-    live = [o for o in records.objects if o["state"] != "deleted"]
-    result_id = (status.get("result") or {}).get("objectId")
+    captured = [h for h in records.holds if h.state == "captured"]
+    active = [h for h in records.holds if h.state == "active"]
+    live = [o for o in records.objects if o.state != "deleted"]
+    result_id = status.result.object_id if status.result is not None else None
     task = records.task
 
     if phase == "Delivered":
-        charged = sum(h["amount"] for h in captured)
+        charged = sum(h.amount for h in captured)
         if len(captured) > 1 or charged > price:
             found.append(
                 Finding(
@@ -97,46 +106,48 @@ def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Fi
         # repaired only when AI says the task succeeded and Storage holds its committed result.
         evidence = (
             task is not None
-            and task["state"] == "succeeded"
-            and any(
-                o["id"] == task.get("resultObjectId") and o["state"] == "committed" for o in records.objects
-            )
+            and task.state == "succeeded"
+            and any(o.id == task.result_object_id and o.state == "committed" for o in records.objects)
         )
-        for hold in active:
+        # One hold is captured, never more: the oldest one for the price (the saga's own), listed
+        # first so that the others are released only once it is (the auditor stops at a repair
+        # that fails).
+        fitting = [h for h in active if h.amount == price] if evidence and not captured else []
+        chosen = min(fitting, key=lambda h: h.created_at).id if fitting else None
+        for hold in sorted(active, key=lambda h: h.id != chosen):
+            still = f"hold {hold.id} ({hold.amount}) is still active"
             if captured:
-                repair: str | None = f"release-hold:{hold['id']}"
-            else:
-                repair = f"capture-hold:{hold['id']}" if evidence else None
-            found.append(
-                Finding(
-                    "stray-hold" if captured else "missing-capture",
-                    "payment",
-                    f"hold {hold['id']} ({hold['amount']}) is still active"
-                    + ("" if captured or evidence else "; no succeeded task with a committed result"),
-                    repair,
+                found.append(Finding("stray-hold", "payment", still, f"release-hold:{hold.id}"))
+            elif hold.id == chosen:
+                found.append(Finding("missing-capture", "payment", still, f"capture-hold:{hold.id}"))
+            elif chosen is not None:
+                found.append(
+                    Finding(
+                        "stray-hold", "payment", f"{still}; {chosen} is captured", f"release-hold:{hold.id}"
+                    )
                 )
-            )
+            else:
+                why = "no succeeded task with a committed result" if not evidence else "not for the price"
+                found.append(Finding("missing-capture", "payment", f"{still}; {why}", None))
         if not captured and not active:
             found.append(Finding("missing-charge", "payment", "delivered, but no hold was captured", None))
-        if result_id and not any(o["id"] == result_id and o["state"] == "committed" for o in records.objects):
+        if result_id and not any(o.id == result_id and o.state == "committed" for o in records.objects):
             found.append(
                 Finding("missing-result", "storage", f"result {result_id} is not a committed object", None)
             )
         for obj in live:
-            if obj["kind"] == "result" and obj["id"] != result_id:
+            if obj.kind == "result" and obj.id != result_id:
                 found.append(
                     Finding(
                         "orphan-object",
                         "storage",
-                        f"extra result object {obj['id']}",
-                        f"delete-object:{obj['id']}",
+                        f"extra result object {obj.id}",
+                        f"delete-object:{obj.id}",
                     )
                 )
-        if task is not None and task["state"] != "succeeded":
+        if task is not None and task.state != "succeeded":
             found.append(
-                Finding(
-                    "task-disagrees", "ai", f"task {task['id']} is {task['state']}, job is Delivered", None
-                )
+                Finding("task-disagrees", "ai", f"task {task.id} is {task.state}, job is Delivered", None)
             )
     else:  # Failed: nothing may be charged, held, kept or left running
         for hold in captured:
@@ -144,7 +155,7 @@ def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Fi
                 Finding(
                     "charged-for-failure",
                     "payment",
-                    f"hold {hold['id']} ({hold['amount']}) was captured but the job failed",
+                    f"hold {hold.id} ({hold.amount}) was captured but the job failed",
                     None,
                 )
             )
@@ -153,8 +164,8 @@ def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Fi
                 Finding(
                     "stray-hold",
                     "payment",
-                    f"hold {hold['id']} ({hold['amount']}) still active",
-                    f"release-hold:{hold['id']}",
+                    f"hold {hold.id} ({hold.amount}) still active",
+                    f"release-hold:{hold.id}",
                 )
             )
         for obj in live:
@@ -162,14 +173,12 @@ def findings(status: dict[str, Any], price: int, records: JobRecords) -> list[Fi
                 Finding(
                     "orphan-object",
                     "storage",
-                    f"object {obj['id']} ({obj['kind']}) is {obj['state']}",
-                    f"delete-object:{obj['id']}",
+                    f"object {obj.id} ({obj.kind}) is {obj.state}",
+                    f"delete-object:{obj.id}",
                 )
             )
-        if task is not None and task["state"] in ("scheduled", "running") and not task.get("cancelRequested"):
+        if task is not None and task.state in ("scheduled", "running") and not task.cancel_requested:
             found.append(
-                Finding(
-                    "orphan-task", "ai", f"task {task['id']} is {task['state']}", f"cancel-task:{task['id']}"
-                )
+                Finding("orphan-task", "ai", f"task {task.id} is {task.state}", f"cancel-task:{task.id}")
             )
     return found

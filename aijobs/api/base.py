@@ -18,8 +18,10 @@ class Request(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     def wire(self) -> dict[str, object]:
-        """The body as sent: camelCase, JSON types, unset optional fields left out."""
-        return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+        """The body as sent: camelCase, JSON types, in the fields' order, only the fields the
+        sender set (a default is the service's to apply). The same values give the same bytes,
+        which an Idempotency-Key's replay compares."""
+        return self.model_dump(by_alias=True, mode="json", exclude_unset=True, exclude_none=True)
 
 
 class Answer(BaseModel):

@@ -3,9 +3,9 @@ API validate against this, and the worker's registry (which has the torch code) 
 against it by a test, so the three never disagree.
 
 Types are strict, as the CRD's schema is: ``"yes"`` is not a boolean and ``"8"`` not an integer,
-wherever a job enters. A refusal says what ``kubectl apply`` would say of the same parameters: the
-messages are made here, for the CRD's generated rules (:mod:`aijobs.api.crd_rules`) and for the
-services alike."""
+wherever a job enters; ``8.0`` is the integer 8, as the API server reads it. A refusal says what
+``kubectl apply`` would say of the same parameters: the messages are made here, for the CRD's
+generated rules (:mod:`aijobs.api.crd_rules`) and for the services alike."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from aijobs.api.fields import Int
 from aijobs.api.v1alpha1 import PIPELINES
 
 __all__ = [
@@ -28,7 +29,8 @@ __all__ = [
 
 
 class _Params(BaseModel):
-    # strict: no coercion ("yes" -> True, "8" -> 8); an int is still a number, as in JSON Schema.
+    # strict: no coercion ("yes" -> True, "8" -> 8); an int is still a number and 8.0 an integer
+    # (:data:`aijobs.api.fields.Int`), as in JSON Schema and on the API server.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -37,8 +39,8 @@ class NoParams(_Params):
 
 
 class ResizeParams(_Params):
-    width: int = Field(ge=1, le=8192, description="Output width in pixels")
-    height: int = Field(ge=1, le=8192, description="Output height in pixels")
+    width: Int = Field(ge=1, le=8192, description="Output width in pixels")
+    height: Int = Field(ge=1, le=8192, description="Output height in pixels")
     antialias: bool = Field(default=True, description="Low-pass filter before downscaling")
 
 
@@ -52,7 +54,7 @@ class SharpenParams(_Params):
 
 
 class ThumbnailParams(_Params):
-    size: int = Field(default=256, ge=16, le=1024, description="Longest side of the thumbnail")
+    size: Int = Field(default=256, ge=16, le=1024, description="Longest side of the thumbnail")
 
 
 class UserModelParams(_Params):

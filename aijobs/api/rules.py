@@ -9,6 +9,7 @@ __all__ = [
     "ACCOUNT_NAME",
     "DEFAULT_BACKOFF",
     "HTTP_URL",
+    "HTTP_URL_PORTABLE",
     "MAX_HOLD",
     "NAMESPACE_NAME",
     "OBJECT_NAME",
@@ -27,6 +28,11 @@ OBJECT_NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*
 # What a pattern can't say (a port over 65535, an IPv6 literal that is not an address) the
 # services' parser (kit.outbound) and the CRD's CEL rules refuse.
 HTTP_URL = r"^https?://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?(?:[/?#]\S*)?$"
+# The same pattern as the API server (Go's RE2) reads it, spelled so that every engine reads it
+# alike: ``\S`` is ASCII to RE2 but Unicode to Python, Rust (pydantic) and a schema's ECMA
+# readers (``\x85`` is a space to some and not to others). NUL, which PostgreSQL cannot store,
+# is refused too. The services' models and their OpenAPI say this one.
+HTTP_URL_PORTABLE = HTTP_URL.replace("\\S", "[^\\x00\\t\\n\\f\\r ]")
 
 # Payment's longest hold: credits can't be reserved for longer, so neither can a job wait longer.
 MAX_HOLD = dt.timedelta(days=30)

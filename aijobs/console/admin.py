@@ -11,18 +11,25 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import httpx
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ValidationError
 
+from aijobs.api.auth import IssuedToken, TokenInfo, User
+from aijobs.api.main import AdminJob
+from aijobs.api.payment import Account, AccountList, LedgerPage, TopUp
 from aijobs.api.tenancy import ACCOUNT_API_VERSION, ACCOUNT_KIND, ACCOUNT_PLURAL
 from aijobs.api.v1alpha1 import GROUP, VERSION
 from aijobs.console.config import Config, PrivateFile
 from aijobs.console.http import Api, CommandError, new_key
 from aijobs.wire.tokens import TokenSigner
 
-__all__ = ["add_admin_parser"]
+__all__ = ["add_admin_parser", "answer", "emit", "fetch", "table", "wire"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -34,6 +41,28 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if args.output == "json" else text(data))
+
+
+def wire(model: BaseModel) -> dict[str, Any]:
+    """An answer as the service sent it (``--json`` prints this)."""
+    return model.model_dump(by_alias=True, mode="json", exclude_unset=True)
+
+
+# -- answers -----------------------------------------------------------------------------------
+def answer(response: httpx.Response, into: type[M]) -> M:
+    """A service's answer read as its wire model (:mod:`aijobs.api`); one that does not fit is the
+    service's fault, said as such rather than as a KeyError deep in a command."""
+    try:
+        return into.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise CommandError(
+            f"{response.request.method} {response.request.url.path} answered a body that is not "
+            f"a {into.__name__}: {exc}"
+        ) from exc
+
+
+def fetch(api: Api, into: type[M], method: str, path: str, **kw: Any) -> M:
+    return answer(api.request(method, path, **kw), into)
 
 
 # -- edges -------------------------------------------------------------------------------------
@@ -209,54 +238,58 @@ def top_up(args: argparse.Namespace, cfg: Config) -> int:
             key=key,
             json={"amount": args.amount, "reason": args.reason},
         )
-    body = response.json()
+    done = answer(response, TopUp)
     replayed = response.headers.get("Idempotent-Replayed") == "true"
 
-    def text(b: dict[str, Any]) -> str:
-        account = b["account"]
+    def text(_: Any) -> str:
+        account = done.account
         head = (
-            f"already done: key {key} topped up {args.account} before (transaction {b['transaction']}); "
+            f"already done: key {key} topped up {args.account} before (transaction {done.transaction}); "
             "no credits moved now"
             if replayed
-            else f"topped up {args.account} by {args.amount} credits (transaction {b['transaction']})"
+            else f"topped up {args.account} by {args.amount} credits (transaction {done.transaction})"
         )
         return (
-            f"{head}\navailable {account['available']}, held {account['held']}, "
-            f"balance {account['balance']}\n"
+            f"{head}\navailable {account.available}, held {account.held}, "
+            f"balance {account.balance}\n"
             f"idempotency key: {key} (rerun with --idempotency-key {key} if unsure it happened)"
         )
 
-    emit(args, {**body, "idempotencyKey": key, "replayed": replayed}, text)
+    emit(args, {**wire(done), "idempotencyKey": key, "replayed": replayed}, text)
     return 0
 
 
 def balance(args: argparse.Namespace, cfg: Config) -> int:
     with _service(cfg, "payment") as payment:
         if args.account:
-            items = [payment.json("GET", f"/v1/accounts/{args.account}")]
+            items = [fetch(payment, Account, "GET", f"/v1/accounts/{args.account}")]
         else:
-            items = payment.json("GET", "/v1/accounts")["items"]
-    rows = [[a["id"], a["available"], a["held"], a["balance"]] for a in items]
-    emit(args, items, lambda _: table(rows, ["ACCOUNT", "AVAILABLE", "HELD", "BALANCE"]))
+            items = fetch(payment, AccountList, "GET", "/v1/accounts").items
+    rows = [[a.id, a.available, a.held, a.balance] for a in items]
+    emit(args, [wire(a) for a in items], lambda _: table(rows, ["ACCOUNT", "AVAILABLE", "HELD", "BALANCE"]))
     return 0
 
 
 def ledger(args: argparse.Namespace, cfg: Config) -> int:
     with _service(cfg, "payment") as payment:
-        page = payment.json("GET", f"/v1/accounts/{args.account}/ledger", params={"limit": args.limit})
+        page = fetch(
+            payment, LedgerPage, "GET", f"/v1/accounts/{args.account}/ledger", params={"limit": args.limit}
+        )
     rows = [
-        [e["at"][:19], e["kind"], e["book"], f"{e['amount']:+d}", e["jobId"] or "-", e["transaction"]]
-        for e in page["items"]
+        [e.at.isoformat()[:19], e.kind, e.book, f"{e.amount:+d}", e.job_id or "-", e.transaction]
+        for e in page.items
     ]
-    emit(args, page, lambda _: table(rows, ["AT", "KIND", "BOOK", "AMOUNT", "JOB", "TRANSACTION"]))
+    emit(args, wire(page), lambda _: table(rows, ["AT", "KIND", "BOOK", "AMOUNT", "JOB", "TRANSACTION"]))
     return 0
 
 
 # -- users and tokens --------------------------------------------------------------------------
 def user_create(args: argparse.Namespace, cfg: Config) -> int:
     with _service(cfg, "auth") as auth:
-        body = auth.json("POST", "/v1/users", key=new_key(), json={"id": args.user, "tenant": args.tenant})
-    emit(args, body, lambda b: f"user {b['id']} created in tenant {b['tenant']}")
+        user = fetch(
+            auth, User, "POST", "/v1/users", key=new_key(), json={"id": args.user, "tenant": args.tenant}
+        )
+    emit(args, wire(user), lambda _: f"user {user.id} created in tenant {user.tenant}")
     return 0
 
 
@@ -267,22 +300,24 @@ def token_issue(args: argparse.Namespace, cfg: Config) -> int:
     with contextlib.ExitStack() as stack:
         secret = stack.enter_context(PrivateFile(Path(args.write))) if args.write else None
         with _service(cfg, "auth") as auth:
-            body = auth.json("POST", "/v1/tokens", key=new_key(), json=subject)
+            issued = fetch(auth, IssuedToken, "POST", "/v1/tokens", key=new_key(), json=subject)
+        if issued.token is None:  # a fresh key: only a replay answers without the secret
+            raise CommandError(f"auth: token {issued.id} was issued, but its secret was not shown")
         if secret is not None:
-            secret.commit(body["token"] + "\n")
-            body = {**body, "token": f"(written to {secret.path})"}
+            secret.commit(issued.token + "\n")
+            issued = issued.model_copy(update={"token": f"(written to {secret.path})"})
     emit(
         args,
-        body,
-        lambda b: f"token {b['id']} for {b['subject']} (shown once; keep it secret):\n{b['token']}",
+        wire(issued),
+        lambda _: f"token {issued.id} for {issued.subject} (shown once; keep it secret):\n{issued.token}",
     )
     return 0
 
 
 def token_revoke(args: argparse.Namespace, cfg: Config) -> int:
     with _service(cfg, "auth") as auth:
-        body = auth.json("POST", f"/v1/tokens/{args.token_id}/revoke", key=new_key())
-    emit(args, body, lambda b: f"token {b['id']} of {b['subject']} revoked")
+        token = fetch(auth, TokenInfo, "POST", f"/v1/tokens/{args.token_id}/revoke", key=new_key())
+    emit(args, wire(token), lambda _: f"token {token.id} of {token.subject} revoked")
     return 0
 
 
@@ -292,45 +327,41 @@ def job_explain(args: argparse.Namespace, cfg: Config) -> int:
     if not namespace or not name:
         raise CommandError("name the job as NAMESPACE/NAME")
     with _service(cfg, "main") as main:
-        report = main.json("GET", f"/v1/admin/jobs/{namespace}/{name}")
-    emit(args, report, explain_text)
+        report = fetch(main, AdminJob, "GET", f"/v1/admin/jobs/{namespace}/{name}")
+    emit(args, wire(report), lambda _: explain_text(report))
     return 0
 
 
-def explain_text(report: dict[str, Any]) -> str:
-    job, svc = report["job"], report["services"]
-    log = job["sagaLog"] or {}
+def explain_text(report: AdminJob) -> str:
+    job, svc = report.job, report.services
+    log = job.saga_log
     lines = [
-        f"job {job['namespace']}/{job['name']}  uid {job['uid']}",
-        f"  phase {job['phase'] or 'Pending'}; price {job['price']}; {log.get('message') or ''}".rstrip("; "),
+        f"job {job.namespace}/{job.name}  uid {job.uid}",
+        f"  phase {job.phase or 'Pending'}; price {job.price}; {log.message or ''}".rstrip("; "),
         "saga log (the operator's record):",
     ]
-    for step in log.get("steps") or []:
-        error = f" - {step['lastError']}" if step.get("lastError") else ""
-        lines.append(
-            f"  {step['name']:<10} {step.get('state') or '-':<10} attempts {step.get('attempts', 0)}{error}"
-        )
-    for comp in log.get("compensations") or []:
-        lines.append(f"  undo {comp['name']:<10} {comp.get('state') or '-'}")
-    charges = svc["payment"] or {}
-    holds = ", ".join(f"{h['id']} {h['state']} {h['amount']}" for h in charges.get("holds") or []) or "none"
-    objects = ", ".join(f"{o['kind']} {o['id']} {o['state']}" for o in svc["storage"] or []) or "no objects"
+    for step in log.steps:
+        error = f" - {step.last_error}" if step.last_error else ""
+        lines.append(f"  {step.name:<10} {step.state or '-':<10} attempts {step.attempts}{error}")
+    for comp in log.compensations:
+        lines.append(f"  undo {comp.name:<10} {comp.state or '-'}")
+    charges = svc.payment
+    holds = ", ".join(f"{h.id} {h.state} {h.amount}" for h in charges.holds) or "none"
+    objects = ", ".join(f"{o.kind} {o.id} {o.state}" for o in svc.storage) or "no objects"
     lines += [
         "what each service holds:",
-        f"  payment  charged {charges.get('charged', 0)}; holds: {holds}",
+        f"  payment  charged {charges.charged}; holds: {holds}",
         f"  storage  {objects}",
-        f"  ai       task {(svc['ai'] or {}).get('state', 'none')}",
-        f"  auth     namespace {'may' if svc['auth']['bound'] else 'may NOT'} charge the account",
+        f"  ai       task {svc.ai.state if svc.ai is not None else 'none'}",
+        f"  auth     namespace {'may' if svc.auth.bound else 'may NOT'} charge the account",
     ]
-    audit = log.get("audit") or {}
-    lines.append(f"auditor: {audit.get('verdict') or 'not audited yet'}")
-    lines += [f"  - {note}" for note in audit.get("findings") or []]
-    disagreements = report.get("disagreements") or []
-    lines.append("disagreements now: " + ("none" if not disagreements else ""))
+    audit = log.audit
+    lines.append(f"auditor: {(audit.verdict if audit else None) or 'not audited yet'}")
+    lines += [f"  - {note}" for note in (audit.findings if audit else [])]
+    lines.append("disagreements now: " + ("none" if not report.disagreements else ""))
     lines += [
-        f"  - {d['kind']} at {d['service']}: {d['detail']}"
-        + (f" (repair: {d['repair']})" if d.get("repair") else "")
-        for d in disagreements
+        f"  - {d.kind} at {d.service}: {d.detail}" + (f" (repair: {d.repair})" if d.repair else "")
+        for d in report.disagreements
     ]
     return "\n".join(lines)
 

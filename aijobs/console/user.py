@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 
+from aijobs.api.main import CancelledJob, JobPage, JobView
 from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.v1alpha1 import PIPELINES
-from aijobs.console.admin import emit, table
+from aijobs.console.admin import answer, emit, fetch, table, wire
 from aijobs.console.config import Config
 from aijobs.console.http import Api, CommandError, new_key
 
@@ -75,95 +76,86 @@ def submit(args: argparse.Namespace, cfg: Config) -> int:
     key = args.idempotency_key or (new_key() if args.again else f"submit-{digest.hexdigest()[:40]}")
     with _main(cfg) as main:
         response = main.request("POST", "/v1/jobs", key=key, data=form, files=files)
-        job = response.json()
+        job = answer(response, JobView)
         replayed = response.headers.get("Idempotent-Replayed") == "true"
         if replayed:
-            print(
-                f"already submitted: this is job {job['id']} (use --again for another job)", file=sys.stderr
-            )
+            print(f"already submitted: this is job {job.id} (use --again for another job)", file=sys.stderr)
         else:
-            print(f"submitted job {job['id']} ({job['pipeline']}, {job['price']} credits)", file=sys.stderr)
+            print(f"submitted job {job.id} ({job.pipeline}, {job.price} credits)", file=sys.stderr)
         if not (args.wait or args.output_file):
-            emit(args, job, lambda j: j["id"])
+            emit(args, wire(job), lambda _: job.id)
             return EXIT_DELIVERED
-        job = _follow(main, job["id"], args.timeout)
+        job = _follow(main, job.id, args.timeout)
     return _finish(args, job)
 
 
-def _follow(main: Api, job_id: str, timeout: float) -> dict[str, Any]:
+def _follow(main: Api, job_id: str, timeout: float) -> JobView:
     """Poll the job until it ends, saying each change of phase and each retry as it happens."""
     deadline = time.monotonic() + timeout
     said: set[str] = set()
     while True:
-        job: dict[str, Any] = main.json("GET", f"/v1/jobs/{job_id}")
+        job = fetch(main, JobView, "GET", f"/v1/jobs/{job_id}")
         for line in progress_lines(job):
             if line not in said:
                 said.add(line)
                 print(f"  {line}", file=sys.stderr, flush=True)
-        if job["phase"] in TERMINAL_PHASES or time.monotonic() > deadline:
+        if job.phase in TERMINAL_PHASES or time.monotonic() > deadline:
             return job
         time.sleep(1.0)  # polling interval, bounded by the deadline above
 
 
-def progress_lines(job: dict[str, Any]) -> list[str]:
+def progress_lines(job: JobView) -> list[str]:
     """What a person waiting on a job wants to see: the phase, and a step that is retrying and why."""
-    lines = [f"phase {job['phase']}" + (f": {job['message']}" if job.get("message") else "")]
-    for step in job.get("steps") or []:
-        if step.get("state") == "Running" and step.get("lastError"):
-            lines.append(
-                f"{step['name']} retrying (attempt {step.get('attempts', 0)} failed: {step['lastError']})"
-            )
-    for comp in job.get("compensations") or []:
-        if comp.get("state") == "Succeeded":
-            lines.append(f"undone: {comp['name']}")
+    lines = [f"phase {job.phase}" + (f": {job.message}" if job.message else "")]
+    for step in job.steps:
+        if step.state == "Running" and step.last_error:
+            lines.append(f"{step.name} retrying (attempt {step.attempts} failed: {step.last_error})")
+    for comp in job.compensations:
+        if comp.state == "Succeeded":
+            lines.append(f"undone: {comp.name}")
     return lines
 
 
-def _finish(args: argparse.Namespace, job: dict[str, Any]) -> int:
-    phase = job["phase"]
-    if phase == "Delivered" and args.output_file and job.get("resultUrl"):
+def _finish(args: argparse.Namespace, job: JobView) -> int:
+    phase = job.phase
+    if phase == "Delivered" and args.output_file and job.result_url:
         with httpx.Client(timeout=60) as http:
-            response = http.get(job["resultUrl"])
+            response = http.get(job.result_url)
         if response.status_code != 200:
-            raise CommandError(f"the result link answered {response.status_code}; link: {job['resultUrl']}")
+            raise CommandError(f"the result link answered {response.status_code}; link: {job.result_url}")
         Path(args.output_file).write_bytes(response.content)
         print(f"result written to {args.output_file} ({len(response.content)} bytes)", file=sys.stderr)
-    emit(args, job, _job_text)
+    emit(args, wire(job), lambda _: _job_text(job))
     if phase == "Delivered":
         return EXIT_DELIVERED
     if phase == "Failed":
         return EXIT_FAILED
     print(
-        f"job {job['id']} has not ended yet (phase {phase}); follow it with `aijobs jobs get {job['id']}`",
+        f"job {job.id} has not ended yet (phase {phase}); follow it with `aijobs jobs get {job.id}`",
         file=sys.stderr,
     )
     return EXIT_STILL_RUNNING
 
 
-def _job_text(job: dict[str, Any]) -> str:
+def _job_text(job: JobView) -> str:
     lines = [
-        f"job {job['id']}: {job['phase']}" + (f" - {job['message']}" if job.get("message") else ""),
-        f"  pipeline {job['pipeline']} {json.dumps(job.get('parameters') or {})}; "
-        f"price {job['price']} credits",
-        f"  run at {job.get('runAt') or 'as soon as possible'}; deadline {job.get('deadline') or '-'}",
+        f"job {job.id}: {job.phase}" + (f" - {job.message}" if job.message else ""),
+        f"  pipeline {job.pipeline} {json.dumps(job.parameters)}; price {job.price} credits",
+        f"  run at {job.run_at or 'as soon as possible'}; deadline {job.deadline or '-'}",
     ]
-    if job.get("resultUrl"):
-        lines.append(f"  result: {job['resultUrl']}")
-    for step in job.get("steps") or []:
-        error = f" ({step['lastError']})" if step.get("lastError") else ""
-        state = step.get("state") or "-"
-        lines.append(f"  step {step['name']:<9} {state:<10} attempts {step.get('attempts', 0)}{error}")
+    if job.result_url:
+        lines.append(f"  result: {job.result_url}")
+    for step in job.steps:
+        error = f" ({step.last_error})" if step.last_error else ""
+        lines.append(f"  step {step.name:<9} {step.state or '-':<10} attempts {step.attempts}{error}")
     return "\n".join(lines)
 
 
 def jobs_list(args: argparse.Namespace, cfg: Config) -> int:
     with _main(cfg) as main:
-        page = main.json("GET", "/v1/jobs", params={"limit": args.limit})
-    rows = [
-        [j["id"], j["phase"], j["pipeline"], j["price"], j.get("runAt") or "-", j.get("createdAt")]
-        for j in page["items"]
-    ]
-    emit(args, page, lambda _: table(rows, ["ID", "PHASE", "PIPELINE", "PRICE", "RUN-AT", "CREATED"]))
+        page = fetch(main, JobPage, "GET", "/v1/jobs", params={"limit": args.limit})
+    rows = [[j.id, j.phase, j.pipeline, j.price, j.run_at or "-", j.created_at] for j in page.items]
+    emit(args, wire(page), lambda _: table(rows, ["ID", "PHASE", "PIPELINE", "PRICE", "RUN-AT", "CREATED"]))
     return 0
 
 
@@ -172,22 +164,22 @@ def jobs_get(args: argparse.Namespace, cfg: Config) -> int:
         if args.wait or args.output_file:
             job = _follow(main, args.job_id, args.timeout)
         else:
-            job = main.json("GET", f"/v1/jobs/{args.job_id}")
+            job = fetch(main, JobView, "GET", f"/v1/jobs/{args.job_id}")
     if args.wait or args.output_file:
         return _finish(args, job)
-    emit(args, job, _job_text)
+    emit(args, wire(job), lambda _: _job_text(job))
     return 0
 
 
 def jobs_cancel(args: argparse.Namespace, cfg: Config) -> int:
     with _main(cfg) as main:
-        job = main.json("POST", f"/v1/jobs/{args.job_id}/cancel", key=new_key())
+        job = fetch(main, CancelledJob, "POST", f"/v1/jobs/{args.job_id}/cancel", key=new_key())
     outcome = {
-        "already-ended": f"job {job['id']} had already ended ({job['phase']}): nothing to cancel",
-        "requested": f"job {job['id']} cancelled: what was done is being undone and held credits returned "
+        "already-ended": f"job {job.id} had already ended ({job.phase}): nothing to cancel",
+        "requested": f"job {job.id} cancelled: what was done is being undone and held credits returned "
         "(a job whose charge had begun is delivered instead)",
-    }[job["cancel"]]
-    emit(args, job, lambda _: outcome)
+    }[job.cancel]
+    emit(args, wire(job), lambda _: outcome)
     return 0
 
 

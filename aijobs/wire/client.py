@@ -125,20 +125,17 @@ class ServiceClient:
         return response
 
     async def fetch(self, into: type[M], method: str, path: str, **kwargs: Any) -> M:
-        """Call, and read the answer as the wire model ``into`` (:mod:`aijobs.api`). An answer
-        that does not fit the model is the service breaking its contract: a definite failure
-        (:class:`Refused`, kind ``contract-violation``), never a retry that would fail the same."""
+        """Call, and read the answer as the wire model ``into`` (:mod:`aijobs.api`).
+
+        A 2xx whose body does not fit the model means the service did *something* we cannot
+        read: the outcome is unknown (:class:`Ambiguous`), never a definite no, because a no
+        would compensate a call that may have committed (a capture that went through)."""
         response = await self.call(method, path, **kwargs)
         try:
             return into.model_validate_json(response.content)
         except ValueError as exc:
-            raise Refused(
+            raise Ambiguous(
                 self.service,
-                response.status_code,
-                "contract-violation",
-                f"{method} {path} answered a body that is not a {into.__name__}: {exc}"[:500],
-                {},
+                f"contract-violation: {method} {path} answered {response.status_code} with a body "
+                f"that is not a {into.__name__}: {exc}"[:500],
             ) from exc
-
-    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return (await self.call(method, path, **kwargs)).json()

@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from aijobs.api.ai import Task
+from aijobs.api.payment import Hold
 from aijobs.api.rules import TERMINAL_PHASES
+from aijobs.api.storage import StoredObject
+from aijobs.api.v1alpha1 import AIImageJobStatus
 from aijobs.consistency import JobRecords, findings
 
 __all__ = ["JobView", "Violation", "check"]
@@ -109,9 +113,12 @@ def check(
         if len(job.tasks) > 1:
             bad("I2", f"{len(job.tasks)} tasks for one job")
         # I5: every service agrees with the saga log.
-        for finding in findings(
-            job.status, job.price, JobRecords(job.holds, job.objects, job.tasks[0] if job.tasks else None)
-        ):
+        told = JobRecords(
+            [Hold.model_validate(h) for h in job.holds],
+            [StoredObject.model_validate(o) for o in job.objects],
+            Task.model_validate(job.tasks[0]) if job.tasks else None,
+        )
+        for finding in findings(AIImageJobStatus.model_validate(job.status), job.price, told):
             bad("I5", f"{finding.kind} ({finding.service}): {finding.detail}")
         if job.phase == "Delivered" and job.tasks and job.tasks[0]["state"] != "succeeded":
             bad("I5", f"delivered but the AI service says {job.tasks[0]['state']}")

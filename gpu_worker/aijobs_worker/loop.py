@@ -20,8 +20,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
+from aijobs.api.ai import Completion, Failure, Heartbeat, LeasedTask, LeaseRequest, Leases, Task
+from aijobs.api.storage import StoredObject
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_worker import codec
 from aijobs_worker.config import WorkerSettings
@@ -35,7 +36,10 @@ log = logging.getLogger("aijobs.worker")
 
 @dataclass
 class Held:
-    task: dict[str, Any]
+    """A task this worker holds a lease on: leased now, or found in the spool at start."""
+
+    task_id: str
+    lease_token: str
     lost: bool = False  # the lease was taken over: stop caring about this task
     cancelled: bool = False
 
@@ -65,6 +69,10 @@ class Worker:
         self.stopping = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
         self._leases = itertools.count()
+        # Built once: settings AI would refuse stop the worker at start, not at its first poll.
+        self._lease_request = LeaseRequest(
+            worker=worker_id, max_tasks=cfg.max_tasks, lease_seconds=cfg.lease_seconds
+        ).wire()
 
     # -- the loop -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -85,19 +93,13 @@ class Worker:
             heartbeats.cancel()
             self._pool.shutdown(wait=False)
 
-    async def _lease(self) -> list[dict[str, Any]]:
+    async def _lease(self) -> list[LeasedTask]:
         key = f"{self.worker_id}:lease:{next(self._leases)}"
-        body = {
-            "worker": self.worker_id,
-            "maxTasks": self.cfg.max_tasks,
-            "leaseSeconds": self.cfg.lease_seconds,
-        }
         for attempt in range(1, 1_000_000):
             self.pulse.beat("polling the AI service for work", self.cfg.call_timeout_seconds)
             try:
-                items: list[dict[str, Any]] = (await self.ai.json("POST", "/v1/leases", key=key, json=body))[
-                    "items"
-                ]
+                leased = await self.ai.fetch(Leases, "POST", "/v1/leases", key=key, json=self._lease_request)
+                items = leased.items
                 self.pulse.polled(True)
                 break
             except Ambiguous as exc:  # retry the same key: a lost answer hands us the same tasks
@@ -107,11 +109,11 @@ class Worker:
                 await self._sleep(_backoff(attempt, exc.retry_after))
         now = dt.datetime.now(dt.UTC)
         for task in items:
-            self.held[task["id"]] = Held(task)
-            QUEUE_WAIT.observe(max(0.0, (now - dt.datetime.fromisoformat(task["runAt"])).total_seconds()))
+            self.held[task.id] = Held(task.id, task.lease_token or "")
+            QUEUE_WAIT.observe(max(0.0, (now - task.run_at).total_seconds()))
         return items
 
-    async def process(self, tasks: list[dict[str, Any]]) -> None:
+    async def process(self, tasks: list[LeasedTask]) -> None:
         loop = asyncio.get_running_loop()
         # The stages of ours around inference are bounded by one lease: one that outlasts the
         # lease it runs under has stopped. Inference has the model's own budget.
@@ -122,17 +124,17 @@ class Worker:
         items: list[Item] = []
         for task, blob in zip(tasks, blobs, strict=True):
             if isinstance(blob, BaseException):
-                await self._give_back(task, f"could not fetch the input: {blob}", retryable=True)
+                await self._give_back(task.id, f"could not fetch the input: {blob}", retryable=True)
                 continue
             self.pulse.beat("decoding an input", self.cfg.lease_seconds)
             t0 = time.perf_counter()
             try:
                 image = await loop.run_in_executor(self._pool, codec.decode, blob)
             except codec.BadImage as exc:
-                await self._give_back(task, str(exc), retryable=False)
+                await self._give_back(task.id, str(exc), retryable=False)
                 continue
             STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
-            items.append(Item(task["id"], task["pipeline"], task["params"], image))
+            items.append(Item(task.id, task.pipeline, task.params, image))
         if not items:
             return
         self.pulse.beat(f"running inference on {len(items)} image(s)", self.cfg.infer_budget_seconds)
@@ -140,26 +142,22 @@ class Worker:
         await asyncio.to_thread(self.runner.run, items)
         STAGE_SECONDS.labels("infer").observe((time.perf_counter() - t0) / len(items))
         self.pulse.beat("encoding and storing results", self.cfg.lease_seconds)
-        await asyncio.gather(*(self._finish_item(item) for item in items))
+        by_id = {task.id: task for task in tasks}
+        await asyncio.gather(*(self._finish_item(item, by_id[item.key]) for item in items))
 
-    async def _finish_item(self, item: Item) -> None:
-        task = self.held[item.key].task
+    async def _finish_item(self, item: Item, task: LeasedTask) -> None:
         if item.error is not None or item.output is None:
-            IMAGES.labels(task["pipeline"], "failed").inc()
-            await self._give_back(task, item.error or "no output", retryable=False)
+            IMAGES.labels(task.pipeline, "failed").inc()
+            await self._give_back(item.key, item.error or "no output", retryable=False)
             return
         t0 = time.perf_counter()
         png = await asyncio.get_running_loop().run_in_executor(self._pool, codec.encode, item.output)
         STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
-        entry = Entry(
-            task["id"],
-            task["jobId"],
-            task["account"],
-            task["leaseToken"],
-            {"pipeline": task["pipeline"], "inputObjectId": task["inputObjectId"]},
-        )
+        token = self.held[item.key].lease_token
+        meta = {"pipeline": task.pipeline, "inputObjectId": task.input_object_id}
+        entry = Entry(task.id, task.job_id, task.account, token, meta)
         await asyncio.to_thread(self.spool.put, entry, png)  # durable before anything else
-        IMAGES.labels(task["pipeline"], "ok").inc()
+        IMAGES.labels(task.pipeline, "ok").inc()
         await self.deliver(entry)
 
     # -- results ------------------------------------------------------------------------------
@@ -168,7 +166,7 @@ class Worker:
         if entries:
             log.info("spool holds %d finished result(s): uploading them first", len(entries))
         for entry in entries:
-            self.held.setdefault(entry.task_id, Held({"id": entry.task_id, "leaseToken": entry.lease_token}))
+            self.held.setdefault(entry.task_id, Held(entry.task_id, entry.lease_token))
             await self.deliver(entry, deadline)
 
     async def deliver(self, entry: Entry, deadline: float | None = None) -> None:
@@ -176,7 +174,7 @@ class Worker:
         held = self.held.get(entry.task_id)
         t0 = time.perf_counter()
         content = self.spool.content(entry)
-        obj: dict[str, Any] | None = None
+        obj: StoredObject | None = None
         for attempt in itertools.count(1):
             if held is not None and held.cancelled:
                 break
@@ -198,43 +196,37 @@ class Worker:
                 await self._sleep(_backoff(attempt, exc.retry_after, cap=10.0))
             except Refused as exc:
                 log.error("storage refused the result of %s: %s", entry.task_id, exc)
-                await self._give_back({"id": entry.task_id, "leaseToken": entry.lease_token}, str(exc), False)
+                await self._give_back(entry.task_id, str(exc), False, entry.lease_token)
                 self._forget(entry)
                 return
         STAGE_SECONDS.labels("upload").observe(time.perf_counter() - t0)
         if obj is not None:
             await self._complete(entry, obj)
         elif held is not None and held.cancelled:  # acknowledge, so the task ends cancelled now
-            await self._give_back({"id": entry.task_id, "leaseToken": entry.lease_token}, "cancelled", False)
+            await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
         self._forget(entry)
 
-    async def _upload(self, entry: Entry, content: bytes) -> dict[str, Any]:
+    async def _upload(self, entry: Entry, content: bytes) -> StoredObject:
         params = {"account": entry.account, "jobId": entry.job_id, "kind": "result", "state": "committed"}
+        path = f"/v1/objects/{result_key(entry.job_id)}"
         try:
-            obj: dict[str, Any] = await self.storage.json(
-                "PUT", f"/v1/objects/{result_key(entry.job_id)}", params=params, content=content
-            )
+            return await self.storage.fetch(StoredObject, "PUT", path, params=params, content=content)
         except Refused as exc:
             if exc.kind != "key-taken":
                 raise
             # An earlier run of this job stored its result first: that one is the result.
-            obj = await self.storage.json("GET", f"/v1/by-key/{result_key(entry.job_id)}")
-        return obj
+            return await self.storage.fetch(StoredObject, "GET", f"/v1/by-key/{result_key(entry.job_id)}")
 
-    async def _complete(self, entry: Entry, obj: dict[str, Any]) -> None:
-        body = {
-            "leaseToken": entry.lease_token,
-            "resultObjectId": obj["id"],
-            "result": {
-                "sha256": obj["sha256"],
-                "size": obj["size"],
-                "width": obj["width"],
-                "height": obj["height"],
-            },
-        }
+    async def _complete(self, entry: Entry, obj: StoredObject) -> None:
+        body = Completion(
+            lease_token=entry.lease_token,
+            result_object_id=obj.id,
+            result={"sha256": obj.sha256, "size": obj.size, "width": obj.width, "height": obj.height},
+        ).wire()
         for attempt in itertools.count(1):
             try:
-                await self.ai.json(
+                await self.ai.fetch(
+                    Task,
                     "POST",
                     f"/v1/tasks/{entry.task_id}/complete",
                     key=f"{entry.task_id}:complete:{entry.lease_token}",
@@ -246,27 +238,27 @@ class Worker:
             except Refused as exc:  # lease taken over or task cancelled: someone else owns it now
                 log.info("completion of %s refused (%s); dropping this run's claim", entry.task_id, exc.kind)
                 if exc.kind == "task-cancelled":  # acknowledge, so the task ends (and its job can go)
-                    await self._give_back(
-                        {"id": entry.task_id, "leaseToken": entry.lease_token}, "cancelled", False
-                    )
+                    await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
                 return
 
-    async def _give_back(self, task: dict[str, Any], reason: str, retryable: bool) -> None:
+    async def _give_back(
+        self, task_id: str, reason: str, retryable: bool, lease_token: str | None = None
+    ) -> None:
+        """Report the run failed (``retryable`` or not) under its lease, and stop holding it."""
+        token = lease_token if lease_token is not None else self.held[task_id].lease_token
+        body = Failure(lease_token=token, reason=reason[:3900] or "no reason given", retryable=retryable)
         with contextlib.suppress(ServiceError):
-            await self.ai.json(
-                "POST",
-                f"/v1/tasks/{task['id']}/fail",
-                key=f"{task['id']}:fail:{task['leaseToken']}",
-                json={"leaseToken": task["leaseToken"], "reason": reason[:3900], "retryable": retryable},
+            await self.ai.fetch(
+                Task, "POST", f"/v1/tasks/{task_id}/fail", key=f"{task_id}:fail:{token}", json=body.wire()
             )
-        self.held.pop(task["id"], None)
+        self.held.pop(task_id, None)
 
     def _forget(self, entry: Entry) -> None:
         self.spool.remove(entry)
         self.held.pop(entry.task_id, None)
 
-    async def _fetch(self, task: dict[str, Any]) -> bytes:
-        response = await self.storage.call("GET", f"/v1/objects/{task['inputObjectId']}/content")
+    async def _fetch(self, task: LeasedTask) -> bytes:
+        response = await self.storage.call("GET", f"/v1/objects/{task.input_object_id}/content")
         return response.content
 
     # -- leases ---------------------------------------------------------------------------------
@@ -274,15 +266,14 @@ class Worker:
         while True:
             await asyncio.sleep(self.cfg.lease_seconds / 3)
             for task_id, held in list(self.held.items()):
-                if held.lost or "leaseToken" not in held.task:
+                if held.lost:
                     continue
+                beat = Heartbeat(lease_token=held.lease_token, lease_seconds=self.cfg.lease_seconds)
                 try:
-                    task = await self.ai.json(
-                        "POST",
-                        f"/v1/tasks/{task_id}/heartbeat",
-                        json={"leaseToken": held.task["leaseToken"], "leaseSeconds": self.cfg.lease_seconds},
+                    task = await self.ai.fetch(
+                        LeasedTask, "POST", f"/v1/tasks/{task_id}/heartbeat", json=beat.wire()
                     )
-                    held.cancelled = bool(task["cancelRequested"])
+                    held.cancelled = task.cancel_requested
                 except Refused:
                     held.lost = True
                 except Ambiguous:

@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
+from aijobs.api.ai import Task
 from aijobs.api.rules import DEFAULT_BACKOFF, MAX_HOLD, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import (
     AIImageJobSpec,
@@ -54,10 +56,6 @@ from aijobs.api.v1alpha1 import (
 )
 
 __all__ = [
-    "COMPENSATIONS",
-    "IRREVERSIBLE",
-    "MAX_HOLD",
-    "STEPS",
     "TERMINAL",
     "Accept",
     "Action",
@@ -73,41 +71,22 @@ __all__ = [
     "Policy",
     "RunStep",
     "RunUndo",
+    "Saga",
     "Settled",
+    "Step",
+    "Undo",
     "Unknown",
     "Wait",
     "Waiting",
     "backoff",
-    "committed_to_deliver",
     "hold_expiry",
     "idempotency_key",
     "iso",
-    "plan",
+    "parse",
     "refuse_unreadable",
-    "settle",
     "succeeded",
 ]
 
-# Forward order; the phase each step reaches (capture reaches none of its own).
-STEPS: tuple[tuple[str, Phase | None, str], ...] = (
-    ("charge", Phase.CHARGED, "Charged"),
-    ("upload", Phase.UPLOADED, "Uploaded"),
-    ("schedule", Phase.SCHEDULED, "Scheduled"),
-    ("process", Phase.PROCESSED, "Processed"),
-    ("capture", None, "Captured"),
-    ("deliver", None, "Delivered"),  # the job is Delivered when the core finishes it (Finish)
-)
-STEP_NAMES = tuple(name for name, _, _ in STEPS)
-# Past these the job can only go forward: capture moves the user's money for good.
-IRREVERSIBLE = frozenset({"capture", "deliver"})
-# A step that asks "is it done yet?" rather than asking for something: not an attempt.
-POLLS = frozenset({"process"})
-# Written to the API server when they succeed, not only at the end of the pass: a result that
-# exists must be remembered even if the operator dies in the next instant.
-CHECKPOINTS = frozenset({"process"})
-# Reverse order of the forward steps: the task first (so no new result appears), then the
-# objects, and the credits last.
-COMPENSATIONS = ("cancel-task", "delete-objects", "release-holds")
 TERMINAL = tuple(Phase(p) for p in TERMINAL_PHASES)
 
 
@@ -169,18 +148,24 @@ class JobView:
 # ---------------------------------------------------------------------------------- outcomes
 @dataclass(frozen=True)
 class Done:
+    """The step did what it asks. What it learned travels here: ids for the log (``remote_ids``),
+    the result, and the AI task as the step last saw it (the engine's follower keeps it)."""
+
     message: str
     remote_ids: dict[str, str] = field(default_factory=dict)
     result: JobResult | None = None
     reruns: int | None = None
+    task: Task | None = None
 
 
 @dataclass(frozen=True)
 class Waiting:
-    """Not done yet, nothing wrong (a task queued, running, or waiting for its runAt)."""
+    """Not done yet, nothing wrong (a task queued, running, or waiting for its runAt; a cancelled
+    task whose worker has not stopped yet)."""
 
     reason: str
     message: str
+    task: Task | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +264,120 @@ class Settled:
     wait: Wait | None = None  # the pass ends here
 
 
+# ------------------------------------------------------------------------------ the table
+Ctx = TypeVar("Ctx")
+StepFn = Callable[[Ctx], Awaitable[Done | Waiting]]
+
+
+@dataclass(frozen=True)
+class Undo(Generic[Ctx]):
+    """A compensation: it undoes what its step may have left at a service, working from what the
+    service holds for the job, so it is complete even when the step's answer was lost."""
+
+    name: str
+    do: StepFn[Ctx]
+
+
+@dataclass(frozen=True)
+class Step(Generic[Ctx]):
+    """One step of the saga, everything about it in one place.
+
+    ``condition`` is set True when it succeeds, ``reaches`` the phase it moves the job to.
+    ``poll``: it asks "is it done yet?" rather than for something: asking is not an attempt.
+    ``checkpoint``: its success is written to the API server at once (a result that exists must
+    be remembered even if the operator dies in the next instant).
+    ``write_ahead``: its attempt is written *before* the call: the point of no return. From then
+    on the job only goes forward, unless this step is refused (then nothing was charged).
+    ``irreversible``: past the point of no return: a refusal is retried, never compensated.
+    ``undo``: what compensates it; compensations run in the reverse order of their steps.
+    """
+
+    name: str
+    condition: str
+    do: StepFn[Ctx]
+    reaches: Phase | None = None
+    undo: Undo[Ctx] | None = None
+    poll: bool = False
+    checkpoint: bool = False
+    write_ahead: bool = False
+    irreversible: bool = False
+
+
+@dataclass(frozen=True)
+class Saga(Generic[Ctx]):
+    """The steps in forward order. Everything the rules below need to know of a step they read
+    here: adding a step is one entry and its functions."""
+
+    steps: tuple[Step[Ctx], ...]
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.steps] + [u.name for u in self.undos]
+        if len(set(names)) != len(names):
+            raise ValueError(f"step and compensation names must be unique: {names}")
+        if any(s.write_ahead and not s.irreversible for s in self.steps):
+            raise ValueError("a written-ahead step is the point of no return: mark it irreversible")
+
+    def step(self, name: str) -> Step[Ctx]:
+        return next(s for s in self.steps if s.name == name)
+
+    def undo(self, name: str) -> Undo[Ctx]:
+        return next(u for u in self.undos if u.name == name)
+
+    @property
+    def undos(self) -> tuple[Undo[Ctx], ...]:
+        """The compensations, last step's first: the task before the objects, the credits last."""
+        return tuple(s.undo for s in reversed(self.steps) if s.undo is not None)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every step's and compensation's name (metrics label their series with these)."""
+        return tuple(s.name for s in self.steps) + tuple(u.name for u in self.undos)
+
+    def plan(self, job: JobView, now: dt.datetime, policy: Policy) -> Action:
+        """What to do next with this job, decided from its log, the clock's reading and the policy."""
+        return _plan(self, job, now, policy)
+
+    def settle(
+        self, job: JobView, action: RunStep | RunUndo, outcome: Outcome, now: dt.datetime, policy: Policy
+    ) -> Settled:
+        """The log after ``action`` (already recorded in ``job.status``) came back with ``outcome``."""
+        if isinstance(action, RunUndo):
+            return _settle_undo(self, job, action.name, outcome, now, policy)
+        return _settle_step(self, job, self.step(action.name), outcome, now, policy)
+
+    def committed_to_deliver(self, status: AIImageJobStatus) -> bool:
+        """Once the point of no return was *attempted* (written ahead), its outcome may be a
+        charge: the job only goes forward, unless the service said a definite no."""
+        for step in self.steps:
+            if step.write_ahead:
+                rec = _find(status.steps, step.name)
+                if rec is not None and rec.attempts > 0 and rec.state != "Failed":
+                    return True
+        return False
+
+    def describe(self) -> str:
+        """The table as Markdown, for the docs (``docs/saga.md`` is checked against it)."""
+        rows = [
+            "| # | step | sets | reaches | kind | compensated by |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, s in enumerate(self.steps, 1):
+            kind = ", ".join(
+                label
+                for label, on in (
+                    ("poll", s.poll),
+                    ("checkpoint", s.checkpoint),
+                    ("written ahead", s.write_ahead),
+                    ("irreversible", s.irreversible),
+                )
+                if on
+            )
+            reaches = s.reaches.value if s.reaches is not None else "-"
+            undo = s.undo.name if s.undo is not None else "-"
+            rows.append(f"| {i} | `{s.name}` | {s.condition} | {reaches} | {kind or '-'} | {undo} |")
+        return "\n".join(rows) + "\n"
+
+
 # ----------------------------------------------------------------------------- log helpers
 def _copy(status: AIImageJobStatus) -> AIImageJobStatus:
     """A copy the caller may change: records and conditions are copied one level deep (the core
@@ -308,13 +407,6 @@ def _find(records: list[StepRecord], name: str) -> StepRecord | None:
 def succeeded(status: AIImageJobStatus, name: str, compensation: bool = False) -> bool:
     rec = _find(status.compensations if compensation else status.steps, name)
     return rec is not None and rec.state == "Succeeded"
-
-
-def committed_to_deliver(status: AIImageJobStatus) -> bool:
-    """Once capture was *attempted* (written ahead), its outcome may be a charge: the job only
-    goes forward, unless Payment said a definite no."""
-    rec = _find(status.steps, "capture")
-    return rec is not None and rec.attempts > 0 and rec.state != "Failed"
 
 
 def deadline_of(job: JobView, policy: Policy) -> dt.datetime:
@@ -406,9 +498,12 @@ def iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 # --------------------------------------------------------------------------------------- plan
-def plan(job: JobView, now: dt.datetime, policy: Policy) -> Action:
-    """What to do next with this job, decided from its log, the clock's reading and the policy."""
+def _plan(saga: Saga[Ctx], job: JobView, now: dt.datetime, policy: Policy) -> Action:
     status = job.status
     if status.phase is None:
         if job.deleting:
@@ -417,12 +512,13 @@ def plan(job: JobView, now: dt.datetime, policy: Policy) -> Action:
     if status.phase in TERMINAL:
         return LetGo() if job.deleting else Nothing()
     if status.phase == Phase.COMPENSATING:
-        return _next_undo(job, now, policy)
-    committed = committed_to_deliver(status)
+        return _next_undo(saga, job, now, policy)
+    committed = saga.committed_to_deliver(status)
     if job.deleting and not committed:
         return _compensate(job, now, "Deleted", "the job was deleted before delivery")
     deadline = deadline_of(job, policy)
-    for name, _, _ in STEPS:
+    for step in saga.steps:
+        name = step.name
         if succeeded(status, name):
             continue
         if not committed and now > deadline:
@@ -438,10 +534,10 @@ def plan(job: JobView, now: dt.datetime, policy: Policy) -> Action:
         rec.key = rec.key or idempotency_key(job.uid, name)
         rec.started_at = rec.started_at or now
         rec.next_attempt_at = None
-        if name not in POLLS:
+        if not step.poll:
             rec.attempts += 1
             rec.state = "Running"
-        return RunStep(name, new, write_ahead=name == "capture")
+        return RunStep(name, new, write_ahead=step.write_ahead)
     # Every step succeeded.
     new = _copy(status)
     _finish(new, job.generation, Phase.DELIVERED, "Delivered", new.message or "delivered", now)
@@ -487,9 +583,10 @@ def _compensate(job: JobView, now: dt.datetime, reason: str, why: str) -> Compen
     return Compensate(new, (Event("Warning", reason, f"compensating: {why}"),))
 
 
-def _next_undo(job: JobView, now: dt.datetime, policy: Policy) -> Action:
+def _next_undo(saga: Saga[Ctx], job: JobView, now: dt.datetime, policy: Policy) -> Action:
     status = job.status
-    for name in COMPENSATIONS:
+    for undo in saga.undos:
+        name = undo.name
         if succeeded(status, name, compensation=True):
             continue
         rec = _find(status.compensations, name)
@@ -520,27 +617,19 @@ def _failure_reason(status: AIImageJobStatus) -> str:
 
 
 # ------------------------------------------------------------------------------------- settle
-def settle(
-    job: JobView, action: RunStep | RunUndo, outcome: Outcome, now: dt.datetime, policy: Policy
+def _settle_step(
+    saga: Saga[Ctx], job: JobView, step: Step[Ctx], outcome: Outcome, now: dt.datetime, policy: Policy
 ) -> Settled:
-    """The log after ``action`` (already recorded in ``job.status``) came back with ``outcome``."""
-    if isinstance(action, RunUndo):
-        return _settle_undo(job, action.name, outcome, now, policy)
-    return _settle_step(job, action.name, outcome, now, policy)
-
-
-def _settle_step(job: JobView, name: str, outcome: Outcome, now: dt.datetime, policy: Policy) -> Settled:
-    new, gen = _copy(job.status), job.generation
+    new, gen, name = _copy(job.status), job.generation, step.name
     rec = _record(new, name)
-    condition = next(c for n, _, c in STEPS if n == name)
+    condition = step.condition
     if isinstance(outcome, Done):
         rec.state, rec.finished_at, rec.last_error = "Succeeded", now, None
-        if name in POLLS:
+        if step.poll:
             rec.attempts += 1
         rec.remote_ids = dict(outcome.remote_ids)
-        phase = next(p for n, p, _ in STEPS if n == name)
-        if phase is not None:
-            new.phase = phase
+        if step.reaches is not None:
+            new.phase = step.reaches
         if outcome.result is not None:
             new.result = outcome.result
         if outcome.reruns is not None:
@@ -549,16 +638,17 @@ def _settle_step(job: JobView, name: str, outcome: Outcome, now: dt.datetime, po
         set_condition(new, condition, "True", "Done", outcome.message, gen, now)
         if _is_stalled(new):  # a refused delivery went through at last
             _reconciling(new, "Accepted", "the saga is running", gen, now)
-        return Settled(new, (Event("Normal", condition, outcome.message),), checkpoint=name in CHECKPOINTS)
+        return Settled(new, (Event("Normal", condition, outcome.message),), checkpoint=step.checkpoint)
     if isinstance(outcome, Waiting):
         deadline = deadline_of(job, policy)
         new.message = outcome.message
         set_condition(new, condition, "False", outcome.reason, outcome.message, gen, now)
-        return Settled(new, wait=Wait(None if committed_to_deliver(new) else deadline))
+        return Settled(new, wait=Wait(None if saga.committed_to_deliver(new) else deadline))
     if isinstance(outcome, Definite):
         rec.last_error = outcome.message
-        if name in IRREVERSIBLE and name != "capture":
-            # Past the capture nothing is undone: a refused delivery is retried, and said so.
+        if step.irreversible and not step.write_ahead:
+            # Past the point of no return nothing is undone: a refused delivery is retried, and
+            # said so. (The written-ahead step itself refused means nothing was charged.)
             return _retry(job, new, rec, name, outcome.message, None, now, policy, stalled=outcome.reason)
         rec.state, rec.finished_at = "Failed", now
         new.phase = Phase.COMPENSATING
@@ -567,7 +657,7 @@ def _settle_step(job: JobView, name: str, outcome: Outcome, now: dt.datetime, po
         return Settled(new, (Event("Warning", outcome.reason, f"compensating: {outcome.message}"),))
     # Unknown: the same request again, later.
     rec.last_error = outcome.message
-    if name not in IRREVERSIBLE and rec.attempts >= policy.max_attempts:
+    if not step.irreversible and rec.attempts >= policy.max_attempts:
         why = f"{name} gave up after {rec.attempts} attempts: {outcome.message}"
         new.phase = Phase.COMPENSATING
         new.message = why
@@ -607,7 +697,9 @@ def _retry(
     return Settled(new, wait=Wait(rec.next_attempt_at))
 
 
-def _settle_undo(job: JobView, name: str, outcome: Outcome, now: dt.datetime, policy: Policy) -> Settled:
+def _settle_undo(
+    saga: Saga[Ctx], job: JobView, name: str, outcome: Outcome, now: dt.datetime, policy: Policy
+) -> Settled:
     new, gen = _copy(job.status), job.generation
     rec = _record(new, name, compensation=True)
     cause = _failure_reason(new)
@@ -616,6 +708,12 @@ def _settle_undo(job: JobView, name: str, outcome: Outcome, now: dt.datetime, po
         if _is_stalled(new):  # a refused undo went through at last
             _reconciling(new, cause, new.message or "compensating", gen, now)
         return Settled(new)
+    if isinstance(outcome, Waiting):  # nothing wrong, not yet (a cancelled task still stopping)
+        rec.last_error = None
+        delay = backoff(job.uid, name, rec.attempts, 1.0, policy.compensation_max_backoff)
+        rec.next_attempt_at = now + dt.timedelta(seconds=delay)
+        _reconciling(new, cause, f"{name}: {outcome.message}", gen, now)
+        return Settled(new, wait=Wait(rec.next_attempt_at))
     # Anything else is retried: a refund is delayed, never skipped.
     message = outcome.message
     rec.last_error = message

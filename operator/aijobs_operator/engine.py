@@ -25,13 +25,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from aijobs.api.ai import Task, TaskList, TaskQuery
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Phase
 from aijobs.wire.client import Ambiguous, Refused, ServiceError
-from aijobs_operator import core, saga
+from aijobs_operator import core
 from aijobs_operator.config import OperatorSettings
+from aijobs_operator.core import Saga
 from aijobs_operator.kube import ApiException, KubeWriter
 from aijobs_operator.metrics import METRICS
-from aijobs_operator.steps import DO, UNDO, Job, Services, StepFailed
+from aijobs_operator.saga import FINALIZER, SAGA, now
+from aijobs_operator.steps import Call, Job, Services, StepFailed
 
 log = logging.getLogger("aijobs.operator")
 
@@ -44,9 +47,11 @@ class Reconciler:
         cfg: OperatorSettings,
         services: Services,
         kube: KubeWriter,
-        clock: Callable[[], dt.datetime] = saga.now,
+        clock: Callable[[], dt.datetime] = now,
+        saga: Saga[Call] = SAGA,
     ) -> None:
         self.cfg = cfg
+        self.saga = saga
         self.svc = services
         self.kube = kube
         self.clock = clock
@@ -55,7 +60,7 @@ class Reconciler:
             hold_grace=dt.timedelta(seconds=cfg.hold_grace_seconds),
         )
         self.cache: dict[Key, dict[str, Any]] = {}
-        self.tasks: dict[str, dict[str, Any]] = {}  # job uid -> AI task, from the bulk follower
+        self.tasks: dict[str, Task] = {}  # job uid -> AI task, from the bulk follower and the steps
         self._gone: set[str] = set()  # uids of deleted jobs (a job's name may be reused, its uid never)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -128,15 +133,25 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timer_wakeup.wait(), timeout)
 
+    def drain(self) -> list[Key]:
+        """Take every queued job off the queue, in order, without running them (for a driver
+        that runs passes itself: the deterministic simulator)."""
+        keys = []
+        while self._queued:
+            key = self._queue.get_nowait()
+            self._queued.discard(key)
+            keys.append(key)
+        return keys
+
     async def _follow_loop(self) -> None:
         while True:
             try:
-                await self._follow()
+                await self.follow()
             except ServiceError as exc:
                 log.warning("following task states: %s", exc)
             await asyncio.sleep(self.cfg.follow_interval_seconds)
 
-    async def _follow(self) -> None:
+    async def follow(self) -> None:
         """One bulk read of the AI service for every job waiting on its task."""
         waiting: dict[str, Key] = {}
         phases: dict[str, int] = {}
@@ -163,35 +178,32 @@ class Reconciler:
         uids = list(waiting)
         for start in range(0, len(uids), 1000):
             METRICS.follow_requests.inc()
-            result = await self.svc.ai.json(
-                "POST", "/v1/tasks/query", json={"jobIds": uids[start : start + 1000]}
+            found = await self.svc.ai.fetch(
+                TaskList, "POST", "/v1/tasks/query", json=TaskQuery(job_ids=uids[start : start + 1000]).wire()
             )
-            for item in result["items"]:
-                task = _task_fields(item)
-                before = self.tasks.get(task["jobId"])
-                self.tasks[task["jobId"]] = task
-                if before is None or (before["state"], before["updatedAt"]) != (
-                    task["state"],
-                    task["updatedAt"],
-                ):
-                    self.enqueue(waiting[task["jobId"]])
+            for task in found.items:
+                task = _slim_task(task)
+                before = self.tasks.get(task.job_id)
+                self.tasks[task.job_id] = task
+                if before is None or (before.state, before.updated_at) != (task.state, task.updated_at):
+                    self.enqueue(waiting[task.job_id])
 
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile(self, key: Key) -> None:
-        """Carry out what :func:`core.plan` decides, feeding each outcome to :func:`core.settle`,
+        """Carry out what the saga's plan decides, feeding each outcome to its settle,
         until the job must wait; write the log once at the end (and where the core says earlier)."""
         body = self.cache.get(key)
         if body is None:
             return
         meta = body["metadata"]
         deleting = bool(meta.get("deletionTimestamp"))
-        if deleting and saga.FINALIZER not in (meta.get("finalizers") or []):
+        if deleting and FINALIZER not in (meta.get("finalizers") or []):
             return
         status_in = body.get("status") or {}
-        if not deleting and status_in.get("phase") in saga.TERMINAL:
+        if not deleting and status_in.get("phase") in core.TERMINAL:
             return
-        if not deleting and saga.FINALIZER not in (meta.get("finalizers") or []):
-            body = self.remember(await self.kube.add_finalizer(body, saga.FINALIZER))
+        if not deleting and FINALIZER not in (meta.get("finalizers") or []):
+            body = self.remember(await self.kube.add_finalizer(body, FINALIZER))
         try:
             job = self._view(body)
         except ValidationError as exc:
@@ -201,9 +213,9 @@ class Reconciler:
         events: list[core.Event] = []
         try:
             must_write = False  # the log must reach the API server before the next call
-            for _ in range(4 * len(core.STEPS) + 8):  # every action moves the log on; bound it anyway
+            for _ in range(4 * len(self.saga.steps) + 8):  # every action moves the log on; bound it
                 now = self.clock()
-                action = core.plan(job, now, self.policy(job))
+                action = self.saga.plan(job, now, self.policy(job))
                 if isinstance(action, core.Accept | core.Compensate | core.Finish):
                     _count(job.status, action.status, job.spec.price)
                     job = job.with_status(action.status)
@@ -221,7 +233,7 @@ class Reconciler:
                             self.enqueue(key)  # the spec changed before the claim froze it
                             break
                     outcome = await self._carry_out(job, action, now)
-                    settled = core.settle(job, action, outcome, self.clock(), self.policy(job))
+                    settled = self.saga.settle(job, action, outcome, self.clock(), self.policy(job))
                     _count(job.status, settled.status, job.spec.price)
                     job = job.with_status(settled.status)
                     events.extend(settled.events)
@@ -236,7 +248,7 @@ class Reconciler:
                     if job.status != written:
                         body = await self._write(body, job.status)
                         written = job.status
-                    await self.kube.remove_finalizer(body, saga.FINALIZER)
+                    await self.kube.remove_finalizer(body, FINALIZER)
                 break
             if job.status != written:
                 body = await self._write(body, job.status)
@@ -258,7 +270,7 @@ class Reconciler:
         body = await self._write(body, status)
         await self.kube.event(body, "Warning", "InvalidSpec", why)
         if meta.get("deletionTimestamp"):
-            await self.kube.remove_finalizer(body, saga.FINALIZER)
+            await self.kube.remove_finalizer(body, FINALIZER)
 
     def policy(self, job: core.JobView) -> core.Policy:
         return self._policy.for_job(job.spec)
@@ -270,7 +282,7 @@ class Reconciler:
             namespace=meta["namespace"],
             name=meta["name"],
             generation=int(meta.get("generation") or 1),
-            created=saga.parse(meta["creationTimestamp"]),
+            created=core.parse(meta["creationTimestamp"]),
             deleting=bool(meta.get("deletionTimestamp")),
             spec=AIImageJobSpec.model_validate(body["spec"]),
             status=status
@@ -284,24 +296,31 @@ class Reconciler:
         """Run one step or compensation and sort what happened into an outcome the core knows.
         Only what is known to be ambiguous is retried; anything a step did not expect is a
         definite failure of this job (compensated, with the reason said), never money held."""
-        step_job = Job(
-            job.uid,
-            job.namespace,
-            job.name,
-            job.spec,
-            job.status,
-            self.policy(job),
-            now,
-            self.tasks.get(job.uid),
+        call = Call(
+            Job(
+                job.uid,
+                job.namespace,
+                job.name,
+                job.spec,
+                job.status,
+                self.policy(job),
+                now,
+                self.tasks.get(job.uid),
+            ),
+            self.svc,
+            self.cfg,
+        )
+        run = (
+            self.saga.undo(action.name).do
+            if isinstance(action, core.RunUndo)
+            else self.saga.step(action.name).do
         )
         started = time.perf_counter()
         result = "ok"
         try:
-            if isinstance(action, core.RunUndo):
-                return core.Done(await UNDO[action.name](step_job, self.svc))
-            outcome = await DO[action.name](step_job, self.svc, self.cfg)
-            if step_job.task is not None:
-                self.tasks[job.uid] = _task_fields(step_job.task)
+            outcome = await run(call)
+            if outcome.task is not None:  # what the step learned of the job's task
+                self.tasks[job.uid] = _slim_task(outcome.task)
             return outcome
         except StepFailed as exc:
             result = "failed"
@@ -366,8 +385,6 @@ def _count(before: AIImageJobStatus, after: AIImageJobStatus, price: int) -> Non
 
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-# What the process step reads of a task; the follower keeps only these for each waiting job.
-TASK_FIELDS = ("id", "jobId", "state", "runAt", "resultObjectId", "reruns", "error", "updatedAt")
 
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
@@ -389,8 +406,10 @@ def _drop_unread(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _task_fields(task: dict[str, Any]) -> dict[str, Any]:
-    return {k: task.get(k) for k in TASK_FIELDS}
+def _slim_task(task: Task) -> Task:
+    """The task as the follower keeps it for a waiting job: without its parameters and result
+    document, which the process step never reads (the cache holds one per job in flight)."""
+    return task.model_copy(update={"params": {}, "result": None})
 
 
 def _one_event(events: list[core.Event]) -> tuple[str, str, str]:

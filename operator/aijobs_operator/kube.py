@@ -1,7 +1,14 @@
 """The operator's writes to Kubernetes: a status patch, a finalizer added or removed, an Event.
 
-Few and explicit, each counted (the target is a handful of writes per delivered job). The
-synchronous client runs on a thread so the event loop never blocks.
+Few and explicit, each counted (the target is a handful of writes per delivered job). One writer
+serves both kinds the operator owns: namespaced AIImageJobs (the job reconciler, the auditor) and
+cluster-scoped CreditAccounts (the account reconciler); a :class:`Resource` says which.
+
+:class:`KubeWriter` is the contract, so that the code that writes is the same in production and in
+the deterministic simulator: :class:`ApiKubeWriter` talks to the API server (its synchronous
+client runs on a thread so the event loop never blocks), the simulator's ``KubeTwin`` keeps the
+objects in memory. Both raise :class:`ApiException` as the API server answers (404 gone, 409/422 a
+stale resourceVersion).
 """
 
 from __future__ import annotations
@@ -9,37 +16,101 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from aijobs.api.tenancy import ACCOUNT_KIND, ACCOUNT_PLURAL
 from aijobs.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from aijobs_operator.metrics import METRICS
 
-__all__ = ["ApiException", "KubeWriter"]
+__all__ = ["ACCOUNTS", "JOBS", "ApiException", "ApiKubeWriter", "KubeWriter", "Resource"]
+
+# Where an Event about a cluster-scoped object goes (an Event itself is always namespaced).
+CLUSTER_EVENTS_NAMESPACE = "default"
 
 
-class KubeWriter:
+@dataclass(frozen=True)
+class Resource:
+    """A kind of object the operator writes (all in ``aijobs.io/v1alpha1``)."""
+
+    kind: str
+    plural: str
+    namespaced: bool
+    status_metric: str  # the ``aijobs_operator_api_writes_total`` label of its status patches
+
+
+JOBS = Resource(KIND, PLURAL, namespaced=True, status_metric="status")
+ACCOUNTS = Resource(ACCOUNT_KIND, ACCOUNT_PLURAL, namespaced=False, status_metric="account-status")
+
+
+class KubeWriter(Protocol):
+    """Every write the operator makes. ``namespace`` is None for a cluster-scoped object; each
+    method writes an AIImageJob unless ``resource`` names another kind."""
+
+    async def patch_status(
+        self, namespace: str | None, name: str, status: dict[str, Any], resource: Resource = JOBS
+    ) -> dict[str, Any]:
+        """Merge ``status`` into the object's status subresource; the object as stored after."""
+        ...
+
+    async def add_finalizer(
+        self, body: dict[str, Any], finalizer: str, resource: Resource = JOBS
+    ) -> dict[str, Any]:
+        """Add ``finalizer``, only if the object is still at ``body``'s resourceVersion (else
+        :class:`ApiException`); the object as stored after."""
+        ...
+
+    async def remove_finalizer(self, body: dict[str, Any], finalizer: str, resource: Resource = JOBS) -> None:
+        """Remove ``finalizer`` if present; an object already gone is not an error."""
+        ...
+
+    async def event(
+        self, body: dict[str, Any], type_: str, reason: str, message: str, resource: Resource = JOBS
+    ) -> None:
+        """A Kubernetes Event on the object (what ``kubectl describe`` shows). Best effort."""
+        ...
+
+
+class ApiKubeWriter:
+    """:class:`KubeWriter` over the API server."""
+
     def __init__(self, api: k8s.ApiClient, component: str = "aijobs-operator") -> None:
         self._custom = k8s.CustomObjectsApi(api)
         self._core = k8s.CoreV1Api(api)
         self._component = component
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        METRICS.api_writes.labels("status").inc()
-        body = await asyncio.to_thread(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"status": status},
-        )
+    async def patch_status(
+        self, namespace: str | None, name: str, status: dict[str, Any], resource: Resource = JOBS
+    ) -> dict[str, Any]:
+        METRICS.api_writes.labels(resource.status_metric).inc()
+        if resource.namespaced:
+            assert namespace is not None, f"a {resource.kind} is namespaced"
+            body = await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                resource.plural,
+                name,
+                {"status": status},
+            )
+        else:
+            body = await asyncio.to_thread(
+                self._custom.patch_cluster_custom_object_status,
+                GROUP,
+                VERSION,
+                resource.plural,
+                name,
+                {"status": status},
+            )
         return cast(dict[str, Any], body)
 
-    async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> dict[str, Any]:
+    async def add_finalizer(
+        self, body: dict[str, Any], finalizer: str, resource: Resource = JOBS
+    ) -> dict[str, Any]:
         meta = body["metadata"]
         ops: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
@@ -48,9 +119,9 @@ class KubeWriter:
             ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer})
         else:
             ops.append({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]})
-        return await self._json_patch(meta["namespace"], meta["name"], ops, "finalizer")
+        return await self._json_patch(meta, ops, resource)
 
-    async def remove_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
+    async def remove_finalizer(self, body: dict[str, Any], finalizer: str, resource: Resource = JOBS) -> None:
         meta = body["metadata"]
         finalizers = meta.get("finalizers") or []
         if finalizer not in finalizers:
@@ -61,40 +132,52 @@ class KubeWriter:
             {"op": "remove", "path": f"/metadata/finalizers/{i}"},
         ]
         try:
-            await self._json_patch(meta["namespace"], meta["name"], ops, "finalizer")
+            await self._json_patch(meta, ops, resource)
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     async def _json_patch(
-        self, namespace: str, name: str, ops: list[dict[str, Any]], kind: str
+        self, meta: dict[str, Any], ops: list[dict[str, Any]], resource: Resource
     ) -> dict[str, Any]:
-        METRICS.api_writes.labels(kind).inc()
-        body = await asyncio.to_thread(
-            self._custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            ops,
-            _content_type="application/json-patch+json",
-        )
+        METRICS.api_writes.labels("finalizer").inc()
+        patch = "application/json-patch+json"
+        if resource.namespaced:
+            body = await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                resource.plural,
+                meta["name"],
+                ops,
+                _content_type=patch,
+            )
+        else:
+            body = await asyncio.to_thread(
+                self._custom.patch_cluster_custom_object,
+                GROUP,
+                VERSION,
+                resource.plural,
+                meta["name"],
+                ops,
+                _content_type=patch,
+            )
         return cast(dict[str, Any], body)
 
-    async def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the job (what `kubectl describe` shows). Best effort."""
+    async def event(
+        self, body: dict[str, Any], type_: str, reason: str, message: str, resource: Resource = JOBS
+    ) -> None:
         meta = body["metadata"]
+        namespace = meta["namespace"] if resource.namespaced else CLUSTER_EVENTS_NAMESPACE
         now = dt.datetime.now(dt.UTC)
         event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(
-                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]
-            ),
+            metadata=k8s.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=namespace),
             involved_object=k8s.V1ObjectReference(
                 api_version=API_VERSION,
-                kind=KIND,
+                kind=resource.kind,
                 name=meta["name"],
-                namespace=meta["namespace"],
+                namespace=meta["namespace"] if resource.namespaced else None,
                 uid=meta["uid"],
             ),
             reason=reason,
@@ -108,6 +191,6 @@ class KubeWriter:
         )
         METRICS.api_writes.labels("event").inc()
         try:
-            await asyncio.to_thread(self._core.create_namespaced_event, meta["namespace"], event)
+            await asyncio.to_thread(self._core.create_namespaced_event, namespace, event)
         except ApiException:
             METRICS.event_failures.inc()

@@ -20,7 +20,7 @@ from aijobs.wire.tokens import TokenSigner
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler, slim
 from aijobs_operator.health import Vitals, tap_watch_streams
-from aijobs_operator.kube import KubeWriter
+from aijobs_operator.kube import ApiKubeWriter
 from aijobs_operator.leader import LeaseElector
 from aijobs_operator.metrics import METRICS
 from aijobs_operator.steps import Services
@@ -114,7 +114,8 @@ def run(cfg: OperatorSettings | None = None) -> None:
         )
     elector = LeaseElector(api, cfg.lease_name, cfg.lease_namespace, identity, cfg.lease_seconds, vitals)
     elector.acquire()
-    reconciler = Reconciler(cfg, build_services(cfg), KubeWriter(api))
+    kube = ApiKubeWriter(api)  # one writer for the jobs, the auditor's verdicts and the accounts
+    reconciler = Reconciler(cfg, build_services(cfg), kube)
     tasks: list[Any] = [elector.keep]
     if cfg.audit_interval_seconds > 0:
         from aijobs_operator.auditor import Auditor
@@ -122,7 +123,7 @@ def run(cfg: OperatorSettings | None = None) -> None:
         tasks.append(Auditor(cfg, reconciler).run)
     services = reconciler.svc
     accounts = AccountSyncer(
-        services, api, lambda: list(reconciler.cache.values()), cfg.account_sync_interval_seconds
+        services, kube, lambda: list(reconciler.cache.values()), cfg.account_sync_interval_seconds
     )
     tasks.append(accounts.run)
     registry = registry_for(reconciler, tasks, accounts, vitals)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from aijobs.consistency import FINDING_KINDS
-from aijobs_operator.core import STEP_NAMES
+from aijobs_operator.saga import SAGA
 
 # The reasons a job is compensated for that a person watches for (others appear when they happen).
 COMPENSATION_REASONS = (
@@ -70,7 +70,7 @@ class OperatorMetrics:
         self.leader = Gauge("aijobs_operator_leader", "1 while this replica holds the Lease", registry=r)
         # Every series a dashboard panel shows exists from the start (at 0): rate() and increase()
         # then answer 0 rather than nothing before the first event.
-        for step in STEP_NAMES:
+        for step in SAGA.names:
             self.retries.labels(step)
             for outcome in ("ok", "failed", "unknown", "error"):
                 self.step_seconds.labels(step, outcome)

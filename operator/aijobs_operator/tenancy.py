@@ -6,6 +6,8 @@ rule (:func:`aijobs.api.tenancy.plan_sync`) what to change, changes it with idem
 writes the status only when it differs. A pass runs on every change of the object and, for the
 balances, every ``account_sync_interval_seconds``. Deleting the object stops its namespaces
 charging the account (a finalizer holds it until Auth agrees); the account and its ledger stay.
+Its writes to Kubernetes go through the same :class:`~aijobs_operator.kube.KubeWriter` as the job
+reconciler's, so the deterministic simulator runs this code unchanged.
 
 A namespace of the spec that another account holds (Auth binds a namespace to one account at most)
 stays unbound: the object shows Ready=False ``NamespaceTaken`` naming the holder, and each pass
@@ -17,32 +19,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from aijobs.api.auth import Bindings, Tenant
+from aijobs.api.payment import Account
 from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.tenancy import (
     ACCOUNT_FINALIZER,
-    ACCOUNT_PLURAL,
     NAMESPACE_TAKEN,
     CreditAccountSpec,
     SyncPlan,
     plan_sync,
     readiness,
 )
-from aijobs.api.v1alpha1 import GROUP, VERSION
 from aijobs.wire.client import Refused, ServiceError
-from aijobs_operator.metrics import METRICS
-from aijobs_operator.saga import iso, now
+from aijobs_operator.core import iso
+from aijobs_operator.kube import ACCOUNTS, ApiException, KubeWriter
+from aijobs_operator.saga import now
 from aijobs_operator.steps import Services
 
 log = logging.getLogger("aijobs.operator.tenancy")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What Auth and Payment hold for one account, read at the start (and end) of a pass."""
+
+    tenant: bool
+    account: Account | None
+    bound: set[str]
+    held: dict[str, str]  # namespace of the spec -> the other account that holds it
 
 
 def jobs_in_flight(jobs: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -59,12 +72,16 @@ class AccountSyncer:
     def __init__(
         self,
         services: Services,
-        api: k8s.ApiClient,
+        kube: KubeWriter,
         jobs: Callable[[], Iterable[dict[str, Any]]],
         interval: float,
+        clock: Callable[[], dt.datetime] = now,
+        fresh_key: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.svc = services
-        self._custom = k8s.CustomObjectsApi(api)
+        self.kube = kube
+        self.clock = clock
+        self._fresh_key = fresh_key  # the simulator draws its keys from its seed
         self._jobs = jobs
         self._interval = interval
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -109,20 +126,23 @@ class AccountSyncer:
         try:
             spec = CreditAccountSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:  # the CRD admits only valid specs; an old object may not be
-            seen = {"observedGeneration": body["metadata"].get("generation")}
-            await self._status(body, seen, account_conditions(body, False, "InvalidSpec", str(exc)[:1000]))
+            observed = {"observedGeneration": body["metadata"].get("generation")}
+            why = str(exc)[:1000]
+            conditions = account_conditions(body, False, "InvalidSpec", why, self.clock())
+            await self._status(body, observed, conditions)
             return
         if not deleting and ACCOUNT_FINALIZER not in (body["metadata"].get("finalizers") or []):
-            body = await self._add_finalizer(body)
+            body = await self.kube.add_finalizer(body, ACCOUNT_FINALIZER, ACCOUNTS)
+            self.accounts[name] = body
         wanted = () if deleting else spec.namespaces
         try:
             seen = await self._read(name, wanted)
             plan = plan_sync(
                 None if deleting else spec,
-                tenant_exists=seen["tenant"],
-                account_exists=seen["account"] is not None,
-                bound=seen["bound"],
-                held_elsewhere=seen["held"],
+                tenant_exists=seen.tenant,
+                account_exists=seen.account is not None,
+                bound=seen.bound,
+                held_elsewhere=seen.held,
             )
             if not plan.empty:
                 await self._apply(name, plan)  # a bind that lost a race is refused: read below
@@ -130,29 +150,29 @@ class AccountSyncer:
                 if plan.unbind:
                     self._wake_claimants(name, plan.unbind)
         except ServiceError as exc:
-            seen = {"observedGeneration": body["metadata"].get("generation")}
-            await self._status(body, seen, account_conditions(body, False, "SyncFailed", str(exc)[:1000]))
+            observed = {"observedGeneration": body["metadata"].get("generation")}
+            why = str(exc)[:1000]
+            await self._status(
+                body, observed, account_conditions(body, False, "SyncFailed", why, self.clock())
+            )
             raise
         if deleting:
-            await self._remove_finalizer(body)
+            await self.kube.remove_finalizer(body, ACCOUNT_FINALIZER, ACCOUNTS)
             return
-        account = seen["account"] or {}
+        account = seen.account
         status = {
             "observedGeneration": body["metadata"].get("generation"),
-            "available": account.get("available"),
-            "held": account.get("held"),
-            "balance": account.get("balance"),
+            "available": account.available if account is not None else None,
+            "held": account.held if account is not None else None,
+            "balance": account.balance if account is not None else None,
             "jobsInFlight": in_flight,
-            "boundNamespaces": sorted(seen["bound"]),
+            "boundNamespaces": sorted(seen.bound),
         }
         ready = readiness(
-            name,
-            spec,
-            account_exists=seen["account"] is not None,
-            bound=seen["bound"],
-            held_elsewhere=seen["held"],
+            name, spec, account_exists=account is not None, bound=seen.bound, held_elsewhere=seen.held
         )
-        await self._status(body, status, account_conditions(body, ready.ready, ready.reason, ready.message))
+        conditions = account_conditions(body, ready.ready, ready.reason, ready.message, self.clock())
+        await self._status(body, status, conditions)
 
     def _wake_claimants(self, releaser: str, namespaces: Iterable[str]) -> None:
         """The other accounts that list a namespace ``releaser`` let go of may bind it now."""
@@ -162,38 +182,41 @@ class AccountSyncer:
                 self._dirty.add(other)
                 self._wake.set()
 
-    async def _read(self, name: str, wanted: Iterable[str]) -> dict[str, Any]:
+    async def _read(self, name: str, wanted: Iterable[str]) -> Seen:
         """What Auth and Payment hold for account ``name``; ``held`` names the holder of each
         namespace in ``wanted`` that another account holds (asked only for the unbound ones)."""
         try:
-            await self.svc.auth.json("GET", f"/v1/tenants/{name}")
+            await self.svc.auth.fetch(Tenant, "GET", f"/v1/tenants/{name}")
             tenant = True
         except Refused as exc:
             if exc.status != 404:
                 raise
             tenant = False
+        account: Account | None
         try:
-            account = await self.svc.payment.json("GET", f"/v1/accounts/{name}")
+            account = await self.svc.payment.fetch(Account, "GET", f"/v1/accounts/{name}")
         except Refused as exc:
             if exc.status != 404:
                 raise
             account = None
-        bindings = await self.svc.auth.json("GET", "/v1/bindings", params={"account": name})
-        bound = {b["namespace"] for b in bindings["items"]}
+        bindings = await self.svc.auth.fetch(Bindings, "GET", "/v1/bindings", params={"account": name})
+        bound = {b.namespace for b in bindings.items}
         held: dict[str, str] = {}
         for namespace in sorted(set(wanted) - bound):
-            holders = await self.svc.auth.json("GET", "/v1/bindings", params={"namespace": namespace})
-            for b in holders["items"]:
-                if b["account"] != name:
-                    held[namespace] = b["account"]
-        return {"tenant": tenant, "account": account, "bound": bound, "held": held}
+            holders = await self.svc.auth.fetch(
+                Bindings, "GET", "/v1/bindings", params={"namespace": namespace}
+            )
+            for b in holders.items:
+                if b.account != name:
+                    held[namespace] = b.account
+        return Seen(tenant, account, bound, held)
 
     async def _apply(self, name: str, plan: SyncPlan) -> None:
         # Each call under a fresh key: the plan came from a fresh read, and a lost answer is found
         # out by the next read (an "already exists" answer is what a retry would have said).
         async def once(call: Any, *args: Any, **kwargs: Any) -> None:
             try:
-                await call(*args, key=uuid.uuid4().hex, **kwargs)
+                await call(*args, key=self._fresh_key(), **kwargs)
             except Refused as exc:
                 if exc.status != 409:
                     raise
@@ -216,68 +239,15 @@ class AccountSyncer:
         wanted = {**current, **fields, "conditions": conditions}
         if _comparable(wanted) == _comparable(current):
             return
-        wanted["lastSyncTime"] = iso(now())
-        METRICS.api_writes.labels("account-status").inc()
+        wanted["lastSyncTime"] = iso(self.clock())
+        name = body["metadata"]["name"]
         try:
-            updated = await asyncio.to_thread(
-                self._custom.patch_cluster_custom_object_status,
-                GROUP,
-                VERSION,
-                ACCOUNT_PLURAL,
-                body["metadata"]["name"],
-                {"status": wanted},
-            )
+            updated = await self.kube.patch_status(None, name, wanted, ACCOUNTS)
         except ApiException as exc:
             if exc.status != 404:
                 raise
             return
-        self.accounts[body["metadata"]["name"]] = cast(dict[str, Any], updated)
-
-    async def _add_finalizer(self, body: dict[str, Any]) -> dict[str, Any]:
-        meta = body["metadata"]
-        ops = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
-            {
-                "op": "add",
-                "path": "/metadata/finalizers",
-                "value": [*(meta.get("finalizers") or []), ACCOUNT_FINALIZER],
-            },
-        ]
-        METRICS.api_writes.labels("finalizer").inc()
-        updated = await asyncio.to_thread(
-            self._custom.patch_cluster_custom_object,
-            GROUP,
-            VERSION,
-            ACCOUNT_PLURAL,
-            meta["name"],
-            ops,
-            _content_type="application/json-patch+json",
-        )
-        return cast(dict[str, Any], updated)
-
-    async def _remove_finalizer(self, body: dict[str, Any]) -> None:
-        finalizers = body["metadata"].get("finalizers") or []
-        if ACCOUNT_FINALIZER not in finalizers:
-            return
-        i = finalizers.index(ACCOUNT_FINALIZER)
-        ops = [
-            {"op": "test", "path": f"/metadata/finalizers/{i}", "value": ACCOUNT_FINALIZER},
-            {"op": "remove", "path": f"/metadata/finalizers/{i}"},
-        ]
-        METRICS.api_writes.labels("finalizer").inc()
-        try:
-            await asyncio.to_thread(
-                self._custom.patch_cluster_custom_object,
-                GROUP,
-                VERSION,
-                ACCOUNT_PLURAL,
-                body["metadata"]["name"],
-                ops,
-                _content_type="application/json-patch+json",
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        self.accounts[name] = updated
 
 
 def _comparable(status: dict[str, Any]) -> Any:
@@ -295,14 +265,16 @@ def _comparable(status: dict[str, Any]) -> Any:
 STALLED_REASONS = frozenset({"InvalidSpec", NAMESPACE_TAKEN})
 
 
-def account_conditions(body: dict[str, Any], ok: bool, reason: str, message: str) -> list[dict[str, Any]]:
+def account_conditions(
+    body: dict[str, Any], ok: bool, reason: str, message: str, at: dt.datetime
+) -> list[dict[str, Any]]:
     """Ready (the account exists and exactly the spec's namespaces may charge it), Synced (the
     last pass reached Auth and Payment) and what kstatus reads: Reconciling (InProgress) while a
     later pass may still get it Ready, Stalled (Failed) while only a person can; neither once
-    Ready. A transition time changes only when a status does."""
+    Ready. A transition time (``at``) changes only when a status does."""
     previous = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
     generation = body["metadata"].get("generation")
-    stamp = iso(now())
+    stamp = iso(at)
     synced = reason not in ("SyncFailed", "InvalidSpec")
     stalled = not ok and reason in STALLED_REASONS
     out = []

@@ -15,15 +15,16 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 from aijobs_dev.controlplane.kstatus import compute, ensure_kstatus
 from aijobs_operator.engine import dump_status
-from aijobs_operator.kube import KubeWriter
+from aijobs_operator.kube import ApiKubeWriter
 from aijobs_operator.steps import Services
 from aijobs_operator.tenancy import AccountSyncer
 from kubernetes import client
+from pydantic import BaseModel
 
 from aijobs.api.tenancy import ACCOUNT_PLURAL
 from aijobs.api.v1alpha1 import GROUP, VERSION, AIImageJobStatus
@@ -33,6 +34,7 @@ from tests.operator.test_core import JOB_STATES
 from tests.operator.test_tenancy import ACCOUNT_STATES
 
 pytestmark = pytest.mark.controlplane
+M = TypeVar("M", bound=BaseModel)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +66,7 @@ def _job_manifest(name: str) -> str:
 def test_kstatus_reads_each_job_state_as_a_user_of_flux_or_kpt_should_see_it(
     kstatus: Path, kubectl: Kubectl, kube_api: client.ApiClient
 ) -> None:
-    writer = KubeWriter(kube_api)
+    writer = ApiKubeWriter(kube_api)
     want = {}
     for case in JOB_STATES:
         build, expect, _ = cast(tuple[Callable[[], AIImageJobStatus], str, str], case.values)
@@ -89,10 +91,13 @@ class _Services:
         if self.down:
             raise Ambiguous("auth", "connection refused")
         if path.startswith(("/v1/tenants/", "/v1/accounts/")):
-            return {"available": 90, "held": 10, "balance": 100}
+            return {"id": path.rsplit("/", 1)[-1], "available": 90, "held": 10, "balance": 100}
         key, value = next(iter((params or {}).items()))
         items = [{"namespace": ns, "account": acc} for ns, acc in self.bindings.items()]
         return {"items": [b for b in items if b[key] == value]}
+
+    async def fetch(self, into: type[M], method: str, path: str, params: dict[str, str] | None = None) -> M:
+        return into.model_validate(await self.json(method, path, params))
 
     async def call(self, method: str, path: str, key: str, json: dict[str, str] | None = None) -> None:
         if self.binds and method == "POST" and path == "/v1/bindings" and json is not None:
@@ -127,7 +132,7 @@ def test_kstatus_reads_each_credit_account_state_as_a_user_of_flux_or_kpt_should
         mine, theirs = f"{name}-ns", f"other-{suffix}"
         held = {mine: theirs} if reason == "NamespaceTaken" else {}
         services = _Services(held, down=reason == "SyncFailed", binds=reason != "Converging")
-        syncer = AccountSyncer(services.as_services(), kube_api, list, 60)
+        syncer = AccountSyncer(services.as_services(), ApiKubeWriter(kube_api), list, 60)
         body: dict[str, Any] = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "CreditAccount",

@@ -4,13 +4,19 @@ parameters: the CRD cases of ``test_crd_on_apiserver`` are replayed here without
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from aijobs.api.pipelines import PARAMETERS, PipelineError, validate_parameters
+from tests.conftest import Kubectl
 from tests.foundation.test_crd_on_apiserver import BAD
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _crd_parameter_cases() -> list[Any]:
@@ -39,7 +45,7 @@ def test_parameters_the_crd_refuses_are_refused_with_the_crds_message(
 
 
 WRONG_TYPES = {
-    int: ["8", 8.0, 8.5, True, None, [8]],
+    int: ["8", 8.5, True, None, [8]],
     float: ["0.5", True, None, {}],
     bool: ["yes", "true", 1, 0, None],
     str: [5, True, None, ["x"]],
@@ -70,3 +76,27 @@ def test_no_parameter_is_coerced_from_another_type(pipeline: str, name: str, val
 
 def test_an_integer_is_still_a_number() -> None:
     assert validate_parameters("denoise", {"strength": 1}) == {"strength": 1.0}
+
+
+def test_an_integral_number_is_the_integer_it_is() -> None:
+    assert validate_parameters("thumbnail", {"size": 64.0}) == {"size": 64}
+    assert type(validate_parameters("thumbnail", {"size": 64.0})["size"]) is int
+
+
+@pytest.mark.controlplane
+@pytest.mark.parametrize("width", [8.0, 8.5, 8], ids=["integral-float", "fraction", "integer"])
+def test_an_integer_parameter_is_read_as_kubectl_apply_reads_it(kubectl: Kubectl, width: float) -> None:
+    """JSON writes the integer 8 as ``8`` or ``8.0``: whatever the API server makes of the CRD's
+    ``integer``, every service makes the same (a job the cluster takes is one the services take)."""
+    manifest = yaml.safe_load((ROOT / "examples" / "resize-url.yaml").read_text())
+    manifest["spec"]["parameters"]["width"] = width
+    applied = kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest))
+    try:
+        validate_parameters("resize", manifest["spec"]["parameters"])
+        services_take_it = True
+    except PipelineError:
+        services_take_it = False
+    assert (applied.returncode == 0) == services_take_it, applied.stderr
+    if services_take_it:
+        stored = kubectl.json("get", "aij", manifest["metadata"]["name"])["spec"]["parameters"]["width"]
+        assert stored == width == validate_parameters("resize", {"width": width, "height": 8})["width"]

@@ -1,6 +1,7 @@
 """The saga's decision table: one table of cases per rule, on the pure core, in milliseconds.
 
-Each case builds a saga log, asks :func:`core.plan` or :func:`core.settle`, and checks what a
+Each case builds a saga log, asks :meth:`SAGA.plan` or :meth:`SAGA.settle` (the rules of
+:mod:`aijobs_operator.core` over the table of :mod:`aijobs_operator.saga`), and checks what a
 user's money and job would see: what is called next, what is compensated, when a retry is due.
 """
 
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aijobs_operator import core
+from aijobs_operator.saga import SAGA
 
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Phase, StepRecord
 
@@ -80,7 +83,7 @@ FORWARD = ("charge", "upload", "schedule", "process", "capture", "deliver")
 def test_acceptance(
     spec: dict[str, Any], deleting: bool, expect: type, phase: Phase | None, reason: str
 ) -> None:
-    action = core.plan(_job(None, spec=spec, deleting=deleting, deadline=None), T0, POLICY)
+    action = SAGA.plan(_job(None, spec=spec, deleting=deleting, deadline=None), T0, POLICY)
     assert isinstance(action, expect)
     if phase is not None:
         assert isinstance(action, core.Accept | core.Finish)
@@ -181,7 +184,7 @@ def test_acceptance(
     ],
 )
 def test_forward(job: core.JobView, now: dt.datetime, expect: type, detail: Any) -> None:
-    action = core.plan(job, now, POLICY)
+    action = SAGA.plan(job, now, POLICY)
     assert isinstance(action, expect), action
     if isinstance(action, core.RunStep):
         assert action.name == detail
@@ -198,22 +201,22 @@ def test_forward(job: core.JobView, now: dt.datetime, expect: type, detail: Any)
 
 
 def test_capture_is_recorded_as_attempted_before_it_is_called() -> None:
-    action = core.plan(_job(Phase.PROCESSED, FORWARD[:4]), T0, POLICY)
+    action = SAGA.plan(_job(Phase.PROCESSED, FORWARD[:4]), T0, POLICY)
     assert isinstance(action, core.RunStep) and action.write_ahead
-    assert core.committed_to_deliver(action.status)
+    assert SAGA.committed_to_deliver(action.status)
 
 
 def test_asking_for_a_result_is_not_an_attempt() -> None:
-    action = core.plan(_job(Phase.SCHEDULED, FORWARD[:3]), T0, POLICY)
+    action = SAGA.plan(_job(Phase.SCHEDULED, FORWARD[:3]), T0, POLICY)
     assert isinstance(action, core.RunStep)
     assert next(r for r in action.status.steps if r.name == "process").attempts == 0
 
 
 # ---------------------------------------------------------------------------------- settle
 def _settle(job: core.JobView, outcome: core.Outcome, now: dt.datetime = T0) -> core.Settled:
-    action = core.plan(job, now, POLICY)
+    action = SAGA.plan(job, now, POLICY)
     assert isinstance(action, core.RunStep)
-    return core.settle(job.with_status(action.status), action, outcome, now, POLICY)
+    return SAGA.settle(job.with_status(action.status), action, outcome, now, POLICY)
 
 
 @pytest.mark.parametrize(
@@ -289,7 +292,7 @@ def test_a_stored_result_is_written_at_once() -> None:
 
 def test_a_definite_capture_refusal_is_not_a_commitment() -> None:
     settled = _settle(_job(Phase.PROCESSED, FORWARD[:4]), core.Definite("CaptureRefused", "expired"))
-    assert not core.committed_to_deliver(settled.status)
+    assert not SAGA.committed_to_deliver(settled.status)
 
 
 @pytest.mark.parametrize("attempts", [1, 2, 3, 5, 8, 9])
@@ -341,7 +344,7 @@ def _compensating(**compensations: dict[str, Any]) -> core.JobView:
             id="credits-are-released-last",
         ),
         pytest.param(
-            _compensating(**{n: {"state": "Succeeded"} for n in core.COMPENSATIONS}),
+            _compensating(**{n: {"state": "Succeeded"} for n in (u.name for u in SAGA.undos)}),
             T0,
             core.Finish,
             Phase.FAILED,
@@ -364,7 +367,7 @@ def _compensating(**compensations: dict[str, Any]) -> core.JobView:
     ],
 )
 def test_compensation(job: core.JobView, now: dt.datetime, expect: type, detail: Any) -> None:
-    action = core.plan(job, now, POLICY)
+    action = SAGA.plan(job, now, POLICY)
     assert isinstance(action, expect), action
     if isinstance(action, core.RunUndo):
         assert action.name == detail
@@ -376,11 +379,64 @@ def test_compensation(job: core.JobView, now: dt.datetime, expect: type, detail:
 
 def test_an_undo_that_fails_is_retried_never_skipped() -> None:
     job = _compensating()
-    action = core.plan(job, T0, POLICY)
+    action = SAGA.plan(job, T0, POLICY)
     assert isinstance(action, core.RunUndo)
-    settled = core.settle(job.with_status(action.status), action, core.Unknown("503"), T0, POLICY)
+    settled = SAGA.settle(job.with_status(action.status), action, core.Unknown("503"), T0, POLICY)
     assert settled.wait is not None and settled.status.phase == Phase.COMPENSATING
     assert not core.succeeded(settled.status, "cancel-task", compensation=True)
+
+
+def test_an_undo_that_must_wait_is_asked_again_without_a_failure() -> None:
+    """A cancelled task whose worker has not stopped yet: not an error, the job keeps
+    compensating (kstatus: InProgress) and asks again later."""
+    job = _compensating()
+    action = SAGA.plan(job, T0, POLICY)
+    assert isinstance(action, core.RunUndo) and action.name == "cancel-task"
+    waiting = core.Waiting("TaskStopping", "task t1 is cancelled, its worker has not stopped yet")
+    settled = SAGA.settle(job.with_status(action.status), action, waiting, T0, POLICY)
+    rec = next(r for r in settled.status.compensations if r.name == "cancel-task")
+    assert settled.wait is not None and settled.wait.until == rec.next_attempt_at
+    assert rec.state != "Succeeded" and rec.last_error is None
+    assert settled.status.phase == Phase.COMPENSATING
+    assert kstatus_rule(settled.status) == "InProgress"
+    assert isinstance(SAGA.plan(job.with_status(settled.status), T0, POLICY), core.Wait)
+
+
+# ------------------------------------------------------------------------- the table
+async def _noop(call: object) -> core.Done:
+    return core.Done("done")
+
+
+def test_a_step_added_to_the_table_runs_in_its_place_and_is_undone_in_reverse() -> None:
+    """Adding a step is one entry: the rules read its place, condition, phase and undo from it."""
+    extra = core.Step("reserve-gpu", "GpuReserved", _noop, undo=core.Undo("free-gpu", _noop))
+    steps = list(SAGA.steps)
+    steps.insert(3, extra)  # after schedule, before process
+    saga = core.Saga(tuple(steps))
+    assert saga.names[:4] == ("charge", "upload", "schedule", "reserve-gpu")
+    assert [u.name for u in saga.undos] == ["free-gpu", "cancel-task", "delete-objects", "release-holds"]
+    job = _job(Phase.SCHEDULED, FORWARD[:3])
+    action = saga.plan(job, T0, POLICY)
+    assert isinstance(action, core.RunStep) and action.name == "reserve-gpu"
+    settled = saga.settle(job.with_status(action.status), action, core.Done("reserved"), T0, POLICY)
+    assert any(c.type == "GpuReserved" and c.status == "True" for c in settled.status.conditions)
+    assert settled.status.phase == Phase.SCHEDULED  # it reaches no phase of its own
+    following = saga.plan(job.with_status(settled.status), T0, POLICY)
+    assert isinstance(following, core.RunStep) and following.name == "process"
+    undo = saga.plan(_compensating(), T0, POLICY)
+    assert isinstance(undo, core.RunUndo) and undo.name == "free-gpu"
+
+
+def test_a_table_that_would_charge_without_a_way_back_is_refused() -> None:
+    with pytest.raises(ValueError, match="irreversible"):
+        core.Saga((core.Step("capture", "Captured", _noop, write_ahead=True),))
+    with pytest.raises(ValueError, match="unique"):
+        core.Saga((core.Step("a", "A", _noop, undo=core.Undo("a", _noop)),))
+
+
+def test_the_docs_show_the_table_the_operator_runs() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "saga.md").read_text()
+    assert SAGA.describe() in doc
 
 
 # ------------------------------------------------------------------- what kstatus reads
@@ -389,7 +445,7 @@ def run_saga(job: core.JobView, outcomes: Sequence[core.Outcome], now: dt.dateti
     up to the point where they run out or the job ends; the clock moves on to each retry."""
     todo = list(outcomes)
     while True:
-        action = core.plan(job, now, POLICY)
+        action = SAGA.plan(job, now, POLICY)
         if isinstance(action, core.Wait) and action.until is not None and todo:
             now = action.until
             continue
@@ -400,7 +456,7 @@ def run_saga(job: core.JobView, outcomes: Sequence[core.Outcome], now: dt.dateti
             continue
         if not isinstance(action, core.RunStep | core.RunUndo) or not todo:
             return job.status
-        settled = core.settle(job.with_status(action.status), action, todo.pop(0), now, POLICY)
+        settled = SAGA.settle(job.with_status(action.status), action, todo.pop(0), now, POLICY)
         job = job.with_status(settled.status)
         if settled.wait is not None and not todo:
             return job.status

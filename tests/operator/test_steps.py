@@ -3,6 +3,7 @@ request carries, how answers are sorted, in milliseconds and without a network."
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -13,8 +14,10 @@ import pytest
 from aijobs_operator import core
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
-from aijobs_operator.steps import Job, Services, StepFailed, charge, deliver, upload
+from aijobs_operator.steps import Call, Job, Services, StepFailed, capture, charge, deliver, upload
+from pydantic import BaseModel
 
+from aijobs.api import auth, main, payment, storage
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, InlineImage, JobInput, StepRecord
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
 from aijobs.wire.tokens import TokenSigner
@@ -48,29 +51,85 @@ def _job(now: dt.datetime = T0, spec: dict[str, Any] | None = None, **ids: str) 
     )
 
 
+def _answer(model: BaseModel, status: int = 200) -> httpx.Response:
+    """An answer built from the wire model the real service answers with."""
+    return httpx.Response(status, json=model.model_dump(by_alias=True, mode="json"))
+
+
+def _hold(**fields: Any) -> payment.Hold:
+    base = {
+        "id": "h1",
+        "account": "acme",
+        "job_id": "uid-1",
+        "amount": 7,
+        "state": "active",
+        "expires_at": T0 + dt.timedelta(hours=2),
+        "created_at": T0,
+        "settled_at": None,
+    }
+    return payment.Hold.model_validate(base | fields)
+
+
+def _object(object_id: str, **fields: Any) -> storage.StoredObject:
+    base = {
+        "id": object_id,
+        "key": f"k-{object_id}",
+        "account": "acme",
+        "job_id": "uid-1",
+        "kind": "result",
+        "sha256": "0" * 64,
+        "size": 3,
+        "content_type": "image/png",
+        "width": 1,
+        "height": 1,
+        "state": "committed",
+        "created_at": T0,
+    }
+    return storage.StoredObject.model_validate(base | fields)
+
+
 async def test_a_retried_charge_sends_the_same_hold_whatever_the_time() -> None:
     bodies: list[bytes] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/holds":
             bodies.append(request.content)
-            return httpx.Response(201, json={"id": "h1"})
-        return httpx.Response(200, json={"allowed": True})
+            return _answer(_hold(), 201)
+        return _answer(auth.ChargeAuthorized(namespace="ns", account="acme"))
 
     svc = _services(handler)
-    await charge(_job(T0), svc, OperatorSettings())
-    await charge(_job(T0 + dt.timedelta(minutes=20)), svc, OperatorSettings())
+    first = await charge(Call(_job(T0), svc, OperatorSettings()))
+    await charge(Call(_job(T0 + dt.timedelta(minutes=20)), svc, OperatorSettings()))
     assert bodies[0] == bodies[1]
-    assert json.loads(bodies[0])["expiresAt"] == "2026-11-27T14:00:00Z"  # deadline + an hour's grace
+    # Byte for byte what earlier releases sent (deadline + an hour's grace): a retry under a key
+    # sent before an upgrade is a replay, not a reused key.
+    assert bodies[0] == b'{"account":"acme","jobId":"uid-1","amount":7,"expiresAt":"2026-11-27T14:00:00Z"}'
+    assert isinstance(first, core.Done) and first.remote_ids == {"holdId": "h1"}
+
+
+async def test_an_answer_that_breaks_the_contract_is_an_unknown_outcome_never_a_no() -> None:
+    """A capture answered 200 with a body we cannot read may have charged: compensating it would
+    release nothing and fail the job of a paying user, so it is retried (as the core retries an
+    irreversible step for ever, in plain sight) under the same key."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "h1"})  # no amount, no state...
+
+    job = _job(T0, holdId="h1")
+    with pytest.raises(Ambiguous) as unknown:
+        await capture(Call(job, _services(handler), OperatorSettings()))
+    assert "contract-violation" in str(unknown.value) and "not a Hold" in str(unknown.value)
 
 
 async def test_an_undecodable_inline_image_is_a_definite_failure() -> None:
     # The CRD admits whole base64 only; this is the step's own defence should one slip through.
     job = _job()
     broken = InlineImage.model_construct(data="QUJDRAA", content_type="image/png")
-    job.spec = job.spec.model_copy(update={"input": JobInput.model_construct(inline=broken)})
+    job = dataclasses.replace(
+        job, spec=job.spec.model_copy(update={"input": JobInput.model_construct(inline=broken)})
+    )
     with pytest.raises(StepFailed) as failed:
-        await upload(job, _services(lambda r: httpx.Response(500)), OperatorSettings())
+        await upload(Call(job, _services(lambda r: httpx.Response(500)), OperatorSettings()))
     assert failed.value.reason == "InputUndecodable"
 
 
@@ -94,14 +153,14 @@ async def test_delivery_links_stay_valid_and_requests_stay_stable(
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/download-url"):
             seen["expires"] = json.loads(request.content)["expiresAt"]
-            return httpx.Response(200, json={"url": "http://x/r", "expiresAt": seen["expires"]})
+            return _answer(storage.DownloadLink(url="http://x/r", expires_at=core.parse(seen["expires"])))
         if request.url.path == "/v1/deliveries":
             seen["key"] = request.headers["idempotency-key"]
-            return httpx.Response(201, json={"id": "uid-1", "state": "pending"})
-        return httpx.Response(200, json={"id": "r1", "sha256": "0" * 64, "size": 3})
+            return _answer(main.DeliveryRecorded(id="uid-1", state="pending"), 201)
+        return _answer(_object("r1"))
 
     job = _job(T0 + late, resultObjectId="r1", capturedAt="2026-11-27T12:00:00Z")
-    outcome = await deliver(job, _services(handler), OperatorSettings())
+    outcome = await deliver(Call(job, _services(handler), OperatorSettings()))
     assert outcome.result is not None and seen == {"expires": expires, "key": key}
 
 
@@ -128,7 +187,7 @@ async def test_delivery_links_stay_valid_and_requests_stay_stable(
 async def test_the_client_sorts_answers(status: int, body: Any, headers: dict[str, str], error: type) -> None:
     client = _client("payment", lambda r: httpx.Response(status, json=body, headers=headers))
     with pytest.raises(error) as raised:
-        await client.json("POST", "/v1/holds/h1/capture", key="k")
+        await client.fetch(payment.Hold, "POST", "/v1/holds/h1/capture", key="k")
     if "Retry-After" in headers:
         assert isinstance(raised.value, Ambiguous) and raised.value.retry_after == float(
             headers["Retry-After"]

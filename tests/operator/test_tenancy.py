@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -156,10 +157,25 @@ ACCOUNT_STATES = [
 @pytest.mark.parametrize(("ok", "reason", "kstatus"), ACCOUNT_STATES)
 def test_account_conditions_say_what_kstatus_reads(ok: bool, reason: str, kstatus: str) -> None:
     body = {"metadata": {"generation": 3}, "status": {}}
-    conditions = account_conditions(body, ok, reason, "why")
+    conditions = account_conditions(body, ok, reason, "why", dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     assert kstatus_rule(conditions) == kstatus
     by_type = {c["type"]: c for c in conditions}
     assert by_type["Ready"]["status"] == str(ok)  # kubectl wait --for=condition=Ready
     assert by_type["Stalled"]["status"] == str(kstatus == "Failed")
     assert by_type["Reconciling"]["status"] == str(kstatus == "InProgress")
     assert {c["observedGeneration"] for c in conditions} == {3}
+
+
+def test_a_condition_keeps_its_transition_time_until_its_status_changes() -> None:
+    """``kubectl get`` shows how long an account has been Ready (or not): a pass that changes
+    nothing must not reset that clock."""
+    t1, t2 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC), dt.datetime(2030, 1, 2, tzinfo=dt.UTC)
+    body: dict[str, Any] = {"metadata": {"generation": 1}, "status": {}}
+    body["status"]["conditions"] = account_conditions(body, False, "Converging", "why", t1)
+    same = {
+        c["type"]: c["lastTransitionTime"] for c in account_conditions(body, False, "Converging", "x", t2)
+    }
+    ready = {c["type"]: c["lastTransitionTime"] for c in account_conditions(body, True, "Synced", "ok", t2)}
+    assert set(same.values()) == {"2030-01-01T00:00:00Z"}
+    assert ready["Ready"] == ready["Reconciling"] == "2030-01-02T00:00:00Z"
+    assert ready["Synced"] == ready["Stalled"] == "2030-01-01T00:00:00Z"

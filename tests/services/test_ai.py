@@ -12,6 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from aijobs.api.ai import Leases
 from tests.services.conftest import Api, _in_process, snapshot
 
 AI = tuple[Api, sa.Engine]
@@ -38,7 +39,9 @@ def _lease(api: Api, worker: str = "w1", n: int = 1, key: str | None = None) -> 
         key=key or "auto",
     )
     assert response.status_code == 200, response.text
-    return response.json()["items"]
+    Leases.model_validate_json(response.content)  # what a worker reads: the wire model, whole
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
 
 
 def test_a_job_gets_one_task_however_often_it_is_scheduled(ai: AI) -> None:
@@ -68,6 +71,11 @@ def test_a_job_gets_one_task_however_often_it_is_scheduled(ai: AI) -> None:
         ),
         pytest.param({"runAt": "tomorrow"}, "validation-error", "body.runAt", id="run-at-format"),
         pytest.param({"account": "Not An Account"}, "validation-error", "body.account", id="account"),
+        pytest.param({"runAt": 0}, "validation-error", "body.runAt", id="run-at-as-a-number"),
+        pytest.param(  # a date-time the schema admits, but year 0 in UTC
+            {"runAt": "0001-01-01T00:30:00+01:00"}, "time-out-of-range", "body.runAt", id="run-at-year-0"
+        ),
+        pytest.param({"inputObjectId": "obj\u0000"}, "validation-error", "body.inputObjectId", id="nul"),
     ],
 )
 def test_a_bad_task_is_refused_with_a_clear_reason(

@@ -74,6 +74,22 @@ def test_a_put_is_idempotent_by_key(storage: tuple[Api, sa.Engine], tmp_path: Pa
     assert _files(tmp_path / "volume" / "tmp") == []
 
 
+def test_a_put_to_an_objects_action_is_refused_not_stored_under_a_key(
+    storage: tuple[Api, sa.Engine],
+) -> None:
+    """A key may hold slashes, but ``PUT /v1/objects/<id>/commit`` is a method the commit does not
+    take (405, saying which it does), not an upload under the key ``<id>/commit``."""
+    api, engine = storage
+    stored = _put(api, "in/team/job-1", images.png())
+    assert stored.status_code == 201 and stored.json()["key"] == "in/team/job-1"
+    before = snapshot(engine)
+    for action in ("commit", "delete", "content", "download-url"):
+        refused = _put(api, f"{stored.json()['id']}/{action}", images.png())
+        assert refused.status_code == 405 and refused.headers["content-type"] == "application/problem+json"
+        assert "PUT" not in refused.headers["allow"]
+    assert snapshot(engine) == before
+
+
 def test_the_same_content_under_two_keys_shares_one_blob(
     storage: tuple[Api, sa.Engine], tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from aijobs_services.main.submission import parse, parse_run_at
 from kubernetes.client.exceptions import ApiException
 from sqlalchemy.orm import Session, sessionmaker
 
+from aijobs.api.storage import StoredObject
 from aijobs.wire.client import Refused
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -258,11 +259,24 @@ class _Storage:
     def __init__(self, refuse: bool = False) -> None:
         self.refuse = refuse
 
-    async def json(self, method: str, path: str, **kw: Any) -> Any:
+    async def fetch(self, into: type[StoredObject], method: str, path: str, **kw: Any) -> StoredObject:
         await asyncio.sleep(0.05)
         if self.refuse:
             raise Refused("storage", 413, "quota-exceeded", "over the account's quota", {})
-        return {"id": path.rsplit(":", 1)[-1]}
+        key = path.removeprefix("/v1/objects/")
+        return into(
+            id=key.rsplit(":", 1)[-1],
+            key=key,
+            account="acme",
+            kind="input",
+            sha256="0" * 64,
+            size=3,
+            content_type="image/png",
+            width=1,
+            height=1,
+            state="staging",
+            created_at=dt.datetime.now(dt.UTC),
+        )
 
 
 def _submission(key: str) -> Any:

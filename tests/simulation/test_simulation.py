@@ -1,8 +1,10 @@
-"""The saga under 20,000 seeded fault schedules, checked for I1-I5 (deterministic simulation).
+"""The saga under 20,000 seeded fault schedules, checked for I1-I5, tenancy (T1) and the
+auditor's repairs (A1-A3) (deterministic simulation).
 
-The real engine, step code and HTTP client run against the twins (whose answers
-``test_twins_contract.py`` ties to the real services). A failing seed prints its story; it
-replays exactly with ``bench/simulate.py --replay SEED``.
+The real engine, CreditAccount reconciler, auditor, step code and HTTP client run against the
+twins (whose answers ``test_twins_contract.py`` ties to the real services). A failing seed prints
+its story; it replays exactly with ``bench/simulate.py --replay SEED``. That each new check can
+fail is shown in ``test_audit_and_tenancy.py``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from aijobs_operator import core
 SCHEDULES = 20_000
 
 
+@pytest.mark.slow
 def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
     campaign = simulate(SCHEDULES, start=0, processes=2)
     print(
         f"\n{campaign.schedules} schedules, {campaign.jobs} jobs in {campaign.seconds:.0f}s; "
-        f"outcomes {dict(campaign.outcomes)}; faults {dict(campaign.faults)}"
+        f"outcomes {dict(campaign.outcomes)}; faults {dict(campaign.faults)}; "
+        f"auditor settled holds {dict(campaign.audit_moves)}"
     )
     stories = [f"seed {seed}: {lines}" for seed, lines in list(campaign.failing.items())[:5]]
     assert not campaign.failing, "\n".join(stories) + "\n" + minimal(next(iter(campaign.failing)))
@@ -34,8 +38,18 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
         "watch-disorder",
         "disk-full",
         "task-fails",
+        "account-edited",
+        "account-deleted",
+        "account-recreated",
+        "damage:stray-hold",
+        "damage:lost-capture",
+        "damage:orphan-object",
+        "damage:orphan-task",
+        "damage:doubtful-capture",
     ):
         assert campaign.faults[kind] >= 10, f"fault {kind} fired {campaign.faults[kind]} times"
+    # The auditor moved money (and the checker judged each move) under the same faults.
+    assert campaign.audit_moves["captured"] >= 10 and campaign.audit_moves["released"] >= 10
     for outcome in ("Delivered", "Failed", "gone"):
         assert campaign.outcomes[outcome] >= 100, campaign.outcomes
 
@@ -45,17 +59,23 @@ def test_the_same_seed_tells_the_same_story() -> None:
     assert replay(1234) != replay(1235)
 
 
+@pytest.mark.slow
 def test_the_simulation_finds_a_capture_that_is_not_written_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checker can fail: with capture recorded only after its answer (the old engine), a crash
     or a deletion around the capture charges users for nothing, and the simulation says so."""
-    monkeypatch.setattr(core, "committed_to_deliver", lambda status: core.succeeded(status, "capture"))
+    monkeypatch.setattr(
+        core.Saga, "committed_to_deliver", lambda self, status: core.succeeded(status, "capture")
+    )
     campaign = run_range(0, 1500)
     assert campaign.failing
     assert any("I1" in line for lines in campaign.failing.values() for line in lines)
 
 
+@pytest.mark.slow
 def test_a_failing_seed_is_told_with_the_fewest_kinds_of_fault(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "committed_to_deliver", lambda status: core.succeeded(status, "capture"))
+    monkeypatch.setattr(
+        core.Saga, "committed_to_deliver", lambda self, status: core.succeeded(status, "capture")
+    )
     seed = next(iter(run_range(0, 1500).failing))
     story = minimal(seed)
     assert f"seed {seed}, minimal faults" in story and "VIOLATION I1" in story

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -17,6 +17,7 @@ from aijobs_worker.health import Beat, Poll, Pulse, liveness, readiness
 from aijobs_worker.loop import Worker
 from aijobs_worker.spool import Spool
 from aijobs_worker.telemetry import REGISTRY
+from pydantic import BaseModel
 
 from aijobs.health import Verdict, start_probe_server
 from aijobs.wire.client import Ambiguous
@@ -107,17 +108,20 @@ class _Clock:
         return self.now
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class _AI:
     """The AI service as the loop sees it: no work, or no answer."""
 
     def __init__(self) -> None:
         self.down = False
 
-    async def json(self, method: str, path: str, **_: Any) -> Any:
+    async def fetch(self, into: type[M], method: str, path: str, **_: Any) -> M:
         assert (method, path) == ("POST", "/v1/leases")
         if self.down:
             raise Ambiguous("ai", "POST /v1/leases: connection refused", retry_after=0.01)
-        return {"items": []}
+        return into.model_validate({"items": []})
 
 
 async def _eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

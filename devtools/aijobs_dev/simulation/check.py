@@ -1,13 +1,25 @@
-"""I1-I5 after a simulated schedule, judged from what the twins hold — not from the operator's
-own account of it (a status that says Delivered proves nothing; a delivery Main API recorded of a
-result Storage still holds does)."""
+"""I1-I5, tenancy and the auditor's repairs after a simulated schedule, judged from what the twins
+hold — not from the operator's own account of it (a status that says Delivered proves nothing; a
+delivery Main API recorded of a result Storage still holds does).
+
+- **I1-I5**: the saga's promises, job by job (see ``docs``: charged exactly for a delivered result,
+  one result, nothing left behind, every job ended, the log tells the services' story).
+- **T1** (tenancy): a namespace charges only an account it was bound to while the job ran: no
+  hold on an account from a namespace not bound to it, so a namespace two CreditAccounts list
+  charges nobody but the one that holds it.
+- **A1-A3** (the auditor): after its pass every damage the log justifies repairing is repaired
+  (a stray hold released, a lost capture captured, an orphan object deleted, an orphan task
+  cancelled) and every finished job's verdict says so; the auditor moved money only where the
+  log and the services justified it; a doubtful capture is reported, never made.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from aijobs.api.rules import TERMINAL_PHASES
-from aijobs_dev.simulation.world import World
+from aijobs_dev.simulation.world import Damage, SimJob, World
 
 __all__ = ["Violation", "check"]
 
@@ -23,6 +35,17 @@ class Violation:
 
 
 def check(world: World) -> list[Violation]:
+    # A job whose capture was undone while AI disowned its task is left for a person on purpose:
+    # its money is judged by A3, not by I1/I3/I5.
+    doubtful = {d.uid for d in world.damage if d.kind == "doubtful-capture"}
+    return [
+        *_saga(world, doubtful),
+        *_tenancy(world),
+        *_audit(world, doubtful),
+    ]
+
+
+def _saga(world: World, doubtful: set[str]) -> list[Violation]:
     found: list[Violation] = []
     for job in world.jobs:
         holds = [h for h in world.payment.holds.values() if h.job_id == job.uid]
@@ -35,12 +58,13 @@ def check(world: World) -> list[Violation]:
         delivered = job.uid in world.main.deliveries and bool(results)
         body = world.kube.objects.get((job.namespace, job.name))
         phase = (body.get("status") or {}).get("phase") if body else None
+        judged = job.uid not in doubtful
 
         def bad(invariant: str, detail: str, job: str = job.name) -> None:
             found.append(Violation(invariant, job, detail))
 
         # I1: charged exactly the price for a result the user received, else nothing.
-        if delivered and charged != job.price:
+        if judged and delivered and charged != job.price:
             bad("I1", f"delivered but charged {charged} (price {job.price})")
         if not delivered and charged:
             bad("I1", f"charged {charged} for no delivered result (phase {phase}, deleted {job.deleted_at})")
@@ -51,7 +75,7 @@ def check(world: World) -> list[Violation]:
             bad("I2", f"{len(results)} results stored")
         # I3: nothing left behind by a job that did not deliver; no hold left open by any job.
         for hold in holds:
-            if hold.state == "active":
+            if judged and hold.state == "active":
                 bad("I3", f"hold {hold.id} still active")
         if not delivered:
             for obj in world.storage.objects.values():
@@ -68,7 +92,7 @@ def check(world: World) -> list[Violation]:
         if body is not None and (phase not in TERMINAL_PHASES or body["metadata"].get("deletionTimestamp")):
             bad("I4", f"still {phase}{' (deleting)' if body['metadata'].get('deletionTimestamp') else ''}")
         # I5: the log tells the same story as the services.
-        if phase == "Delivered" and not delivered:
+        if judged and phase == "Delivered" and not delivered:
             bad("I5", "the status says Delivered, but no result was delivered")
         if phase == "Failed" and delivered:
             bad("I5", "the status says Failed, but a result was delivered")
@@ -84,4 +108,104 @@ def check(world: World) -> list[Violation]:
             }
             if {k: conditions.get(k) for k in want} != want:
                 bad("I5", f"phase {phase} but conditions {conditions}")
+    return found
+
+
+def _bound_between(world: World, job: SimJob, until: dt.datetime) -> bool:
+    """Whether Auth bound the job's namespace to its account at some moment from the job's
+    creation to ``until`` (the authorization comes before the hold; a binding released between
+    the two does not undo a charge already authorized)."""
+    since: dt.datetime | None = None
+    for when, op, namespace, account in world.auth.binding_log:
+        if (namespace, account) != (job.namespace, job.account):
+            continue
+        if op == "bind":
+            since = when
+        else:
+            if since is not None and since <= until and when >= job.created_at:
+                return True
+            since = None
+    return since is not None and since <= until
+
+
+def _holder(world: World, namespace: str, at: dt.datetime) -> str | None:
+    holder = None
+    for when, op, ns, account in world.auth.binding_log:
+        if ns == namespace and when <= at:
+            holder = account if op == "bind" else (None if holder == account else holder)
+    return holder
+
+
+def _tenancy(world: World) -> list[Violation]:
+    found: list[Violation] = []
+    placed = {d.target for d in world.damage}  # holds the world made behind the operator's back
+    for job in world.jobs:
+        for hold in world.payment.holds.values():
+            if hold.job_id != job.uid or hold.id in placed:
+                continue
+            if hold.account != job.account or not _bound_between(world, job, hold.created_at):
+                holder = _holder(world, job.namespace, hold.created_at)
+                found.append(
+                    Violation(
+                        "T1",
+                        job.name,
+                        f"hold {hold.id} ({hold.state}) on account {hold.account} from namespace "
+                        f"{job.namespace}, which was not bound to it (held by {holder})",
+                    )
+                )
+    return found
+
+
+def _repaired(world: World, damage: Damage) -> bool:
+    if damage.kind == "stray-hold":
+        return world.payment.holds[damage.target].state != "active"
+    if damage.kind == "lost-capture":
+        return world.payment.holds[damage.target].state == "captured"
+    if damage.kind == "orphan-object":
+        return world.storage.objects[damage.target].state == "deleted"
+    if damage.kind == "orphan-task":  # cancelled, or ended on its own before the auditor came
+        task = world.ai.tasks[damage.target]
+        return task.state not in ("scheduled", "running") or task.cancel_requested
+    raise ValueError(f"no repair for {damage.kind}")
+
+
+def _audit(world: World, doubtful: set[str]) -> list[Violation]:
+    found: list[Violation] = []
+    names = {job.uid: job.name for job in world.jobs}
+    # A1: what the log justifies repairing is repaired, and the verdict of each finished job says
+    # the auditor saw it through (consistent or repaired; needs-attention only where it must).
+    for damage in world.damage:
+        if damage.kind != "doubtful-capture" and not _repaired(world, damage):
+            found.append(Violation("A1", names[damage.uid], f"{damage.kind} {damage.target} not repaired"))
+    for job in world.jobs:
+        body = world.kube.objects.get((job.namespace, job.name))
+        if body is None or (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+            continue
+        verdict = (body["status"].get("audit") or {}).get("verdict")
+        want = {"needs-attention"} if job.uid in doubtful else {"consistent", "repaired"}
+        if verdict not in want:
+            found.append(
+                Violation("A1", job.name, f"audit verdict {verdict}, expected one of {sorted(want)}")
+            )
+    # A2: the auditor settled a hold only as the saga log and the services justified: a capture
+    # of a delivered job whose task succeeded with a committed result and that had no other
+    # capture; a release of a failed job's hold, or of a hold beside one already captured.
+    for move in world.money_moves:
+        if move.action == "captured":
+            fair = move.phase == "Delivered" and move.evidence and not move.other_captured
+        else:
+            fair = move.phase == "Failed" or move.other_captured
+        if not fair:
+            found.append(
+                Violation(
+                    "A2",
+                    names[move.uid],
+                    f"the auditor {move.action} {move.hold} (phase {move.phase}, evidence {move.evidence}, "
+                    f"another captured {move.other_captured})",
+                )
+            )
+    # A3: a capture the log does not justify is reported, never made.
+    for damage in world.damage:
+        if damage.kind == "doubtful-capture" and world.payment.holds[damage.target].state == "captured":
+            found.append(Violation("A3", names[damage.uid], f"doubtful hold {damage.target} was captured"))
     return found

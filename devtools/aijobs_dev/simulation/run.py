@@ -1,5 +1,5 @@
-"""Run many seeded schedules and report violations of I1-I5 (``make test`` runs a fixed budget;
-``bench/simulate.py`` runs long campaigns)."""
+"""Run many seeded schedules and report violations of I1-I5, T1 and A1-A3 (``make test`` runs a
+fixed budget; ``bench/simulate.py`` runs long campaigns)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class Campaign:
     jobs: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
+    audit_moves: Counter[str] = field(default_factory=Counter)  # holds the auditor captured/released
     failing: dict[int, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -29,6 +30,7 @@ class Campaign:
         self.jobs += other.jobs
         self.outcomes.update(other.outcomes)
         self.faults.update(other.faults)
+        self.audit_moves.update(other.audit_moves)
         self.failing.update(other.failing)
 
 
@@ -45,6 +47,7 @@ def run_range(start: int, count: int) -> Campaign:
         campaign.schedules += 1
         campaign.jobs += len(world.jobs)
         campaign.faults.update(world.fired)
+        campaign.audit_moves.update(move.action for move in world.money_moves)
         for job in world.jobs:
             body = world.kube.objects.get((job.namespace, job.name))
             phase = (body.get("status") or {}).get("phase") if body else "gone"

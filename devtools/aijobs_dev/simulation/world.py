@@ -1,12 +1,15 @@
 """Deterministic simulation of the saga under fault schedules (FoundationDB's and TigerBeetle's
 VOPR idea, for aijobs).
 
-The operator's real engine and step code (:class:`aijobs_operator.engine.Reconciler`, the real
-:class:`~aijobs.wire.client.ServiceClient` and its error sorting) run against in-memory
-twins of the five services and of the API server, on a virtual clock, in one event loop with no
-real I/O. Every source of nondeterminism — the clock, which job is woken, which watch event
-arrives and when, which call fails and how, when the operator crashes, when a user deletes a job,
-when the GPU worker finishes — is drawn from one seeded generator, so a seed replays exactly.
+The operator's real code — the job engine and its steps (:class:`aijobs_operator.engine.Reconciler`),
+the CreditAccount reconciler (:class:`aijobs_operator.tenancy.AccountSyncer`), the auditor
+(:class:`aijobs_operator.auditor.Auditor`), the real :class:`~aijobs.wire.client.ServiceClient`
+and its error sorting — runs against in-memory twins of the five services and of the API server
+(one :class:`~aijobs_operator.kube.KubeWriter` for jobs and CreditAccounts), on a virtual
+clock, in one event loop with no real I/O. Every source of nondeterminism — the clock, which job
+is woken, which watch event arrives and when, which call fails and how, when the operator crashes,
+when a user deletes a job, when the GPU worker finishes — is drawn from one seeded generator, so a
+seed replays exactly.
 
 Faults a schedule may draw (each with a probability the seed also draws):
 
@@ -17,10 +20,17 @@ Faults a schedule may draw (each with a probability the seed also draws):
   committing;
 - the user **deletes** the job at any moment; the clock **jumps** past the deadline at any step;
 - watch events arrive **late, twice or out of order**; the operator is woken at random;
-- the disk is **full**; the GPU task **fails**; the account is **short** of credits.
+- the disk is **full**; the GPU task **fails**; the account is **short** of credits;
+- an admin **edits** a CreditAccount (lets a contested namespace go, or lists it again),
+  **deletes** one or re-creates it; jobs run in namespaces bound to their account, in one two
+  accounts list (only its holder's may charge), and in one no account lists;
+- a finished job's records are **damaged** behind the operator's back (a stray hold, a capture
+  undone, an orphan object or task, a capture undone while AI disowns the task), and the auditor
+  runs its pass at random moments, under the same crashes and lost answers as the steps.
 
-After the schedule, faults heal and the world runs until every job is terminal or gone; then an
-independent checker (:mod:`aijobs_dev.simulation.check`) tests I1-I5 from what the twins hold.
+After the schedule, faults heal and the world runs until every job is terminal or gone, the
+auditor makes one more pass, and an independent checker (:mod:`aijobs_dev.simulation.check`)
+tests I1-I5, tenancy and the auditor's repairs from what the twins hold.
 """
 
 from __future__ import annotations
@@ -32,19 +42,39 @@ import functools
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from aijobs_operator.auditor import Auditor
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
-from aijobs_operator.kube import ApiException
+from aijobs_operator.kube import JOBS, ApiException, KubeWriter, Resource
 from aijobs_operator.steps import Services
+from aijobs_operator.tenancy import AccountSyncer, jobs_in_flight
 
-from aijobs.api.rules import TERMINAL_PHASES
-from aijobs.wire.client import ServiceClient
+from aijobs.api import auth as auth_wire
+from aijobs.api import payment as payment_wire
+from aijobs.api.base import Answer
+from aijobs.api.payment import HoldState
+from aijobs.api.rules import MAX_HOLD, TERMINAL_PHASES
+from aijobs.api.tenancy import ACCOUNT_FINALIZER
+from aijobs.wire.client import ServiceClient, ServiceError
 from aijobs.wire.tokens import TokenSigner
-from aijobs_dev.simulation.twins import AITwin, AuthTwin, MainTwin, PaymentTwin, Reply, StorageTwin, Twin
+from aijobs_dev.simulation.twins import (
+    Account,
+    AITwin,
+    AuthTwin,
+    Hold,
+    MainTwin,
+    PaymentTwin,
+    Reply,
+    StorageTwin,
+    Task,
+    Twin,
+)
+from aijobs_dev.simulation.twins.base import _parts
 
 __all__ = ["Crash", "Faults", "World"]
 
@@ -74,6 +104,8 @@ class Faults:
     watch: float = 0.0
     disk_full: float = 0.0
     task_fails: float = 0.0
+    damage: float = 0.0
+    accounts: float = 0.0
 
     @classmethod
     def draw(cls, rng: random.Random) -> Faults:
@@ -89,6 +121,8 @@ class Faults:
             watch=p(0.5),
             disk_full=p(0.2),
             task_fails=p(0.3),
+            damage=p(0.8),
+            accounts=p(0.6),
         )
 
 
@@ -96,19 +130,181 @@ class Faults:
 class SimJob:
     uid: str
     namespace: str
+    account: str
     name: str
     price: int
     spec: dict[str, Any]
+    created_at: dt.datetime
     deleted_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What the world did behind the operator's back to a finished job (as a lost call, a bug
+    elsewhere or a person with database access would), for the auditor to find. ``kind`` names
+    what the auditor must do: release a stray hold, capture a lost capture, delete an orphan
+    object, cancel an orphan task; or, for ``doubtful-capture`` (a lost capture whose task AI
+    says failed), nothing but report it: the log alone does not justify moving that money."""
+
+    uid: str
+    kind: str
+    target: str  # the hold, object or task id
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class MoneyMove:
+    """A hold the auditor settled (its Idempotency-Key says so), with what the world held at that
+    moment: the checker judges whether the saga log and the services justified it."""
+
+    uid: str
+    action: str  # captured | released
+    hold: str
+    phase: str | None  # the job's phase in the API server then
+    evidence: bool  # AI said the task succeeded and Storage held its result, committed
+    other_captured: bool  # another hold of the job was captured already
+
+
+# The CreditAccounts of every schedule: "lab" is listed by both (contested: whoever binds first
+# holds it), "stray" by neither. Jobs are put in each namespace and name either account.
+ACCOUNT_NAMESPACES = {"acme": ["team", "lab"], "globex": ["ops", "lab"]}
+NAMESPACES = ("team", "ops", "lab", "stray")
+
+
+class TenancyAuth(AuthTwin):
+    """Auth with the tenants and namespace bindings the CreditAccount reconciler reads and
+    changes (its routes, rules and wire models as ``services/aijobs_services/auth`` has them),
+    keeping a log of every binding made or removed for the checker."""
+
+    def __init__(self, clock: Callable[[], dt.datetime]) -> None:
+        super().__init__(clock)
+        self.tenants: set[str] = set()
+        self.binding_log: list[tuple[dt.datetime, str, str, str]] = []  # (when, bind|unbind, ns, account)
+
+    def route(self, method: str, path: str) -> tuple[Callable[..., Reply], tuple[str, ...]] | None:
+        p = _parts(path)
+        if (method, p) == ("POST", ["tenants"]):
+            return self.create_tenant, ()
+        if method == "GET" and len(p) == 2 and p[0] == "tenants":
+            return self.get_tenant, (p[1],)
+        if (method, p) == ("GET", ["bindings"]):
+            return self.list_bindings, ()
+        if (method, p) == ("POST", ["bindings"]):
+            return self.bind, ()
+        if method == "DELETE" and len(p) == 3 and p[0] == "bindings":
+            return self.unbind, (p[1], p[2])
+        return super().route(method, path)
+
+    def create_tenant(self, *, body: Any, **_: Any) -> Reply:
+        tenant = auth_wire.TenantCreate.model_validate(body).id
+        if tenant in self.tenants:
+            return Reply.problem(409, "tenant-exists", f"tenant {tenant!r} already exists")
+        self.tenants.add(tenant)
+        return _answer(201, auth_wire.Tenant(id=tenant))
+
+    def get_tenant(self, tenant: str, **_: Any) -> Reply:
+        if tenant not in self.tenants:
+            return Reply.problem(404, "unknown-tenant", f"no tenant {tenant!r}")
+        return _answer(200, auth_wire.Tenant(id=tenant))
+
+    def list_bindings(self, *, params: dict[str, str], **_: Any) -> Reply:
+        items = [
+            auth_wire.Binding(namespace=ns, account=account)
+            for ns, account in sorted(self.bindings)
+            if params.get("account", account) == account and params.get("namespace", ns) == ns
+        ]
+        return _answer(200, auth_wire.Bindings(items=items))
+
+    def holder(self, namespace: str) -> str | None:
+        return next((account for ns, account in sorted(self.bindings) if ns == namespace), None)
+
+    def bind(self, *, body: Any, **_: Any) -> Reply:
+        asked = auth_wire.BindingRequest.model_validate(body)
+        if asked.account not in self.tenants:
+            return Reply.problem(404, "unknown-tenant", f"no tenant {asked.account!r}")
+        holder = self.holder(asked.namespace)
+        if holder is not None and holder != asked.account:  # one account per namespace
+            return Reply.problem(
+                409,
+                "namespace-bound-elsewhere",
+                f"namespace {asked.namespace!r} is bound to account {holder!r}",
+                namespace=asked.namespace,
+                account=asked.account,
+                heldBy=holder,
+            )
+        if holder is None:
+            self.bindings.add((asked.namespace, asked.account))
+            self.binding_log.append((self.clock(), "bind", asked.namespace, asked.account))
+        return _answer(201, auth_wire.Binding(namespace=asked.namespace, account=asked.account))
+
+    def unbind(self, namespace: str, account: str, **_: Any) -> Reply:
+        if (namespace, account) in self.bindings:
+            self.bindings.discard((namespace, account))
+            self.binding_log.append((self.clock(), "unbind", namespace, account))
+        return _answer(200, auth_wire.Unbound(namespace=namespace, account=account))
+
+
+class AccountsPayment(PaymentTwin):
+    """Payment with the account routes the CreditAccount reconciler calls (opening one, reading
+    its balances), as ``services/aijobs_services/payment`` answers them."""
+
+    def route(self, method: str, path: str) -> tuple[Callable[..., Reply], tuple[str, ...]] | None:
+        p = _parts(path)
+        if (method, p) == ("POST", ["accounts"]):
+            return self.open_account, ()
+        if method == "GET" and len(p) == 2 and p[0] == "accounts":
+            return self.get_account, (p[1],)
+        return super().route(method, path)
+
+    def open_account(self, *, body: Any, **_: Any) -> Reply:
+        account = payment_wire.AccountCreate.model_validate(body).id
+        if account in self.accounts:
+            return Reply.problem(409, "account-exists", f"account {account!r} already exists")
+        self.accounts[account] = Account()
+        return self.get_account(account, status=201)
+
+    def get_account(self, account_id: str, status: int = 200, **_: Any) -> Reply:
+        account = self.accounts.get(account_id)
+        if account is None:
+            return Reply.problem(404, "unknown-account", f"no account {account_id!r}")
+        balance = account.available + account.held
+        answer = payment_wire.Account(
+            id=account_id, available=account.available, held=account.held, balance=balance
+        )
+        return _answer(status, answer)
+
+
+class ObjectDeletingStorage(StorageTwin):
+    """Storage with ``POST /v1/objects/{id}/delete`` (the auditor deletes one orphan object; the
+    saga deletes a job's objects all at once)."""
+
+    def route(self, method: str, path: str) -> tuple[Callable[..., Reply], tuple[str, ...]] | None:
+        p = _parts(path)
+        if method == "POST" and len(p) == 3 and p[0] == "objects" and p[2] == "delete":
+            return self.delete_object, (p[1],)
+        return super().route(method, path)
+
+    def delete_object(self, object_id: str, **_: Any) -> Reply:
+        obj = self.objects.get(object_id)
+        if obj is None:
+            return Reply.problem(404, "unknown-object", f"no object {object_id!r}")
+        obj.state = "deleted"
+        return self.get(object_id)
+
+
+def _answer(status: int, answer: Answer) -> Reply:
+    return Reply(status, answer.model_dump(by_alias=True, mode="json"))
 
 
 class KubeTwin:
     """The API server as the operator's :class:`~aijobs_operator.kube.KubeWriter` sees it: objects
-    with resource versions, status patches, finalizers, deletion, and a watch stream."""
+    with resource versions, status patches, finalizers, deletion, and a watch stream of the jobs.
+    Jobs are kept by (namespace, name), CreditAccounts (cluster-scoped) by name."""
 
     def __init__(self, world: World) -> None:
         self.world = world
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.accounts: dict[str, dict[str, Any]] = {}
         self.rv = 0
         self.watch: list[tuple[str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, str]] = []
@@ -116,7 +312,8 @@ class KubeTwin:
     def _bump(self, body: dict[str, Any], kind: str = "MODIFIED") -> dict[str, Any]:
         self.rv += 1
         body["metadata"]["resourceVersion"] = str(self.rv)
-        self.watch.append((kind, _clone(body)))
+        if "namespace" in body["metadata"]:  # the operator's watch of jobs; accounts are read whole
+            self.watch.append((kind, _clone(body)))
         clone: dict[str, Any] = _clone(body)
         return clone
 
@@ -124,59 +321,88 @@ class KubeTwin:
         meta = body["metadata"]
         meta.setdefault("generation", 1)
         meta.setdefault("creationTimestamp", self.world.now().strftime("%Y-%m-%dT%H:%M:%SZ"))
-        self.objects[(meta["namespace"], meta["name"])] = body
+        if "namespace" in meta:
+            self.objects[(meta["namespace"], meta["name"])] = body
+        else:
+            self.accounts[meta["name"]] = body
         self._bump(body, "ADDED")
 
-    def delete(self, namespace: str, name: str) -> None:
-        body = self.objects.get((namespace, name))
+    def _forget(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        if "namespace" in meta:
+            del self.objects[(meta["namespace"], meta["name"])]
+            self.watch.append(("DELETED", _clone(body)))
+            self.world.gone.add(meta["uid"])
+        else:
+            del self.accounts[meta["name"]]
+
+    def delete(self, namespace: str | None, name: str) -> None:
+        body = self._find(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         if not body["metadata"].get("finalizers"):
-            del self.objects[(namespace, name)]
-            self.watch.append(("DELETED", _clone(body)))
+            self._forget(body)
             return
         body["metadata"]["deletionTimestamp"] = self.world.now().strftime("%Y-%m-%dT%H:%M:%SZ")
         self._bump(body)
 
-    def _get(self, namespace: str, name: str) -> dict[str, Any]:
-        body = self.objects.get((namespace, name))
+    def edit_spec(self, name: str, spec: dict[str, Any]) -> None:
+        """A person edits a CreditAccount (``kubectl apply``): a new generation."""
+        body = self.accounts[name]
+        body["spec"] = spec
+        body["metadata"]["generation"] += 1
+        self._bump(body)
+
+    def _find(self, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.accounts.get(name) if namespace is None else self.objects.get((namespace, name))
+
+    def _get(self, namespace: str | None, name: str) -> dict[str, Any]:
+        body = self._find(namespace, name)
         if body is None:
             raise ApiException(status=404, reason="Not Found")
         return body
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        self.world.maybe_crash("before writing the status")
-        body = self._get(namespace, name)
+    @staticmethod
+    def _where(meta: dict[str, Any], resource: Resource) -> str | None:
+        return meta["namespace"] if resource.namespaced else None
+
+    async def patch_status(
+        self, namespace: str | None, name: str, status: dict[str, Any], resource: Resource = JOBS
+    ) -> dict[str, Any]:
+        self.world.maybe_crash(f"before writing the status of {resource.kind} {name}")
+        body = self._get(namespace if resource.namespaced else None, name)
         merged = {**(body.get("status") or {}), **_clone(status)}
         body["status"] = merged
         self.world.writes += 1
         out = self._bump(body)
-        self.world.maybe_crash("after writing the status")
+        self.world.maybe_crash(f"after writing the status of {resource.kind} {name}")
         return out
 
-    async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> dict[str, Any]:
+    async def add_finalizer(
+        self, body: dict[str, Any], finalizer: str, resource: Resource = JOBS
+    ) -> dict[str, Any]:
         self.world.maybe_crash("before adding the finalizer")
-        stored = self._get(body["metadata"]["namespace"], body["metadata"]["name"])
+        stored = self._get(self._where(body["metadata"], resource), body["metadata"]["name"])
         if stored["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]:
             raise ApiException(status=422, reason="the resourceVersion test failed")
         stored["metadata"].setdefault("finalizers", []).append(finalizer)
         return self._bump(stored)
 
-    async def remove_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
+    async def remove_finalizer(self, body: dict[str, Any], finalizer: str, resource: Resource = JOBS) -> None:
         self.world.maybe_crash("before removing the finalizer")
         meta = body["metadata"]
-        stored = self.objects.get((meta["namespace"], meta["name"]))
+        stored = self._find(self._where(meta, resource), meta["name"])
         if stored is None or finalizer not in (stored["metadata"].get("finalizers") or []):
             return
         stored["metadata"]["finalizers"].remove(finalizer)
         if stored["metadata"].get("deletionTimestamp") and not stored["metadata"]["finalizers"]:
-            del self.objects[(meta["namespace"], meta["name"])]
-            self.watch.append(("DELETED", _clone(stored)))
-            self.world.gone.add(meta["uid"])
+            self._forget(stored)
         else:
             self._bump(stored)
 
-    async def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    async def event(
+        self, body: dict[str, Any], type_: str, reason: str, message: str, resource: Resource = JOBS
+    ) -> None:
         self.events.append((body["metadata"]["name"], reason, message))
 
 
@@ -202,9 +428,9 @@ class World:
         self.writes = 0
         self.gone: set[str] = set()
         self.fired: dict[str, int] = {}
-        self.auth = AuthTwin(self.now)
-        self.payment = PaymentTwin(self.now)
-        self.storage = StorageTwin(self.now)
+        self.auth = TenancyAuth(self.now)
+        self.payment = AccountsPayment(self.now)
+        self.storage = ObjectDeletingStorage(self.now)
         self.ai = AITwin(self.now)
         self.main = MainTwin(self.now)
         self.twins: dict[str, Twin] = {
@@ -222,8 +448,10 @@ class World:
             }
         )
         self.jobs: list[SimJob] = []
+        self.damage: list[Damage] = []
+        self.money_moves: list[MoneyMove] = []
         self._make_jobs(jobs if jobs is not None else self.rng.randint(1, 3))
-        self.operator = self._start_operator()
+        self.operator, self.auditor, self.syncer = self._start_operator()
 
     # -- the world ----------------------------------------------------------------------------
     def now(self) -> dt.datetime:
@@ -245,14 +473,45 @@ class World:
             raise Crash(where)
 
     def _make_jobs(self, n: int) -> None:
-        account, namespace = "acme", "team"
-        self.auth.bindings.add((namespace, account))
-        prices = [self.rng.randint(1, 20) for _ in range(n)]
-        from aijobs_dev.simulation.twins import Account
-
+        """The CreditAccounts (their Payment accounts topped up by an admin beforehand), then
+        ``n`` jobs, most in a namespace that may charge the account they name, some not."""
+        placed = []
+        for _ in range(n):
+            if self.rng.random() < 0.75:
+                namespace = self.rng.choice(["team", "ops", "lab"])
+                account = "globex" if namespace == "ops" else "acme"
+                if namespace == "lab":
+                    account = self.rng.choice(["acme", "globex"])  # only the holder's may charge
+            else:
+                namespace, account = self.rng.choice(NAMESPACES), self.rng.choice(["acme", "globex"])
+            placed.append((namespace, account, self.rng.randint(1, 20)))
         short = self.rng.random() < 0.15
-        self.payment.accounts[account] = Account(available=sum(prices) - (prices[0] if short else 0))
-        for i, price in enumerate(prices):
+        # The CreditAccounts were applied, and synced, before the jobs: each has its tenant, the
+        # namespaces it lists are bound to it, and "lab" to one of the two (the first to sync).
+        lab = self.rng.choice(sorted(ACCOUNT_NAMESPACES))
+        for account, namespaces in ACCOUNT_NAMESPACES.items():
+            self.auth.tenants.add(account)
+            for namespace in namespaces:
+                if namespace != "lab" or account == lab:
+                    self.auth.bindings.add((namespace, account))
+                    self.auth.binding_log.append((self.clock, "bind", namespace, account))
+            credits = sum(price for _, named, price in placed if named == account)
+            if short and placed and placed[0][1] == account:
+                credits -= placed[0][2]
+            self.payment.accounts[account] = Account(available=credits)
+            self.kube.create(
+                {
+                    "apiVersion": "aijobs.io/v1alpha1",
+                    "kind": "CreditAccount",
+                    "metadata": {
+                        "name": account,
+                        "uid": f"{self.seed:x}-account-{account}",
+                        "finalizers": [ACCOUNT_FINALIZER],
+                    },
+                    "spec": {"namespaces": list(namespaces)},
+                }
+            )
+        for i, (namespace, account, price) in enumerate(placed):
             uid = f"{self.seed:x}-uid-{i}"
             spec: dict[str, Any] = {
                 "account": account,
@@ -274,7 +533,7 @@ class World:
                 spec["deadline"] = (self.clock + dt.timedelta(seconds=self.rng.randint(1, 40))).strftime(
                     "%Y-%m-%dT%H:%M:%SZ"
                 )
-            job = SimJob(uid, namespace, f"job-{i}", price, spec)
+            job = SimJob(uid, namespace, account, f"job-{i}", price, spec, self.clock)
             self.jobs.append(job)
             self.kube.create(
                 {
@@ -284,7 +543,7 @@ class World:
                     "spec": spec,
                 }
             )
-            self.say(f"created {job.name} price {price} spec {json.dumps(spec)[:160]}")
+            self.say(f"created {namespace}/{job.name} price {price} spec {json.dumps(spec)[:160]}")
 
     # -- the operator and its edges -----------------------------------------------------------
     def _transport(self, service: str) -> httpx.MockTransport:
@@ -312,9 +571,12 @@ class World:
                 self.storage.disk_full = True
                 self.fire("disk-full", where)
             self.payment.sweep()
-            reply: Reply = twin.handle(
-                request.method, request.url.path, request.headers.get("idempotency-key"), body, params, raw
-            )
+            key = request.headers.get("idempotency-key")
+            audited = self._audited_hold(service, key, request.url.path)
+            before = audited.state if audited is not None else None
+            reply: Reply = twin.handle(request.method, request.url.path, key, body, params, raw)
+            if audited is not None and audited.state != before and audited.state in ("captured", "released"):
+                self._moved(audited.job_id, str(audited.state), audited.id)
             self.storage.disk_full = False
             self.say(f"{where} key={request.headers.get('idempotency-key')} -> {reply.status}")
             self.maybe_crash(f"after {where} committed, before its answer")
@@ -328,7 +590,33 @@ class World:
 
         return httpx.MockTransport(handle)
 
-    def _start_operator(self) -> Reconciler:
+    def _audited_hold(self, service: str, key: str | None, path: str) -> Hold | None:
+        """The hold an auditor's repair is about to settle, if this call is one."""
+        if service != "payment" or key is None or ":audit-" not in key:
+            return None
+        parts = path.split("/")  # /v1/holds/{id}/capture|release
+        return self.payment.holds.get(parts[3]) if len(parts) == 5 and parts[2] == "holds" else None
+
+    def _moved(self, uid: str, state: str, hold_id: str) -> None:
+        job = next(j for j in self.jobs if j.uid == uid)
+        body = self.kube.objects.get((job.namespace, job.name))
+        task = next((t for t in self.ai.tasks.values() if t.job_id == uid), None)
+        result = self.storage.objects.get(task.result_object_id or "") if task is not None else None
+        succeeded = task is not None and task.state == "succeeded"
+        evidence = succeeded and result is not None and result.state == "committed"
+        others = [h for h in self.payment.holds.values() if h.job_id == uid and h.id != hold_id]
+        move = MoneyMove(
+            uid,
+            state,
+            hold_id,
+            (body.get("status") or {}).get("phase") if body is not None else None,
+            evidence,
+            any(h.state == "captured" for h in others),
+        )
+        self.money_moves.append(move)
+        self.say(f"auditor {state} {hold_id} of {job.name}")
+
+    def _start_operator(self) -> tuple[Reconciler, Auditor, AccountSyncer]:
         signer = TokenSigner("operator", self.cfg.secret)
 
         def client(name: str) -> ServiceClient:
@@ -341,11 +629,22 @@ class World:
             ai=client("ai"),
             main=client("main"),
         )
-        operator = Reconciler(self.cfg, services, self.kube, clock=self.now)  # type: ignore[arg-type]
+        kube: KubeWriter = self.kube
+        operator = Reconciler(self.cfg, services, kube, clock=self.now)
         for body in self.kube.objects.values():  # a new process lists before it watches
             operator.observe("ADDED", _clone(body))
         self.kube.watch.clear()
-        return operator
+        syncer = AccountSyncer(
+            services,
+            kube,
+            lambda: list(operator.cache.values()),
+            interval=3600,
+            clock=self.now,
+            fresh_key=lambda: f"sim-{self.rng.getrandbits(48):012x}",
+        )
+        for body in self.kube.accounts.values():
+            syncer.observe("ADDED", _clone(body))
+        return operator, Auditor(self.cfg, operator), syncer
 
     def _restart(self) -> None:
         """A new operator process; often after a while down (past a deadline, a hold's expiry)."""
@@ -354,7 +653,7 @@ class World:
             self.clock += dt.timedelta(seconds=down)
             self.say(f"operator down for {down}s")
         self.say("operator restarts")
-        self.operator = self._start_operator()
+        self.operator, self.auditor, self.syncer = self._start_operator()
 
     # -- the schedule -------------------------------------------------------------------------
     async def _pass(self, key: tuple[str, str]) -> None:
@@ -365,7 +664,6 @@ class World:
             self._restart()
         except ApiException as exc:  # the engine's worker logs it and retries later
             self.say(f"pass {key[1]} failed: API {exc.status}")
-        self.operator._running.discard(key)
 
     def _deliver_watch(self) -> None:
         if not self.kube.watch:
@@ -422,20 +720,23 @@ class World:
             await self._pass(self.rng.choice(keys))
         elif r < 0.5:
             self._deliver_watch()
-            while self.operator._queued:  # what the watch queued runs now
-                key = self.operator._queue.get_nowait()
-                self.operator._queued.discard(key)
-                await self._pass(key)
+            while keys := self.operator.drain():  # what the watch queued runs now
+                for key in keys:
+                    await self._pass(key)
         elif r < 0.65:
             self._work()
         elif r < 0.72:
             try:
-                await self.operator._follow()
+                await self.operator.follow()
             except Crash:
                 self._restart()
             except Exception as exc:
                 self.say(f"follow failed: {exc}")
         elif r < 0.76 and keys and self.chance(self.faults.delete):
+            damaged = {d.uid for d in self.damage}  # a person is looking into those: left alone
+            keys = [k for k in keys if self.kube.objects[k]["metadata"]["uid"] not in damaged]
+            if not keys:
+                return
             ns, name = self.rng.choice(keys)
             self.fire("delete", name)
             for job in self.jobs:
@@ -446,8 +747,164 @@ class World:
             jump = self.rng.choice([30, 300, 3600, 86400, 40 * 86400])
             self.fire("clock-jump", f"+{jump}s")
             self.clock += dt.timedelta(seconds=jump)
+        elif r < 0.8:
+            await self._account_event()
+        elif r < 0.815:
+            await self._audit()
+        elif r < 0.9 and self.chance(self.faults.damage):
+            self._damage()
         else:
             self.clock += dt.timedelta(seconds=self.rng.choice([0.1, 0.5, 1, 2, 5, 15]))
+
+    # -- the CreditAccount reconciler, the auditor, and what they answer for ------------------
+    async def _sync(self, name: str) -> None:
+        """One pass of the CreditAccount reconciler over ``name``, as a watch event triggers it."""
+        body = self.kube.accounts.get(name)
+        if body is None:
+            return
+        self.syncer.observe("MODIFIED", _clone(body))
+        in_flight = jobs_in_flight(self.operator.cache.values()).get(name, 0)
+        self.say(f"sync account {name}")
+        try:
+            await self.syncer.sync(_clone(body), in_flight)
+        except Crash:
+            self._restart()
+        except (ServiceError, ApiException) as exc:  # said in its status; the next pass retries
+            self.say(f"sync account {name} failed: {exc}")
+
+    async def _account_event(self) -> None:
+        """An admin edits a CreditAccount (a namespace let go of, or taken up) or deletes it, or
+        re-creates a deleted one; then the reconciler syncs it (and now and then one that did
+        not change, as its periodic pass does)."""
+        name = self.rng.choice(sorted(ACCOUNT_NAMESPACES))
+        if not self.chance(self.faults.accounts):
+            if self.rng.random() < 0.25:
+                await self._sync(name)
+            return
+        body = self.kube.accounts.get(name)
+        if body is None:
+            self.fire("account-recreated", name)
+            self.kube.create(
+                {
+                    "apiVersion": "aijobs.io/v1alpha1",
+                    "kind": "CreditAccount",
+                    "metadata": {"name": name, "uid": f"{self.seed:x}-account-{name}-{self.kube.rv}"},
+                    "spec": {"namespaces": list(ACCOUNT_NAMESPACES[name])},
+                }
+            )
+        elif body["metadata"].get("deletionTimestamp"):
+            pass  # its deletion is under way: nothing to edit
+        elif self.rng.random() < 0.75:
+            namespaces = list(body["spec"]["namespaces"])
+            namespaces = (
+                [n for n in namespaces if n != "lab"] if "lab" in namespaces else [*namespaces, "lab"]
+            )
+            self.fire("account-edited", f"{name} now lists {namespaces}")
+            self.kube.edit_spec(name, {"namespaces": namespaces})
+        else:
+            self.fire("account-deleted", name)
+            self.kube.delete(None, name)
+        await self._sync(name)
+
+    async def _audit(self) -> set[str]:
+        """One pass of the auditor; the verdicts it reached."""
+        self.say("audit pass")
+        try:
+            verdicts = await self.auditor.audit_pass()
+        except Crash:
+            self._restart()
+            return set()
+        for uid, verdict in sorted(verdicts.items()):
+            self.say(f"audit {uid}: {verdict}")
+        return set(verdicts.values())
+
+    def _damage(self) -> None:
+        """Change a finished job's records behind the operator's back (see :class:`Damage`)."""
+        finished = [
+            (job, body)
+            for job in self.jobs
+            if (body := self.kube.objects.get((job.namespace, job.name))) is not None
+            and not body["metadata"].get("deletionTimestamp")
+            and (body.get("status") or {}).get("phase") in TERMINAL_PHASES
+        ]
+        if not finished:
+            return
+        job, body = self.rng.choice(finished)
+        if any(d.uid == job.uid and d.kind == "doubtful-capture" for d in self.damage):
+            return  # left for a person: what else happens to it, the auditor can't tell apart
+        delivered = body["status"]["phase"] == "Delivered"
+        kinds = (
+            ["lost-capture", "stray-hold", "orphan-object", "doubtful-capture"]
+            if delivered
+            else [
+                "stray-hold",
+                "orphan-object",
+                "orphan-task",
+            ]
+        )
+        kind = self.rng.choice(kinds)
+        holds = [h for h in self.payment.holds.values() if h.job_id == job.uid]
+        task = next((t for t in self.ai.tasks.values() if t.job_id == job.uid), None)
+        account = self.payment.accounts[job.account]
+        target: str | None = None
+        if kind in ("lost-capture", "doubtful-capture"):
+            captured = [h for h in holds if h.state == "captured"]
+            if not captured or (kind == "doubtful-capture" and task is None):
+                return
+            if any(
+                d.uid == job.uid and (kind == "doubtful-capture" or "capture" in d.kind) for d in self.damage
+            ):
+                return  # a doubtful capture comes alone: beside other damage, no log could tell
+            hold = captured[0]
+            hold.state, hold.settled_at = HoldState.ACTIVE, None
+            # Past any clock jump or skip to a far runAt: the auditor, not the clock, settles it.
+            hold.expires_at = self.clock + dt.timedelta(days=3650)
+            account.revenue -= hold.amount
+            account.held += hold.amount
+            if kind == "doubtful-capture" and task is not None:
+                task.state = "failed"  # AI no longer vouches for the result: no evidence
+            target = hold.id
+        elif kind == "stray-hold":
+            if account.available < job.price:
+                return
+            hold = Hold(
+                self.payment.new_id("hold"),
+                job.account,
+                job.uid,
+                job.price,
+                HoldState.ACTIVE,
+                self.clock + MAX_HOLD,  # only the auditor releases it within a schedule
+                self.clock,
+            )
+            self.payment.holds[hold.id] = hold
+            account.available -= job.price
+            account.held += job.price
+            target = hold.id
+        elif kind == "orphan-object":
+            n = len(self.damage)
+            reply = self.storage.store(
+                f"job:{job.uid}:orphan-{n}", job.account, job.uid, "result", f"orphan-{n}".encode()
+            )
+            target = reply.body["id"]
+        elif kind == "orphan-task":
+            if task is not None:
+                return
+            orphan = Task(
+                self.ai.new_id("task"),
+                job.uid,
+                job.account,
+                "resize",
+                {},
+                "none",
+                run_at=self.clock + dt.timedelta(days=365),
+                updated_at=self.clock,
+            )
+            self.ai.tasks[orphan.id] = orphan
+            target = orphan.id
+        if target is None:
+            return
+        self.damage.append(Damage(job.uid, kind, target, self.clock))
+        self.fire(f"damage:{kind}", f"{target} of {job.name}")
 
     def settled(self) -> bool:
         for body in self.kube.objects.values():
@@ -455,16 +912,30 @@ class World:
                 return False
             if body["metadata"].get("deletionTimestamp"):
                 return False
-        return True
+        return not any(body["metadata"].get("deletionTimestamp") for body in self.kube.accounts.values())
 
     async def run(self, steps: int = 64, heal_rounds: int = 400) -> None:
         for _ in range(steps):
             await self.step()
         self.healed = True
         self.say("--- faults heal ---")
+        await self._heal(heal_rounds)
+        # With no fault left, the auditor repairs what it may; a stray hold beside a capture it
+        # made is released on its next pass.
+        for _ in range(3):
+            if "repaired" not in await self._audit():
+                break
+
+    async def _heal(self, heal_rounds: int) -> None:
         for _ in range(heal_rounds):
             if self.settled():
                 return
+            for name, body in sorted(self.kube.accounts.items()):
+                meta = body["metadata"]
+                if meta.get("deletionTimestamp") or meta["generation"] != (body.get("status") or {}).get(
+                    "observedGeneration", meta["generation"]
+                ):
+                    await self._sync(name)
             self._work()
             self.payment.sweep()
             while self.kube.watch:

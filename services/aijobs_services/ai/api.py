@@ -1,162 +1,160 @@
-"""AI's HTTP API: tasks for the operator, leases for the workers."""
+"""AI's HTTP API: tasks for the operator, leases for the workers.
+
+The routes read the wire models of :mod:`aijobs.api.ai`, call :mod:`aijobs_services.ai.queue`
+and answer the same models; a refusal of the task life cycle (:mod:`aijobs.api.tasks`) becomes
+its problem here, the one place that knows HTTP statuses.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
-from pydantic import Field, StrictBool, StrictInt
 from sqlalchemy.orm import Session
 
-from aijobs.api.rules import ACCOUNT_NAME
-from aijobs.api.v1alpha1 import PIPELINES
+from aijobs.api import tasks
+from aijobs.api.ai import (
+    PROBLEMS,
+    Completion,
+    Failure,
+    Heartbeat,
+    LeasedTask,
+    LeaseRequest,
+    Leases,
+    QueueDepth,
+    Task,
+    TaskCreate,
+    TaskList,
+    TaskQuery,
+    refusal,
+)
 from aijobs_services.ai import queue
-from aijobs_services.ai.models import Task
-from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
+from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
-from aijobs_services.kit.db import aware
-from aijobs_services.kit.fields import Timestamp
-from aijobs_services.kit.idempotency import IdempotentRequestDep
+from aijobs_services.kit.fields import NO_NUL
+from aijobs_services.kit.idempotency import IdempotentRequestDep, Outcome
+from aijobs_services.kit.problems import Problem, documented
 
-NAME = ACCOUNT_NAME
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 # A worker may have an identity of its own (``worker.<name>``, with its own secret) or share
 # ``worker`` with the others; only an identity of its own proves who holds a lease.
 Worker = Annotated[Caller, Depends(allow("worker", "worker.*"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api", "worker", "worker.*"))]
+TaskId = Annotated[str, Path(pattern=NO_NUL, description="A task's id, as its creation answered")]
 
 
-class TaskCreate(CamelModel):
-    job_id: str = Field(min_length=1, max_length=128)
-    account: str = Field(min_length=2, max_length=63, pattern=NAME)
-    pipeline: str = Field(description=f"One of: {', '.join(PIPELINES)}")
-    params: dict[str, Any] = Field(default_factory=dict)
-    input_object_id: str = Field(min_length=1, max_length=40)
-    run_at: Timestamp | None = None
-    max_attempts: StrictInt = Field(default=5, ge=1, le=50)
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The life cycle's refusals as their problems (raised inside an idempotent action, so that
+    a refusal is stored and replayed like any answer)."""
+    try:
+        yield
+    except tasks.TaskError as error:
+        known, members = refusal(error)
+        raise Problem(
+            str(error), status=known.status, slug=known.slug, title=known.title, **members
+        ) from error
 
 
-class LeaseRequest(CamelModel):
-    worker: str = Field(min_length=1, max_length=128)
-    max_tasks: StrictInt = Field(default=1, ge=1, le=256)
-    lease_seconds: StrictInt = Field(default=60, ge=5, le=3600)
+def _answers(*slugs: str) -> dict[int | str, dict[str, Any]]:
+    """The route's own problems, documented (the kit adds what it answers on every route:
+    credentials, validation, the Idempotency-Key's problems)."""
+    return documented(*((PROBLEMS[s].status, s, PROBLEMS[s].title) for s in slugs))
 
 
-class Heartbeat(CamelModel):
-    lease_token: str
-    lease_seconds: StrictInt = Field(default=60, ge=5, le=3600)
+def _once(action: Callable[[Session], tasks.Task]) -> Callable[[Session], Outcome]:
+    """An idempotent action on one task, answering it as it is after (or the refusal)."""
+
+    def act(session: Session) -> Outcome:
+        with _refusals():
+            return 200, Task.of(action(session))
+
+    return act
 
 
-class Completion(CamelModel):
-    lease_token: str
-    result_object_id: str = Field(min_length=1, max_length=40)
-    result: dict[str, Any] = Field(default_factory=dict)
-
-
-class Failure(CamelModel):
-    lease_token: str
-    reason: str = Field(min_length=1, max_length=4000)
-    retryable: StrictBool
-
-
-class TaskQuery(CamelModel):
-    job_ids: list[str] = Field(default_factory=list, max_length=5000)
-    task_ids: list[str] = Field(default_factory=list, max_length=5000)
-
-
-def public(task: Task, *, with_lease: bool = False) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "id": task.id,
-        "jobId": task.job_id,
-        "account": task.account,
-        "pipeline": task.pipeline,
-        "params": task.params,
-        "inputObjectId": task.input_object_id,
-        "runAt": aware(task.run_at).isoformat(),
-        "state": task.state,
-        "attempts": task.attempts,
-        "maxAttempts": task.max_attempts,
-        "reruns": task.reruns,
-        "cancelRequested": task.cancel_requested,
-        "resultObjectId": task.result_object_id,
-        "result": task.result,
-        "error": task.error,
-        "updatedAt": aware(task.updated_at).isoformat(),
-    }
-    if with_lease:
-        doc["leaseToken"] = task.lease_token
-        doc["leaseOwner"] = task.lease_owner
-        doc["leaseExpiresAt"] = aware(task.lease_expires_at).isoformat() if task.lease_expires_at else None
-    return doc
-
+# A job scheduled again with the same definition: its task as it is, not a new one.
+_REGISTERED_BEFORE: dict[int | str, dict[str, Any]] = {
+    200: {"model": Task, "description": "The job's task, registered earlier with the same definition"}
+}
 
 router = APIRouter(prefix="/v1", tags=["ai"])
 
 
-@router.post("/tasks", status_code=201, summary="Register a job's task (one per job; idempotent)")
+@router.post(
+    "/tasks",
+    status_code=201,
+    summary="Register a job's task (one per job; idempotent)",
+    response_model=Task,
+    responses=_REGISTERED_BEFORE | _answers("job-has-task", "unknown-pipeline", "bad-parameters"),
+)
 def create_task(
     body: TaskCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    def act(s: Session) -> tuple[int, Any]:
-        task, created = queue.create(
-            s,
-            job_id=body.job_id,
-            account=body.account,
-            pipeline=body.pipeline,
-            params=body.params,
-            input_object_id=body.input_object_id,
-            run_at=body.run_at,
-            max_attempts=body.max_attempts,
-        )
-        return (201 if created else 200), public(task)
+    def act(s: Session) -> Outcome:
+        with _refusals():
+            task, created = queue.create(
+                s,
+                job_id=body.job_id,
+                account=body.account,
+                pipeline=body.pipeline,
+                params=body.params,
+                input_object_id=body.input_object_id,
+                run_at=body.run_at,
+                max_attempts=body.max_attempts,
+            )
+        return (201 if created else 200), Task.of(task)
 
     return store.run(session, idem, act)
 
 
-@router.get("/tasks/{task_id}", summary="One task")
-def get_task(task_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
+@router.get("/tasks/{task_id}", summary="One task", response_model=Task, responses=_answers("unknown-task"))
+def get_task(task_id: TaskId, _: Reader, session: SessionDep) -> Task:
+    with _refusals(), session.begin():
+        return Task.of(queue.get(session, task_id))
+
+
+@router.post(
+    "/tasks/query", summary="Many tasks' states in one call (by job ids or task ids)", response_model=TaskList
+)
+def query_tasks(body: TaskQuery, _: Reader, session: SessionDep) -> TaskList:
     with session.begin():
-        return public(queue.get(session, task_id))
+        return TaskList(items=[Task.of(t) for t in queue.query(session, body.job_ids, body.task_ids)])
 
 
-@router.post("/tasks/query", summary="Many tasks' states in one call (by job ids or task ids)")
-def query_tasks(body: TaskQuery, _: Reader, session: SessionDep) -> dict[str, Any]:
-    conditions = []
-    if body.job_ids:
-        conditions.append(Task.job_id.in_(body.job_ids))
-    if body.task_ids:
-        conditions.append(Task.id.in_(body.task_ids))
-    if not conditions:
-        return {"items": []}
-    with session.begin():
-        return {"items": [public(t) for t in session.scalars(sa.select(Task).where(sa.or_(*conditions)))]}
-
-
-@router.get("/queue/depth", summary="Tasks ready, running and scheduled later (for autoscalers)")
-def queue_depth(session: SessionDep) -> dict[str, int]:
+@router.get(
+    "/queue/depth",
+    summary="Tasks ready, running and scheduled later (for autoscalers)",
+    response_model=QueueDepth,
+)
+def queue_depth(session: SessionDep) -> QueueDepth:
     # Open to any caller, like /metrics: an autoscaler (KEDA's metrics-api scaler) cannot mint
     # our short-lived signed tokens, and the answer is three counts, with no account, job or
     # task in it. It only reads.
     with session.begin():
-        found = queue.depth(session)
-    return {
-        "ready": found.ready,
-        "running": found.running,
-        "scheduled": found.scheduled,
-        "demand": found.demand,
-    }
+        return queue.depth(session)
 
 
-@router.post("/tasks/{task_id}/cancel", summary="Cancel a task (idempotent)")
+@router.post(
+    "/tasks/{task_id}/cancel",
+    summary="Cancel a task (idempotent)",
+    response_model=Task,
+    responses=_answers("unknown-task"),
+)
 def cancel_task(
-    task_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    task_id: TaskId, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    return store.run(session, idem, lambda s: (200, public(queue.cancel(s, task_id))))
+    return store.run(session, idem, _once(lambda s: queue.cancel(s, task_id)))
 
 
-@router.post("/leases", summary="Lease due tasks (idempotent by key: a retried lease returns the same tasks)")
+@router.post(
+    "/leases",
+    summary="Lease due tasks (idempotent by key: a retried lease returns the same tasks)",
+    response_model=Leases,
+    responses=_answers(),
+)
 def lease_tasks(
     body: LeaseRequest, caller: Worker, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
@@ -164,23 +162,32 @@ def lease_tasks(
     # under another's name; under the shared identity the name is only a label, and says so.
     owner = caller.name if caller.name != "worker" else f"worker/{body.worker}"
 
-    def act(s: Session) -> tuple[int, Any]:
-        tasks = queue.lease(s, owner, body.max_tasks, body.lease_seconds)
-        return 200, {"items": [public(t, with_lease=True) for t in tasks]}
+    def act(s: Session) -> Outcome:
+        leased = queue.lease(s, owner, body.max_tasks, body.lease_seconds)
+        return 200, Leases(items=[LeasedTask.of(t) for t in leased])
 
     return store.run(session, idem, act)
 
 
-@router.post("/tasks/{task_id}/heartbeat", summary="Extend a lease; tells the worker if it was cancelled")
-def heartbeat(task_id: str, body: Heartbeat, _: Worker, session: SessionDep) -> dict[str, Any]:
-    with session.begin():
-        task = queue.heartbeat(session, task_id, body.lease_token, body.lease_seconds)
-        return public(task, with_lease=True)
+@router.post(
+    "/tasks/{task_id}/heartbeat",
+    summary="Extend a lease; tells the worker if it was cancelled",
+    response_model=LeasedTask,
+    responses=_answers("unknown-task", "lease-lost"),
+)
+def heartbeat(task_id: TaskId, body: Heartbeat, _: Worker, session: SessionDep) -> LeasedTask:
+    with _refusals(), session.begin():
+        return LeasedTask.of(queue.heartbeat(session, task_id, body.lease_token, body.lease_seconds))
 
 
-@router.post("/tasks/{task_id}/complete", summary="Record a task's stored result (fenced; idempotent)")
+@router.post(
+    "/tasks/{task_id}/complete",
+    summary="Record a task's stored result (fenced; idempotent)",
+    response_model=Task,
+    responses=_answers("unknown-task", "lease-lost", "task-cancelled"),
+)
 def complete(
-    task_id: str,
+    task_id: TaskId,
     body: Completion,
     _: Worker,
     idem: IdempotentRequestDep,
@@ -190,16 +197,18 @@ def complete(
     return store.run(
         session,
         idem,
-        lambda s: (
-            200,
-            public(queue.complete(s, task_id, body.lease_token, body.result_object_id, body.result)),
-        ),
+        _once(lambda s: queue.complete(s, task_id, body.lease_token, body.result_object_id, body.result)),
     )
 
 
-@router.post("/tasks/{task_id}/fail", summary="Report a failed run (fenced; retryable or not)")
+@router.post(
+    "/tasks/{task_id}/fail",
+    summary="Report a failed run (fenced; retryable or not)",
+    response_model=Task,
+    responses=_answers("unknown-task", "lease-lost"),
+)
 def fail(
-    task_id: str,
+    task_id: TaskId,
     body: Failure,
     _: Worker,
     idem: IdempotentRequestDep,
@@ -207,7 +216,5 @@ def fail(
     session: SessionDep,
 ) -> JSONResponse:
     return store.run(
-        session,
-        idem,
-        lambda s: (200, public(queue.fail(s, task_id, body.lease_token, body.reason, body.retryable))),
+        session, idem, _once(lambda s: queue.fail(s, task_id, body.lease_token, body.reason, body.retryable))
     )

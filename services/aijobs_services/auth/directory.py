@@ -28,6 +28,26 @@ class TenantNotAllowed(Forbidden):
     slug, title = "tenant-not-allowed", "This namespace may not charge that account"
 
 
+class UnknownTenant(NotFound):
+    slug, title = "unknown-tenant", "Unknown tenant"
+
+
+class UnknownUser(NotFound):
+    slug, title = "unknown-user", "Unknown user"
+
+
+class UnknownToken(NotFound):
+    slug, title = "unknown-token", "Unknown token"
+
+
+class TenantExists(Conflict):
+    slug, title = "tenant-exists", "Tenant exists"
+
+
+class UserExists(Conflict):
+    slug, title = "user-exists", "User exists"
+
+
 class NamespaceBoundElsewhere(Conflict):
     """One namespace charges one account at most; ``heldBy`` names the account that holds it."""
 
@@ -44,24 +64,35 @@ class Principal:
 
 def create_tenant(session: Session, tenant_id: str) -> Tenant:
     if session.get(Tenant, tenant_id) is not None:
-        raise Conflict(f"tenant {tenant_id!r} already exists", slug="tenant-exists", title="Tenant exists")
+        raise TenantExists(f"tenant {tenant_id!r} already exists")
     tenant = Tenant(id=tenant_id, created_at=utcnow())
     session.add(tenant)
     session.flush()
     return tenant
 
 
-def _tenant(session: Session, tenant_id: str) -> Tenant:
-    tenant = session.get(Tenant, tenant_id)
-    if tenant is None:
-        raise NotFound(f"no tenant {tenant_id!r}", slug="unknown-tenant", title="Unknown tenant")
-    return tenant
+def tenant(session: Session, tenant_id: str) -> Tenant:
+    found = session.get(Tenant, tenant_id)
+    if found is None:
+        raise UnknownTenant(f"no tenant {tenant_id!r}")
+    return found
+
+
+def tenants(session: Session) -> list[str]:
+    return list(session.scalars(sa.select(Tenant.id).order_by(Tenant.id)))
+
+
+def user(session: Session, user_id: str) -> User:
+    found = session.get(User, user_id)
+    if found is None:
+        raise UnknownUser(f"no user {user_id!r}")
+    return found
 
 
 def create_user(session: Session, user_id: str, tenant_id: str) -> User:
-    _tenant(session, tenant_id)
+    tenant(session, tenant_id)
     if session.get(User, user_id) is not None:
-        raise Conflict(f"user {user_id!r} already exists", slug="user-exists", title="User exists")
+        raise UserExists(f"user {user_id!r} already exists")
     user = User(id=user_id, tenant_id=tenant_id, created_at=utcnow())
     session.add(user)
     session.flush()
@@ -76,10 +107,7 @@ def issue_token(
         raise Unprocessable("give exactly one of user or service", slug="token-subject")
     tenant_id = None
     if user_id is not None:
-        user = session.get(User, user_id)
-        if user is None:
-            raise NotFound(f"no user {user_id!r}", slug="unknown-user", title="Unknown user")
-        tenant_id = user.tenant_id
+        tenant_id = user(session, user_id).tenant_id
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     token = Token(
@@ -98,7 +126,7 @@ def issue_token(
 def revoke_token(session: Session, token_id: str) -> Token:
     token = session.get(Token, token_id)
     if token is None:
-        raise NotFound(f"no token {token_id!r}", slug="unknown-token", title="Unknown token")
+        raise UnknownToken(f"no token {token_id!r}")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
     session.flush()
@@ -141,7 +169,7 @@ def _held(holder: Binding, account_id: str) -> Binding:
 
 def bind(session: Session, namespace: str, account_id: str) -> Binding:
     """Let ``namespace`` charge ``account_id``, unless another account holds it (409)."""
-    _tenant(session, account_id)
+    tenant(session, account_id)
     holder = _holder(session, namespace)
     if holder is not None:
         return _held(holder, account_id)
@@ -164,6 +192,16 @@ def unbind(session: Session, namespace: str, account_id: str) -> None:
     session.execute(
         sa.delete(Binding).where(Binding.namespace == namespace, Binding.account_id == account_id)
     )
+
+
+def bindings(session: Session, *, account: str | None = None, namespace: str | None = None) -> list[Binding]:
+    """Every binding, or those of one account or one namespace, in a stable order."""
+    stmt = sa.select(Binding).order_by(Binding.namespace, Binding.account_id)
+    if account:
+        stmt = stmt.where(Binding.account_id == account)
+    if namespace:
+        stmt = stmt.where(Binding.namespace == namespace)
+    return list(session.scalars(stmt))
 
 
 def authorize_charge(session: Session, namespace: str, account_id: str) -> Binding:

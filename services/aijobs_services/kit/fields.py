@@ -1,45 +1,35 @@
 """Field types for what callers send, shared by every service so that a class of bad input is
-refused the same way everywhere, as a 422 that names the field, never a 500 from deep inside:
+refused the same way everywhere, never as a 500 from deep inside.
 
-- :data:`Timestamp`: a time with its zone, turned into UTC at the door; one that UTC, the
-  database or the arithmetic after it cannot hold (``0001-01-01T00:00:00+01:00`` is year 0 in
-  UTC) is refused. A time without a zone is read as UTC, as every stored time is.
+The wire's own types (:data:`Int`, :data:`Timestamp`, :data:`Instant`, :data:`Text`) are
+:mod:`aijobs.api.fields`', re-exported here for the services; what is the database's alone is
+here:
+
+- :data:`PathText`: an id in a path, :data:`Text`'s rule said as a path parameter's.
 - :data:`MAX_ROW_ID`: the bound of every id a caller may send, what the database's 64-bit
   columns hold (a query for id 2**63 overflowed the driver).
-
-Booleans and integers in bodies are pydantic's ``StrictBool`` and ``StrictInt``: ``"yes"`` is not
-true and ``"8"`` is not a number (``tests/services/test_inputs.py`` checks every route for it).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
-from pydantic import AfterValidator
+from fastapi import Path
 
-__all__ = ["EARLIEST", "LATEST", "MAX_ROW_ID", "Timestamp", "to_utc"]
+from aijobs.api.fields import NO_NUL, OUT_OF_RANGE, Instant, Int, Text, Timestamp, to_utc
 
-# A year of room at the top for what is added to a time later (a hold's life, a retry's delay).
-EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-LATEST = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+__all__ = [
+    "MAX_ROW_ID",
+    "NO_NUL",
+    "OUT_OF_RANGE",
+    "Instant",
+    "Int",
+    "PathText",
+    "Text",
+    "Timestamp",
+    "to_utc",
+]
+
 MAX_ROW_ID = 2**63 - 1
-
-
-def to_utc(value: dt.datetime) -> dt.datetime:
-    """``value`` in UTC, or ValueError (which pydantic reports as a 422 naming the field)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    try:
-        utc = value.astimezone(dt.UTC)
-    except OverflowError:
-        utc = None
-    if utc is None or not EARLIEST <= utc < LATEST:
-        raise ValueError(
-            f"must be a time from {EARLIEST:%Y-%m-%dT%H:%M:%SZ} to before {LATEST:%Y-%m-%dT%H:%M:%SZ}, "
-            "with a zone (e.g. 2030-01-01T02:00:00Z)"
-        )
-    return utc
-
-
-Timestamp = Annotated[dt.datetime, AfterValidator(to_utc)]
+# An id in a URL's path, which a query takes to PostgreSQL: no NUL, as :data:`Text`.
+PathText = Annotated[str, Path(pattern=NO_NUL)]

@@ -13,7 +13,10 @@ and, **in the same database transaction** as the business change, stores the res
   so a retry gets the same answer; an unexpected failure (5xx) rolls everything back, key
   included, so the retry really runs again.
 
-Rows older than the retention are swept; a key is scoped to its caller.
+A key is scoped to its caller and lives for the retention, by the clock the store is given
+(the app's, so a test or the simulator moves time itself); then it is swept, or freed on reuse.
+:meth:`IdempotencyStore.once` decides and answers a plain :class:`Answer`;
+:meth:`IdempotencyStore.run` is the HTTP face the routes call.
 """
 
 from __future__ import annotations
@@ -36,10 +39,16 @@ from aijobs_services.kit.callers import CallerDep
 from aijobs_services.kit.problems import PROBLEM_JSON, BadRequest, Conflict, Problem, Unprocessable
 
 __all__ = [
+    "Answer",
+    "Clock",
     "IdempotencyStore",
     "IdempotentRequest",
     "IdempotentRequestDep",
+    "KeyInProgress",
+    "KeyReused",
+    "Outcome",
     "idempotency_table",
+    "idempotent_request",
     "read_idempotent_request",
 ]
 
@@ -81,9 +90,9 @@ async def read_idempotent_request(request: Request, caller: str) -> IdempotentRe
             slug="idempotency-key-missing",
             title="Idempotency-Key required",
         )
-    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+    if len(key) > MAX_KEY_LENGTH or not (key.isascii() and key.isprintable()):
         raise BadRequest(
-            f"Idempotency-Key must be printable and at most {MAX_KEY_LENGTH} characters",
+            f"Idempotency-Key must be printable ASCII and at most {MAX_KEY_LENGTH} characters",
             slug="idempotency-key-invalid",
             title="Invalid Idempotency-Key",
         )
@@ -102,22 +111,58 @@ async def read_idempotent_request(request: Request, caller: str) -> IdempotentRe
     )
 
 
-async def _idempotent_request(request: Request, caller: CallerDep) -> IdempotentRequest:
+async def idempotent_request(request: Request, caller: CallerDep) -> IdempotentRequest:
     return await read_idempotent_request(request, caller.name)
 
 
-IdempotentRequestDep = Annotated[IdempotentRequest, Depends(_idempotent_request)]
+IdempotentRequestDep = Annotated[IdempotentRequest, Depends(idempotent_request)]
 
 # What a use case returns: (HTTP status, JSON-able body). The body may be a Problem: a refusal
 # whose side effects (an expiry, say) must commit with it.
 Outcome = tuple[int, Any]
+Clock = Callable[[], dt.datetime]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a request with a key was answered, as stored: given again on every replay."""
+
+    status: int
+    body: Any  # JSON-able
+    media_type: str
+    replayed: bool = False
+
+
+class KeyReused(Exception):
+    """The key was first used for another request (another route or body)."""
+
+    def __init__(self, key: str, first_route: str) -> None:
+        super().__init__(key, first_route)
+        self.key, self.first_route = key, first_route
+
+
+class KeyInProgress(Exception):
+    """The first request with this key has not finished (its row holds no answer yet)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 class IdempotencyStore:
-    def __init__(self, table: sa.Table, retention: dt.timedelta, on_replay: Callable[[str], None]) -> None:
+    """Records each key's answer in the business transaction and gives it back on a replay.
+
+    Its decisions (act, replay, refuse a reused key, free an expired one) read the time from
+    the ``clock`` it is given, never the wall clock, and yield an :class:`Answer`: rendering it
+    as HTTP is :meth:`run`'s, the thin adapter the routes call."""
+
+    def __init__(
+        self, table: sa.Table, retention: dt.timedelta, on_replay: Callable[[str], None], clock: Clock
+    ) -> None:
         self.table = table
         self.retention = retention
         self._on_replay = on_replay
+        self._clock = clock
 
     def run(
         self,
@@ -126,57 +171,78 @@ class IdempotencyStore:
         action: Callable[[Session], Outcome],
         redact: Callable[[Any], Any] | None = None,
     ) -> JSONResponse:
-        """Act once for ``req``: ``action`` runs inside the transaction that records the key.
+        """Act once for ``req`` and answer as HTTP (see :meth:`once`); a reused key is a 422
+        ``idempotency-key-reused``, a key still in progress a 409 to retry after a second."""
+        try:
+            answer = self.once(session, req, action, redact)
+        except KeyReused as exc:
+            raise Unprocessable(
+                f"Idempotency-Key {exc.key!r} was first used for a different request ({exc.first_route}); "
+                "use a new key for a new request",
+                slug="idempotency-key-reused",
+                title="Idempotency-Key reused with a different request",
+            ) from exc
+        except KeyInProgress as exc:
+            raise Conflict(
+                f"a request with Idempotency-Key {exc.key!r} is still in progress; retry shortly",
+                slug="idempotency-key-in-progress",
+                headers={"Retry-After": "1"},
+            ) from exc
+        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+        return JSONResponse(answer.body, answer.status, headers=headers, media_type=answer.media_type)
 
-        ``redact`` makes the stored copy of the answer (a secret shown once is not kept)."""
-        now = dt.datetime.now(dt.UTC)
+    def once(
+        self,
+        session: Session,
+        req: IdempotentRequest,
+        action: Callable[[Session], Outcome],
+        redact: Callable[[Any], Any] | None = None,
+    ) -> Answer:
+        """``action``'s answer, run inside the transaction that records the key, or the answer
+        stored for the key (``replayed``). ``redact`` makes the stored copy of a success (a
+        secret shown once is not kept). Raises :class:`KeyReused` or :class:`KeyInProgress`."""
+        now = self._clock()
         with session.begin():
             if self._claim(session, req, now):
-                path = req.route.split(" ", 1)[1]
-                try:
-                    with session.begin_nested():
-                        status, body = action(session)
-                except Problem as problem:
-                    if problem.status >= 500:
-                        raise
-                    status, body = problem.status, problem  # rolled back to the savepoint
-                if isinstance(body, Problem):  # a refusal, stored like any answer
-                    status, body, media_type = body.status, body.body(path), PROBLEM_JSON
-                else:
-                    body, media_type = jsonable_encoder(body), "application/json"
+                answer = self._act(session, req, action)
+                stored = redact(answer.body) if redact and answer.status < 300 else answer.body
                 session.execute(
                     self.table.update()
                     .where(self.table.c.caller == req.caller, self.table.c.key == req.key)
                     .values(
-                        response_status=status,
-                        response_body=json.dumps(redact(body) if redact and status < 300 else body),
-                        response_media_type=media_type,
+                        response_status=answer.status,
+                        response_body=json.dumps(stored),
+                        response_media_type=answer.media_type,
                     )
                 )
-                return JSONResponse(body, status, media_type=media_type)
+                return answer
             row = session.execute(
                 sa.select(self.table).where(self.table.c.caller == req.caller, self.table.c.key == req.key)
             ).one()
         if row.fingerprint != req.fingerprint:
-            raise Unprocessable(
-                f"Idempotency-Key {req.key!r} was first used for a different request ({row.route}); "
-                "use a new key for a new request",
-                slug="idempotency-key-reused",
-                title="Idempotency-Key reused with a different request",
-            )
+            raise KeyReused(req.key, row.route)
         if row.response_status is None:
-            raise Conflict(
-                f"a request with Idempotency-Key {req.key!r} is still in progress; retry shortly",
-                slug="idempotency-key-in-progress",
-                headers={"Retry-After": "1"},
-            )
+            raise KeyInProgress(req.key)
         self._on_replay(req.template or req.route)
-        return JSONResponse(
-            json.loads(row.response_body),
-            row.response_status,
-            headers={"Idempotent-Replayed": "true"},
-            media_type=row.response_media_type,
+        return Answer(
+            row.response_status, json.loads(row.response_body), row.response_media_type, replayed=True
         )
+
+    @staticmethod
+    def _act(session: Session, req: IdempotentRequest, action: Callable[[Session], Outcome]) -> Answer:
+        """Run ``action`` in a savepoint: a refusal (a 4xx :class:`Problem`, raised or returned)
+        is an answer to keep, its own changes rolled back when raised; anything else propagates
+        and rolls back the key with the rest."""
+        try:
+            with session.begin_nested():
+                status, body = action(session)
+        except Problem as problem:
+            if problem.status >= 500:
+                raise
+            status, body = problem.status, problem
+        if isinstance(body, Problem):
+            return Answer(body.status, body.body(req.route.split(" ", 1)[1]), PROBLEM_JSON)
+        return Answer(status, jsonable_encoder(body), "application/json")
 
     def _claim(self, session: Session, req: IdempotentRequest, now: dt.datetime) -> bool:
         insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -194,7 +260,7 @@ class IdempotencyStore:
         # A key past its retention but not yet swept is free to use again.
         expired = session.execute(
             self.table.delete().where(
-                self.table.c.caller == req.caller, self.table.c.key == req.key, self.table.c.expires_at < now
+                self.table.c.caller == req.caller, self.table.c.key == req.key, self.table.c.expires_at <= now
             )
         )
         if expired.rowcount:  # type: ignore[attr-defined]
@@ -203,8 +269,7 @@ class IdempotencyStore:
         return False
 
     def sweep(self, session: Session) -> int:
+        """Forget the keys past their retention."""
         with session.begin():
-            result = session.execute(
-                self.table.delete().where(self.table.c.expires_at < dt.datetime.now(dt.UTC))
-            )
+            result = session.execute(self.table.delete().where(self.table.c.expires_at <= self._clock()))
         return int(result.rowcount)  # type: ignore[attr-defined]

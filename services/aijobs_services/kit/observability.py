@@ -10,17 +10,18 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aijobs_services.kit.problems import Problem
+from aijobs_services.kit.problems import Problem, documented
 
-__all__ = ["RequestMetrics", "ServiceMetrics", "configure_logging", "health_router"]
+__all__ = ["Alive", "Ready", "RequestMetrics", "ServiceMetrics", "configure_logging", "health_router"]
 
 
 class ServiceMetrics:
@@ -124,15 +125,29 @@ async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+class Alive(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str = Field(description="Which service answered (a reused port answers with another name)")
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
 def health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="Liveness: the process answers")
-    def healthz(request: Request) -> dict[str, str]:
-        return {"status": "ok", "service": request.app.state.metrics.service}
+    def healthz(request: Request) -> Alive:
+        return Alive(service=request.app.state.metrics.service)
 
-    @router.get("/readyz", summary="Readiness: the database answers")
-    def readyz(request: Request) -> JSONResponse:
+    @router.get(
+        "/readyz",
+        summary="Readiness: the database answers",
+        response_model=Ready,
+        responses=documented((503, "not-ready", "the database does not answer")),
+    )
+    def readyz(request: Request) -> JSONResponse | Ready:
         try:
             with request.app.state.engine.connect() as conn:
                 conn.execute(sa.text("select 1"))
@@ -144,7 +159,7 @@ def health_router() -> APIRouter:
                 title="Service not ready",
             )
             return problem.response("/readyz")
-        return JSONResponse({"status": "ready"})
+        return Ready()
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from aijobs.api.rules import HTTP_URL
+from aijobs.api.rules import HTTP_URL_PORTABLE
 from aijobs_services.kit.problems import Unprocessable
 
 __all__ = ["BadUrl", "Destination", "DestinationRefused", "check", "networks", "parse"]
@@ -84,7 +84,7 @@ def parse(url: str, field: str = "url") -> tuple[SplitResult, str, int]:
         raise BadUrl(f"{field}: only http(s) URLs with a host are allowed, not {url!r}")
     if parts.username is not None or parts.password is not None:
         raise BadUrl(f"{field}: a URL with user-info is not allowed")
-    if port == 0 or not re.fullmatch(HTTP_URL, url):
+    if port == 0 or not re.fullmatch(HTTP_URL_PORTABLE, url):
         raise BadUrl(
             f"{field}: {url!r} is not a well-formed http(s) URL (a host name or [IPv6 address], an "
             "optional port from 1 to 65535, no spaces)"

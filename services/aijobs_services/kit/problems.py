@@ -21,8 +21,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
+from aijobs.api.fields import OUT_OF_RANGE
 from aijobs.api.problem import PROBLEM_JSON, ProblemDetails, problem_type
 
 __all__ = [
@@ -139,6 +142,19 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _methods_at(app: FastAPI, path: str) -> list[str]:
+    """The methods the app documents at ``path``, read from its OpenAPI paths: a concrete path
+    (``/tasks/query``) before the templates it also matches (``/tasks/{task_id}``), as OpenAPI
+    matches them."""
+    matching = [
+        (template, operations)
+        for template, operations in app.openapi()["paths"].items()
+        if compile_path(template)[0].match(path)
+    ]
+    concrete = [(template, operations) for template, operations in matching if "{" not in template]
+    return sorted({method.upper() for _, operations in concrete or matching for method in operations})
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem+json, validation errors naming fields."""
 
@@ -150,22 +166,44 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field(e["loc"]), "message": e["msg"], "kind": e["type"]} for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        slug = "malformed-json" if any(e["kind"] == "json_invalid" for e in errors) else "validation-error"
-        title = "Malformed JSON body" if slug == "malformed-json" else "Request validation failed"
+        slug, title = "validation-error", "Request validation failed"
+        if any(e["kind"] == "json_invalid" for e in errors):
+            slug, title = "malformed-json", "Malformed JSON body"
+        elif all(e["kind"] == OUT_OF_RANGE for e in errors):
+            # A date-time the schema admits but UTC cannot hold: the calendar's rule, not a
+            # request that does not fit the schema.
+            slug, title = "time-out-of-range", "Time out of range"
         problem = Unprocessable(detail, slug=slug, title=title, errors=errors)
         if slug == "malformed-json":
             problem.status = 400
         return problem.response(request.url.path)
 
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request brought (a NUL in a text, a number past its
+        # column's range): the client's to change, and a retry as is would fail the same way.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "refused by the database"
+        problem = Unprocessable(
+            f"a value in the request cannot be stored: {reason}",
+            slug="unstorable-value",
+            title="Value cannot be stored",
+        )
+        return problem.response(request.url.path)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slugs = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route matching the path; a path
+            # served by several routes (GET and POST /accounts) answers all of them.
+            headers["Allow"] = ", ".join(_methods_at(app, request.url.path))
         problem = Problem(
             str(exc.detail),
             status=exc.status_code,
             slug=slugs.get(exc.status_code, f"http-{exc.status_code}"),
             title=str(exc.detail),
-            headers=exc.headers,
+            headers=headers,
         )
         return problem.response(request.url.path)
 

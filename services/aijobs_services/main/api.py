@@ -3,36 +3,75 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.orm import Session
 
-from aijobs.api.rules import HTTP_URL, NAMESPACE_NAME, OBJECT_NAME, TERMINAL_PHASES
-from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
+from aijobs.api.auth import Bindings, Principal
+from aijobs.api.main import (
+    AdminJob,
+    CancelledJob,
+    DeliveryCreate,
+    DeliveryRecorded,
+    JobPage,
+    JobView,
+    Webhook,
+    WebhookSet,
+)
+from aijobs.api.rules import HTTP_URL_PORTABLE, NAMESPACE_NAME, OBJECT_NAME, TERMINAL_PHASES
+from aijobs.api.v1alpha1 import PIPELINES, AIImageJobStatus
 from aijobs.consistency import fetch_records, findings
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
 from aijobs_services.kit import outbound
-from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
+from aijobs_services.kit.app import BODY_SCHEMA, IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import utcnow
-from aijobs_services.kit.idempotency import IdempotentRequestDep, read_idempotent_request
-from aijobs_services.kit.problems import Forbidden, NotFound, Unauthenticated, Unprocessable
+from aijobs_services.kit.idempotency import MAX_KEY_LENGTH, IdempotentRequestDep, read_idempotent_request
+from aijobs_services.kit.problems import Forbidden, NotFound, Unauthenticated, documented
 from aijobs_services.main import jobs, submission
-from aijobs_services.main.models import Delivery, Webhook
+from aijobs_services.main.models import Delivery
+from aijobs_services.main.models import Webhook as WebhookRow
 from aijobs_services.main.settings import MainSettings
-from aijobs_services.main.submission import Unavailable, read_job
+from aijobs_services.main.submission import RateLimited, Unavailable, read_job
 
 Admin = Annotated[Caller, Depends(allow("admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 # A name Kubernetes could not hold is the caller's mistake (422), not the API server's trouble.
 JobName = Annotated[str, Path(max_length=253, pattern=OBJECT_NAME, description="The job's name (its id)")]
 Namespace = Annotated[str, Path(max_length=63, pattern=NAMESPACE_NAME)]
+M = TypeVar("M", bound=BaseModel)
+
+
+class UnknownJob(NotFound):
+    slug, title = "unknown-job", "Unknown job"
+
+
+class NoNamespace(Forbidden):
+    slug, title = "no-namespace", "No namespace bound"
+
+
+# What a user's request may answer before it reaches its route: a token that is not a user's, an
+# account with nowhere to run jobs, a service it needs that did not answer.
+AS_A_USER = (
+    (401, "unauthenticated", "no API token, or one that is not valid"),
+    (403, "forbidden", "a token that is not a user's"),
+    NoNamespace,
+    Unavailable,
+)
+# What PUT /v1/webhook, which reads its Idempotency-Key itself, may answer for that key (the
+# kit documents it on the routes that take the key through its dependency).
+IDEMPOTENT = (
+    (400, "idempotency-key-missing", "no Idempotency-Key header"),
+    (400, "idempotency-key-invalid", "an Idempotency-Key too long or not printable ASCII"),
+    (409, "idempotency-key-in-progress", "the first request with this key is still running"),
+    (422, "idempotency-key-reused", "the key was first used for another request"),
+)
 
 
 @dataclass(frozen=True)
@@ -46,9 +85,9 @@ def _clients(request: Request) -> dict[str, ServiceClient]:
     return clients
 
 
-async def _call(client: ServiceClient, method: str, path: str, **kw: Any) -> Any:
+async def _fetch(client: ServiceClient, into: type[M], method: str, path: str, **kw: Any) -> M:
     try:
-        return await client.json(method, path, **kw)
+        return await client.fetch(into, method, path, **kw)
     except Ambiguous as exc:
         raise Unavailable(
             f"{exc}; retry with the same Idempotency-Key", headers={"Retry-After": "2"}
@@ -59,13 +98,14 @@ async def current_user(request: Request, authorization: Annotated[str, Header()]
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send your API token: Authorization: Bearer aij_...")
+    auth = _clients(request)["auth"]
     try:
-        principal = await _call(_clients(request)["auth"], "POST", "/v1/tokens/verify", json={"token": token})
+        principal = await _fetch(auth, Principal, "POST", "/v1/tokens/verify", json={"token": token})
     except Refused as exc:
         raise Unauthenticated("the API token is not valid (unknown, malformed or revoked)") from exc
-    if principal["kind"] != "user" or not principal["tenant"]:
+    if principal.kind != "user" or not principal.tenant:
         raise Forbidden("this endpoint is for users' tokens")
-    return User(principal["subject"], principal["tenant"])
+    return User(principal.subject, principal.tenant)
 
 
 UserDep = Annotated[User, Depends(current_user)]
@@ -81,30 +121,72 @@ def _custom(request: Request) -> k8s.CustomObjectsApi:
 
 
 async def _namespace_of(request: Request, tenant: str) -> str:
-    bound = await _call(_clients(request)["auth"], "GET", "/v1/bindings", params={"account": tenant})
-    if not bound["items"]:
-        raise Forbidden(
-            f"account {tenant!r} has no namespace to run jobs in; ask an admin to bind one",
-            slug="no-namespace",
-            title="No namespace bound",
-        )
-    namespace: str = bound["items"][0]["namespace"]
-    return namespace
+    auth = _clients(request)["auth"]
+    bound = await _fetch(auth, Bindings, "GET", "/v1/bindings", params={"account": tenant})
+    if not bound.items:
+        raise NoNamespace(f"account {tenant!r} has no namespace to run jobs in; ask an admin to bind one")
+    return bound.items[0].namespace
+
+
+async def _own_job(request: Request, user: User, job_id: str) -> dict[str, Any]:
+    namespace = await _namespace_of(request, user.tenant)
+    job = await read_job(_custom(request), namespace, job_id)
+    if job is None or not jobs.owned_by(job, user.tenant):
+        raise UnknownJob(f"no job {job_id!r} in your account")
+    return job
+
+
+def _view(view: JobView) -> dict[str, Any]:
+    """A job's view on the wire: its records with the fields the saga log holds, no more."""
+    return view.model_dump(by_alias=True, mode="json", exclude_unset=True)
 
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
-@router.post("/jobs", status_code=201, summary="Submit a job: an image (file or URL), a pipeline, a time")
+@router.post(
+    "/jobs",
+    status_code=201,
+    summary="Submit a job: an image (file or URL), a pipeline, a time",
+    response_model=JobView,
+    response_model_exclude_unset=True,
+    # Exactly one image, said in the schema too, so that a request that fits it has one.
+    openapi_extra={BODY_SCHEMA: {"oneOf": [{"required": ["file"]}, {"required": ["url"]}]}},
+    responses={
+        200: {"model": JobView, "description": "An earlier request with this Idempotency-Key made the job"},
+        **documented(
+            *AS_A_USER,
+            (413, "object-too-large", "the upload is over Storage's limit (or `image-too-large`)"),
+            (415, "unsupported-image", "the upload is not a PNG, JPEG or WebP image"),
+            (422, "bad-pipeline", "an unknown pipeline, or parameters it does not take (a JSON object)"),
+            (422, "bad-run-at", "runAt is in the past, or further ahead than credits can be held"),
+            (422, "idempotency-key-reused", "the key was first used for another job request"),
+            (422, "destination-refused", "the URL names a place jobs may not fetch from"),
+            (422, "invalid-job", "the Kubernetes API refused the job"),
+            RateLimited,
+            (507, "insufficient-storage", "Storage is full"),
+        ),
+    },
+)
 async def submit_job(
     request: Request,
     user: UserDep,
     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
-    pipeline: Annotated[str, Form()],
-    parameters: Annotated[str, Form(description="JSON object")] = "{}",
-    run_at: Annotated[str | None, Form(alias="runAt")] = None,
-    url: Annotated[str | None, Form(max_length=2048)] = None,
-    file: Annotated[UploadFile | None, File()] = None,
+    pipeline: Annotated[str, Form(json_schema_extra={"enum": list(PIPELINES)})],
+    parameters: Annotated[str, Form(description="The pipeline's parameters, a JSON object")] = "{}",
+    run_at: Annotated[
+        str | SkipJsonSchema[None],
+        Form(
+            alias="runAt",
+            description="When to run it (RFC 3339, within 30 days); now if absent",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None,
+    url: Annotated[
+        Annotated[str, StringConstraints(max_length=2048, pattern=HTTP_URL_PORTABLE)] | SkipJsonSchema[None],
+        Form(description="The image's http(s) URL, or give a file"),
+    ] = None,
+    file: Annotated[UploadFile | SkipJsonSchema[None], File(description="The image, or give a url")] = None,
 ) -> JSONResponse:
     order = submission.parse(
         pipeline=pipeline, parameters=parameters, run_at=run_at, url=url, has_file=file is not None
@@ -122,122 +204,115 @@ async def submit_job(
         ),
     )
     headers = {"Idempotent-Replayed": "true"} if status == 200 else None
-    return JSONResponse(view, status, headers=headers)
+    return JSONResponse(_view(view), status, headers=headers)
 
 
-@router.get("/jobs", summary="Your account's jobs, newest first (paginated)")
+@router.get(
+    "/jobs",
+    summary="Your account's jobs, newest first (paginated)",
+    response_model=JobPage,
+    response_model_exclude_unset=True,
+    responses=documented(
+        *AS_A_USER, (422, "bad-continue", "`continue` is not a token this listing gave, or it expired")
+    ),
+)
 async def list_jobs(
     request: Request,
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     continue_: Annotated[str | None, Query(alias="continue")] = None,
-) -> dict[str, Any]:
+) -> JobPage:
     namespace = await _namespace_of(request, user.tenant)
-    kw: dict[str, Any] = {"label_selector": f"{jobs.LABEL_ACCOUNT}={user.tenant}", "limit": limit}
-    if continue_:
-        kw["_continue"] = continue_
-    try:
-        page: Any = await run_in_threadpool(
-            _custom(request).list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **kw
-        )
-    except ApiException as exc:
-        if exc.status in (400, 410, 422) and continue_:
-            raise Unprocessable(
-                "continue: not a token this listing gave (or it expired); list again without it",
-                slug="validation-error",
-            ) from exc
-        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
-    return {
-        "items": [jobs.view(j) for j in page["items"]],
-        "continue": page["metadata"].get("continue") or None,
-    }
+    return await submission.list_jobs(_custom(request), namespace, user.tenant, limit, continue_)
 
 
-@router.get("/jobs/{job_id}", summary="One of your jobs, as its saga log tells it")
-async def get_job(request: Request, job_id: JobName, user: UserDep) -> dict[str, Any]:
-    namespace = await _namespace_of(request, user.tenant)
-    job = await read_job(_custom(request), namespace, job_id)
-    if job is None or job["metadata"].get("labels", {}).get(jobs.LABEL_ACCOUNT) != user.tenant:
-        raise NotFound(f"no job {job_id!r} in your account", slug="unknown-job", title="Unknown job")
-    return jobs.view(job)
+@router.get(
+    "/jobs/{job_id}",
+    summary="One of your jobs, as its saga log tells it",
+    response_model=JobView,
+    response_model_exclude_unset=True,
+    responses=documented(*AS_A_USER, UnknownJob),
+)
+async def get_job(request: Request, job_id: JobName, user: UserDep) -> JobView:
+    return jobs.view(await _own_job(request, user, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, summary="Cancel one of your jobs (idempotent)")
-async def cancel_job(request: Request, job_id: JobName, user: UserDep) -> dict[str, Any]:
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    summary="Cancel one of your jobs (idempotent)",
+    response_model=CancelledJob,
+    response_model_exclude_unset=True,
+    responses=documented(*AS_A_USER, UnknownJob),
+)
+async def cancel_job(request: Request, job_id: JobName, user: UserDep) -> CancelledJob:
     """Deletes the job: the operator then undoes what was done and returns the held credits. A job
     whose capture has begun is delivered and charged instead (the money promise: charged for a
     result received, or not at all); one already ended stays as it is."""
-    namespace = await _namespace_of(request, user.tenant)
-    job = await read_job(_custom(request), namespace, job_id)
-    if job is None or job["metadata"].get("labels", {}).get(jobs.LABEL_ACCOUNT) != user.tenant:
-        raise NotFound(f"no job {job_id!r} in your account", slug="unknown-job", title="Unknown job")
+    job = await _own_job(request, user, job_id)
     view = jobs.view(job)
-    if view["phase"] in TERMINAL_PHASES:
-        return {**view, "cancel": "already-ended"}
-    try:
-        await run_in_threadpool(
-            _custom(request).delete_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            job_id,
-            body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=job["metadata"]["uid"])),
-        )
-    except ApiException as exc:
-        if exc.status not in (404, 409):  # gone already, or a newer job of that name: not ours to delete
-            raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
-    return {**view, "cancel": "requested"}
+    if view.phase in TERMINAL_PHASES:
+        return CancelledJob.model_validate({**_view(view), "cancel": "already-ended"})
+    await submission.delete_job(_custom(request), job)
+    return CancelledJob.model_validate({**_view(view), "cancel": "requested"})
 
 
-@router.get("/admin/jobs/{namespace}/{name}", summary="A job's saga log beside every service's records")
-async def admin_job(request: Request, namespace: Namespace, name: JobName, _: Admin) -> dict[str, Any]:
+@router.get(
+    "/admin/jobs/{namespace}/{name}",
+    summary="A job's saga log beside every service's records",
+    response_model=AdminJob,
+    response_model_exclude_unset=True,
+    responses=documented(UnknownJob, Unavailable),
+)
+async def admin_job(request: Request, namespace: Namespace, name: JobName, _: Admin) -> AdminJob:
     job = await read_job(_custom(request), namespace, name)
     if job is None:
-        raise NotFound(f"no job {namespace}/{name}", slug="unknown-job", title="Unknown job")
+        raise UnknownJob(f"no job {namespace}/{name}")
     uid, spec, status = job["metadata"]["uid"], job["spec"], job.get("status") or {}
     clients = _clients(request)
     try:
         records = await fetch_records(clients["payment"], clients["storage"], clients["ai"], uid)
     except Ambiguous as exc:
         raise Unavailable(f"{exc}; try again", headers={"Retry-After": "2"}) from exc
-    binding = await _call(
-        clients["auth"], "GET", "/v1/bindings", params={"namespace": namespace, "account": spec["account"]}
+    binding = await _fetch(
+        clients["auth"],
+        Bindings,
+        "GET",
+        "/v1/bindings",
+        params={"namespace": namespace, "account": spec["account"]},
     )
-    return {
-        "job": {
-            "namespace": namespace,
-            "name": name,
-            "uid": uid,
-            "phase": status.get("phase"),
-            "price": spec["price"],
-            "sagaLog": status,
-        },
-        "services": {
-            "payment": records.charges,
-            "storage": records.objects,
-            "ai": records.task,
-            "auth": {"bound": bool(binding["items"])},
-        },
-        "disagreements": [asdict(f) for f in findings(status, spec["price"], records)],
-    }
-
-
-class DeliveryCreate(CamelModel):
-    job_uid: str = Field(min_length=1, max_length=160)
-    namespace: str = Field(min_length=1, max_length=63)
-    name: str = Field(min_length=1, max_length=253)
-    account: str = Field(min_length=2, max_length=63)
-    result_url: str = Field(min_length=1, max_length=4096)
+    found = findings(AIImageJobStatus.model_validate(status), spec["price"], records)
+    return AdminJob.model_validate(
+        {
+            "job": {
+                "namespace": namespace,
+                "name": name,
+                "uid": uid,
+                "phase": status.get("phase"),
+                "price": spec["price"],
+                "sagaLog": status,
+            },
+            "services": {
+                "payment": records.charges,
+                "storage": records.objects,
+                "ai": records.task,
+                "auth": {"bound": bool(binding.items)},
+            },
+            "disagreements": [asdict(f) for f in found],
+        }
+    )
 
 
 @router.post(
-    "/deliveries", status_code=201, summary="Record a delivered job and notify its account (operator)"
+    "/deliveries",
+    status_code=201,
+    summary="Record a delivered job and notify its account (operator)",
+    response_model=DeliveryRecorded,
 )
 def record_delivery(
     body: DeliveryCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    def act(s: Session) -> tuple[int, Any]:
+    def act(s: Session) -> tuple[int, DeliveryRecorded]:
         delivery = s.get(Delivery, body.job_uid)
         if delivery is None:
             now = utcnow()
@@ -254,32 +329,41 @@ def record_delivery(
             )
             s.add(delivery)
             s.flush()
-        return 201, {"id": delivery.id, "state": delivery.state}
+        return 201, DeliveryRecorded(id=delivery.id, state=delivery.state)
 
     return store.run(session, idem, act)
 
 
-class WebhookBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=2048, pattern=HTTP_URL)
-    secret: str = Field(min_length=16, max_length=128, description="Signs each notification (HMAC-SHA256)")
-
-
-@router.put("/webhook", summary="Where to notify your account of deliveries")
+@router.put(
+    "/webhook",
+    summary="Where to notify your account of deliveries",
+    response_model=Webhook,
+    responses=documented(
+        *AS_A_USER[:2], (422, "destination-refused", "the URL names a place Main may not call"), *IDEMPOTENT
+    ),
+)
 async def set_webhook(
-    request: Request, body: WebhookBody, user: UserDep, store: IdemStoreDep
+    request: Request,
+    body: WebhookSet,
+    user: UserDep,
+    store: IdemStoreDep,
+    _key: Annotated[
+        str, Header(alias="Idempotency-Key", max_length=MAX_KEY_LENGTH, pattern="^[ -~]*[!-~][ -~]*$")
+    ],
 ) -> JSONResponse:
+    # Keyed by the user, not by a service caller: the kit's dependency can't read it, so it is
+    # read here; the header is declared above so that the OpenAPI says it is needed.
     idem = await read_idempotent_request(request, f"user:{user.id}")
     allow = outbound.networks(_settings(request).outbound_allow_cidrs)
     await run_in_threadpool(outbound.check, body.url, allow, "url")  # 422 before anything is stored
 
-    def act(s: Session) -> tuple[int, Any]:
-        hook = s.get(Webhook, user.tenant)
+    def act(s: Session) -> tuple[int, Webhook]:
+        hook = s.get(WebhookRow, user.tenant)
         if hook is None:
-            s.add(Webhook(account=user.tenant, url=body.url, secret=body.secret, created_at=utcnow()))
+            s.add(WebhookRow(account=user.tenant, url=body.url, secret=body.secret, created_at=utcnow()))
         else:
             hook.url, hook.secret = body.url, body.secret
-        return 200, {"account": user.tenant, "url": body.url}
+        return 200, Webhook(account=user.tenant, url=body.url)
 
     def run() -> JSONResponse:
         with request.app.state.sessions() as session:

@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+from aijobs.api.main import JobView
 from aijobs.api.v1alpha1 import API_VERSION, KIND
 
 LABEL_ACCOUNT = "aijobs.io/account"
@@ -62,25 +63,33 @@ def manifest(
     }
 
 
-def view(job: dict[str, Any]) -> dict[str, Any]:
-    """What a user sees of a job: read from the saga log (status), nothing else."""
+def view(job: dict[str, Any]) -> JobView:
+    """What a user sees of a job: read from the saga log (status), nothing else. Its records keep
+    only the fields the log holds (dump it with ``exclude_unset``, as the routes do)."""
     status = job.get("status") or {}
     meta, spec = job["metadata"], job["spec"]
-    return {
-        "id": meta["name"],
-        "namespace": meta["namespace"],
-        "uid": meta.get("uid"),
-        "createdAt": meta.get("creationTimestamp"),
-        "pipeline": spec["pipeline"],
-        "parameters": spec.get("parameters", {}),
-        "price": spec["price"],
-        "runAt": spec.get("runAt"),
-        "deadline": status.get("deadline") or spec.get("deadline"),
-        "phase": status.get("phase", "Pending"),
-        "message": status.get("message"),
-        "resultUrl": (status.get("result") or {}).get("url"),
-        "conditions": status.get("conditions", []),
-        "steps": status.get("steps", []),
-        "compensations": status.get("compensations", []),
-        "audit": status.get("audit"),
-    }
+    return JobView.model_validate(
+        {
+            "id": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "createdAt": meta.get("creationTimestamp"),
+            "pipeline": spec["pipeline"],
+            "parameters": spec.get("parameters") or {},
+            "price": spec["price"],
+            "runAt": spec.get("runAt"),
+            "deadline": status.get("deadline") or spec.get("deadline"),
+            "phase": status.get("phase") or "Pending",
+            "message": status.get("message"),
+            "resultUrl": (status.get("result") or {}).get("url"),
+            "conditions": status.get("conditions") or [],
+            "steps": status.get("steps") or [],
+            "compensations": status.get("compensations") or [],
+            "audit": status.get("audit"),
+        }
+    )
+
+
+def owned_by(job: dict[str, Any] | None, account: str) -> bool:
+    """Whether ``job`` exists and belongs to ``account`` (another account's job is not shown)."""
+    return job is not None and job["metadata"].get("labels", {}).get(LABEL_ACCOUNT) == account

@@ -26,8 +26,10 @@ from kubernetes.client.exceptions import ApiException
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from aijobs.api.main import JobPage, JobView
 from aijobs.api.pipelines import PipelineError, validate_parameters
 from aijobs.api.rules import MAX_HOLD
+from aijobs.api.storage import StoredObject
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_services.kit import outbound
@@ -37,9 +39,21 @@ from aijobs_services.main import jobs
 from aijobs_services.main.limits import AtLimit, Slot, SubmissionLimiter, SubmissionSlots
 from aijobs_services.main.settings import MainSettings
 
-__all__ = ["Edges", "Order", "Submission", "Unavailable", "parse", "read_job", "submit"]
+__all__ = [
+    "Edges",
+    "Order",
+    "Submission",
+    "Unavailable",
+    "delete_job",
+    "list_jobs",
+    "parse",
+    "read_job",
+    "submit",
+]
 
 # RFC 3339 as the CRD's `format: date-time` reads it: separators, a zone, nothing else.
+# A runAt the schema admits (a date-time) that no job may have: past, or beyond a hold's life.
+BAD_RUN_AT, BAD_RUN_AT_TITLE = "bad-run-at", "Invalid run time"
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -146,13 +160,17 @@ def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise Unprocessable(f"runAt: {text!r} is not a valid time: {exc}", slug="validation-error") from exc
+        # RFC 3339's shape, but no day of the calendar Python keeps (year 0 in UTC, a 30 February)
+        raise Unprocessable(
+            f"runAt: {text!r} is not a valid time: {exc}", slug=BAD_RUN_AT, title=BAD_RUN_AT_TITLE
+        ) from exc
     if when < now - dt.timedelta(minutes=1):
-        raise Unprocessable(f"runAt: {text} is in the past", slug="validation-error")
+        raise Unprocessable(f"runAt: {text} is in the past", slug=BAD_RUN_AT, title=BAD_RUN_AT_TITLE)
     if when > now + MAX_HOLD - dt.timedelta(hours=2):
         raise Unprocessable(
             f"runAt: {text} is too far ahead: credits can be held for {MAX_HOLD.days} days at most",
-            slug="validation-error",
+            slug=BAD_RUN_AT,
+            title=BAD_RUN_AT_TITLE,
         )
     return when
 
@@ -161,14 +179,19 @@ def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None
     try:
         params = json.loads(parameters)
     except (ValueError, RecursionError) as exc:
-        raise Unprocessable("parameters: must be a JSON object", slug="validation-error") from exc
+        raise Unprocessable(
+            "parameters: must be a JSON object", slug="bad-pipeline", title="Invalid pipeline or parameters"
+        ) from exc
     if not isinstance(params, dict):
-        raise Unprocessable("parameters: must be a JSON object", slug="validation-error")
+        raise Unprocessable(
+            "parameters: must be a JSON object", slug="bad-pipeline", title="Invalid pipeline or parameters"
+        )
     try:
         params = validate_parameters(pipeline, params)
     except PipelineError as exc:
         raise Unprocessable(str(exc), slug="bad-pipeline", title="Invalid pipeline or parameters") from exc
     if has_file == (url is not None):
+        # The schema says it too (``oneOf``): a request that fits it never meets this.
         raise Unprocessable("give exactly one of file (an upload) or url", slug="validation-error")
     if url is not None:
         outbound.parse(url, "url")  # well formed, or refused before anything is stored
@@ -188,6 +211,47 @@ async def read_job(kube: k8s.CustomObjectsApi, namespace: str, name: str) -> dic
         raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
 
 
+async def list_jobs(
+    kube: k8s.CustomObjectsApi, namespace: str, account: str, limit: int, continue_: str | None
+) -> JobPage:
+    """One page of ``account``'s jobs; ``continue_`` is the token the previous page gave."""
+    kw: dict[str, Any] = {"label_selector": f"{jobs.LABEL_ACCOUNT}={account}", "limit": limit}
+    if continue_:
+        kw["_continue"] = continue_
+    try:
+        page: Any = await run_in_threadpool(
+            kube.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, **kw
+        )
+    except ApiException as exc:
+        if exc.status in (400, 410, 422) and continue_:
+            raise Unprocessable(
+                "continue: not a token this listing gave (or it expired); list again without it",
+                slug="bad-continue",
+                title="Unknown continue token",
+            ) from exc
+        raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
+    items = [jobs.view(j) for j in page["items"]]
+    return JobPage.model_validate({"items": items, "continue": page["metadata"].get("continue") or None})
+
+
+async def delete_job(kube: k8s.CustomObjectsApi, job: dict[str, Any]) -> None:
+    """Delete ``job`` itself, not a newer job that took its name since it was read."""
+    meta = job["metadata"]
+    try:
+        await run_in_threadpool(
+            kube.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=meta["uid"])),
+        )
+    except ApiException as exc:
+        if exc.status not in (404, 409):  # gone already, or a newer job of that name: not ours to delete
+            raise Unavailable(f"the Kubernetes API answered {exc.status}") from exc
+
+
 def _same_request_or_refuse(job: dict[str, Any], digest: str, key: str) -> None:
     if job["metadata"].get("annotations", {}).get(jobs.ANNOTATION_REQUEST) != digest:
         raise Unprocessable(
@@ -203,10 +267,12 @@ async def _discard(edges: Edges, object_id: str | None) -> None:
     if object_id is None:
         return
     with contextlib.suppress(ServiceError):
-        await edges.storage.json("POST", f"/v1/objects/{object_id}/delete", key=f"discard:{object_id}")
+        await edges.storage.fetch(
+            StoredObject, "POST", f"/v1/objects/{object_id}/delete", key=f"discard:{object_id}"
+        )
 
 
-async def submit(sub: Submission, edges: Edges) -> tuple[int, dict[str, Any]]:
+async def submit(sub: Submission, edges: Edges) -> tuple[int, JobView]:
     """Returns (201, the new job's view) or (200, the job an earlier try with this key made)."""
     order = sub.order
     name = jobs.job_name(sub.user, sub.key)
@@ -232,14 +298,13 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, dict[str, Any]]:
         await _release(slots, slot)  # the job exists (the listing counts it), or was refused
 
 
-async def _stage_and_create(
-    sub: Submission, name: str, digest: str, edges: Edges
-) -> tuple[int, dict[str, Any]]:
+async def _stage_and_create(sub: Submission, name: str, digest: str, edges: Edges) -> tuple[int, JobView]:
     order = sub.order
     staged: str | None = None
     if sub.content is not None:
         try:
-            stored = await edges.storage.json(
+            stored = await edges.storage.fetch(
+                StoredObject,
                 "PUT",
                 f"/v1/objects/upload:{sub.account}:{name}",
                 params={"account": sub.account},
@@ -254,8 +319,8 @@ async def _stage_and_create(
             raise Problem(
                 exc.detail, status=exc.status, slug=exc.kind, title="The image was refused"
             ) from exc
-        staged = stored["id"]
-        job_input: dict[str, Any] = {"storageRef": {"objectId": stored["id"]}}
+        staged = stored.id
+        job_input: dict[str, Any] = {"storageRef": {"objectId": stored.id}}
     else:
         job_input = {"url": order.url}
     deadline = (order.run_at or utcnow()) + dt.timedelta(seconds=edges.settings.job_deadline_seconds)

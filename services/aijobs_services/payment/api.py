@@ -1,27 +1,43 @@
-"""Payment's HTTP API. Mutations take an Idempotency-Key; reads don't."""
+"""Payment's HTTP API: the wire models of :mod:`aijobs.api.payment` in and out, the ledger's use
+cases in between, and each domain refusal answered as the problem the contract names for it.
+Mutations take an Idempotency-Key; reads don't."""
 
 from __future__ import annotations
 
-import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import Field, StrictInt
 from sqlalchemy.orm import Session
 
-from aijobs.api.rules import ACCOUNT_NAME
+from aijobs.api.payment import (
+    PROBLEMS,
+    Account,
+    AccountCreate,
+    AccountList,
+    ChargeEntry,
+    Charges,
+    Hold,
+    HoldCreate,
+    HoldExtend,
+    HoldState,
+    LedgerCheck,
+    LedgerItem,
+    LedgerPage,
+    TopUp,
+    TopUpCreate,
+)
 from aijobs_services.kit.admin_audit import record
-from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
+from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
-from aijobs_services.kit.db import aware, utcnow
-from aijobs_services.kit.fields import MAX_ROW_ID, Timestamp
+from aijobs_services.kit.db import aware
+from aijobs_services.kit.fields import MAX_ROW_ID, PathText
 from aijobs_services.kit.idempotency import IdempotentRequestDep
-from aijobs_services.kit.problems import NotFound, Problem
-from aijobs_services.payment import ledger
-from aijobs_services.payment.models import Account, AdminActions, Hold, LedgerEntry
+from aijobs_services.kit.problems import Problem, documented
+from aijobs_services.payment import domain, ledger, models
 
-ACCOUNT_ID = ACCOUNT_NAME
 Admin = Annotated[Caller, Depends(allow("admin"))]
 # The operator opens the account a CreditAccount object names (the cluster's RBAC decides who may
 # create one); only an admin moves money into it.
@@ -30,71 +46,64 @@ Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api"))]
 
 
-class AccountCreate(CamelModel):
-    id: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_ID)
+# ------------------------------------------------------------------------------ problems
+def problem(error: domain.PaymentError) -> Problem:
+    """The answer the contract names for a domain refusal."""
+    kind = PROBLEMS[error.slug]
+    answer = Problem(error.detail, status=kind.status, slug=kind.slug, title=kind.title)
+    answer.extra = dict(error.members)  # the facts a client may act on (available, state, ...)
+    return answer
 
 
-class TopUpCreate(CamelModel):
-    amount: StrictInt = Field(gt=0, le=10**12)
-    reason: str = Field(default="", max_length=500, description="Why (kept in the admin audit trail)")
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Raise a domain refusal as its problem (nothing was written: the rules refuse first)."""
+    try:
+        yield
+    except domain.PaymentError as error:
+        raise problem(error) from error
 
 
-class HoldCreate(CamelModel):
-    account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_ID)
-    job_id: str = Field(min_length=1, max_length=128)
-    amount: StrictInt = Field(gt=0, le=10**9)
-    expires_at: Timestamp | None = Field(default=None, description="Default: one hour from now")
+def answers(*slugs: str) -> dict[int | str, dict[str, Any]]:
+    """A route's documented refusals, by the domain's slugs (the kit adds its own: credentials,
+    validation, the Idempotency-Key)."""
+    return documented(*((PROBLEMS[s].status, s, PROBLEMS[s].title) for s in slugs))
 
 
-class HoldExtend(CamelModel):
-    expires_at: Timestamp
+# ------------------------------------------------------------------------------ wire models
+def account_of(row: models.Account) -> Account:
+    return Account(id=row.id, available=row.available, held=row.held, balance=row.available + row.held)
 
 
-class AccountPublic(CamelModel):
-    id: str
-    available: int
-    held: int
-    balance: int
+def hold_of(row: models.Hold) -> Hold:
+    return Hold(
+        id=row.id,
+        account=row.account_id,
+        job_id=row.job_id,
+        amount=row.amount,
+        state=HoldState(row.state),
+        expires_at=aware(row.expires_at),
+        created_at=aware(row.created_at),
+        settled_at=aware(row.settled_at) if row.settled_at else None,
+    )
 
 
-class HoldPublic(CamelModel):
-    id: str
-    account: str
-    job_id: str
-    amount: int
-    state: str
-    expires_at: dt.datetime
-    created_at: dt.datetime
-    settled_at: dt.datetime | None
-
-
-def _account(a: Account) -> dict[str, Any]:
-    return AccountPublic(
-        id=a.id, available=a.available, held=a.held, balance=a.available + a.held
-    ).model_dump(by_alias=True)
-
-
-def _hold(h: Hold) -> dict[str, Any]:
-    return HoldPublic(
-        id=h.id,
-        account=h.account_id,
-        job_id=h.job_id,
-        amount=h.amount,
-        state=h.state,
-        expires_at=aware(h.expires_at),
-        created_at=aware(h.created_at),
-        settled_at=aware(h.settled_at) if h.settled_at else None,
-    ).model_dump(by_alias=True, mode="json")
-
-
-def _hold_or_problem(result: Hold | Problem) -> tuple[int, Any]:
-    return (result.status, result) if isinstance(result, Problem) else (200, _hold(result))
+def _json(model: Account | Hold | TopUp) -> dict[str, Any]:
+    """What the idempotency store keeps and answers: the model as it goes on the wire."""
+    return model.model_dump(by_alias=True, mode="json")
 
 
 router = APIRouter(prefix="/v1", tags=["payment"])
 
 
-@router.post("/accounts", status_code=201, summary="Open a credit account (admin)")
+# -------------------------------------------------------------------------------- accounts
+@router.post(
+    "/accounts",
+    status_code=201,
+    summary="Open a credit account (admin)",
+    response_model=Account,
+    responses=answers("account-exists"),
+)
 def open_account(
     body: AccountCreate,
     who: Provisioner,
@@ -103,30 +112,40 @@ def open_account(
     session: SessionDep,
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
-        account = ledger.open_account(s, body.id)
-        record(s, AdminActions, who.name, "account.open", body.id, key=idem.key)
-        return 201, _account(account)
+        with refusals():
+            account = ledger.open_account(s, body.id)
+        record(s, models.AdminActions, who.name, "account.open", body.id, key=idem.key)
+        return 201, _json(account_of(account))
 
     return store.run(session, idem, act)
 
 
-@router.get("/accounts", summary="Every account's balances")
-def list_accounts(_: Reader, session: SessionDep) -> dict[str, Any]:
-    import sqlalchemy as sa
-
+@router.get("/accounts", summary="Every account's balances", response_model=AccountList)
+def list_accounts(_: Reader, session: SessionDep) -> AccountList:
     with session.begin():
-        return {"items": [_account(a) for a in session.scalars(sa.select(Account).order_by(Account.id))]}
+        return AccountList(items=[account_of(a) for a in ledger.accounts(session)])
 
 
-@router.get("/accounts/{account_id}", summary="Balances: available, held, and their sum")
-def get_account(account_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
-    with session.begin():
-        return _account(ledger._account(session, account_id, lock=False))
+@router.get(
+    "/accounts/{account_id}",
+    summary="Balances: available, held, and their sum",
+    response_model=Account,
+    responses=answers("unknown-account"),
+)
+def get_account(account_id: PathText, _: Reader, session: SessionDep) -> Account:
+    with refusals(), session.begin():
+        return account_of(ledger.account(session, account_id))
 
 
-@router.post("/accounts/{account_id}/top-ups", status_code=201, summary="Add credits (admin)")
+@router.post(
+    "/accounts/{account_id}/top-ups",
+    status_code=201,
+    summary="Add credits (admin)",
+    response_model=TopUp,
+    responses=answers("unknown-account"),
+)
 def top_up(
-    account_id: str,
+    account_id: PathText,
     body: TopUpCreate,
     who: Admin,
     idem: IdempotentRequestDep,
@@ -134,10 +153,11 @@ def top_up(
     session: SessionDep,
 ) -> JSONResponse:
     def act(s: Session) -> tuple[int, Any]:
-        account, txn = ledger.top_up(s, account_id, body.amount)
+        with refusals():
+            account, txn = ledger.top_up(s, account_id, body.amount)
         record(
             s,
-            AdminActions,
+            models.AdminActions,
             who.name,
             "account.top-up",
             account_id,
@@ -146,133 +166,163 @@ def top_up(
             transaction=txn,
             key=idem.key,
         )
-        return 201, {"transaction": txn, "account": _account(account)}
+        return 201, _json(TopUp(transaction=txn, account=account_of(account)))
 
     return store.run(session, idem, act)
 
 
-@router.post("/holds", status_code=201, summary="Reserve credits for a job (402 if not enough)")
-def place_hold(
-    body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
-) -> JSONResponse:
-    expires = body.expires_at or utcnow() + dt.timedelta(hours=1)
-    return store.run(
-        session,
-        idem,
-        lambda s: (201, _hold(ledger.place_hold(s, body.account, body.job_id, body.amount, expires))),
-    )
-
-
-@router.get("/holds/{hold_id}", summary="One hold")
-def get_hold(hold_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
-    with session.begin():
-        hold = session.get(Hold, hold_id)
-        if hold is None:
-            raise NotFound(f"no hold {hold_id!r}", slug="unknown-hold", title="Unknown hold")
-        return _hold(hold)
-
-
-@router.post("/holds/{hold_id}/capture", summary="Charge a hold (idempotent; final)")
-def capture(
-    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
-) -> JSONResponse:
-    return store.run(session, idem, lambda s: _hold_or_problem(ledger.capture(s, hold_id)))
-
-
-@router.post("/holds/{hold_id}/release", summary="Return a hold's credits (idempotent; final)")
-def release(
-    hold_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
-) -> JSONResponse:
-    return store.run(session, idem, lambda s: (200, _hold(ledger.release(s, hold_id))))
-
-
-@router.post("/holds/{hold_id}/extend", summary="Move an active hold's expiry")
-def extend(
-    hold_id: str,
-    body: HoldExtend,
-    _: Operator,
-    idem: IdempotentRequestDep,
-    store: IdemStoreDep,
-    session: SessionDep,
-) -> JSONResponse:
-    return store.run(session, idem, lambda s: (200, _hold(ledger.extend(s, hold_id, body.expires_at))))
-
-
-@router.get("/jobs/{job_id}/charges", summary="A job's holds and ledger movements (for the auditor)")
-def job_charges(job_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
-    import sqlalchemy as sa
-
-    with session.begin():
-        holds = list(session.scalars(sa.select(Hold).where(Hold.job_id == job_id).order_by(Hold.created_at)))
-        entries = list(
-            session.scalars(
-                sa.select(LedgerEntry).where(LedgerEntry.job_id == job_id).order_by(LedgerEntry.id)
-            )
-        )
-        captured = sum(h.amount for h in holds if h.state == "captured")
-        return {
-            "jobId": job_id,
-            "charged": captured,
-            "holds": [_hold(h) for h in holds],
-            "entries": [
-                {
-                    "transaction": e.txn_id,
-                    "kind": e.kind,
-                    "book": e.book,
-                    "amount": e.amount,
-                    "holdId": e.hold_id,
-                    "at": aware(e.created_at).isoformat(),
-                }
-                for e in entries
-            ],
-        }
-
-
-@router.get("/accounts/{account_id}/ledger", summary="An account's movements, newest first (paginated)")
+@router.get(
+    "/accounts/{account_id}/ledger",
+    summary="An account's movements, newest first (paginated)",
+    response_model=LedgerPage,
+    responses=answers("unknown-account"),
+)
 def account_ledger(
-    account_id: str,
+    account_id: PathText,
     _: Reader,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[
         int | None, Query(ge=1, le=MAX_ROW_ID, description="Only entries older than this id (a page's next)")
     ] = None,
-) -> dict[str, Any]:
-    import sqlalchemy as sa
-
-    books = [f"{account_id}:available", f"{account_id}:held"]
-    with session.begin():
-        ledger._account(session, account_id, lock=False)  # 404 for an unknown account
-        stmt = sa.select(LedgerEntry).where(LedgerEntry.book.in_(books))
-        if before is not None:
-            stmt = stmt.where(LedgerEntry.id < before)
-        entries = list(session.scalars(stmt.order_by(LedgerEntry.id.desc()).limit(limit)))
-        return {
-            "account": account_id,
-            "items": [
-                {
-                    "id": e.id,
-                    "transaction": e.txn_id,
-                    "kind": e.kind,
-                    "book": e.book.split(":", 1)[1],
-                    "amount": e.amount,
-                    "holdId": e.hold_id,
-                    "jobId": e.job_id,
-                    "at": aware(e.created_at).isoformat(),
-                }
+) -> LedgerPage:
+    with refusals(), session.begin():
+        entries = ledger.account_entries(session, account_id, limit, before)
+        return LedgerPage(
+            account=account_id,
+            items=[
+                LedgerItem(
+                    id=e.id,
+                    transaction=e.txn_id,
+                    kind=e.kind,
+                    book=e.book.split(":", 1)[1],
+                    amount=e.amount,
+                    hold_id=e.hold_id,
+                    job_id=e.job_id,
+                    at=aware(e.created_at),
+                )
                 for e in entries
             ],
-            "next": entries[-1].id if len(entries) == limit else None,
-        }
+            next=entries[-1].id if len(entries) == limit else None,
+        )
 
 
-@router.get("/ledger/check", summary="Prove the books balance and every balance matches its ledger")
-def ledger_check(_: Reader, session: SessionDep) -> dict[str, Any]:
+# ----------------------------------------------------------------------------------- holds
+@router.post(
+    "/holds",
+    status_code=201,
+    summary="Reserve credits for a job (402 if not enough)",
+    response_model=Hold,
+    responses=answers("unknown-account", "insufficient-credits", "bad-expiry"),
+)
+def place_hold(
+    body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+) -> JSONResponse:
+    def act(s: Session) -> tuple[int, Any]:
+        with refusals():
+            return 201, _json(
+                hold_of(ledger.place_hold(s, body.account, body.job_id, body.amount, body.expires_at))
+            )
+
+    return store.run(session, idem, act)
+
+
+@router.get("/holds/{hold_id}", summary="One hold", response_model=Hold, responses=answers("unknown-hold"))
+def get_hold(hold_id: PathText, _: Reader, session: SessionDep) -> Hold:
+    with refusals(), session.begin():
+        return hold_of(ledger.hold(session, hold_id))
+
+
+def _on_hold(
+    action: Callable[[Session], models.Hold | domain.HoldExpired],
+) -> Callable[[Session], tuple[int, Any]]:
+    """A hold's move as the idempotency store runs it. A refusal *returned* by the ledger (an
+    expired hold's capture) is answered as its problem while its move commits."""
+
+    def act(s: Session) -> tuple[int, Any]:
+        with refusals():
+            result = action(s)
+        if isinstance(result, domain.PaymentError):
+            refusal = problem(result)
+            return refusal.status, refusal
+        return 200, _json(hold_of(result))
+
+    return act
+
+
+@router.post(
+    "/holds/{hold_id}/capture",
+    summary="Charge a hold (idempotent; final)",
+    response_model=Hold,
+    responses=answers("unknown-hold", "hold-settled", "hold-expired"),
+)
+def capture(
+    hold_id: PathText, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+) -> JSONResponse:
+    return store.run(session, idem, _on_hold(lambda s: ledger.capture(s, hold_id)))
+
+
+@router.post(
+    "/holds/{hold_id}/release",
+    summary="Return a hold's credits (idempotent; final)",
+    response_model=Hold,
+    responses=answers("unknown-hold", "hold-settled"),
+)
+def release(
+    hold_id: PathText, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+) -> JSONResponse:
+    return store.run(session, idem, _on_hold(lambda s: ledger.release(s, hold_id)))
+
+
+@router.post(
+    "/holds/{hold_id}/extend",
+    summary="Move an active hold's expiry",
+    response_model=Hold,
+    responses=answers("unknown-hold", "hold-settled", "hold-expired", "bad-expiry"),
+)
+def extend(
+    hold_id: PathText,
+    body: HoldExtend,
+    _: Operator,
+    idem: IdempotentRequestDep,
+    store: IdemStoreDep,
+    session: SessionDep,
+) -> JSONResponse:
+    return store.run(session, idem, _on_hold(lambda s: ledger.extend(s, hold_id, body.expires_at)))
+
+
+# -------------------------------------------------------------------------------- auditing
+@router.get(
+    "/jobs/{job_id}/charges",
+    summary="A job's holds and ledger movements (for the auditor)",
+    response_model=Charges,
+)
+def job_charges(job_id: PathText, _: Reader, session: SessionDep) -> Charges:
     with session.begin():
-        result = ledger.check(session)
-    return {
-        "consistent": result.consistent,
-        "accounts": result.accounts,
-        "transactions": result.transactions,
-        "problems": result.problems,
-    }
+        holds, entries = ledger.job_charges(session, job_id)
+        return Charges(
+            job_id=job_id,
+            charged=sum(h.amount for h in holds if h.state == HoldState.CAPTURED),
+            holds=[hold_of(h) for h in holds],
+            entries=[
+                ChargeEntry(
+                    transaction=e.txn_id,
+                    kind=e.kind,
+                    book=e.book,
+                    amount=e.amount,
+                    hold_id=e.hold_id,
+                    at=aware(e.created_at),
+                )
+                for e in entries
+            ],
+        )
+
+
+@router.get(
+    "/ledger/check",
+    summary="Prove the books balance and every balance matches its ledger",
+    response_model=LedgerCheck,
+)
+def ledger_check(_: Reader, session: SessionDep) -> LedgerCheck:
+    with session.begin():
+        return ledger.check(session)

@@ -1,44 +1,48 @@
-"""Payment's use cases over one SQLAlchemy session (the caller owns the transaction).
+"""Payment's use cases and queries over one SQLAlchemy session (the caller owns the transaction).
 
-Money moves only as balanced ledger transactions between books: ``<account>:available``,
-``<account>:held``, ``system:funding`` (where top-ups come from) and ``system:revenue`` (where
-captures go). A hold moves credits available -> held; capture moves held -> revenue; release
-and expiry move held -> available. The account row caches both balances under a row lock, and
-CHECK constraints make a negative balance impossible even for a bug.
+The rules are :mod:`aijobs_services.payment.domain`'s; this module reads the rows they judge,
+under a row lock where money moves, and writes what they decide: the account row caches both
+balances, and every movement is a balanced transaction of immutable ledger entries. CHECK
+constraints make a negative balance impossible even for a bug. Refusals are the domain's
+:class:`~aijobs_services.payment.domain.PaymentError` exceptions, raised before anything
+is written; the one refusal that writes (a capture that finds its hold expired returns the
+credits) is returned instead, for the caller to commit with its answer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from aijobs.api.rules import MAX_HOLD
+from aijobs.api.payment import LedgerCheck
 from aijobs_services.kit.db import aware, utcnow
-from aijobs_services.kit.problems import Conflict, NotFound, Problem, Unprocessable
+from aijobs_services.payment import domain
+from aijobs_services.payment.domain import HoldState
 from aijobs_services.payment.models import Account, Hold, LedgerEntry
 
-FUNDING = "system:funding"
-REVENUE = "system:revenue"
+__all__ = [
+    "account",
+    "account_entries",
+    "accounts",
+    "capture",
+    "check",
+    "expire_due",
+    "extend",
+    "hold",
+    "job_charges",
+    "open_account",
+    "place_hold",
+    "release",
+    "top_up",
+]
 
 
-class InsufficientCredits(Problem):
-    status, slug, title = 402, "insufficient-credits", "Not enough credits"
-
-
-class HoldSettled(Conflict):
-    slug, title = "hold-settled", "The hold is already settled"
-
-
-class HoldExpired(Conflict):
-    slug, title = "hold-expired", "The hold expired"
-
-
-def _txn(session: Session, kind: str, legs: list[tuple[str, int]], hold: Hold | None = None) -> str:
-    assert sum(amount for _, amount in legs) == 0, legs
+def _txn(
+    session: Session, kind: domain.Movement, account_id: str, amount: int, on: Hold | None = None
+) -> str:
     txn_id = f"txn-{uuid.uuid4().hex}"
     now = utcnow()
     session.add_all(
@@ -46,168 +50,166 @@ def _txn(session: Session, kind: str, legs: list[tuple[str, int]], hold: Hold | 
             txn_id=txn_id,
             kind=kind,
             book=book,
-            amount=amount,
+            amount=signed,
             created_at=now,
-            hold_id=hold.id if hold else None,
-            job_id=hold.job_id if hold else None,
+            hold_id=on.id if on else None,
+            job_id=on.job_id if on else None,
         )
-        for book, amount in legs
+        for book, signed in domain.legs(kind, account_id, amount)
     )
     return txn_id
 
 
-def _account(session: Session, account_id: str, *, lock: bool = True) -> Account:
+def _balance(row: Account) -> domain.Balance:
+    return domain.Balance(row.available, row.held)
+
+
+def _keep(row: Account, balance: domain.Balance) -> None:
+    row.available, row.held = balance.available, balance.held
+
+
+def _life(row: Hold) -> domain.HoldLife:
+    return domain.HoldLife(row.id, HoldState(row.state), aware(row.expires_at), aware(row.created_at))
+
+
+# ------------------------------------------------------------------------------------- reads
+def account(session: Session, account_id: str, *, lock: bool = False) -> Account:
     stmt = sa.select(Account).where(Account.id == account_id)
-    account = session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
-    if account is None:
-        raise NotFound(f"no account {account_id!r}", slug="unknown-account", title="Unknown account")
-    return account
+    row = session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+    if row is None:
+        raise domain.UnknownAccount(account_id)
+    return row
 
 
-def _hold(session: Session, hold_id: str) -> Hold:
-    hold = session.scalars(sa.select(Hold).where(Hold.id == hold_id).with_for_update()).one_or_none()
-    if hold is None:
-        raise NotFound(f"no hold {hold_id!r}", slug="unknown-hold", title="Unknown hold")
-    return hold
+def accounts(session: Session) -> list[Account]:
+    return list(session.scalars(sa.select(Account).order_by(Account.id)))
 
 
+def hold(session: Session, hold_id: str, *, lock: bool = False) -> Hold:
+    stmt = sa.select(Hold).where(Hold.id == hold_id)
+    row = session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+    if row is None:
+        raise domain.UnknownHold(hold_id)
+    return row
+
+
+def job_charges(session: Session, job_id: str) -> tuple[list[Hold], list[LedgerEntry]]:
+    """A job's holds, oldest first, and the ledger entries that moved its credits."""
+    holds = session.scalars(sa.select(Hold).where(Hold.job_id == job_id).order_by(Hold.created_at))
+    entries = session.scalars(
+        sa.select(LedgerEntry).where(LedgerEntry.job_id == job_id).order_by(LedgerEntry.id)
+    )
+    return list(holds), list(entries)
+
+
+def account_entries(
+    session: Session, account_id: str, limit: int, before: int | None = None
+) -> list[LedgerEntry]:
+    """An account's ledger entries, newest first, ``limit`` of them older than id ``before``."""
+    account(session, account_id)  # an unknown account is refused, not shown as empty
+    stmt = sa.select(LedgerEntry).where(
+        LedgerEntry.book.in_([f"{account_id}:available", f"{account_id}:held"])
+    )
+    if before is not None:
+        stmt = stmt.where(LedgerEntry.id < before)
+    return list(session.scalars(stmt.order_by(LedgerEntry.id.desc()).limit(limit)))
+
+
+# --------------------------------------------------------------------------------- movements
 def open_account(session: Session, account_id: str) -> Account:
     if session.get(Account, account_id) is not None:
-        raise Conflict(
-            f"account {account_id!r} already exists", slug="account-exists", title="Account exists"
-        )
-    account = Account(id=account_id, available=0, held=0, created_at=utcnow())
-    session.add(account)
+        raise domain.AccountExists(account_id)
+    row = Account(id=account_id, available=0, held=0, created_at=utcnow())
+    session.add(row)
     session.flush()
-    return account
+    return row
 
 
 def top_up(session: Session, account_id: str, amount: int) -> tuple[Account, str]:
-    account = _account(session, account_id)
-    account.available += amount
-    txn = _txn(session, "top-up", [(FUNDING, -amount), (f"{account_id}:available", amount)])
+    row = account(session, account_id, lock=True)
+    _keep(row, domain.top_up(_balance(row), amount))
+    txn = _txn(session, "top-up", account_id, amount)
     session.flush()
-    return account, txn
+    return row, txn
 
 
-def place_hold(session: Session, account_id: str, job_id: str, amount: int, expires_at: dt.datetime) -> Hold:
+def place_hold(
+    session: Session, account_id: str, job_id: str, amount: int, expires_at: dt.datetime | None = None
+) -> Hold:
     now = utcnow()
-    if not now < expires_at <= now + MAX_HOLD:
-        raise Unprocessable(
-            f"expiresAt must be in the future and within {MAX_HOLD.days} days",
-            slug="bad-expiry",
-            title="Invalid hold expiry",
-        )
-    account = _account(session, account_id)
-    if account.available < amount:
-        raise InsufficientCredits(
-            f"account {account_id!r} has {account.available} credits available; the hold needs {amount}",
-            available=account.available,
-            requested=amount,
-        )
-    account.available -= amount
-    account.held += amount
-    hold = Hold(
+    expires = domain.hold_expiry(expires_at, now)
+    row = account(session, account_id, lock=True)
+    _keep(row, domain.reserve(account_id, _balance(row), amount))
+    placed = Hold(
         id=f"hold-{uuid.uuid4().hex}",
         account_id=account_id,
         job_id=job_id,
         amount=amount,
-        state="active",
-        expires_at=expires_at,
+        state=HoldState.ACTIVE.value,
+        expires_at=expires,
         created_at=now,
     )
-    session.add(hold)
+    session.add(placed)
     session.flush()
-    _txn(session, "hold", [(f"{account_id}:available", -amount), (f"{account_id}:held", amount)], hold)
-    return hold
+    _txn(session, "hold", account_id, amount, placed)
+    return placed
 
 
-def _unhold(session: Session, hold: Hold, state: str) -> None:
-    account = _account(session, hold.account_id)
-    account.held -= hold.amount
-    if state == "captured":
-        legs = [(f"{hold.account_id}:held", -hold.amount), (REVENUE, hold.amount)]
-    else:
-        account.available += hold.amount
-        legs = [(f"{hold.account_id}:held", -hold.amount), (f"{hold.account_id}:available", hold.amount)]
-    hold.state = state
-    hold.settled_at = utcnow()
-    _txn(session, {"captured": "capture", "released": "release", "expired": "expire"}[state], legs, hold)
+def _settle(session: Session, row: Hold, to: HoldState) -> None:
+    owner = account(session, row.account_id, lock=True)
+    _keep(owner, domain.settle(_balance(owner), row.amount, to))
+    row.state, row.settled_at = to.value, utcnow()
+    _txn(session, domain.movement(to), row.account_id, row.amount, row)
     session.flush()
 
 
-def capture(session: Session, hold_id: str) -> Hold | Problem:
-    """Charge the hold. Capturing twice is a no-op; a released or expired hold can't be captured.
+def capture(session: Session, hold_id: str) -> Hold | domain.HoldExpired:
+    """Charge the hold (see :func:`domain.capture`).
 
     An active hold past its expiry is expired here and now (the credits go back) and the
-    refusal is returned, not raised, so that expiry commits with the answer.
+    refusal is returned, not raised, so that the caller commits the expiry with the answer.
     """
-    hold = _hold(session, hold_id)
-    if hold.state == "captured":
-        return hold
-    if hold.state != "active":
-        raise HoldSettled(f"hold {hold_id} was {hold.state}; it can't be captured", state=hold.state)
-    if aware(hold.expires_at) <= utcnow():
-        _unhold(session, hold, "expired")
-        return HoldExpired(
-            f"hold {hold_id} expired at {aware(hold.expires_at).isoformat()}; credits returned"
-        )
-    _unhold(session, hold, "captured")
-    return hold
+    row = hold(session, hold_id, lock=True)
+    move = domain.capture(_life(row), utcnow())
+    if move.to is not None:
+        _settle(session, row, move.to)
+    return row if move.refusal is None else move.refusal
 
 
 def release(session: Session, hold_id: str) -> Hold:
-    """Return the held credits. Releasing twice, or an expired hold, is a no-op."""
-    hold = _hold(session, hold_id)
-    if hold.state in ("released", "expired"):
-        return hold
-    if hold.state == "captured":
-        raise HoldSettled(f"hold {hold_id} was captured; it can't be released", state=hold.state)
-    _unhold(session, hold, "released")
-    return hold
+    row = hold(session, hold_id, lock=True)
+    move = domain.release(_life(row))
+    if move.to is not None:
+        _settle(session, row, move.to)
+    return row
 
 
 def extend(session: Session, hold_id: str, expires_at: dt.datetime) -> Hold:
-    hold = _hold(session, hold_id)
-    if hold.state != "active":
-        raise HoldSettled(
-            f"hold {hold_id} is {hold.state}; only an active hold can be extended", state=hold.state
-        )
-    now = utcnow()
-    if aware(hold.expires_at) <= now:
-        raise HoldExpired(f"hold {hold_id} already expired")
-    if not now < expires_at <= aware(hold.created_at) + MAX_HOLD:
-        raise Unprocessable(f"expiresAt must be in the future and within {MAX_HOLD.days} days of the hold")
-    hold.expires_at = expires_at
+    row = hold(session, hold_id, lock=True)
+    row.expires_at = domain.extend(_life(row), expires_at, utcnow())
     session.flush()
-    return hold
+    return row
 
 
 def expire_due(session: Session, limit: int = 500) -> int:
     """Expire active holds past their expiry (the periodic sweep). Returns how many."""
+    now = utcnow()
     stmt = (
         sa.select(Hold)
-        .where(Hold.state == "active", Hold.expires_at <= utcnow())
+        .where(Hold.state == HoldState.ACTIVE.value, Hold.expires_at <= now)
         .limit(limit)
         .with_for_update()
     )
-    holds = list(session.scalars(stmt))
-    for hold in holds:
-        _unhold(session, hold, "expired")
-    return len(holds)
+    rows = [row for row in session.scalars(stmt) if domain.due(_life(row), now)]
+    for row in rows:
+        _settle(session, row, HoldState.EXPIRED)
+    return len(rows)
 
 
-@dataclass(frozen=True)
-class LedgerCheck:
-    consistent: bool
-    accounts: int
-    transactions: int
-    problems: list[str]
-
-
+# ------------------------------------------------------------------------------------- proof
 def check(session: Session) -> LedgerCheck:
-    """Prove the books: every transaction sums to zero, and every cached balance equals the sum
-    of its book's entries."""
+    """Prove the books: every transaction sums to zero, every cached balance equals the sum of
+    its book's entries, and every account's ``held`` equals its active holds."""
     problems = []
     unbalanced = session.execute(
         sa.select(LedgerEntry.txn_id, sa.func.sum(LedgerEntry.amount))
@@ -217,25 +219,22 @@ def check(session: Session) -> LedgerCheck:
     problems += [f"transaction {txn} sums to {total}, not 0" for txn, total in unbalanced]
     book_sums = sa.select(LedgerEntry.book, sa.func.sum(LedgerEntry.amount)).group_by(LedgerEntry.book)
     books = {book: total for book, total in session.execute(book_sums)}
-    accounts = list(session.scalars(sa.select(Account)))
-    for account in accounts:
-        for book, cached in (
-            (f"{account.id}:available", account.available),
-            (f"{account.id}:held", account.held),
-        ):
+    rows = accounts(session)
+    for row in rows:
+        for book, cached in ((f"{row.id}:available", row.available), (f"{row.id}:held", row.held)):
             derived = int(books.get(book, 0) or 0)
             if derived != cached:
                 problems.append(f"{book}: cached {cached}, ledger says {derived}")
     active_sums = (
         sa.select(Hold.account_id, sa.func.sum(Hold.amount))
-        .where(Hold.state == "active")
+        .where(Hold.state == HoldState.ACTIVE.value)
         .group_by(Hold.account_id)
     )
     active = {account_id: total for account_id, total in session.execute(active_sums)}
-    for account in accounts:
-        if int(active.get(account.id, 0) or 0) != account.held:
-            problems.append(
-                f"{account.id}: held {account.held}, active holds total {active.get(account.id, 0)}"
-            )
+    for row in rows:
+        if int(active.get(row.id, 0) or 0) != row.held:
+            problems.append(f"{row.id}: held {row.held}, active holds total {active.get(row.id, 0)}")
     transactions = session.scalar(sa.select(sa.func.count(sa.distinct(LedgerEntry.txn_id)))) or 0
-    return LedgerCheck(not problems, len(accounts), int(transactions), problems)
+    return LedgerCheck(
+        consistent=not problems, accounts=len(rows), transactions=int(transactions), problems=problems
+    )

@@ -1,81 +1,104 @@
-"""Storage's HTTP API."""
+"""Storage's HTTP API: the routes, their callers and what each answers; the use cases are in
+:mod:`aijobs_services.storage.objects`, the bodies in :mod:`aijobs.api.storage`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import hmac
-import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import Field, StrictInt
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
+from starlette.convertors import PathConvertor, register_url_convertor
 
-from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL
-from aijobs_services.kit.app import CamelModel, IdemStoreDep, SessionDep
+from aijobs.api.rules import ACCOUNT_NAME
+from aijobs.api.storage import (
+    KEY,
+    CommitRequest,
+    DeletedObjects,
+    DownloadLink,
+    DownloadLinkRequest,
+    IngestRequest,
+    JobObjects,
+    StoredObject,
+)
+from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
-from aijobs_services.kit.fields import MAX_ROW_ID, Timestamp
+from aijobs_services.kit.fields import MAX_ROW_ID, PathText
 from aijobs_services.kit.idempotency import IdempotentRequestDep
-from aijobs_services.kit.problems import Forbidden, NotFound, Problem, Unprocessable
+from aijobs_services.kit.outbound import BadUrl, DestinationRefused
+from aijobs_services.kit.problems import Forbidden, Problem, Unprocessable, documented
 from aijobs_services.storage import ingest, objects
-from aijobs_services.storage.blobs import BlobStore, Staged
-from aijobs_services.storage.images import inspect_image
-from aijobs_services.storage.models import StoredObject
+from aijobs_services.storage.blobs import BlobStore, DiskFull, ObjectTooLarge
+from aijobs_services.storage.images import ImageTooLarge, UnsupportedImage
+from aijobs_services.storage.models import StoredObject as StoredRow
+from aijobs_services.storage.objects import KeyTaken, ObjectDeleted, ObjectGone, ObjectTaken, UnknownObject
 from aijobs_services.storage.settings import StorageSettings
 
-NAME = ACCOUNT_NAME
-KEY = r"^[A-Za-z0-9._:/-]{1,255}$"
+
+class KeyConvertor(PathConvertor):
+    """A key in a URL: any path (it may hold slashes) but one ending in what another route of an
+    object does (``/content``, ``/commit``...), so ``PUT /v1/objects/o1/commit`` is a method that
+    route does not serve (405), not a key. The key's own pattern is checked after (a 422)."""
+
+    regex = r"(?!.*/(?:content|commit|delete|download-url)$).+"
+
+
+register_url_convertor("storage_key", KeyConvertor())
+
 Writer = Annotated[Caller, Depends(allow("main-api", "operator", "worker", "admin"))]
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Reader = Annotated[Caller, Depends(allow("main-api", "operator", "worker", "admin"))]
+Discarder = Annotated[Caller, Depends(allow("main-api", "operator", "admin"))]
 
 
-class IngestBody(CamelModel):
-    key: str = Field(pattern=KEY)
-    url: str = Field(max_length=2048, pattern=HTTP_URL)
-    account: str = Field(min_length=2, max_length=63, pattern=NAME)
-    job_id: str | None = Field(default=None, max_length=128)
-    kind: Literal["input", "result"] = "input"
-    state: Literal["staging", "committed"] = "staging"
+class NotConfigured(Problem):
+    status, slug, title = 503, "not-configured", "This service is missing a setting"
 
 
-class CommitBody(CamelModel):
-    job_id: str = Field(min_length=1, max_length=128)
+class BadSignature(Forbidden):
+    slug, title = "bad-signature", "Invalid link"
 
 
-class DownloadUrlBody(CamelModel):
-    ttl_seconds: StrictInt = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
-    expires_at: Timestamp | None = Field(
-        default=None, description="An exact expiry instead of a TTL: the same expiry gives the same link"
-    )
+class LinkExpired(Forbidden):
+    slug, title = "link-expired", "Link expired"
 
 
-def public(obj: StoredObject) -> dict[str, Any]:
-    return {
-        "id": obj.id,
-        "key": obj.key,
-        "account": obj.account,
-        "jobId": obj.job_id,
-        "kind": obj.kind,
-        "sha256": obj.sha256,
-        "size": obj.size,
-        "contentType": obj.content_type,
-        "width": obj.width,
-        "height": obj.height,
-        "state": obj.state,
-        "createdAt": aware(obj.created_at).isoformat(),
+# What storing bytes may answer, whether they were uploaded or fetched.
+STORING = (KeyTaken, ObjectTooLarge, ImageTooLarge, UnsupportedImage, DiskFull)
+EXISTING: dict[int | str, dict[str, Any]] = {
+    200: {"model": StoredObject, "description": "The key already held these bytes: its object"}
+}
+IMAGES = ("image/png", "image/jpeg", "image/webp")
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+AN_IMAGE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The image's bytes, as the type it was sniffed to be",
+        "content": dict.fromkeys(IMAGES, BINARY),
     }
+}
+
+
+def public(obj: StoredRow) -> StoredObject:
+    """An object as callers see it (its times of commit and deletion stay inside); a time read
+    back from SQLite has lost its zone, which is UTC."""
+    answer = StoredObject.model_validate(obj, from_attributes=True)
+    return answer.model_copy(update={"created_at": aware(obj.created_at)})
 
 
 def _settings(request: Request) -> StorageSettings:
     settings: StorageSettings = request.app.state.settings
     return settings
+
+
+def _blobs(request: Request) -> BlobStore:
+    blobs: BlobStore = request.app.state.blobs
+    return blobs
 
 
 class BlobResponse(FileResponse):
@@ -85,96 +108,57 @@ class BlobResponse(FileResponse):
     chunk_size = 1024 * 1024
 
 
-def _blobs(request: Request) -> BlobStore:
-    blobs: BlobStore = request.app.state.blobs
-    return blobs
-
-
-def _store_staged(
-    sessions: sessionmaker[Session],
-    blobs: BlobStore,
-    settings: StorageSettings,
-    staged: Staged,
-    *,
-    key: str,
-    account: str,
-    job_id: str | None,
-    kind: str,
-    state: str,
-) -> tuple[int, dict[str, Any]]:
-    """Check, keep and record a received file; idempotent by ``key``. Runs on a thread."""
-    try:
-        with sessions() as session:
-            existing = objects.by_key(session, key)
-            if existing is not None:
-                return 200, public(objects.same_or_conflict(existing, staged.sha256))
-        info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
-        with blobs.sharing(), sessions() as session, session.begin():
-            objects.check_capacity(
-                session, account, staged.size, settings.capacity_bytes, settings.account_quota_bytes
-            )
-            blobs.keep(staged)  # durable under its content name before any record points at it
-            try:
-                with session.begin_nested():
-                    obj = objects.record(
-                        session,
-                        key=key,
-                        account=account,
-                        job_id=job_id,
-                        kind=kind,
-                        state=state,
-                        staged=staged,
-                        info=info,
-                    )
-                    return 201, public(obj)
-            except IntegrityError:
-                pass  # a concurrent put of the same key won the race: compare with it below
-        with sessions() as session:
-            raced = objects.by_key(session, key)
-            assert raced is not None
-            return 200, public(objects.same_or_conflict(raced, staged.sha256))
-    finally:
-        blobs.discard(staged)
-
-
 async def _put(request: Request, chunks: AsyncIterator[bytes], **fields: Any) -> JSONResponse:
     settings, blobs = _settings(request), _blobs(request)
     staged = await blobs.receive(chunks, settings.max_object_bytes)
-    status, body = await run_in_threadpool(
-        _store_staged, request.app.state.sessions, blobs, settings, staged, **fields
+    created, obj = await run_in_threadpool(
+        objects.store_staged, request.app.state.sessions, blobs, settings, staged, **fields
     )
-    return JSONResponse(body, status)
+    return JSONResponse(public(obj).model_dump(by_alias=True, mode="json"), 201 if created else 200)
 
 
 router = APIRouter(prefix="/v1", tags=["storage"])
 
 
-@router.put("/objects/{key:path}", status_code=201, summary="Store an image under a key (idempotent by key)")
+# PUT /v1/objects/<key> and GET /v1/objects/<id> share one URL template: a URL that both match
+# is one resource in the OpenAPI, as it is in the Allow header of a method neither serves.
+@router.put(
+    "/objects/{object_id:storage_key}",
+    status_code=201,
+    summary="Store an image under a key (idempotent by key)",
+    response_model=StoredObject,
+    responses={**EXISTING, **documented(*STORING)},
+    openapi_extra={"requestBody": {"required": True, "content": dict.fromkeys(IMAGES, BINARY)}},
+)
 async def put_object(
     request: Request,
-    key: str,
+    key: Annotated[
+        str, Path(alias="object_id", pattern=KEY, description="The key to store under, the caller's name")
+    ],
     _: Writer,
-    account: Annotated[str, Query(min_length=2, max_length=63, pattern=NAME)],
+    account: Annotated[str, Query(min_length=2, max_length=63, pattern=ACCOUNT_NAME)],
     job_id: Annotated[str | None, Query(alias="jobId", max_length=128)] = None,
     kind: Annotated[Literal["input", "result"], Query()] = "input",
     state: Annotated[Literal["staging", "committed"], Query()] = "staging",
 ) -> JSONResponse:
     """The same key with the same bytes returns the first object (200); with other bytes, 409."""
-    if not re.fullmatch(KEY, key):
-        raise Unprocessable(
-            f"path.key: must match {KEY}", slug="validation-error", title="Request validation failed"
-        )
     return await _put(
         request, request.stream(), key=key, account=account, job_id=job_id, kind=kind, state=state
     )
 
 
-@router.post("/ingest", summary="Fetch an image from an http(s) URL and store it (SSRF-safe)")
-async def ingest_url(request: Request, body: IngestBody, _: Operator) -> JSONResponse:
-    settings = _settings(request)
-    existing = await run_in_threadpool(_existing, request.app.state.sessions, body.key)
+@router.post(
+    "/ingest",
+    summary="Fetch an image from an http(s) URL and store it (SSRF-safe)",
+    status_code=201,
+    response_model=StoredObject,
+    responses={**EXISTING, **documented(*STORING, DestinationRefused, BadUrl, ingest.FetchFailed)},
+)
+async def ingest_url(request: Request, body: IngestRequest, _: Operator) -> JSONResponse:
+    existing = await run_in_threadpool(objects.find, request.app.state.sessions, body.key)
     if existing is not None:
-        return JSONResponse(existing, 200)
+        return JSONResponse(public(existing).model_dump(by_alias=True, mode="json"), 200)
+    settings = _settings(request)
     destination = await ingest.check_url(body.url, settings.ingest_allow_cidrs)
     chunks = ingest.fetch(destination, settings.ingest_timeout_seconds)
     return await _put(
@@ -188,42 +172,54 @@ async def ingest_url(request: Request, body: IngestBody, _: Operator) -> JSONRes
     )
 
 
-def _existing(sessions: sessionmaker[Session], key: str) -> dict[str, Any] | None:
-    with sessions() as session:
-        obj = objects.by_key(session, key)
-        return public(obj) if obj is not None else None
-
-
-@router.get("/objects/{object_id}", summary="An object's metadata")
-def get_object(object_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
+@router.get(
+    "/objects/{object_id}",
+    summary="An object's metadata",
+    response_model=StoredObject,
+    responses=documented(UnknownObject),
+)
+def get_object(object_id: PathText, _: Reader, session: SessionDep) -> StoredObject:
     with session.begin():
         return public(objects.get(session, object_id))
 
 
-@router.get("/by-key/{key:path}", summary="The object stored under a key")
-def get_by_key(key: str, _: Reader, session: SessionDep) -> dict[str, Any]:
+@router.get(
+    "/by-key/{key:path}",
+    summary="The object stored under a key",
+    response_model=StoredObject,
+    responses=documented(UnknownObject),
+)
+def get_by_key(key: PathText, _: Reader, session: SessionDep) -> StoredObject:
     with session.begin():
         obj = objects.by_key(session, key)
         if obj is None:
-            raise NotFound(f"no object under key {key!r}", slug="unknown-object", title="Unknown object")
+            raise UnknownObject(f"no object under key {key!r}")
         return public(obj)
 
 
-@router.get("/objects/{object_id}/content", summary="An object's bytes")
-def get_content(object_id: str, _: Reader, request: Request, session: SessionDep) -> BlobResponse:
+@router.get(
+    "/objects/{object_id}/content",
+    summary="An object's bytes",
+    response_class=BlobResponse,
+    responses={**AN_IMAGE, **documented(UnknownObject, ObjectGone)},
+)
+def get_content(object_id: PathText, _: Reader, request: Request, session: SessionDep) -> BlobResponse:
     with session.begin():
-        obj = objects.get(session, object_id)
-        if obj.state == "deleted":
-            raise NotFound(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
+        obj = objects.live(session, object_id)
     return BlobResponse(
         _blobs(request).path(obj.sha256), media_type=obj.content_type, headers=_download_headers(obj)
     )
 
 
-@router.post("/objects/{object_id}/commit", summary="Attach a staged upload to its job (idempotent)")
+@router.post(
+    "/objects/{object_id}/commit",
+    summary="Attach a staged upload to its job (idempotent)",
+    response_model=StoredObject,
+    responses=documented(UnknownObject, ObjectDeleted, ObjectTaken),
+)
 def commit_object(
-    object_id: str,
-    body: CommitBody,
+    object_id: PathText,
+    body: CommitRequest,
     _: Operator,
     idem: IdempotentRequestDep,
     store: IdemStoreDep,
@@ -232,14 +228,20 @@ def commit_object(
     return store.run(session, idem, lambda s: (200, public(objects.commit(s, object_id, body.job_id))))
 
 
-Discarder = Annotated[Caller, Depends(allow("main-api", "operator", "admin"))]
-
-
-@router.post("/objects/{object_id}/delete", summary="Delete an object (idempotent)")
+@router.post(
+    "/objects/{object_id}/delete",
+    summary="Delete an object (idempotent)",
+    response_model=StoredObject,
+    responses=documented(UnknownObject, (403, "forbidden", "Main API may only discard a staging upload")),
+)
 def delete_object(
-    object_id: str, caller: Discarder, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    object_id: PathText,
+    caller: Discarder,
+    idem: IdempotentRequestDep,
+    store: IdemStoreDep,
+    session: SessionDep,
 ) -> JSONResponse:
-    def act(s: Session) -> tuple[int, Any]:
+    def act(s: Session) -> tuple[int, StoredObject]:
         obj = objects.get(s, object_id)
         # Main API may only take back an upload whose job it failed to create (still staging).
         if caller.name == "main-api" and obj.state != "staging":
@@ -249,31 +251,35 @@ def delete_object(
     return store.run(session, idem, act)
 
 
-@router.post("/jobs/{job_id}/objects/delete", summary="Delete every object of a job (compensation)")
+@router.post(
+    "/jobs/{job_id}/objects/delete",
+    summary="Delete every object of a job (compensation)",
+    response_model=DeletedObjects,
+)
 def delete_job_objects(
-    job_id: str, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    job_id: PathText, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    def act(s: Session) -> tuple[int, Any]:
-        deleted = [public(objects.delete(s, obj)) for obj in objects.for_job(s, job_id)]
-        return 200, {"jobId": job_id, "deleted": [o["id"] for o in deleted]}
+    def act(s: Session) -> tuple[int, DeletedObjects]:
+        deleted = [objects.delete(s, obj).id for obj in objects.for_job(s, job_id)]
+        return 200, DeletedObjects(job_id=job_id, deleted=deleted)
 
     return store.run(session, idem, act)
 
 
-@router.get("/jobs/{job_id}/objects", summary="A job's objects, deleted ones included (for the auditor)")
-def list_job_objects(job_id: str, _: Reader, session: SessionDep) -> dict[str, Any]:
+@router.get(
+    "/jobs/{job_id}/objects",
+    summary="A job's objects, deleted ones included (for the auditor)",
+    response_model=JobObjects,
+)
+def list_job_objects(job_id: PathText, _: Reader, session: SessionDep) -> JobObjects:
     with session.begin():
-        return {"jobId": job_id, "items": [public(o) for o in objects.for_job(session, job_id)]}
-
-
-class NotConfigured(Problem):
-    status, slug, title = 503, "not-configured", "This service is missing a setting"
+        return JobObjects(job_id=job_id, items=[public(o) for o in objects.for_job(session, job_id)])
 
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
-def _download_headers(obj: Any) -> dict[str, str]:
+def _download_headers(obj: StoredRow) -> dict[str, str]:
     """Served as what it was sniffed to be, and nothing else: no content sniffing, a download
     rather than a page, no scripts even if a polyglot file is opened directly."""
     ext = _EXTENSIONS.get(obj.content_type, "bin")
@@ -288,14 +294,22 @@ def _signature(key: bytes, object_id: str, expires: int) -> str:
     return hmac.new(key, f"{object_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-@router.post("/objects/{object_id}/download-url", summary="A signed, expiring link to an object")
+@router.post(
+    "/objects/{object_id}/download-url",
+    summary="A signed, expiring link to an object",
+    response_model=DownloadLink,
+    responses=documented(
+        UnknownObject,
+        ObjectGone,
+        (422, "bad-expiry", "expiresAt is past or over 30 days ahead"),
+        NotConfigured,
+    ),
+)
 def download_url(
-    object_id: str, body: DownloadUrlBody, _: Reader, request: Request, session: SessionDep
-) -> dict[str, Any]:
+    object_id: PathText, body: DownloadLinkRequest, _: Reader, request: Request, session: SessionDep
+) -> DownloadLink:
     with session.begin():
-        obj = objects.get(session, object_id)
-        if obj.state == "deleted":
-            raise NotFound(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
+        objects.live(session, object_id)
     now = utcnow()
     if body.expires_at is not None:
         expires = int(body.expires_at.timestamp())
@@ -310,15 +324,23 @@ def download_url(
             "(the chart's services.storage.publicUrl)"
         )
     sig = _signature(request.app.state.url_key, object_id, expires)
-    return {
-        "url": f"{base}/v1/download/{object_id}?expires={expires}&signature={sig}",
-        "expiresAt": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),
-    }
+    return DownloadLink(
+        url=f"{base}/v1/download/{object_id}?expires={expires}&signature={sig}",
+        expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+    )
 
 
-@router.get("/download/{object_id}", summary="Download through a signed link (no token needed)")
+@router.get(
+    "/download/{object_id}",
+    summary="Download through a signed link (no token needed)",
+    response_class=BlobResponse,
+    responses={
+        **AN_IMAGE,
+        **documented(BadSignature, LinkExpired, UnknownObject, ObjectGone),
+    },
+)
 def download(
-    object_id: str,
+    object_id: PathText,
     expires: Annotated[int, Query(ge=0, le=MAX_ROW_ID)],
     signature: Annotated[str, Query(max_length=128)],
     request: Request,
@@ -326,13 +348,11 @@ def download(
 ) -> BlobResponse:
     expected = _signature(request.app.state.url_key, object_id, expires)
     if not signature.isascii() or not hmac.compare_digest(expected, signature):
-        raise Forbidden("the link's signature is not valid", slug="bad-signature", title="Invalid link")
+        raise BadSignature("the link's signature is not valid")
     if expires < utcnow().timestamp():
-        raise Forbidden("the link has expired; ask for a new one", slug="link-expired", title="Link expired")
+        raise LinkExpired("the link has expired; ask for a new one")
     with session.begin():
-        obj = objects.get(session, object_id)
-        if obj.state == "deleted":
-            raise NotFound(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
+        obj = objects.live(session, object_id)
     return BlobResponse(
         _blobs(request).path(obj.sha256), media_type=obj.content_type, headers=_download_headers(obj)
     )

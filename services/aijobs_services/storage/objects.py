@@ -1,4 +1,4 @@
-"""Storage's use cases over one session: record, commit, delete, list, collect garbage."""
+"""Storage's use cases: store an upload, record, commit, delete, list, collect garbage."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import datetime as dt
 import uuid
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Conflict, NotFound
 from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged
-from aijobs_services.storage.images import ImageInfo
+from aijobs_services.storage.images import ImageInfo, inspect_image
 from aijobs_services.storage.models import StoredObject
+from aijobs_services.storage.settings import StorageSettings
 
 LIVE = ("staging", "committed")
 
@@ -21,14 +23,48 @@ class KeyTaken(Conflict):
     slug, title = "key-taken", "The key already names other content"
 
 
+class UnknownObject(NotFound):
+    slug, title = "unknown-object", "Unknown object"
+
+
+class ObjectDeleted(Conflict):
+    """A deleted object cannot be committed."""
+
+    slug, title = "object-deleted", "Object deleted"
+
+
+class ObjectGone(NotFound):
+    """A deleted object's bytes or link: as if it were not there."""
+
+    slug, title = "object-deleted", "Object deleted"
+
+
+class ObjectTaken(Conflict):
+    slug, title = "object-taken", "Object belongs to another job"
+
+
 def by_key(session: Session, key: str) -> StoredObject | None:
     return session.scalars(sa.select(StoredObject).where(StoredObject.key == key)).one_or_none()
+
+
+def find(sessions: sessionmaker[Session], key: str) -> StoredObject | None:
+    """The object under ``key``, read in a session of its own (from a thread)."""
+    with sessions() as session:
+        return by_key(session, key)
 
 
 def get(session: Session, object_id: str) -> StoredObject:
     obj = session.get(StoredObject, object_id)
     if obj is None:
-        raise NotFound(f"no object {object_id!r}", slug="unknown-object", title="Unknown object")
+        raise UnknownObject(f"no object {object_id!r}")
+    return obj
+
+
+def live(session: Session, object_id: str) -> StoredObject:
+    """An object whose bytes may still be read."""
+    obj = get(session, object_id)
+    if obj.state == "deleted":
+        raise ObjectGone(f"object {object_id} was deleted")
     return obj
 
 
@@ -52,6 +88,53 @@ def check_capacity(session: Session, account: str, size: int, capacity: int, quo
         raise DiskFull(
             f"account {account!r} would exceed its storage quota ({quota} bytes); nothing was stored"
         )
+
+
+def store_staged(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: StorageSettings,
+    staged: Staged,
+    *,
+    key: str,
+    account: str,
+    job_id: str | None,
+    kind: str,
+    state: str,
+) -> tuple[bool, StoredObject]:
+    """Check, keep and record a received file; idempotent by ``key``: whether it was created,
+    and the object (the first one when the key already held the same bytes). Runs on a thread."""
+    try:
+        with sessions() as session:
+            existing = by_key(session, key)
+            if existing is not None:
+                return False, same_or_conflict(existing, staged.sha256)
+        info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        with blobs.sharing(), sessions() as session, session.begin():
+            check_capacity(
+                session, account, staged.size, settings.capacity_bytes, settings.account_quota_bytes
+            )
+            blobs.keep(staged)  # durable under its content name before any record points at it
+            try:
+                with session.begin_nested():
+                    obj = record(
+                        session,
+                        key=key,
+                        account=account,
+                        job_id=job_id,
+                        kind=kind,
+                        state=state,
+                        staged=staged,
+                        info=info,
+                    )
+                    return True, obj
+            except IntegrityError:
+                pass  # a concurrent put of the same key won the race: compare with it below
+        raced = find(sessions, key)
+        assert raced is not None
+        return False, same_or_conflict(raced, staged.sha256)
+    finally:
+        blobs.discard(staged)
 
 
 def record(
@@ -89,13 +172,9 @@ def record(
 def commit(session: Session, object_id: str, job_id: str) -> StoredObject:
     obj = get(session, object_id)
     if obj.state == "deleted":
-        raise Conflict(f"object {object_id} was deleted", slug="object-deleted", title="Object deleted")
+        raise ObjectDeleted(f"object {object_id} was deleted")
     if obj.job_id not in (None, job_id):
-        raise Conflict(
-            f"object {object_id} belongs to job {obj.job_id}",
-            slug="object-taken",
-            title="Object belongs to another job",
-        )
+        raise ObjectTaken(f"object {object_id} belongs to job {obj.job_id}")
     if obj.state == "staging":
         obj.state, obj.job_id, obj.committed_at = "committed", job_id, utcnow()
     obj.job_id = job_id

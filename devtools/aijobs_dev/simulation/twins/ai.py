@@ -1,17 +1,44 @@
-"""The ai service's twin."""
+"""The AI service's twin: its routes over a dict, with the service's own life cycle.
+
+What may happen to a task is decided by :mod:`aijobs.api.tasks`, the rules the service applies
+too; requests are read with the service's wire models and answers built from them
+(:mod:`aijobs.api.ai`), so the twin cannot answer what the service would not.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from aijobs_dev.simulation.twins.base import Reply, Twin, _iso, _parse, _parts
+from pydantic import BaseModel, ValidationError
+
+from aijobs.api import tasks
+from aijobs.api.ai import (
+    Completion,
+    Failure,
+    Heartbeat,
+    LeasedTask,
+    LeaseRequest,
+    Leases,
+    QueueDepth,
+    TaskCreate,
+    TaskList,
+    TaskQuery,
+    refusal,
+)
+from aijobs.api.ai import Task as TaskAnswer
+from aijobs_dev.simulation.twins.base import Reply, Twin, _parts
+
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass
 class Task:
+    """A stored task. Mutable, because the simulator's worker moves it by hand (``world.py``);
+    the twin's own routes move it only through :mod:`aijobs.api.tasks`."""
+
     id: str
     job_id: str
     account: str
@@ -25,23 +52,54 @@ class Task:
     error: str | None = None
     reruns: int = 0
     updated_at: dt.datetime = field(default_factory=lambda: dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    attempts: int = 0
+    max_attempts: int = 5
+    result: dict[str, Any] | None = None
+    lease: tasks.Lease | None = None
+
+    @classmethod
+    def of(cls, value: tasks.Task) -> Task:
+        d = value.definition
+        task = cls(
+            value.id, value.job_id, value.account, d.pipeline, d.params, d.input_object_id, value.run_at
+        )
+        task.take(value)
+        return task
+
+    def value(self) -> tasks.Task:
+        return tasks.Task(
+            id=self.id,
+            job_id=self.job_id,
+            account=self.account,
+            definition=tasks.Definition(self.pipeline, self.params, self.input_object_id),
+            run_at=self.run_at,
+            updated_at=self.updated_at,
+            max_attempts=self.max_attempts,
+            state=cast(tasks.State, self.state),
+            attempts=self.attempts,
+            reruns=self.reruns,
+            cancel_requested=self.cancel_requested,
+            lease=self.lease,
+            result_object_id=self.result_object_id,
+            result=self.result,
+            error=self.error,
+        )
+
+    def take(self, value: tasks.Task) -> tasks.Task:
+        """Become ``value`` (what a rule decided); the definition never changes."""
+        self.state, self.run_at, self.updated_at = value.state, value.run_at, value.updated_at
+        self.attempts, self.max_attempts, self.reruns = value.attempts, value.max_attempts, value.reruns
+        self.cancel_requested, self.lease = value.cancel_requested, value.lease
+        self.result_object_id, self.result, self.error = value.result_object_id, value.result, value.error
+        return value
 
     def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "jobId": self.job_id,
-            "account": self.account,
-            "pipeline": self.pipeline,
-            "params": self.params,
-            "inputObjectId": self.input_object_id,
-            "runAt": _iso(self.run_at),
-            "state": self.state,
-            "reruns": self.reruns,
-            "cancelRequested": self.cancel_requested,
-            "resultObjectId": self.result_object_id,
-            "error": self.error,
-            "updatedAt": _iso(self.updated_at),
-        }
+        return _wire(TaskAnswer.of(self.value()))
+
+
+def _wire(answer: BaseModel) -> dict[str, Any]:
+    """The answer as the service puts it on the wire."""
+    return answer.model_dump(mode="json", by_alias=True)
 
 
 class AITwin(Twin):
@@ -57,49 +115,151 @@ class AITwin(Twin):
             return self.create, ()
         if (method, p) == ("POST", ["tasks", "query"]):
             return self.query, ()
+        if (method, p) == ("POST", ["leases"]):
+            return self.lease, ()
+        if (method, p) == ("GET", ["queue", "depth"]):
+            return self.depth, ()
         if method == "GET" and len(p) == 2 and p[0] == "tasks":
             return self.get, (p[1],)
-        if method == "POST" and len(p) == 3 and p[0] == "tasks" and p[2] == "cancel":
-            return self.cancel, (p[1],)
+        if method == "POST" and len(p) == 3 and p[0] == "tasks":
+            moves: dict[str, Callable[..., Reply]] = {
+                "cancel": self.cancel,
+                "heartbeat": self.heartbeat,
+                "complete": self.complete,
+                "fail": self.fail,
+            }
+            move = moves.get(p[2])
+            return (move, (p[1],)) if move is not None else None
         return None
 
+    # ------------------------------------------------------------------------------ routes
     def create(self, *, body: Any, **_: Any) -> Reply:
-        existing = next((t for t in self.tasks.values() if t.job_id == body["jobId"]), None)
-        definition = (body["pipeline"], body.get("params") or {}, body["inputObjectId"])
-        if existing is not None:
-            if (existing.pipeline, existing.params, existing.input_object_id) == definition:
-                return Reply(200, existing.public())
-            return Reply.problem(
-                409, "job-has-task", f"job {body['jobId']} already has task {existing.id}", taskId=existing.id
+        def act(sent: TaskCreate) -> Reply:
+            definition = tasks.defined(sent.pipeline, sent.params, sent.input_object_id)
+            existing = next((t for t in self.tasks.values() if t.job_id == sent.job_id), None)
+            if existing is not None:
+                return Reply(200, _wire(TaskAnswer.of(tasks.reuse(existing.value(), definition))))
+            task = tasks.create(
+                self.new_id("task"),
+                sent.job_id,
+                sent.account,
+                definition,
+                run_at=sent.run_at,
+                max_attempts=sent.max_attempts,
+                now=self.clock(),
             )
-        now = self.clock()
-        run_at = _parse(body["runAt"]) if body.get("runAt") else now
-        task = Task(
-            self.new_id("task"), body["jobId"], body["account"], *definition, run_at=run_at, updated_at=now
-        )
-        self.tasks[task.id] = task
-        return Reply(201, task.public())
+            self.tasks[task.id] = Task.of(task)
+            return Reply(201, _wire(TaskAnswer.of(task)))
+
+        return _answer(TaskCreate, body, act)
 
     def get(self, task_id: str, **_: Any) -> Reply:
-        task = self.tasks.get(task_id)
-        if task is None:
-            return Reply.problem(404, "unknown-task", f"no task {task_id!r}")
-        return Reply(200, task.public())
+        return _refused(lambda: Reply(200, _wire(TaskAnswer.of(self._find(task_id).value()))))
 
     def query(self, *, body: Any, **_: Any) -> Reply:
-        jobs = set(body.get("jobIds") or [])
-        return Reply(200, {"items": [t.public() for t in self.tasks.values() if t.job_id in jobs]})
+        def act(sent: TaskQuery) -> Reply:
+            jobs, ids = set(sent.job_ids), set(sent.task_ids)
+            found = [TaskAnswer.of(t.value()) for t in self.tasks.values() if t.job_id in jobs or t.id in ids]
+            return Reply(200, _wire(TaskList(items=found)))
+
+        return _answer(TaskQuery, body, act)
+
+    def depth(self, **_: Any) -> Reply:
+        now = self.clock()
+        standings = [s for t in self.tasks.values() if (s := tasks.standing(t.value(), now)) is not None]
+        return Reply(200, _wire(QueueDepth.count(standings)))
 
     def cancel(self, task_id: str, **_: Any) -> Reply:
+        return self._move(task_id, lambda t, now: tasks.cancel(t, now=now))
+
+    def lease(self, *, body: Any, **_: Any) -> Reply:
+        def act(sent: LeaseRequest) -> Reply:
+            now, leased = self.clock(), []
+            due = sorted(
+                (t for t in self.tasks.values() if tasks.is_due(t.value(), now)), key=lambda t: t.run_at
+            )
+            for task in due[: sent.max_tasks]:
+                after = task.take(
+                    tasks.lease(
+                        task.value(),
+                        owner=f"worker/{sent.worker}",  # the twin knows no callers: the shared identity
+                        token=self.new_id("lease"),
+                        seconds=sent.lease_seconds,
+                        now=now,
+                    )
+                )
+                if after.state == "running":
+                    leased.append(LeasedTask.of(after))
+            return Reply(200, _wire(Leases(items=leased)))
+
+        return _answer(LeaseRequest, body, act)
+
+    def heartbeat(self, task_id: str, *, body: Any, **_: Any) -> Reply:
+        def act(sent: Heartbeat) -> Reply:
+            task = self._find(task_id)
+            beat = tasks.heartbeat(
+                task.value(), token=sent.lease_token, seconds=sent.lease_seconds, now=self.clock()
+            )
+            return Reply(200, _wire(LeasedTask.of(task.take(beat))))
+
+        return _answer(Heartbeat, body, act)
+
+    def complete(self, task_id: str, *, body: Any, **_: Any) -> Reply:
+        return _answer(
+            Completion,
+            body,
+            lambda sent: self._move(
+                task_id,
+                lambda t, now: tasks.complete(
+                    t,
+                    token=sent.lease_token,
+                    result_object_id=sent.result_object_id,
+                    result=sent.result,
+                    now=now,
+                ),
+            ),
+        )
+
+    def fail(self, task_id: str, *, body: Any, **_: Any) -> Reply:
+        return _answer(
+            Failure,
+            body,
+            lambda sent: self._move(
+                task_id,
+                lambda t, now: tasks.fail(
+                    t, token=sent.lease_token, reason=sent.reason, retryable=sent.retryable, now=now
+                ),
+            ),
+        )
+
+    # ------------------------------------------------------------------------------ helpers
+    def _find(self, task_id: str) -> Task:
         task = self.tasks.get(task_id)
         if task is None:
-            return Reply.problem(404, "unknown-task", f"no task {task_id!r}")
-        if task.state not in ("succeeded", "failed", "cancelled"):
-            task.cancel_requested = True
-            if task.state == "scheduled":
-                task.state = "cancelled"
-            task.updated_at = self.clock()
-        return Reply(200, task.public())
+            raise tasks.UnknownTask(task_id)
+        return task
+
+    def _move(self, task_id: str, rule: Callable[[tasks.Task, dt.datetime], tasks.Task]) -> Reply:
+        def act() -> Reply:
+            task = self._find(task_id)
+            return Reply(200, _wire(TaskAnswer.of(task.take(rule(task.value(), self.clock())))))
+
+        return _refused(act)
 
 
-# ------------------------------------------------------------------------------------- main
+def _refused(act: Callable[[], Reply]) -> Reply:
+    """``act``'s reply, or the problem the service answers a refusal of the life cycle with."""
+    try:
+        return act()
+    except tasks.TaskError as error:
+        known, members = refusal(error)
+        return Reply.problem(known.status, known.slug, str(error), **members)
+
+
+def _answer(model: type[R], body: Any, act: Callable[[R], Reply]) -> Reply:
+    """``act`` on the body read as the service reads it; a body it refuses is a 422."""
+    try:
+        sent = model.model_validate(body if body is not None else {})
+    except ValidationError as exc:
+        return Reply.problem(422, "validation-error", str(exc))
+    return _refused(lambda: act(sent))

@@ -1,4 +1,5 @@
-"""The auth service's twin."""
+"""The auth service's twin: the bindings a job's charge is authorized by, its answers Auth's wire
+models (:mod:`aijobs.api.auth`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
+from aijobs.api.auth import BindingRequest, ChargeAuthorized
 from aijobs_dev.simulation.twins.base import Reply, Twin
 
 
@@ -22,13 +26,15 @@ class AuthTwin(Twin):
         return None
 
     def authorize(self, *, body: Any, **_: Any) -> Reply:
-        if (body["namespace"], body["account"]) not in self.bindings:
+        try:
+            asked = BindingRequest.model_validate(body)
+        except ValidationError as exc:  # as the service's validation answers it
+            return Reply.problem(422, "validation-error", str(exc))
+        if (asked.namespace, asked.account) not in self.bindings:
             return Reply.problem(
                 403,
                 "tenant-not-allowed",
-                f"namespace {body['namespace']!r} may not charge {body['account']!r}",
+                f"namespace {asked.namespace!r} may not charge {asked.account!r}",
             )
-        return Reply(200, {"namespace": body["namespace"], "account": body["account"], "allowed": True})
-
-
-# ---------------------------------------------------------------------------------- payment
+        allowed = ChargeAuthorized(namespace=asked.namespace, account=asked.account)
+        return Reply(200, allowed.model_dump(by_alias=True, mode="json"))

@@ -1,4 +1,5 @@
-"""The main service's twin."""
+"""The main service's twin: the deliveries the operator records, answered as Main does
+(:mod:`aijobs.api.main`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
+from aijobs.api.main import DeliveryCreate, DeliveryRecorded
 from aijobs_dev.simulation.twins.base import Reply, Twin
 
 
@@ -22,5 +26,10 @@ class MainTwin(Twin):
         return None
 
     def deliver(self, *, body: Any, **_: Any) -> Reply:
-        delivery = self.deliveries.setdefault(body["jobUid"], {**body, "state": "pending"})
-        return Reply(201, {"id": body["jobUid"], "state": delivery["state"]})
+        try:
+            asked = DeliveryCreate.model_validate(body)
+        except ValidationError as exc:  # as the service's validation answers it
+            return Reply.problem(422, "validation-error", str(exc))
+        delivery = self.deliveries.setdefault(asked.job_uid, {**body, "state": "pending"})
+        recorded = DeliveryRecorded(id=asked.job_uid, state=delivery["state"])
+        return Reply(201, recorded.model_dump(by_alias=True, mode="json"))

@@ -1,4 +1,6 @@
-"""The payment service's twin."""
+"""The payment service's twin: Payment's own rules (``aijobs_services.payment.domain``) over
+dicts instead of tables, answering Payment's wire models (``aijobs.api.payment``) and the problems
+its contract names, so it moves money exactly as the service does."""
 
 from __future__ import annotations
 
@@ -7,8 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aijobs.api.rules import MAX_HOLD
-from aijobs_dev.simulation.twins.base import Reply, Twin, _iso, _parse, _parts
+from aijobs_services.payment import domain
+from aijobs_services.payment.domain import HoldState
+from pydantic import ValidationError
+
+from aijobs.api import payment as wire
+from aijobs.api.base import Answer
+from aijobs.api.problem import ProblemDetails, problem_type
+from aijobs_dev.simulation.twins.base import Reply, Twin, _parts
 
 
 @dataclass
@@ -17,22 +25,28 @@ class Hold:
     account: str
     job_id: str
     amount: int
-    state: str
+    state: HoldState
     expires_at: dt.datetime
     created_at: dt.datetime
     settled_at: dt.datetime | None = None
 
+    def life(self) -> domain.HoldLife:
+        return domain.HoldLife(self.id, self.state, self.expires_at, self.created_at)
+
+    def wire(self) -> wire.Hold:
+        return wire.Hold(
+            id=self.id,
+            account=self.account,
+            job_id=self.job_id,
+            amount=self.amount,
+            state=self.state,
+            expires_at=self.expires_at,
+            created_at=self.created_at,
+            settled_at=self.settled_at,
+        )
+
     def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "account": self.account,
-            "jobId": self.job_id,
-            "amount": self.amount,
-            "state": self.state,
-            "expiresAt": _iso(self.expires_at),
-            "createdAt": _iso(self.created_at),
-            "settledAt": _iso(self.settled_at) if self.settled_at else None,
-        }
+        return self.wire().model_dump(by_alias=True, mode="json")
 
 
 @dataclass
@@ -40,6 +54,38 @@ class Account:
     available: int = 0
     held: int = 0
     revenue: int = 0
+
+    def balance(self) -> domain.Balance:
+        return domain.Balance(self.available, self.held)
+
+    def keep(self, balance: domain.Balance) -> None:
+        self.available, self.held = balance.available, balance.held
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger leg that moved a hold's credits (what ``/jobs/{id}/charges`` lists)."""
+
+    transaction: str
+    kind: domain.Movement
+    book: str
+    amount: int
+    hold_id: str
+    job_id: str
+    at: dt.datetime
+
+
+def _ok(status: int, answer: Answer) -> Reply:
+    return Reply(status, answer.model_dump(by_alias=True, mode="json"))
+
+
+def _refused(error: domain.PaymentError) -> Reply:
+    kind = wire.PROBLEMS[error.slug]
+    body = ProblemDetails.model_validate(
+        {"type": problem_type(kind.slug), "title": kind.title, "status": kind.status, "detail": error.detail}
+        | error.members
+    )
+    return Reply(kind.status, body.model_dump(exclude_none=True))
 
 
 class PaymentTwin(Twin):
@@ -49,6 +95,7 @@ class PaymentTwin(Twin):
         super().__init__(clock)
         self.accounts: dict[str, Account] = {}
         self.holds: dict[str, Hold] = {}
+        self.entries: list[Entry] = []
 
     def route(self, method: str, path: str) -> tuple[Callable[..., Reply], tuple[str, ...]] | None:
         p = _parts(path)
@@ -62,91 +109,105 @@ class PaymentTwin(Twin):
             return self.charges, (p[1],)
         return None
 
-    def _unhold(self, hold: Hold, state: str) -> None:
+    def _hold(self, hold_id: str) -> Hold:
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            raise domain.UnknownHold(hold_id)
+        return hold
+
+    def _record(self, kind: domain.Movement, hold: Hold) -> None:
+        transaction = self.new_id("txn")
+        for book, amount in domain.legs(kind, hold.account, hold.amount):
+            self.entries.append(Entry(transaction, kind, book, amount, hold.id, hold.job_id, self.clock()))
+
+    def _settle(self, hold: Hold, move: domain.Move) -> None:
+        if move.to is None:
+            return
         account = self.accounts[hold.account]
-        account.held -= hold.amount
-        if state == "captured":
+        account.keep(domain.settle(account.balance(), hold.amount, move.to))
+        if move.to is HoldState.CAPTURED:
             account.revenue += hold.amount
-        else:
-            account.available += hold.amount
-        hold.state, hold.settled_at = state, self.clock()
-        assert account.available >= 0 and account.held >= 0, "a balance went negative"
+        hold.state, hold.settled_at = move.to, self.clock()
+        self._record(domain.movement(move.to), hold)
 
     def place(self, *, body: Any, **_: Any) -> Reply:
+        try:
+            request = wire.HoldCreate.model_validate(body)
+        except ValidationError as invalid:  # the operator's bug, answered as Payment would
+            return Reply.problem(422, "validation-error", str(invalid))
         now = self.clock()
-        expires = _parse(body["expiresAt"]) if body.get("expiresAt") else now + dt.timedelta(hours=1)
-        if not now < expires <= now + MAX_HOLD:
-            return Reply.problem(
-                422, "bad-expiry", f"expiresAt must be in the future and within {MAX_HOLD.days} days"
-            )
-        account = self.accounts.get(body["account"])
-        if account is None:
-            return Reply.problem(404, "unknown-account", f"no account {body['account']!r}")
-        amount = body["amount"]
-        if account.available < amount:
-            return Reply.problem(
-                402,
-                "insufficient-credits",
-                f"account {body['account']!r} has {account.available} credits available; "
-                f"the hold needs {amount}",
-                available=account.available,
-                requested=amount,
-            )
-        account.available -= amount
-        account.held += amount
-        hold = Hold(self.new_id("hold"), body["account"], body["jobId"], amount, "active", expires, now)
+        try:
+            expires = domain.hold_expiry(request.expires_at, now)
+            account = self.accounts.get(request.account)
+            if account is None:
+                raise domain.UnknownAccount(request.account)
+            account.keep(domain.reserve(request.account, account.balance(), request.amount))
+        except domain.PaymentError as error:
+            return _refused(error)
+        hold = Hold(
+            self.new_id("hold"),
+            request.account,
+            request.job_id,
+            request.amount,
+            HoldState.ACTIVE,
+            expires,
+            now,
+        )
         self.holds[hold.id] = hold
-        return Reply(201, hold.public())
+        self._record("hold", hold)
+        return _ok(201, hold.wire())
 
     def get(self, hold_id: str, **_: Any) -> Reply:
-        hold = self.holds.get(hold_id)
-        if hold is None:
-            return Reply.problem(404, "unknown-hold", f"no hold {hold_id!r}")
-        return Reply(200, hold.public())
+        try:
+            return _ok(200, self._hold(hold_id).wire())
+        except domain.PaymentError as error:
+            return _refused(error)
 
     def capture(self, hold_id: str, **_: Any) -> Reply:
-        hold = self.holds.get(hold_id)
-        if hold is None:
-            return Reply.problem(404, "unknown-hold", f"no hold {hold_id!r}")
-        if hold.state == "captured":
-            return Reply(200, hold.public())
-        if hold.state != "active":
-            return Reply.problem(
-                409, "hold-settled", f"hold {hold_id} was {hold.state}; it can't be captured"
-            )
-        if hold.expires_at <= self.clock():
-            self._unhold(hold, "expired")
-            return Reply.problem(409, "hold-expired", f"hold {hold_id} expired; credits returned")
-        self._unhold(hold, "captured")
-        return Reply(200, hold.public())
+        try:
+            hold = self._hold(hold_id)
+            move = domain.capture(hold.life(), self.clock())
+        except domain.PaymentError as error:
+            return _refused(error)
+        self._settle(hold, move)
+        return _ok(200, hold.wire()) if move.refusal is None else _refused(move.refusal)
 
     def release(self, hold_id: str, **_: Any) -> Reply:
-        hold = self.holds.get(hold_id)
-        if hold is None:
-            return Reply.problem(404, "unknown-hold", f"no hold {hold_id!r}")
-        if hold.state == "captured":
-            return Reply.problem(409, "hold-settled", f"hold {hold_id} was captured; it can't be released")
-        if hold.state == "active":
-            self._unhold(hold, "released")
-        return Reply(200, hold.public())
+        try:
+            hold = self._hold(hold_id)
+            move = domain.release(hold.life())
+        except domain.PaymentError as error:
+            return _refused(error)
+        self._settle(hold, move)
+        return _ok(200, hold.wire())
 
     def charges(self, job_id: str, **_: Any) -> Reply:
         holds = [h for h in self.holds.values() if h.job_id == job_id]
-        return Reply(
+        entries = [
+            wire.ChargeEntry(
+                transaction=e.transaction,
+                kind=e.kind,
+                book=e.book,
+                amount=e.amount,
+                hold_id=e.hold_id,
+                at=e.at,
+            )
+            for e in self.entries
+            if e.job_id == job_id
+        ]
+        return _ok(
             200,
-            {
-                "jobId": job_id,
-                "charged": sum(h.amount for h in holds if h.state == "captured"),
-                "holds": [h.public() for h in holds],
-            },
+            wire.Charges(
+                job_id=job_id,
+                charged=sum(h.amount for h in holds if h.state is HoldState.CAPTURED),
+                holds=[h.wire() for h in holds],
+                entries=entries,
+            ),
         )
 
     def sweep(self) -> None:
         """Payment's expiry sweep: an active hold past its expiry returns its credits."""
         now = self.clock()
         for hold in self.holds.values():
-            if hold.state == "active" and hold.expires_at <= now:
-                self._unhold(hold, "expired")
-
-
-# ---------------------------------------------------------------------------------- storage
+            if domain.due(hold.life(), now):
+                self._settle(hold, domain.Move(HoldState.EXPIRED))

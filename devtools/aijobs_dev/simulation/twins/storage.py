@@ -1,4 +1,4 @@
-"""The storage service's twin."""
+"""The storage service's twin: its answers are Storage's wire models (:mod:`aijobs.api.storage`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from aijobs.api import storage as wire
 from aijobs.api.rules import MAX_HOLD
-from aijobs_dev.simulation.twins.base import Reply, Twin, _iso, _parse, _parts
+from aijobs_dev.simulation.twins.base import Reply, Twin, _parse, _parts
 
 
 @dataclass
@@ -18,25 +19,37 @@ class StoredObject:
     key: str
     account: str
     job_id: str | None
-    kind: str
+    kind: Literal["input", "result"]
     sha256: str
     size: int
-    state: str
+    state: Literal["staging", "committed", "deleted"]
+    created_at: dt.datetime
+
+    def wire(self) -> wire.StoredObject:
+        """As Storage answers it; every twin object is a 4x4 PNG (the twin keeps no bytes)."""
+        return wire.StoredObject(
+            id=self.id,
+            key=self.key,
+            account=self.account,
+            job_id=self.job_id,
+            kind=self.kind,
+            sha256=self.sha256,
+            size=self.size,
+            content_type="image/png",
+            width=4,
+            height=4,
+            state=self.state,
+            created_at=self.created_at,
+        )
 
     def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "key": self.key,
-            "account": self.account,
-            "jobId": self.job_id,
-            "kind": self.kind,
-            "sha256": self.sha256,
-            "size": self.size,
-            "contentType": "image/png",
-            "width": 4,
-            "height": 4,
-            "state": self.state,
-        }
+        return _body(self.wire())
+
+
+def _body(
+    answer: wire.StoredObject | wire.JobObjects | wire.DeletedObjects | wire.DownloadLink,
+) -> dict[str, Any]:
+    return answer.model_dump(by_alias=True, mode="json")
 
 
 class StorageTwin(Twin):
@@ -63,7 +76,9 @@ class StorageTwin(Twin):
             return self.delete_job, (p[1],)
         return None
 
-    def store(self, key: str, account: str, job_id: str | None, kind: str, content: bytes) -> Reply:
+    def store(
+        self, key: str, account: str, job_id: str | None, kind: Literal["input", "result"], content: bytes
+    ) -> Reply:
         sha = hashlib.sha256(content).hexdigest()
         existing = next((o for o in self.objects.values() if o.key == key), None)
         if existing is not None:
@@ -72,12 +87,15 @@ class StorageTwin(Twin):
             return Reply(200, existing.public())
         if self.disk_full:
             return Reply.problem(507, "insufficient-storage", "the disk is full")
-        obj = StoredObject(self.new_id("obj"), key, account, job_id, kind, sha, len(content), "committed")
+        obj = StoredObject(
+            self.new_id("obj"), key, account, job_id, kind, sha, len(content), "committed", self.clock()
+        )
         self.objects[obj.id] = obj
         return Reply(201, obj.public())
 
     def put(self, key: str, *, params: dict[str, str], content: bytes, **_: Any) -> Reply:
-        return self.store(key, params["account"], params.get("jobId"), params.get("kind", "input"), content)
+        kind: Literal["input", "result"] = "result" if params.get("kind") == "result" else "input"
+        return self.store(key, params["account"], params.get("jobId"), kind, content)
 
     def get(self, object_id: str, **_: Any) -> Reply:
         obj = self.objects.get(object_id)
@@ -104,11 +122,14 @@ class StorageTwin(Twin):
         now = self.clock()
         if not now < expires <= now + MAX_HOLD:
             return Reply.problem(422, "bad-expiry", "expiresAt must be in the future and within 30 days")
-        return Reply(200, {"url": f"http://storage/download/{object_id}", "expiresAt": _iso(expires)})
+        # Storage signs whole seconds: the link's expiry is the second the caller named.
+        at = dt.datetime.fromtimestamp(int(expires.timestamp()), dt.UTC)
+        link = wire.DownloadLink(url=f"http://storage/download/{object_id}", expires_at=at)
+        return Reply(200, _body(link))
 
     def list_job(self, job_id: str, **_: Any) -> Reply:
-        items = [o.public() for o in self.objects.values() if o.job_id == job_id]
-        return Reply(200, {"jobId": job_id, "items": items})
+        items = [o.wire() for o in self.objects.values() if o.job_id == job_id]
+        return Reply(200, _body(wire.JobObjects(job_id=job_id, items=items)))
 
     def delete_job(self, job_id: str, **_: Any) -> Reply:
         deleted = []
@@ -116,7 +137,4 @@ class StorageTwin(Twin):
             if obj.job_id == job_id and obj.state != "deleted":
                 obj.state = "deleted"
                 deleted.append(obj.id)
-        return Reply(200, {"jobId": job_id, "deleted": deleted})
-
-
-# --------------------------------------------------------------------------------------- AI
+        return Reply(200, _body(wire.DeletedObjects(job_id=job_id, deleted=deleted)))

@@ -1,0 +1,234 @@
+"""AI's contract: what the operator and the GPU workers send, what AI answers, which problem
+means what.
+
+A job has one task (``POST /v1/tasks``); workers lease due tasks (``POST /v1/leases``), keep the
+lease with heartbeats and end it with a completion or a failure, each fenced by the lease token.
+The life cycle itself is :mod:`aijobs.api.tasks`; the answers here are built from its values
+(:meth:`Task.of`, :meth:`LeasedTask.of`) by the service and by the simulator's twin alike.
+
+Problems (``type`` ends in the slug):
+
+    404 unknown-task        no task by that id
+    409 job-has-task        the job has a task with another definition (``taskId`` names it)
+    409 lease-lost          the lease token is not the task's current one (``state`` says what it is)
+    409 task-cancelled      a completion of a cancelled task: acknowledge with a failure
+    422 unknown-pipeline    a pipeline AI does not run
+    422 bad-parameters      parameters the pipeline does not take
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ConfigDict, Field, StrictBool
+
+from aijobs.api import tasks
+from aijobs.api.base import Answer, Request
+from aijobs.api.fields import Instant, Int, Text, Timestamp
+from aijobs.api.pipelines import PARAMETERS
+from aijobs.api.rules import ACCOUNT_NAME
+from aijobs.api.v1alpha1 import PIPELINES
+
+__all__ = [
+    "PROBLEMS",
+    "AIProblem",
+    "Completion",
+    "Failure",
+    "Heartbeat",
+    "LeaseRequest",
+    "LeasedTask",
+    "Leases",
+    "QueueDepth",
+    "Task",
+    "TaskCreate",
+    "TaskList",
+    "TaskQuery",
+    "refusal",
+]
+
+
+@dataclass(frozen=True)
+class AIProblem:
+    """A refusal AI answers with, as ``application/problem+json``: clients branch on the slug."""
+
+    status: int
+    slug: str
+    title: str
+
+
+# By the ``kind`` of the domain error (:mod:`aijobs.api.tasks`) that causes it.
+PROBLEMS = {
+    p.slug: p
+    for p in (
+        AIProblem(404, "unknown-task", "Unknown task"),
+        AIProblem(409, "job-has-task", "The job already has a task"),
+        AIProblem(409, "lease-lost", "The lease is no longer yours"),
+        AIProblem(409, "task-cancelled", "The task was cancelled"),
+        AIProblem(422, "unknown-pipeline", "Invalid pipeline or parameters"),
+        AIProblem(422, "bad-parameters", "Invalid pipeline or parameters"),
+    )
+}
+
+
+def refusal(error: tasks.TaskError) -> tuple[AIProblem, dict[str, Any]]:
+    """The problem a refusal of the life cycle is answered with, and the members it adds
+    (``taskId`` of the job's task, ``state`` of a task whose lease was lost)."""
+    members: dict[str, Any] = {}
+    if isinstance(error, tasks.JobHasTask):
+        members["taskId"] = error.task_id
+    elif isinstance(error, tasks.LeaseLost):
+        members["state"] = error.state
+    return PROBLEMS[error.kind], members
+
+
+# ---------------------------------------------------------------------------------- requests
+def _parameters_by_pipeline(schema: dict[str, Any]) -> None:
+    """Each pipeline's parameters, in the schema: what a caller may send is one of them (the
+    service checks the same with :func:`aijobs.api.pipelines.validate_parameters`)."""
+    variants = []
+    for name, model in PARAMETERS.items():
+        params = model.model_json_schema()
+        variant: dict[str, Any] = {"properties": {"pipeline": {"const": name}, "params": params}}
+        if params.get("required"):
+            variant["required"] = ["params"]
+        variants.append(variant)
+    schema["oneOf"] = variants
+
+
+class TaskCreate(Request):
+    """A job's task, as the operator schedules it (idempotent: one task per job)."""
+
+    model_config = ConfigDict(json_schema_extra=_parameters_by_pipeline)
+
+    job_id: Text = Field(min_length=1, max_length=128)
+    account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_NAME)
+    # A plain string to pydantic, so that an unknown one is refused by the life cycle's own
+    # ``unknown-pipeline`` naming the known ones; an enum to the schema's readers.
+    pipeline: str = Field(description="The pipeline to run", json_schema_extra={"enum": list(PIPELINES)})
+    params: dict[str, Any] = Field(default_factory=dict)
+    input_object_id: Text = Field(min_length=1, max_length=40)
+    run_at: Timestamp | None = Field(default=None, description="Default: now")
+    max_attempts: Int = Field(default=5, ge=1, le=50)
+
+
+class LeaseRequest(Request):
+    worker: Text = Field(min_length=1, max_length=128)
+    max_tasks: Int = Field(default=1, ge=1, le=256)
+    lease_seconds: Int = Field(default=60, ge=5, le=3600, description="How long the lease lasts")
+
+
+class Heartbeat(Request):
+    lease_token: Text
+    lease_seconds: Int = Field(default=60, ge=5, le=3600, description="How long the lease lasts")
+
+
+class Completion(Request):
+    lease_token: Text
+    result_object_id: Text = Field(min_length=1, max_length=40)
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class Failure(Request):
+    lease_token: Text
+    reason: Text = Field(min_length=1, max_length=4000)
+    retryable: StrictBool
+
+
+class TaskQuery(Request):
+    job_ids: list[Text] = Field(default_factory=list, max_length=5000)
+    task_ids: list[Text] = Field(default_factory=list, max_length=5000)
+
+
+# ----------------------------------------------------------------------------------- answers
+class Task(Answer):
+    """A task as the operator and Main API read it."""
+
+    id: str
+    job_id: str
+    account: str
+    pipeline: str
+    params: dict[str, Any]
+    input_object_id: str
+    run_at: Instant
+    state: tasks.State
+    attempts: int
+    max_attempts: int
+    reruns: int = Field(description="Runs started again because a lease ran out without a result")
+    cancel_requested: bool
+    result_object_id: str | None
+    result: dict[str, Any] | None
+    error: str | None
+    updated_at: Instant
+
+    @classmethod
+    def fields_of(cls, task: tasks.Task) -> dict[str, Any]:
+        d = task.definition
+        return {
+            "id": task.id,
+            "job_id": task.job_id,
+            "account": task.account,
+            "pipeline": d.pipeline,
+            "params": d.params,
+            "input_object_id": d.input_object_id,
+            "run_at": task.run_at,
+            "state": task.state,
+            "attempts": task.attempts,
+            "max_attempts": task.max_attempts,
+            "reruns": task.reruns,
+            "cancel_requested": task.cancel_requested,
+            "result_object_id": task.result_object_id,
+            "result": task.result,
+            "error": task.error,
+            "updated_at": task.updated_at,
+        }
+
+    @classmethod
+    def of(cls, task: tasks.Task) -> Task:
+        return cls(**cls.fields_of(task))
+
+
+class LeasedTask(Task):
+    """A task as its worker reads it: with the lease that fences its calls (none once ended)."""
+
+    lease_token: str | None
+    lease_owner: str | None = Field(
+        description="The worker's identity, or `worker/<name>` under the shared one"
+    )
+    lease_expires_at: Instant | None
+
+    @classmethod
+    def of(cls, task: tasks.Task) -> LeasedTask:
+        held = task.lease
+        return cls(
+            **cls.fields_of(task),
+            lease_token=held.token if held else None,
+            lease_owner=held.owner if held else None,
+            lease_expires_at=held.expires_at if held else None,
+        )
+
+
+class TaskList(Answer):
+    items: list[Task]
+
+
+class Leases(Answer):
+    """The tasks a lease handed out (none when nothing is due)."""
+
+    items: list[LeasedTask]
+
+
+class QueueDepth(Answer):
+    """How much work the queue holds, as an autoscaler reads it."""
+
+    ready: int = Field(description="Due and waiting for a lease (a running task whose lease ran out too)")
+    running: int = Field(description="Held by a live lease")
+    scheduled: int = Field(description="Waiting for a later run-at")
+    demand: int = Field(description="What workers must serve now: ready + running")
+
+    @classmethod
+    def count(cls, standings: list[tasks.Standing]) -> QueueDepth:
+        ready, running = standings.count("ready"), standings.count("running")
+        return cls(
+            ready=ready, running=running, scheduled=standings.count("scheduled"), demand=ready + running
+        )

@@ -1,0 +1,178 @@
+"""Payment's contract: what its callers send, what it answers, and which problem means what.
+
+Credits live on accounts as ``available`` and ``held``; a job's price is reserved by a hold
+(``active``), then charged (``captured``) or given back (``released``, or ``expired`` past its
+expiry). The operator, the auditor, the admin CLI and the simulator's twin read these models;
+the service answers them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from aijobs.api.base import Answer, Request
+from aijobs.api.fields import Instant, Int, Text, Timestamp
+from aijobs.api.rules import ACCOUNT_NAME
+
+__all__ = [
+    "PROBLEMS",
+    "Account",
+    "AccountCreate",
+    "AccountList",
+    "ChargeEntry",
+    "Charges",
+    "Hold",
+    "HoldCreate",
+    "HoldExtend",
+    "HoldState",
+    "LedgerCheck",
+    "LedgerItem",
+    "LedgerPage",
+    "PaymentProblem",
+    "TopUp",
+    "TopUpCreate",
+]
+
+
+class HoldState(StrEnum):
+    """``active`` until settled; the three others are final."""
+
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+AccountName = Annotated[str, Field(min_length=2, max_length=63, pattern=ACCOUNT_NAME)]
+
+
+# ---------------------------------------------------------------------------------- requests
+class AccountCreate(Request):
+    id: AccountName
+
+
+class TopUpCreate(Request):
+    amount: Int = Field(gt=0, le=10**12)
+    reason: Text = Field(default="", max_length=500, description="Why (kept in the admin audit trail)")
+
+
+class HoldCreate(Request):
+    account: AccountName
+    job_id: Text = Field(min_length=1, max_length=128)
+    amount: Int = Field(gt=0, le=10**9)
+    expires_at: Timestamp | None = Field(default=None, description="Default: one hour from now")
+
+
+class HoldExtend(Request):
+    expires_at: Timestamp
+
+
+# ----------------------------------------------------------------------------------- answers
+class Account(Answer):
+    """An account's balances: ``balance`` is ``available + held``."""
+
+    id: str
+    available: int
+    held: int
+    balance: int
+
+
+class AccountList(Answer):
+    items: list[Account]
+
+
+class TopUp(Answer):
+    """A top-up: its ledger transaction and the account after it."""
+
+    transaction: str
+    account: Account
+
+
+class Hold(Answer):
+    id: str
+    account: str
+    job_id: str
+    amount: int
+    state: HoldState
+    expires_at: Instant
+    created_at: Instant
+    settled_at: Instant | None = Field(description="When it left `active`; null while active")
+
+
+class ChargeEntry(Answer):
+    """One leg of a ledger transaction that moved a job's credits."""
+
+    transaction: str
+    kind: str = Field(description="hold, capture, release or expire")
+    book: str = Field(description="<account>:available, <account>:held or system:revenue")
+    amount: int
+    hold_id: str | None
+    at: Instant
+
+
+class Charges(Answer):
+    """What Payment holds for one job (the auditor compares it with the job)."""
+
+    job_id: str
+    charged: int = Field(description="The sum of the job's captured holds")
+    holds: list[Hold]
+    entries: list[ChargeEntry]
+
+
+class LedgerItem(Answer):
+    """One movement on an account's books."""
+
+    id: int
+    transaction: str
+    kind: str = Field(description="top-up, hold, capture, release or expire")
+    book: str = Field(description="available or held")
+    amount: int
+    hold_id: str | None
+    job_id: str | None
+    at: Instant
+
+
+class LedgerPage(Answer):
+    """An account's movements, newest first; ``next`` is the ``before`` of the next page."""
+
+    account: str
+    items: list[LedgerItem]
+    next: int | None
+
+
+class LedgerCheck(Answer):
+    """The books proved: every transaction sums to zero and every balance equals its ledger."""
+
+    consistent: bool
+    accounts: int
+    transactions: int
+    problems: list[str]
+
+
+# ---------------------------------------------------------------------------------- problems
+@dataclass(frozen=True)
+class PaymentProblem:
+    """A refusal Payment answers with, as ``application/problem+json``: clients branch on the slug."""
+
+    status: int
+    slug: str
+    title: str
+
+
+# By the slug of the domain error (``aijobs_services.payment.domain``) that causes it.
+PROBLEMS = {
+    p.slug: p
+    for p in (
+        PaymentProblem(404, "unknown-account", "Unknown account"),
+        PaymentProblem(404, "unknown-hold", "Unknown hold"),
+        PaymentProblem(409, "account-exists", "Account exists"),
+        PaymentProblem(402, "insufficient-credits", "Not enough credits"),
+        PaymentProblem(422, "bad-expiry", "Invalid hold expiry"),
+        PaymentProblem(409, "hold-settled", "The hold is already settled"),
+        PaymentProblem(409, "hold-expired", "The hold expired"),
+    )
+}

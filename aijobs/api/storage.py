@@ -1,0 +1,101 @@
+"""Storage's contract: what its callers send and what it answers, one model per body.
+
+A stored object is an image under a caller-chosen key (idempotent by key), staged until its job
+commits it, deleted by the job's compensation. Its bytes travel outside JSON (``PUT`` and
+``GET .../content``, or a signed download link).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from aijobs.api.base import Answer, Request
+from aijobs.api.fields import Instant, Int, Text, Timestamp
+from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL_PORTABLE
+
+__all__ = [
+    "KEY",
+    "CommitRequest",
+    "DeletedObjects",
+    "DownloadLink",
+    "DownloadLinkRequest",
+    "IngestRequest",
+    "Instant",
+    "JobObjects",
+    "ObjectKind",
+    "ObjectState",
+    "StoredObject",
+]
+
+# A key as callers name objects: the job's name and the input's, e.g. ``ns/job/input-0``.
+KEY = r"^[A-Za-z0-9._:/-]{1,255}$"
+ObjectKind = Literal["input", "result"]
+ObjectState = Literal["staging", "committed", "deleted"]
+
+
+class StoredObject(Answer):
+    """An object's metadata; ``jobId`` is unset until an upload is committed to its job."""
+
+    id: str
+    key: str
+    account: str
+    job_id: str | None = None
+    kind: ObjectKind
+    sha256: str = Field(
+        description="The content's SHA-256, hex: equal keys with equal digests are one object"
+    )
+    size: int = Field(description="Bytes")
+    content_type: str = Field(description="Sniffed from the bytes: image/png, image/jpeg or image/webp")
+    width: int
+    height: int
+    state: ObjectState
+    created_at: Instant
+
+
+class JobObjects(Answer):
+    """A job's objects, deleted ones included (the auditor compares them with the job)."""
+
+    job_id: str
+    items: list[StoredObject]
+
+
+class DeletedObjects(Answer):
+    """What a job's compensation deleted: every object of the job, by id."""
+
+    job_id: str
+    deleted: list[str]
+
+
+class DownloadLink(Answer):
+    """A signed link anyone holding it may download through, until ``expiresAt``."""
+
+    url: str
+    expires_at: Instant
+
+
+class IngestRequest(Request):
+    """Fetch an image from a URL (SSRF-safe) and store it under ``key``."""
+
+    key: str = Field(pattern=KEY)
+    url: str = Field(max_length=2048, pattern=HTTP_URL_PORTABLE)
+    account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_NAME)
+    job_id: Text | None = Field(default=None, max_length=128)
+    kind: ObjectKind = "input"
+    state: Literal["staging", "committed"] = "staging"
+
+
+class CommitRequest(Request):
+    """Attach a staged upload to its job."""
+
+    job_id: Text = Field(min_length=1, max_length=128)
+
+
+class DownloadLinkRequest(Request):
+    """A link valid for ``ttlSeconds``, or until ``expiresAt`` (the same expiry, the same link)."""
+
+    ttl_seconds: Int = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
+    expires_at: Timestamp | None = Field(
+        default=None, description="An exact expiry instead of a TTL: the same expiry gives the same link"
+    )
