@@ -25,13 +25,12 @@ COPY crds ./crds
 RUN /opt/build/bin/python -m build --wheel --outdir /wheels .
 
 # The dependencies, read from pyproject.toml alone, so that their layers (torch's several GB)
-# are rebuilt only when a pin changes, not with every change to the code.
+# are rebuilt only when a pin changes, not with every change to the code. Each image installs the
+# client's dependencies and exactly its extras: aijobs [operator,services], worker [worker,torch].
 FROM ${PYTHON_IMAGE} AS requirements
-COPY pyproject.toml /src/pyproject.toml
-RUN python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-x = p['optional-dependencies']; \
-open('/src/aijobs.txt', 'w').write('\n'.join(p['dependencies'])); \
-open('/src/worker.txt', 'w').write('\n'.join(p['dependencies'] + x['worker'] + x['torch']))"
+COPY pyproject.toml docker/requirements.py /src/
+RUN python3 /src/requirements.py /src/pyproject.toml operator services > /src/aijobs.txt \
+    && python3 /src/requirements.py /src/pyproject.toml worker torch > /src/worker.txt
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -1,14 +1,15 @@
 # The two commands of the README: `make demo` and `make test`. Each installs what it needs.
+# `make check` is the fast tier: lint and every test that needs no PostgreSQL, API server or cluster.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint venv tools cluster-demo
+.PHONY: demo test check lint venv tools cluster-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,worker,torch]'
+	$(VENV)/bin/pip install -q -e '.[dev,operator,services,worker,torch]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,6 +28,14 @@ lint: venv
 
 test: tools lint
 	$(VENV)/bin/pytest
+
+# The server markers come from the fixtures a test stands on (tests/conftest.py), so none is
+# forgotten; `slow` marks minutes of CPU (training, the 20,000-schedule simulation). mypy is left
+# to `make lint` / `make test`: it alone takes about as long as these tests.
+FAST := not postgres and not controlplane and not cluster and not slow
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -m '$(FAST)'
 
 demo: tools
 	$(VENV)/bin/aijobs demo

@@ -242,7 +242,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "run"):
         return _console(args)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        # The client install (`pip install aijobs`) has no server parts: say which extra brings them.
+        extra = _EXTRAS.get(args.func)
+        if extra is None or not exc.name or exc.name.startswith("aijobs"):
+            raise
+        raise SystemExit(f"`aijobs {argv[0]}` needs {exc.name}: pip install 'aijobs[{extra}]'") from exc
+
+
+_EXTRAS = {_operator: "operator", _service: "services", _worker: "worker,torch"}
 
 
 if __name__ == "__main__":

@@ -5,10 +5,6 @@ install ships without them."""
 from __future__ import annotations
 
 import ast
-import importlib.util
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -56,25 +52,9 @@ def test_nothing_that_runs_in_an_image_imports_the_developer_tools(layer: str) -
     assert bad == []
 
 
-def test_the_runtime_wheel_ships_without_the_developer_tools(tmp_path: Path) -> None:
-    """Built as the Dockerfile builds it: from the runtime folders only."""
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    for folder in (*RUNTIME.values(), ROOT / "crds"):
-        shutil.copytree(folder, tmp_path / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
-    # Without isolation where the environment can build it (no download); Python >= 3.12 venvs
-    # have no setuptools, and pip then fetches the build backend as it would for a user.
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", "out", "."],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    [wheel] = (tmp_path / "out").glob("*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+def test_the_runtime_wheel_ships_without_the_developer_tools(runtime_wheel: Path) -> None:
+    """Built as the Dockerfile builds it (tests/conftest.py): from the runtime folders only."""
+    names = zipfile.ZipFile(runtime_wheel).namelist()
     assert not [n for n in names if n.startswith("aijobs_dev/")]
     for module in ("aijobs/wire/client.py", "aijobs_operator/core.py", "aijobs_services/kit/outbound.py"):
         assert module in names

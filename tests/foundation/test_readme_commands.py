@@ -72,7 +72,10 @@ def test_a_service_applies_its_migrations_with_the_readmes_flags(tmp_path: Path)
     assert (tmp_path / "payment.db").stat().st_size > 0
 
 
+# These start PostgreSQL and a control plane in the command's own process, out of the fixtures'
+# sight (tests/conftest.py), so they carry their markers by hand.
 @pytest.mark.postgres
+@pytest.mark.controlplane
 def test_aijobs_chaos_tells_scenario_1_as_the_readme_shows() -> None:
     proc = _run([*AIJOBS, "chaos", "--scenario", "s1"], 600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -80,12 +83,14 @@ def test_aijobs_chaos_tells_scenario_1_as_the_readme_shows() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.controlplane
 def test_aijobs_chaos_runs_a_small_random_campaign_as_the_readme_shows() -> None:
     proc = _run([*AIJOBS, "chaos", "--jobs", "4", "--seed", "7", "--faults", "net,kill,disk"], 600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "campaign: seed 7" in proc.stdout
 
 
+@pytest.mark.controlplane
 def test_the_demo_runs_the_main_job_and_leaves_only_its_result(tmp_path: Path) -> None:
     state = tmp_path / "state"
     for attempt in range(2):  # a second run replaces the first one's files

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 from aijobs_dev.testbed.postgres import PostgresCluster
 
@@ -27,6 +28,7 @@ def test_a_test_database_is_real_postgresql_and_starts_empty(pg_url: str) -> Non
     engine.dispose()
 
 
+@pytest.mark.postgres
 def test_a_cluster_is_gone_after_stop() -> None:
     cluster = PostgresCluster()
     cluster.start()
@@ -37,6 +39,7 @@ def test_a_cluster_is_gone_after_stop() -> None:
     assert not cluster.root.exists()
 
 
+@pytest.mark.controlplane
 def test_controlplane_up_prints_a_kubeconfig_that_kubectl_uses_and_down_removes_it(tmp_path: Path) -> None:
     folder = tmp_path / "cp"
     aijobs = [sys.executable, "-m", "aijobs.cli", "controlplane"]

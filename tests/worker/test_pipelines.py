@@ -150,6 +150,7 @@ SHORT_RECIPE = ("--steps", "600", "--pool", "2000", "--finetune-steps", "150", "
 SHORT_RECIPE_GAIN_Y = 1.19  # measured here (AMD EPYC Zen 4, 2 threads)
 
 
+@pytest.mark.slow
 def test_retraining_reproduces_the_recipes_quality(tmp_path: Path) -> None:
     """Bit-exact weights are not reproducible across CPUs (kernels differ with the instruction
     set and thread count); what a user relies on is the quality, so that is what must reproduce.
