@@ -21,6 +21,7 @@ tools: venv
 	scripts/ensure-prometheus
 	scripts/ensure-docker
 	$(PY) -m aijobs_dev.controlplane.assets --helm --node >/dev/null
+	$(PY) -m aijobs_dev.controlplane.keda >/dev/null
 
 lint: venv
 	$(VENV)/bin/ruff check .

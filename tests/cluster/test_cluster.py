@@ -21,6 +21,7 @@ import yaml
 
 pytestmark = [
     pytest.mark.cluster,
+    pytest.mark.controlplane,  # the node's API server is started in this process
     pytest.mark.skipif(os.geteuid() != 0, reason="a node runs containers: needs root"),
 ]
 

@@ -27,9 +27,11 @@ import httpx
 import yaml
 
 from aijobs_dev.controlplane.assets import Assets, ensure_assets
-from aijobs_dev.controlplane.pki import Pki, write_pki
+from aijobs_dev.controlplane.pki import FRONT_PROXY_CLIENT, Pki, write_pki
 
-__all__ = ["ControlPlane", "ControlPlaneError", "free_port"]
+__all__ = ["SERVICE_CIDR", "ControlPlane", "ControlPlaneError", "free_port"]
+
+SERVICE_CIDR = "10.0.0.0/24"  # Services' ClusterIPs
 
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -160,6 +162,9 @@ class ControlPlane:
                 f"--kubelet-client-key={pki.admin_key}",
             ]
             where += ["--kubelet-preferred-address-types=InternalIP"]
+            # An APIService's requests go to its Service's endpoints, as kube-proxy would pick
+            # them, without depending on kube-proxy's rules for this process's own traffic.
+            where += ["--enable-aggregator-routing=true"]
         else:  # no pods: no controller-manager to make tokens, so no ServiceAccount admission
             where = ["--advertise-address=127.0.0.1", "--bind-address=127.0.0.1"]
             where += ["--disable-admission-plugins=ServiceAccount"]
@@ -172,11 +177,21 @@ class ControlPlane:
             f"--tls-private-key-file={pki.serving_key}",
             f"--client-ca-file={pki.ca_cert}",
             "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             f"--service-account-issuer=https://127.0.0.1:{api_port}",
             f"--service-account-key-file={pki.sa_public}",
             f"--service-account-signing-key-file={pki.sa_private}",
+            # The aggregation layer (``hack/local-up-cluster.sh``'s flags): requests to an
+            # APIService are proxied with the front-proxy client certificate and the caller's
+            # name and groups in these headers, which the extension server trusts from it only.
+            f"--requestheader-client-ca-file={pki.front_proxy_ca}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
+            f"--proxy-client-key-file={pki.front_proxy_client_key}",
             f"--audit-policy-file={policy}",
             f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json",

@@ -19,6 +19,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -118,29 +119,12 @@ def ensure_keda_image(*, log=print) -> str:  # type: ignore[no-untyped-def]
     return IMAGE
 
 
-# This node's API server has no aggregation-layer client certificate (``--proxy-client-cert-file``),
-# so the adapter cannot learn who the API server calls for: it sees anonymous requests. On this
-# node only, anonymous callers may read external metrics: discovery by path (the adapter's own
-# health paths are open already), the metrics themselves by RBAC (a path rule does not cover
-# resource requests). A real cluster's API server proves its callers and needs neither.
-OPEN_PATHS = "/healthz,/readyz,/livez,/apis/external.metrics.k8s.io/*"
-ANONYMOUS_METRICS_READER = {
-    "apiVersion": "rbac.authorization.k8s.io/v1",
-    "kind": "ClusterRoleBinding",
-    "metadata": {"name": "keda-external-metrics-anonymous"},
-    "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": "keda-external-metrics-reader",
-    },
-    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}],
-}
-
-
 def keda_manifests(kustomized: str, image: str = IMAGE) -> list[dict[str, Any]]:
     """KEDA's ``config/minimal`` (rendered by ``kubectl kustomize``) with our image, never
-    pulled, a numeric user for pods that must not run as root, and the adapter opened to
-    anonymous readers of external metrics, as :data:`OPEN_PATHS` says why."""
+    pulled, and a numeric user for pods that must not run as root. Nothing is opened to
+    anonymous callers: the node's API server proxies external-metrics requests with its
+    front-proxy client certificate (:mod:`aijobs_dev.controlplane.pki`), so the adapter learns
+    that the HPA controller asks, and KEDA's own RBAC lets it."""
     objects = [doc for doc in yaml.safe_load_all(kustomized) if doc]
     for obj in objects:
         if obj["kind"] != "Deployment":
@@ -150,9 +134,7 @@ def keda_manifests(kustomized: str, image: str = IMAGE) -> list[dict[str, Any]]:
         for container in pod["containers"]:
             container["image"] = image
             container["imagePullPolicy"] = "Never"
-            if container.get("command") == ["/keda-adapter"]:
-                container["args"].append(f"--authorization-always-allow-paths={OPEN_PATHS}")
-    return [*objects, ANONYMOUS_METRICS_READER]
+    return objects
 
 
 def render_minimal(module: Path, kubectl: Path | str = "kubectl") -> str:
@@ -164,3 +146,24 @@ def render_minimal(module: Path, kubectl: Path | str = "kubectl") -> str:
     if proc.returncode != 0:
         raise AssetError(f"kubectl kustomize {module / 'config' / 'minimal'}: {proc.stderr[-2000:]}")
     return proc.stdout
+
+
+def main() -> int:
+    """``python -m aijobs_dev.controlplane.keda``: build KEDA's two binaries ahead, as ``make
+    tools`` builds the node's, so that the first ``make test`` does not spend its half hour
+    inside ``tests/cluster/test_autoscaling.py``. Prints their folder."""
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        folder = ensure_keda(log=log)
+    except AssetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,7 +10,9 @@ on the node's address, plus, as processes of this machine (root is required):
   may not lower its own OOM score on these machines);
 - kubelet (cgroupfs, no QoS cgroups, no image garbage collection: there is no registry to pull an
   evicted image back from) and the CNI bridge plugin for pod networking (10.244.0.0/24);
-- kube-proxy in iptables mode for Services (10.0.0.0/24);
+- kube-proxy in iptables mode for Services (10.0.0.0/24); a ClusterIP that kube-proxy has not
+  (yet) rewritten is refused on this machine rather than routed out of it (see
+  :meth:`NodeCluster._forward_rules`);
 - CoreDNS serving ``cluster.local`` from the API on the node's address (the pods' resolver);
 - a default StorageClass, ``local``, with hostPath PersistentVolumes made ahead under the
   cluster's folder (the chart's Storage and PostgreSQL claims bind to them).
@@ -40,7 +42,14 @@ from typing import Any
 import yaml
 
 from aijobs_dev.controlplane.assets import cache_root, ensure_assets, ensure_node_assets
-from aijobs_dev.controlplane.cluster import ControlPlane, ControlPlaneError, _alive, _terminate, free_port
+from aijobs_dev.controlplane.cluster import (
+    SERVICE_CIDR,
+    ControlPlane,
+    ControlPlaneError,
+    _alive,
+    _terminate,
+    free_port,
+)
 
 __all__ = ["NodeCluster", "node_ip"]
 
@@ -90,6 +99,14 @@ class NodeCluster:
                 raise ControlPlaneError(f"`{tool}` is missing: run scripts/ensure-docker (Debian packages)")
         if self.running:
             raise ControlPlaneError(f"a cluster already runs from {self.root}; run `down` first")
+        if _link_exists(BRIDGE):
+            # A node whose `stop` never ran (its process was killed) leaves its pods on the
+            # bridge with their addresses; this node's IPAM starts afresh and would hand out the
+            # same addresses again, two pods answering for one. Refuse rather than misroute.
+            raise ControlPlaneError(
+                f"bridge {BRIDGE} is still up: a node that was not stopped keeps pods on it. Stop "
+                f"it with `aijobs cluster down --dir <its folder>`, or `ip link delete {BRIDGE}`"
+            )
         assets = ensure_node_assets(log=log)
         ip = node_ip()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -481,9 +498,25 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     @staticmethod
     def _forward_rules(action: str) -> None:
         """Let pods' traffic through the FORWARD chain (Docker sets its policy to DROP): bridged
-        pod-to-pod packets after a Service's DNAT traverse it too (br_netfilter)."""
-        for direction in ("-i", "-o"):
-            rule = ["FORWARD", direction, BRIDGE, "-m", "comment", "--comment", "aijobs-node", "-j", "ACCEPT"]
+        pod-to-pod packets after a Service's DNAT traverse it too (br_netfilter).
+
+        And refuse any packet still addressed to a ClusterIP after the nat table, from a pod
+        (FORWARD) or from this machine (OUTPUT): kube-proxy rewrites the address of a Service it
+        knows, so such a packet is for a Service it has not programmed yet. Without this it
+        would leave by the default route, and this machine's network answers there (HTTP 404
+        for every path): a client that connected in that window, as KEDA's operator polling the
+        AI service just after `helm install`, kept that keep-alive connection and read 404 for
+        the rest of the run. Refused, it fails, reconnects, and reaches the Service."""
+        refuse = ["-d", SERVICE_CIDR, "-m", "comment", "--comment", "aijobs-node", "-j", "REJECT"]
+        rules = [
+            *(
+                ["FORWARD", direction, BRIDGE, "-m", "comment", "--comment", "aijobs-node", "-j", "ACCEPT"]
+                for direction in ("-i", "-o")
+            ),
+            ["FORWARD", *refuse],  # inserted last, so first in the chain: before the ACCEPTs
+            ["OUTPUT", *refuse],
+        ]
+        for rule in rules:
             present = subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode == 0
             if action == "-I" and not present:
                 subprocess.run(["iptables", "-I", *rule], check=True)
@@ -512,6 +545,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                 for chain in chains:
                     if chain.startswith(("KUBE-", "CNI-")):
                         subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
 
 def _unquote(words: list[str]) -> list[str]:

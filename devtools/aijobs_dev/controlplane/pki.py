@@ -1,6 +1,15 @@
 """Certificates for a throwaway control plane: one CA, the API server's serving certificate,
 an admin client certificate in ``system:masters``, and the service-account signing key.
 
+Plus the aggregation layer's own pair, as ``hack/local-up-cluster.sh`` makes it: a front-proxy
+CA (``--requestheader-client-ca-file``) and the client certificate the API server presents when
+it proxies a request to an extension API server such as KEDA's metrics adapter
+(``--proxy-client-cert-file``, CN :data:`FRONT_PROXY_CLIENT`). The extension server trusts the
+``X-Remote-User`` headers only from a caller with that certificate, so without it every proxied
+request reaches the adapter anonymous and the ``external.metrics.k8s.io`` APIService flaps.
+A CA of its own, not the cluster's: a client certificate from the main CA must not be able to
+claim any user through those headers.
+
 Everything is written as PEM into one folder; nothing here is meant to outlive the control plane.
 """
 
@@ -16,7 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Pki", "write_pki"]
+__all__ = ["FRONT_PROXY_CLIENT", "Pki", "write_pki"]
+
+FRONT_PROXY_CLIENT = "system:auth-proxy"  # --requestheader-allowed-names
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,9 @@ class Pki:
     admin_key: Path
     sa_public: Path
     sa_private: Path
+    front_proxy_ca: Path
+    front_proxy_client_cert: Path
+    front_proxy_client_key: Path
 
 
 def _name(common_name: str, org: str | None = None) -> x509.Name:
@@ -117,6 +131,17 @@ def write_pki(folder: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
         usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
     )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    proxy_ca_key = ec.generate_private_key(ec.SECP256R1())
+    proxy_ca_name = _name("aijobs-local-front-proxy-ca")
+    proxy_ca = _issue(proxy_ca_name, proxy_ca_key, proxy_ca_name, proxy_ca_key, ca=True)
+    proxy_client_key = ec.generate_private_key(ec.SECP256R1())
+    proxy_client = _issue(
+        _name(FRONT_PROXY_CLIENT),
+        proxy_client_key,
+        proxy_ca_name,
+        proxy_ca_key,
+        usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
 
     pki = Pki(
         ca_cert=folder / "ca.crt",
@@ -126,6 +151,9 @@ def write_pki(folder: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
         admin_key=folder / "admin.key",
         sa_public=folder / "sa.pub",
         sa_private=folder / "sa.key",
+        front_proxy_ca=folder / "front-proxy-ca.crt",
+        front_proxy_client_cert=folder / "front-proxy-client.crt",
+        front_proxy_client_key=folder / "front-proxy-client.key",
     )
     pem = serialization.Encoding.PEM
     pki.ca_cert.write_bytes(ca.public_bytes(pem))
@@ -137,6 +165,9 @@ def write_pki(folder: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
     pki.sa_public.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    for key_file in (pki.serving_key, pki.admin_key, pki.sa_private):
+    pki.front_proxy_ca.write_bytes(proxy_ca.public_bytes(pem))
+    pki.front_proxy_client_cert.write_bytes(proxy_client.public_bytes(pem))
+    pki.front_proxy_client_key.write_bytes(_pem_key(proxy_client_key))
+    for key_file in (pki.serving_key, pki.admin_key, pki.sa_private, pki.front_proxy_client_key):
         key_file.chmod(0o600)
     return pki
