@@ -18,7 +18,6 @@ Problems (``type`` ends in the slug):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ConfigDict, Field, StrictBool
@@ -27,12 +26,12 @@ from aijobs.api import tasks
 from aijobs.api.base import Answer, Request
 from aijobs.api.fields import Instant, Int, Text, Timestamp
 from aijobs.api.pipelines import PARAMETERS
+from aijobs.api.problem import ProblemKind, by_slug
 from aijobs.api.rules import ACCOUNT_NAME
 from aijobs.api.v1alpha1 import PIPELINES
 
 __all__ = [
     "PROBLEMS",
-    "AIProblem",
     "Completion",
     "Failure",
     "Heartbeat",
@@ -48,30 +47,18 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class AIProblem:
-    """A refusal AI answers with, as ``application/problem+json``: clients branch on the slug."""
-
-    status: int
-    slug: str
-    title: str
-
-
 # By the ``kind`` of the domain error (:mod:`aijobs.api.tasks`) that causes it.
-PROBLEMS = {
-    p.slug: p
-    for p in (
-        AIProblem(404, "unknown-task", "Unknown task"),
-        AIProblem(409, "job-has-task", "The job already has a task"),
-        AIProblem(409, "lease-lost", "The lease is no longer yours"),
-        AIProblem(409, "task-cancelled", "The task was cancelled"),
-        AIProblem(422, "unknown-pipeline", "Invalid pipeline or parameters"),
-        AIProblem(422, "bad-parameters", "Invalid pipeline or parameters"),
-    )
-}
+PROBLEMS = by_slug(
+    ProblemKind(404, "unknown-task", "Unknown task"),
+    ProblemKind(409, "job-has-task", "The job already has a task"),
+    ProblemKind(409, "lease-lost", "The lease is no longer yours"),
+    ProblemKind(409, "task-cancelled", "The task was cancelled"),
+    ProblemKind(422, "unknown-pipeline", "Invalid pipeline or parameters"),
+    ProblemKind(422, "bad-parameters", "Invalid pipeline or parameters"),
+)
 
 
-def refusal(error: tasks.TaskError) -> tuple[AIProblem, dict[str, Any]]:
+def refusal(error: tasks.TaskError) -> tuple[ProblemKind, dict[str, Any]]:
     """The problem a refusal of the life cycle is answered with, and the members it adds
     (``taskId`` of the job's task, ``state`` of a task whose lease was lost)."""
     members: dict[str, Any] = {}

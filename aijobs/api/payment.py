@@ -8,7 +8,6 @@ the service answers them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from pydantic import Field
 
 from aijobs.api.base import Answer, Request
 from aijobs.api.fields import Instant, Int, Text, Timestamp
+from aijobs.api.problem import ProblemKind, by_slug
 from aijobs.api.rules import ACCOUNT_NAME
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "LedgerCheck",
     "LedgerItem",
     "LedgerPage",
-    "PaymentProblem",
     "TopUp",
     "TopUpCreate",
 ]
@@ -154,25 +153,13 @@ class LedgerCheck(Answer):
 
 
 # ---------------------------------------------------------------------------------- problems
-@dataclass(frozen=True)
-class PaymentProblem:
-    """A refusal Payment answers with, as ``application/problem+json``: clients branch on the slug."""
-
-    status: int
-    slug: str
-    title: str
-
-
 # By the slug of the domain error (``aijobs_services.payment.domain``) that causes it.
-PROBLEMS = {
-    p.slug: p
-    for p in (
-        PaymentProblem(404, "unknown-account", "Unknown account"),
-        PaymentProblem(404, "unknown-hold", "Unknown hold"),
-        PaymentProblem(409, "account-exists", "Account exists"),
-        PaymentProblem(402, "insufficient-credits", "Not enough credits"),
-        PaymentProblem(422, "bad-expiry", "Invalid hold expiry"),
-        PaymentProblem(409, "hold-settled", "The hold is already settled"),
-        PaymentProblem(409, "hold-expired", "The hold expired"),
-    )
-}
+PROBLEMS = by_slug(
+    ProblemKind(404, "unknown-account", "Unknown account"),
+    ProblemKind(404, "unknown-hold", "Unknown hold"),
+    ProblemKind(409, "account-exists", "Account exists"),
+    ProblemKind(402, "insufficient-credits", "Not enough credits"),
+    ProblemKind(422, "bad-expiry", "Invalid hold expiry"),
+    ProblemKind(409, "hold-settled", "The hold is already settled"),
+    ProblemKind(409, "hold-expired", "The hold expired"),
+)

@@ -7,9 +7,19 @@ a namespace bound elsewhere, ``taskId`` for a job that has a task): they are kep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PROBLEM_BASE", "PROBLEM_JSON", "ProblemDetails", "problem_type", "slug_of"]
+__all__ = [
+    "PROBLEM_BASE",
+    "PROBLEM_JSON",
+    "ProblemDetails",
+    "ProblemKind",
+    "by_slug",
+    "problem_type",
+    "slug_of",
+]
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://aijobs.io/problems/"
@@ -31,3 +41,17 @@ class ProblemDetails(BaseModel):
     status: int = Field(description="The HTTP status, repeated")
     detail: str = Field(description="What happened this time")
     instance: str | None = Field(default=None, description="The path that answered")
+
+
+@dataclass(frozen=True)
+class ProblemKind:
+    """A refusal a service answers with, as ``application/problem+json``: clients branch on the
+    slug. A service's domain errors name their slug; its table of kinds gives status and title."""
+
+    status: int
+    slug: str
+    title: str
+
+
+def by_slug(*kinds: ProblemKind) -> dict[str, ProblemKind]:
+    return {k.slug: k for k in kinds}
