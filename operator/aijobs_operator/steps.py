@@ -78,11 +78,11 @@ class Call:
     cfg: OperatorSettings
 
 
-def _same_bytes(body: Request, **times: dt.datetime) -> dict[str, object]:
+def _same_bytes(body: Request, **times: dt.datetime | None) -> dict[str, object]:
     """The body to send, its times written as every release of the operator has written them
     (whole seconds, ``Z``): a retry under a key sent before an upgrade must send the very same
     bytes, or the service refuses the replay as a reused key."""
-    return body.wire() | {name: iso(value) for name, value in times.items()}
+    return body.wire() | {name: iso(value) for name, value in times.items() if value is not None}
 
 
 def _refused(reason: str, exc: Refused) -> StepFailed:
@@ -178,17 +178,15 @@ async def schedule(call: Call) -> Done | Waiting:
         pipeline=spec.pipeline,
         params=spec.parameters,
         input_object_id=job.ids()["inputObjectId"],
+        run_at=spec.run_at,
     )
-    if spec.run_at is not None:
-        body.run_at = spec.run_at
-    times = {"runAt": spec.run_at} if spec.run_at is not None else {}
     try:
         task = await svc.ai.fetch(
             ai.Task,
             "POST",
             "/v1/tasks",
             key=idempotency_key(job.uid, "schedule"),
-            json=_same_bytes(body, **times),
+            json=_same_bytes(body, runAt=spec.run_at),
         )
     except Refused as exc:
         if exc.kind == "job-has-task":  # registered before under another key: it is ours

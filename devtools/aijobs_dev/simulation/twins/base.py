@@ -24,14 +24,6 @@ class Reply:
         )
 
 
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat()
-
-
-def _parse(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 class Twin:
     """Routing and the idempotency store every twin shares."""
 

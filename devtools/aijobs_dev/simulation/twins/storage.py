@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from aijobs.api import storage as wire
 from aijobs.api.rules import MAX_HOLD
-from aijobs_dev.simulation.twins.base import Reply, Twin, _parse, _parts
+from aijobs_dev.simulation.twins.base import Reply, Twin, _parts
 
 
 @dataclass
@@ -109,7 +109,7 @@ class StorageTwin(Twin):
             return Reply.problem(404, "unknown-object", f"no object {object_id!r}")
         if obj.state == "deleted":
             return Reply.problem(409, "object-deleted", f"object {object_id} was deleted")
-        obj.state, obj.job_id = "committed", body["jobId"]
+        obj.state, obj.job_id = "committed", wire.CommitRequest.model_validate(body).job_id
         return Reply(200, obj.public())
 
     def download_url(self, object_id: str, *, body: Any, **_: Any) -> Reply:
@@ -118,12 +118,16 @@ class StorageTwin(Twin):
             return Reply.problem(404, "unknown-object", f"no object {object_id!r}")
         if obj.state == "deleted":
             return Reply.problem(404, "object-deleted", f"object {object_id} was deleted")
-        expires = _parse(body["expiresAt"])
+        asked = wire.DownloadLinkRequest.model_validate(body)
         now = self.clock()
-        if not now < expires <= now + MAX_HOLD:
+        if asked.expires_at is None:
+            expires = int(now.timestamp()) + asked.ttl_seconds
+        elif now < asked.expires_at <= now + MAX_HOLD:
+            expires = int(asked.expires_at.timestamp())
+        else:
             return Reply.problem(422, "bad-expiry", "expiresAt must be in the future and within 30 days")
         # Storage signs whole seconds: the link's expiry is the second the caller named.
-        at = dt.datetime.fromtimestamp(int(expires.timestamp()), dt.UTC)
+        at = dt.datetime.fromtimestamp(expires, dt.UTC)
         link = wire.DownloadLink(url=f"http://storage/download/{object_id}", expires_at=at)
         return Reply(200, _body(link))
 
