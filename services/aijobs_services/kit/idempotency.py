@@ -49,6 +49,7 @@ __all__ = [
     "Outcome",
     "idempotency_table",
     "idempotent_request",
+    "item_request",
     "read_idempotent_request",
 ]
 
@@ -97,18 +98,21 @@ async def read_idempotent_request(request: Request, caller: str) -> IdempotentRe
             title="Invalid Idempotency-Key",
         )
     body = await request.body()
+    template = getattr(request.scope.get("route"), "path", request.url.path)
+    return item_request(caller, key, request.method, request.url.path, template, body)
+
+
+def item_request(
+    caller: str, key: str, method: str, path: str, template: str, body: bytes
+) -> IdempotentRequest:
+    """The key, scope and fingerprint of one operation: a single request, or one item of a bulk
+    request (:mod:`aijobs.api.bulk`) given the single route's method, concrete path and the
+    item's body as a client sends it, so that the two are one operation under one key."""
     digest = hashlib.sha256()
-    for part in (request.method.encode(), request.url.path.encode(), body):
+    for part in (method.encode(), path.encode(), body):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
-    template = getattr(request.scope.get("route"), "path", request.url.path)
-    return IdempotentRequest(
-        caller,
-        key,
-        digest.hexdigest(),
-        f"{request.method} {request.url.path}",
-        f"{request.method} {template}",
-    )
+    return IdempotentRequest(caller, key, digest.hexdigest(), f"{method} {path}", f"{method} {template}")
 
 
 async def idempotent_request(request: Request, caller: CallerDep) -> IdempotentRequest:
