@@ -20,7 +20,9 @@ class OperatorSettings(BaseSettings):
     main_url: str = SERVICE_URLS["main"]
     kubeconfig: str = Field(default="", description="Empty: in-cluster config, else $KUBECONFIG")
     namespaces: list[str] = Field(default_factory=list, description="Watch these; empty: the whole cluster")
-    workers: int = Field(default=16, ge=1, description="Jobs reconciled concurrently")
+    workers: int = Field(
+        default=64, ge=1, description="Jobs reconciled at once (their calls at one step share requests)"
+    )
     follow_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often task states are read in bulk"
     )
@@ -39,3 +41,17 @@ class OperatorSettings(BaseSettings):
         default=30.0, gt=0, description="How often CreditAccounts' balances are read again"
     )
     audit_interval_seconds: float = Field(default=30.0, ge=0, description="0: no auditor")
+    audit_recheck_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="A finished job unchanged since its audit is audited again after this long; 0: never",
+    )
+    default_ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="A finished job without spec.ttlSecondsAfterFinished is deleted this long after it "
+        "finished; None: kept until someone deletes it",
+    )
+    ttl_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often finished jobs are looked over for their TTL"
+    )

@@ -1,4 +1,5 @@
-"""The operator's writes to Kubernetes: a status patch, a finalizer added or removed, an Event.
+"""The operator's writes to Kubernetes: a status patch, a finalizer added or removed, an Event,
+a finished job deleted when its TTL is up.
 
 Few and explicit, each counted (the target is a handful of writes per delivered job). One writer
 serves both kinds the operator owns: namespaced AIImageJobs (the job reconciler, the auditor) and
@@ -51,9 +52,23 @@ class KubeWriter(Protocol):
     method writes an AIImageJob unless ``resource`` names another kind."""
 
     async def patch_status(
-        self, namespace: str | None, name: str, status: dict[str, Any], resource: Resource = JOBS
+        self,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+        resource: Resource = JOBS,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """Merge ``status`` into the object's status subresource; the object as stored after."""
+        """Merge ``status`` into the object's status subresource; the object as stored after.
+        With ``resource_version``, only if the object is still at that version, else
+        :class:`ApiException` 409 (a write decided on a copy that something else changed since)."""
+        ...
+
+    async def delete(self, namespace: str | None, name: str, uid: str, resource: Resource = JOBS) -> bool:
+        """Delete the object, only if it is still the one with ``uid`` (a job re-created under the
+        same name is never deleted for its predecessor). True if this call deleted it or began
+        its deletion (finalizers then run as for any deletion); False if it was gone or is
+        another object now."""
         ...
 
     async def add_finalizer(
@@ -83,9 +98,17 @@ class ApiKubeWriter:
         self._component = component
 
     async def patch_status(
-        self, namespace: str | None, name: str, status: dict[str, Any], resource: Resource = JOBS
+        self,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+        resource: Resource = JOBS,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         METRICS.api_writes.labels(resource.status_metric).inc()
+        patch: dict[str, Any] = {"status": status}
+        if resource_version is not None:  # the API server's optimistic lock: 409 if it moved on
+            patch["metadata"] = {"resourceVersion": resource_version}
         if resource.namespaced:
             assert namespace is not None, f"a {resource.kind} is namespaced"
             body = await asyncio.to_thread(
@@ -95,7 +118,7 @@ class ApiKubeWriter:
                 namespace,
                 resource.plural,
                 name,
-                {"status": status},
+                patch,
             )
         else:
             body = await asyncio.to_thread(
@@ -104,9 +127,39 @@ class ApiKubeWriter:
                 VERSION,
                 resource.plural,
                 name,
-                {"status": status},
+                patch,
             )
         return cast(dict[str, Any], body)
+
+    async def delete(self, namespace: str | None, name: str, uid: str, resource: Resource = JOBS) -> bool:
+        METRICS.api_writes.labels("delete").inc()
+        options = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid))
+        try:
+            if resource.namespaced:
+                assert namespace is not None, f"a {resource.kind} is namespaced"
+                await asyncio.to_thread(
+                    self._custom.delete_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    resource.plural,
+                    name,
+                    body=options,
+                )
+            else:
+                await asyncio.to_thread(
+                    self._custom.delete_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    resource.plural,
+                    name,
+                    body=options,
+                )
+        except ApiException as exc:
+            if exc.status in (404, 409):  # gone, or the uid precondition failed: another object
+                return False
+            raise
+        return True
 
     async def add_finalizer(
         self, body: dict[str, Any], finalizer: str, resource: Resource = JOBS

@@ -25,6 +25,7 @@ from aijobs_operator.leader import LeaseElector
 from aijobs_operator.metrics import METRICS
 from aijobs_operator.steps import Services
 from aijobs_operator.tenancy import AccountSyncer
+from aijobs_operator.ttl import TtlCollector
 
 log = logging.getLogger("aijobs.operator")
 
@@ -117,10 +118,20 @@ def run(cfg: OperatorSettings | None = None) -> None:
     kube = ApiKubeWriter(api)  # one writer for the jobs, the auditor's verdicts and the accounts
     reconciler = Reconciler(cfg, build_services(cfg), kube)
     tasks: list[Any] = [elector.keep]
+    collector = TtlCollector(
+        kube,
+        lambda: list(reconciler.cache.values()),
+        cfg.default_ttl_seconds_after_finished,
+        reconciler.clock,
+        cfg.ttl_interval_seconds,
+    )
     if cfg.audit_interval_seconds > 0:
         from aijobs_operator.auditor import Auditor
 
-        tasks.append(Auditor(cfg, reconciler).run)
+        auditor = Auditor(cfg, reconciler)
+        tasks.append(auditor.run)
+        collector.ready = auditor.judged  # a finished job's one audit comes before its deletion
+    tasks.append(collector.run)
     services = reconciler.svc
     accounts = AccountSyncer(
         services, kube, lambda: list(reconciler.cache.values()), cfg.account_sync_interval_seconds

@@ -141,6 +141,32 @@ def test_the_chart_lints_strictly_and_renders(
         assert worker["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
 
 
+def _operator_env(helm: Path, tmp: Path, values: dict[str, Any] | None) -> dict[str, Any]:
+    docs = _render(helm, tmp, values)
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    )
+    return {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize(
+    ("ttl", "env"), [(None, None), (0, "0"), (86400, "86400")], ids=["keep-forever", "zero", "a-day"]
+)
+def test_the_charts_ttl_default_reaches_the_operator(
+    helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ttl: int | None, env: str | None
+) -> None:
+    """``operator.ttlSecondsAfterFinished`` is the default for jobs without their own; null (the
+    default) sets nothing, and the operator keeps finished jobs (0 is a TTL, not "unset")."""
+    found = _operator_env(helm, tmp_path, {"operator": {"ttlSecondsAfterFinished": ttl}})
+    assert found.get("AIJOBS_DEFAULT_TTL_SECONDS_AFTER_FINISHED") == env
+    from aijobs_operator.config import OperatorSettings
+
+    assert found["AIJOBS_AUDIT_RECHECK_SECONDS"] == "86400"  # a finished job's audit, again a day later
+    if env is not None:
+        monkeypatch.setenv("AIJOBS_DEFAULT_TTL_SECONDS_AFTER_FINISHED", env)
+    assert OperatorSettings().default_ttl_seconds_after_finished == ttl
+
+
 @pytest.mark.parametrize("name", ["aijobs.io_aiimagejobs.yaml", "aijobs.io_creditaccounts.yaml"])
 def test_the_charts_crds_are_the_repositorys_crds(name: str) -> None:
     assert (CHART / "files" / name).read_bytes() == (ROOT / "crds" / name).read_bytes()
@@ -158,6 +184,11 @@ def test_the_charts_crds_are_the_repositorys_crds(name: str) -> None:
         ),
         pytest.param({"storageVolume": {"size": "lots"}}, "/storageVolume/size", id="bad-size"),
         pytest.param({"colour": "blue"}, "colour", id="unknown-value"),
+        pytest.param(
+            {"operator": {"ttlSecondsAfterFinished": -1}},
+            "/operator/ttlSecondsAfterFinished",
+            id="negative-ttl",
+        ),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_them(
@@ -250,13 +281,13 @@ CAN = [
     ("watch", "creditaccounts.aijobs.io", ""),
     ("patch", "creditaccounts.aijobs.io", ""),
     ("patch", "creditaccounts.aijobs.io/status", ""),
+    ("delete", "aiimagejobs.aijobs.io", "team-a"),  # a finished job past its TTL
 ]
 CANNOT = [
     ("get", "secrets", "team-a"),
     ("list", "secrets", "aijobs-system"),
     ("delete", "namespaces", ""),
     ("create", "deployments.apps", "aijobs-system"),
-    ("delete", "aiimagejobs.aijobs.io", "team-a"),
     ("create", "aiimagejobs.aijobs.io", "team-a"),
     ("update", "leases.coordination.k8s.io", "kube-system"),
     ("get", "pods", "team-a"),

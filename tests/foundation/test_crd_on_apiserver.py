@@ -47,6 +47,11 @@ def test_kubectl_get_by_category_and_short_name(kubectl: Kubectl) -> None:
         pytest.param("aij.spec", "The credit account (tenant) that pays for the job", id="spec"),
         pytest.param("aij.spec.input", "Give exactly one of storageRef, url or inline", id="input"),
         pytest.param("aij.status.conditions", "Kubernetes-style conditions", id="conditions"),
+        pytest.param(
+            "aij.spec.ttlSecondsAfterFinished",
+            "ttlSecondsAfterFinished limits the lifetime of a job that has finished",
+            id="ttl",
+        ),
     ],
 )
 def test_kubectl_explain_teaches_the_fields(kubectl: Kubectl, field: str, expect: str) -> None:
@@ -225,12 +230,8 @@ BAD = [
         _with({"input": {"url": "https://x.example/" + "a" * 2100}}), "spec.input.url", id="url-too-long"
     ),
     pytest.param(_with({"input": {"url": "javascript:alert(1)"}}), "spec.input.url", id="url-javascript"),
-    pytest.param(
-        _with({"input": {"url": "http://[::1/x.png"}}), "spec.input.url", id="url-unclosed-bracket"
-    ),
-    pytest.param(
-        _with({"input": {"url": "http://a]b/"}}), "spec.input.url", id="url-stray-bracket"
-    ),
+    pytest.param(_with({"input": {"url": "http://[::1/x.png"}}), "spec.input.url", id="url-unclosed-bracket"),
+    pytest.param(_with({"input": {"url": "http://a]b/"}}), "spec.input.url", id="url-stray-bracket"),
     pytest.param(
         _with({"input": {"url": "https://[zz]/"}}), "spec.input.url", id="url-bracket-not-an-address"
     ),
@@ -240,9 +241,7 @@ BAD = [
     pytest.param(
         _with({"input": {"url": "http://a.example:99999/x"}}), "input.url: not a well-formed", id="url-port"
     ),
-    pytest.param(
-        _with({"input": {"url": "http://u:p@a.example/x"}}), "spec.input.url", id="url-user-info"
-    ),
+    pytest.param(_with({"input": {"url": "http://u:p@a.example/x"}}), "spec.input.url", id="url-user-info"),
     # -- account, price, times, retry policy
     pytest.param(_with({"account": "a"}), "spec.account", id="account-too-short"),
     pytest.param(_with({"account": "x" * 64}), "spec.account", id="account-too-long"),
@@ -265,6 +264,10 @@ BAD = [
         _with({"retryPolicy": {"initialBackoffSeconds": 0}}),
         "spec.retryPolicy.initialBackoffSeconds",
         id="backoff-zero",
+    ),
+    pytest.param(_with({"ttlSecondsAfterFinished": -1}), "spec.ttlSecondsAfterFinished", id="ttl-negative"),
+    pytest.param(
+        _with({"ttlSecondsAfterFinished": "1h"}), "spec.ttlSecondsAfterFinished", id="ttl-not-seconds"
     ),
 ]
 
@@ -319,6 +322,105 @@ def test_spec_is_frozen_once_the_operator_has_accepted_the_job(kubectl: Kubectl)
     assert kubectl.json("get", "aij", "resize-from-url")["spec"]["price"] == 3
     # metadata stays editable: labels and annotations are the user's to change
     kubectl.run("label", "aij", "resize-from-url", "team=vision", check=True)
+
+
+def _accepted(kubectl: Kubectl, spec: dict[str, Any] | None = None) -> str:
+    job = yaml.safe_load((EXAMPLES[0].parent / "resize-url.yaml").read_text())
+    job["spec"].update(spec or {})
+    kubectl.run("apply", "-f", "-", stdin=json.dumps(job), check=True)
+    name = str(job["metadata"]["name"])
+    status = '{"status":{"phase":"Delivered"}}'
+    kubectl.run("patch", "aij", name, "--subresource=status", "--type=merge", "-p", status, check=True)
+    return name
+
+
+@pytest.mark.parametrize(
+    ("before", "patch"),
+    [
+        pytest.param(None, {"ttlSecondsAfterFinished": 0}, id="set"),
+        pytest.param({"ttlSecondsAfterFinished": 3600}, {"ttlSecondsAfterFinished": 60}, id="changed"),
+        pytest.param({"ttlSecondsAfterFinished": 3600}, {"ttlSecondsAfterFinished": None}, id="removed"),
+    ],
+)
+def test_the_ttl_may_change_once_the_job_is_accepted(
+    kubectl: Kubectl, before: dict[str, Any] | None, patch: dict[str, Any]
+) -> None:
+    """As a Job's may: it decides when the finished job goes, not what the saga does or charges."""
+    name = _accepted(kubectl, before)
+    kubectl.run("patch", "aij", name, "--type=merge", "-p", json.dumps({"spec": patch}), check=True)
+    assert (
+        kubectl.json("get", "aij", name)["spec"].get("ttlSecondsAfterFinished")
+        == patch["ttlSecondsAfterFinished"]
+    )
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        pytest.param({"price": 1}, id="price"),
+        pytest.param({"runAt": "2031-01-01T00:00:00Z"}, id="runAt-set"),
+        pytest.param({"deadline": "2031-01-01T00:00:00Z"}, id="deadline-set"),
+        pytest.param({"parameters": {"width": 10, "height": 10}}, id="parameters"),
+        pytest.param({"retryPolicy": {"maxAttempts": 3}}, id="retryPolicy"),
+        pytest.param({"input": {"url": "https://images.example/other.png"}}, id="input"),
+        pytest.param({"price": 1, "ttlSecondsAfterFinished": 5}, id="price-beside-the-ttl"),
+    ],
+)
+def test_only_the_ttl_may_change_once_the_job_is_accepted(kubectl: Kubectl, patch: dict[str, Any]) -> None:
+    name = _accepted(kubectl)
+    before = kubectl.json("get", "aij", name)["spec"]
+    proc = kubectl.run("patch", "aij", name, "--type=merge", "-p", json.dumps({"spec": patch}))
+    assert proc.returncode != 0
+    assert "spec is immutable once the operator has accepted the job" in proc.stderr, proc.stderr
+    assert "except ttlSecondsAfterFinished" in proc.stderr
+    assert kubectl.json("get", "aij", name)["spec"] == before
+
+
+def test_a_status_write_on_a_stale_resource_version_is_refused(kubectl: Kubectl, kube_api: Any) -> None:
+    """``KubeWriter.patch_status(..., resource_version=)``: the write lands only on the version it
+    was decided on; on the API server and in the simulator's twin alike, 409 otherwise."""
+    import asyncio
+
+    from aijobs_operator.kube import ApiException, ApiKubeWriter
+
+    kubectl.run("apply", "-f", str(EXAMPLES[0].parent / "resize-url.yaml"), check=True)
+    job = kubectl.json("get", "aij", "resize-from-url")
+    seen = job["metadata"]["resourceVersion"]
+    writer = ApiKubeWriter(kube_api)
+    written = asyncio.run(
+        writer.patch_status(kubectl.namespace, "resize-from-url", {"phase": "Pending"}, resource_version=seen)
+    )
+    assert written["status"]["phase"] == "Pending"
+    assert written["metadata"]["resourceVersion"] != seen
+    with pytest.raises(ApiException) as refused:  # decided on the version before that write
+        asyncio.run(
+            writer.patch_status(
+                kubectl.namespace, "resize-from-url", {"phase": "Failed"}, resource_version=seen
+            )
+        )
+    assert refused.value.status == 409
+    assert kubectl.json("get", "aij", "resize-from-url")["status"]["phase"] == "Pending"
+
+
+def test_a_deletion_names_the_job_by_uid_and_spares_a_namesake(kubectl: Kubectl, kube_api: Any) -> None:
+    """``KubeWriter.delete``: the TTL deletes the job it judged, never one created since under its
+    name."""
+    import asyncio
+
+    from aijobs_operator.kube import ApiKubeWriter
+
+    path = str(EXAMPLES[0].parent / "resize-url.yaml")
+    kubectl.run("apply", "-f", path, check=True)
+    old_uid = kubectl.json("get", "aij", "resize-from-url")["metadata"]["uid"]
+    kubectl.run("delete", "aij", "resize-from-url", check=True)
+    kubectl.run("apply", "-f", path, check=True)
+    new_uid = kubectl.json("get", "aij", "resize-from-url")["metadata"]["uid"]
+    writer = ApiKubeWriter(kube_api)
+    assert asyncio.run(writer.delete(kubectl.namespace, "resize-from-url", old_uid)) is False
+    assert kubectl.json("get", "aij", "resize-from-url")["metadata"]["uid"] == new_uid
+    assert asyncio.run(writer.delete(kubectl.namespace, "resize-from-url", new_uid)) is True
+    assert kubectl.json("get", "aij")["items"] == []
+    assert asyncio.run(writer.delete(kubectl.namespace, "resize-from-url", new_uid)) is False  # gone
 
 
 FULL_STATUS = {
