@@ -14,14 +14,17 @@ Low-level httpx errors are translated here, the original chained as the cause.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from aijobs.wire.tokens import TokenSigner
 
-__all__ = ["IN_PROGRESS", "Ambiguous", "Refused", "ServiceClient", "ServiceError"]
+if TYPE_CHECKING:
+    from aijobs.wire.bulk import Batcher
+
+__all__ = ["IN_PROGRESS", "Ambiguous", "Refused", "ServiceClient", "ServiceError", "judge"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,6 +51,20 @@ class Refused(ServiceError):
         self.kind = kind
         self.detail = detail
         self.body = body
+
+
+def judge(service: str, what: str, status: int, body: Any, retry_after: float | None = None) -> ServiceError:
+    """What a non-2xx answer means for the caller: unknown (retry the same request) or a no.
+    507 (storage full) and 501 are definite answers: retrying the same call won't change them;
+    a key still in progress is not a no, whatever its 4xx says."""
+    if (status >= 500 and status not in (501, 507)) or status == 429:
+        return Ambiguous(service, f"{what} answered {status}", retry_after)
+    if not isinstance(body, dict):
+        body = {"detail": str(body)[:500]}
+    slug = str(body.get("type", "")).rsplit("/", 1)[-1] or f"http-{status}"
+    if slug in IN_PROGRESS:
+        return Ambiguous(service, f"{what}: {slug}", retry_after)
+    return Refused(service, status, slug, str(body.get("detail", "")), body)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -78,6 +95,7 @@ class ServiceClient:
             transport=transport,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
+        self._batchers: dict[str, Batcher[Any]] = {}
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -106,23 +124,23 @@ class ServiceClient:
             raise Ambiguous(self.service, f"{method} {path} timed out") from exc
         except httpx.TransportError as exc:
             raise Ambiguous(self.service, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        # 507 (storage full) and 501 are definite answers: retrying the same call won't change them.
-        if (
-            response.status_code >= 500 and response.status_code not in (501, 507)
-        ) or response.status_code == 429:
-            raise Ambiguous(
-                self.service, f"{method} {path} answered {response.status_code}", _retry_after(response)
-            )
         if response.status_code >= 400:
             try:
                 body = response.json()
             except ValueError:
                 body = {"detail": response.text[:500]}
-            slug = str(body.get("type", "")).rsplit("/", 1)[-1] or f"http-{response.status_code}"
-            if slug in IN_PROGRESS:  # the first request with this key is still running: not a no
-                raise Ambiguous(self.service, f"{method} {path}: {slug}", _retry_after(response))
-            raise Refused(self.service, response.status_code, slug, str(body.get("detail", "")), body)
+            raise judge(self.service, f"{method} {path}", response.status_code, body, _retry_after(response))
         return response
+
+    def bulk(self, path: str, into: type[M]) -> Batcher[M]:
+        """The batcher of a bulk route (:mod:`aijobs.wire.bulk`), one per route and client, so
+        that every job calling it at once shares its requests."""
+        from aijobs.wire.bulk import Batcher  # it builds on this module
+
+        batcher = self._batchers.get(path)
+        if batcher is None:
+            batcher = self._batchers[path] = Batcher(self, path, into)
+        return batcher
 
     async def fetch(self, into: type[M], method: str, path: str, **kwargs: Any) -> M:
         """Call, and read the answer as the wire model ``into`` (:mod:`aijobs.api`).

@@ -14,7 +14,8 @@ key always sends the same request.
 
 The rules, each one a branch below and a table of cases in ``tests/operator/test_core.py``:
 
-- A job is **accepted** once (its spec is then frozen); one whose hold would have to outlive
+- A job is **accepted** once (its spec is then frozen, from its first write on: a spec changed
+  before that write is compensated, never run half-old); one whose hold would have to outlive
   Payment's limit is **refused** at once, before anything is charged.
 - Forward steps run in order. An outcome that is **unknown** (timeout, reset, 5xx, 429, a key in
   progress) is retried with the same key no earlier than ``nextAttemptAt``, which the backoff
@@ -197,11 +198,14 @@ class Event:
 # ----------------------------------------------------------------------------------- actions
 @dataclass(frozen=True)
 class Accept:
-    """Write the claim (the spec is frozen from then on), then go on."""
+    """Accept the job and go on. Not written by itself: every key is derived from the job's uid
+    and every value sent from its spec and creation time, so a pass that dies before its first
+    write replays the same calls; the acceptance reaches the API server with the pass's first
+    write, and the spec is frozen from then on (see :func:`_plan` for a spec changed before)."""
 
     status: AIImageJobStatus
     events: tuple[Event, ...]
-    persist: bool = True
+    persist: bool = False
 
 
 @dataclass(frozen=True)
@@ -516,6 +520,17 @@ def _plan(saga: Saga[Ctx], job: JobView, now: dt.datetime, policy: Policy) -> Ac
     committed = saga.committed_to_deliver(status)
     if job.deleting and not committed:
         return _compensate(job, now, "Deleted", "the job was deleted before delivery")
+    if not committed and status.observed_generation not in (None, job.generation):
+        # The spec changed between acceptance and the first write of the log (after which the
+        # API server refuses any change): the calls made so far were for the spec before.
+        return _compensate(
+            job,
+            now,
+            "SpecChanged",
+            f"the spec changed (generation {status.observed_generation} to {job.generation}) while the "
+            "job was starting; what was done for the earlier spec is undone and nothing is charged: "
+            "create a new job with the new spec",
+        )
     deadline = deadline_of(job, policy)
     for step in saga.steps:
         name = step.name

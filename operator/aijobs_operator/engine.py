@@ -4,8 +4,10 @@ kopf's watch feeds :meth:`Reconciler.observe` with every change; a job's key goe
 queue (deduplicated: a job is never reconciled by two workers at once, and an event that arrives
 mid-pass queues one more pass). A pass asks the pure core (:mod:`aijobs_operator.core`) what to do
 next, carries it out, feeds the outcome back, and stops when the core says wait; the resulting
-log is written in one patch (earlier only where the core asks: the claim, a stored result, and
-capture's attempt, which is written *before* the call).
+log is written in one patch (earlier only where the core asks: a stored result, and capture's
+attempt, which is written *before* the call). A delivered job costs four API writes: the
+finalizer, the log after its first pass, capture's write-ahead, the delivered log; Events only
+for passes with a warning.
 
 Waiting costs no coroutine per job: retries sit in one timer heap, and jobs waiting on the GPU
 are followed by one bulk task-state read per interval for all of them (:meth:`_follow`).
@@ -225,13 +227,10 @@ class Reconciler:
                 if isinstance(action, core.RunStep | core.RunUndo):
                     job = job.with_status(action.status)
                     if must_write or (isinstance(action, core.RunStep) and action.write_ahead):
-                        # The claim, a stored result, and an irreversible call's attempt are on
-                        # record before the next call is made (one write covers all three).
+                        # A stored result and an irreversible call's attempt are on record
+                        # before the next call is made (one write covers both).
                         body = await self._write(body, job.status)
                         written, must_write = job.status, False
-                        if int(body["metadata"].get("generation") or 1) != job.generation:
-                            self.enqueue(key)  # the spec changed before the claim froze it
-                            break
                     outcome = await self._carry_out(job, action, now)
                     settled = self.saga.settle(job, action, outcome, self.clock(), self.policy(job))
                     _count(job.status, settled.status, job.spec.price)
@@ -252,8 +251,13 @@ class Reconciler:
                 break
             if job.status != written:
                 body = await self._write(body, job.status)
+        except Superseded:
+            events.clear()  # nothing of this pass is on record: the next one tells it
+            self.later(key, 1.0)  # the watch brings the newer job; this is in case it does not
         finally:
-            if events:  # one Event per pass: each is an API write as costly as a status patch
+            # An Event is an API write as costly as a status patch: a pass that went as planned
+            # says so in the conditions alone; one with a warning tells its whole pass, once.
+            if any(e.type == "Warning" for e in events):
                 await self.kube.event(body, *_one_event(events))
 
     async def _refuse(self, body: dict[str, Any], exc: ValidationError) -> None:
@@ -267,7 +271,10 @@ class Reconciler:
             self.later((meta["namespace"], meta["name"]), 60.0)
             return
         status = core.refuse_unreadable(int(meta.get("generation") or 1), self.clock(), why)
-        body = await self._write(body, status)
+        try:
+            body = await self._write(body, status)
+        except Superseded:
+            return  # edited meanwhile: the next pass reads the new spec
         await self.kube.event(body, "Warning", "InvalidSpec", why)
         if meta.get("deletionTimestamp"):
             await self.kube.remove_finalizer(body, FINALIZER)
@@ -351,19 +358,36 @@ class Reconciler:
     def remember(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
         _drop_unread(meta)  # our own write's answer: a fresh dict, slimmed in place
+        _drop_stored_input(body)
         if meta.get("uid") not in self._gone:  # a write that crossed the job's deletion
             self.cache[(meta["namespace"], meta["name"])] = body
         return body
 
     async def _write(self, body: dict[str, Any], status: AIImageJobStatus) -> dict[str, Any]:
+        """Write the log. The first write of a job's log is its acceptance: it is made only if
+        the job is still the one the pass read (a spec edited meanwhile is never accepted
+        unseen); on a conflict the pass ends unwritten, its calls replayed by the next one."""
         meta = body["metadata"]
+        first = not (body.get("status") or {}).get("phase")
         try:
-            updated = await self.kube.patch_status(meta["namespace"], meta["name"], dump_status(status))
+            updated = await self.kube.patch_status(
+                meta["namespace"],
+                meta["name"],
+                dump_status(status),
+                resource_version=meta.get("resourceVersion") if first else None,
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return body
+            if exc.status == 409 and first:
+                raise Superseded from exc
             raise
         return self.remember(updated)
+
+
+class Superseded(Exception):
+    """The job changed between a pass's read and its first write: the pass is dropped, and
+    the next one (woken by the change itself) starts again from the newer job."""
 
 
 def _count(before: AIImageJobStatus, after: AIImageJobStatus, price: int) -> None:
@@ -394,7 +418,25 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
     cache holds every job in flight, so this is most of the operator's memory."""
     shallow = dict(body)
     shallow["metadata"] = _drop_unread(dict(body["metadata"]))  # dropped before the deep copy
+    _drop_stored_input(shallow)
     return copy.deepcopy(shallow)
+
+
+# What stands in the cache for an inline image once Storage holds it (valid base64, 3 bytes).
+STORED_INLINE = "AAAA"
+
+
+def _drop_stored_input(body: dict[str, Any]) -> None:
+    """Replace, in a body this process owns, an inline image Storage already holds by a token:
+    up to 512 KiB per job that no pass reads again (the spec is frozen, the upload on record;
+    only a body whose own log says so is changed, and the API server keeps the image)."""
+    spec = body.get("spec") or {}
+    inline = (spec.get("input") or {}).get("inline")
+    if not inline or inline.get("data") == STORED_INLINE:
+        return
+    steps = (body.get("status") or {}).get("steps") or []
+    if any(s.get("name") == "upload" and s.get("state") == "Succeeded" for s in steps):
+        body["spec"] = {**spec, "input": {**spec["input"], "inline": {**inline, "data": STORED_INLINE}}}
 
 
 def _drop_unread(meta: dict[str, Any]) -> dict[str, Any]:
@@ -413,10 +455,9 @@ def _slim_task(task: Task) -> Task:
 
 
 def _one_event(events: list[core.Event]) -> tuple[str, str, str]:
-    """The events of one pass as one: its type is Warning if any was, its reason the last one's
-    (where the job now stands), its message each step's in order."""
-    type_ = "Warning" if any(e.type == "Warning" for e in events) else "Normal"
-    return type_, events[-1].reason, "; ".join(f"{e.reason}: {e.message}" for e in events)
+    """The events of a pass with a warning as one Warning: its reason the last one's (where the
+    job now stands), its message each step's in order."""
+    return "Warning", events[-1].reason, "; ".join(f"{e.reason}: {e.message}" for e in events)
 
 
 def dump_status(status: AIImageJobStatus) -> dict[str, Any]:

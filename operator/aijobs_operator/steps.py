@@ -21,6 +21,9 @@ import binascii
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from aijobs.api import ai, auth, main, payment, storage
 from aijobs.api.base import Request
@@ -28,6 +31,8 @@ from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, JobResult
 from aijobs.wire.client import Refused, ServiceClient
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.core import Done, Policy, Waiting, hold_expiry, idempotency_key, iso, parse
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,25 @@ def _same_bytes(body: Request, **times: dt.datetime | None) -> dict[str, object]
     return body.wire() | {name: iso(value) for name, value in times.items() if value is not None}
 
 
+async def _bulk(
+    client: ServiceClient,
+    into: type[M],
+    single: str,
+    bulk: str,
+    key: str,
+    body: dict[str, object] | None,
+    item: dict[str, object] | None = None,
+) -> M:
+    """One keyed call, sent with every other job's call to the same route that is waiting at the
+    time (:mod:`aijobs.wire.bulk`): ``body`` is what the single route ``single`` takes (None:
+    no body), ``item`` the bulk item's request where it differs (the route's path parameters)."""
+    return await client.bulk(bulk, into).call(
+        key,
+        item if item is not None else (body or {}),
+        lambda: client.fetch(into, "POST", single, key=key, json=body),
+    )
+
+
 def _refused(reason: str, exc: Refused) -> StepFailed:
     return StepFailed(reason, f"{exc.service} refused: {exc.detail or exc.kind}")
 
@@ -106,12 +130,13 @@ async def charge(call: Call) -> Done | Waiting:
     expires = hold_expiry(job.status, job.policy)
     body = payment.HoldCreate(account=spec.account, job_id=job.uid, amount=spec.price, expires_at=expires)
     try:
-        hold = await svc.payment.fetch(
+        hold = await _bulk(
+            svc.payment,
             payment.Hold,
-            "POST",
             "/v1/holds",
-            key=idempotency_key(job.uid, "charge"),
-            json=_same_bytes(body, expiresAt=expires),
+            "/v1/bulk/holds",
+            idempotency_key(job.uid, "charge"),
+            _same_bytes(body, expiresAt=expires),
         )
     except Refused as exc:
         reason = "InsufficientCredits" if exc.status == 402 else "ChargeRefused"
@@ -181,12 +206,13 @@ async def schedule(call: Call) -> Done | Waiting:
         run_at=spec.run_at,
     )
     try:
-        task = await svc.ai.fetch(
+        task = await _bulk(
+            svc.ai,
             ai.Task,
-            "POST",
             "/v1/tasks",
-            key=idempotency_key(job.uid, "schedule"),
-            json=_same_bytes(body, runAt=spec.run_at),
+            "/v1/bulk/tasks",
+            idempotency_key(job.uid, "schedule"),
+            _same_bytes(body, runAt=spec.run_at),
         )
     except Refused as exc:
         if exc.kind == "job-has-task":  # registered before under another key: it is ours
@@ -216,7 +242,8 @@ async def process(call: Call) -> Done | Waiting:
             raise StepFailed("ResultMissing", f"result {result.id} is {result.state}")
         return Done(
             f"result stored as {result.id} ({result.width}x{result.height})",
-            {"resultObjectId": result.id},
+            # What delivery tells the user of the result, kept so it need not ask Storage again.
+            {"resultObjectId": result.id, "resultSha256": result.sha256, "resultSize": str(result.size)},
             reruns=task.reruns,
             task=task,
         )
@@ -232,8 +259,14 @@ async def capture(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
     hold_id = job.ids()["holdId"]
     try:
-        hold = await svc.payment.fetch(
-            payment.Hold, "POST", f"/v1/holds/{hold_id}/capture", key=idempotency_key(job.uid, "capture")
+        hold = await _bulk(
+            svc.payment,
+            payment.Hold,
+            f"/v1/holds/{hold_id}/capture",
+            "/v1/bulk/captures",
+            idempotency_key(job.uid, "capture"),
+            None,
+            {"holdId": hold_id},
         )
     except Refused as exc:
         raise _refused("CaptureRefused", exc) from exc
@@ -263,7 +296,11 @@ async def deliver(call: Call) -> Done | Waiting:
         f"/v1/objects/{result_id}/download-url",
         json=_same_bytes(storage.DownloadLinkRequest(expires_at=expires), expiresAt=expires),
     )
-    result = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/objects/{result_id}")
+    if "resultSha256" in ids:
+        sha256, size = ids["resultSha256"], int(ids["resultSize"])
+    else:  # a log written by a release that did not keep them
+        result = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/objects/{result_id}")
+        sha256, size = result.sha256, result.size
     body = main.DeliveryCreate(
         job_uid=job.uid,
         namespace=job.namespace,
@@ -278,8 +315,8 @@ async def deliver(call: Call) -> Done | Waiting:
         {},
         result=JobResult(
             object_id=result_id,
-            sha256=result.sha256,
-            size=result.size,
+            sha256=sha256,
+            size=size,
             url=link.url,
             url_expires_at=link.expires_at,
         ),

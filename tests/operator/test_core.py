@@ -596,3 +596,56 @@ def test_a_failed_job_says_its_failure_in_stalled_and_failed(
     assert conditions["Stalled"].status == "True" and conditions["Stalled"].reason == reason
     assert conditions["Failed"].reason == reason
     assert conditions["Reconciling"].status == "False"
+
+
+# ------------------------------------------------------------------- acceptance not written
+def _edited(job: core.JobView, accepted_as: int, now_at: int) -> core.JobView:
+    """``job`` as accepted at generation ``accepted_as`` and seen again at ``now_at``."""
+    status = job.status.model_copy(update={"observed_generation": accepted_as})
+    return core.JobView(job.uid, job.namespace, job.name, now_at, job.created, job.deleting, job.spec, status)
+
+
+@pytest.mark.parametrize(
+    ("job", "expect", "detail"),
+    [
+        pytest.param(
+            _edited(_job(Phase.SCHEDULED, FORWARD[:3]), 1, 2),
+            core.Compensate,
+            "SpecChanged",
+            id="a-spec-changed-before-the-first-write-undoes-what-was-done-for-the-old-one",
+        ),
+        pytest.param(
+            _edited(_job(Phase.SCHEDULED, FORWARD[:3]), 2, 2),
+            core.RunStep,
+            "process",
+            id="the-generation-it-was-accepted-at-goes-on",
+        ),
+        pytest.param(
+            _edited(_job(Phase.PROCESSED, FORWARD[:4], capture={"attempts": 1, "state": "Running"}), 1, 2),
+            core.RunStep,
+            "capture",
+            id="past-captures-write-ahead-nothing-undoes-the-job",
+        ),
+    ],
+)
+def test_a_spec_changed_before_the_acceptance_was_written(
+    job: core.JobView, expect: type, detail: str
+) -> None:
+    action = SAGA.plan(job, T0, POLICY)
+    assert isinstance(action, expect)
+    if isinstance(action, core.Compensate):
+        assert action.status.phase == Phase.COMPENSATING
+        assert detail in {e.reason for e in action.events}
+    else:
+        assert isinstance(action, core.RunStep) and action.name == detail
+
+
+def test_acceptance_is_not_a_write_of_its_own() -> None:
+    """Every key comes from the uid and every value from the spec and creation time: the
+    acceptance travels with the pass's first write (the one after its calls)."""
+    action = SAGA.plan(_job(None, deadline=None), T0, POLICY)
+    assert isinstance(action, core.Accept) and not action.persist
+    assert action.status.observed_generation == 1
+    later = SAGA.plan(_job(None, deadline=None), T0 + dt.timedelta(minutes=5), POLICY)
+    assert isinstance(later, core.Accept)
+    assert core.hold_expiry(later.status, POLICY) == core.hold_expiry(action.status, POLICY)

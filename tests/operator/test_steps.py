@@ -3,6 +3,7 @@ request carries, how answers are sorted, in milliseconds and without a network."
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -18,6 +19,7 @@ from aijobs_operator.steps import Call, Job, Services, StepFailed, capture, char
 from pydantic import BaseModel
 
 from aijobs.api import auth, main, payment, storage
+from aijobs.api.bulk import item_body
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, InlineImage, JobInput, StepRecord
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
 from aijobs.wire.tokens import TokenSigner
@@ -88,10 +90,31 @@ def _object(object_id: str, **fields: Any) -> storage.StoredObject:
     return storage.StoredObject.model_validate(base | fields)
 
 
-async def test_a_retried_charge_sends_the_same_hold_whatever_the_time() -> None:
+def _bulk_answer(
+    request: httpx.Request, answer: Callable[[dict[str, Any]], httpx.Response]
+) -> httpx.Response:
+    """A bulk route's answer: each item answered as ``answer`` answers its request."""
+    items = []
+    for item in json.loads(request.content)["items"]:
+        got = answer(item["request"])
+        items.append({"key": item["key"], "status": got.status_code, "body": json.loads(got.content)})
+    return httpx.Response(200, json={"items": items})
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk-route", "a-service-without-it"])
+async def test_a_retried_charge_sends_the_same_hold_whatever_the_time(bulk: bool) -> None:
     bodies: list[bytes] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/bulk/holds":
+            if not bulk:
+                return httpx.Response(404, json={"type": "https://aijobs.io/problems/not-found"})
+
+            def hold(item: dict[str, Any]) -> httpx.Response:
+                bodies.append(item_body(item))  # the bytes the service fingerprints the item by
+                return _answer(_hold(), 201)
+
+            return _bulk_answer(request, hold)
         if request.url.path == "/v1/holds":
             bodies.append(request.content)
             return _answer(_hold(), 201)
@@ -102,23 +125,26 @@ async def test_a_retried_charge_sends_the_same_hold_whatever_the_time() -> None:
     await charge(Call(_job(T0 + dt.timedelta(minutes=20)), svc, OperatorSettings()))
     assert bodies[0] == bodies[1]
     # Byte for byte what earlier releases sent (deadline + an hour's grace): a retry under a key
-    # sent before an upgrade is a replay, not a reused key.
+    # sent before an upgrade is a replay, not a reused key, by the single route or in bulk.
     assert bodies[0] == b'{"account":"acme","jobId":"uid-1","amount":7,"expiresAt":"2026-11-27T14:00:00Z"}'
     assert isinstance(first, core.Done) and first.remote_ids == {"holdId": "h1"}
 
 
-async def test_an_answer_that_breaks_the_contract_is_an_unknown_outcome_never_a_no() -> None:
-    """A capture answered 200 with a body we cannot read may have charged: compensating it would
+@pytest.mark.parametrize("bulk", [True, False], ids=["its-item", "the-whole-answer"])
+async def test_an_answer_that_breaks_the_contract_is_an_unknown_outcome_never_a_no(bulk: bool) -> None:
+    """A capture answered 2xx with a body we cannot read may have charged: compensating it would
     release nothing and fail the job of a paying user, so it is retried (as the core retries an
     irreversible step for ever, in plain sight) under the same key."""
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"id": "h1"})  # no amount, no state...
+        broken = httpx.Response(200, json={"id": "h1"})  # no amount, no state...
+        return _bulk_answer(request, lambda _: broken) if bulk else broken
 
     job = _job(T0, holdId="h1")
     with pytest.raises(Ambiguous) as unknown:
         await capture(Call(job, _services(handler), OperatorSettings()))
-    assert "contract-violation" in str(unknown.value) and "not a Hold" in str(unknown.value)
+    assert "contract-violation" in str(unknown.value)
+    assert ("for Hold" if bulk else "not a BulkAnswer") in str(unknown.value)
 
 
 async def test_an_undecodable_inline_image_is_a_definite_failure() -> None:
@@ -162,6 +188,28 @@ async def test_delivery_links_stay_valid_and_requests_stay_stable(
     job = _job(T0 + late, resultObjectId="r1", capturedAt="2026-11-27T12:00:00Z")
     outcome = await deliver(Call(job, _services(handler), OperatorSettings()))
     assert outcome.result is not None and seen == {"expires": expires, "key": key}
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept-by-process", "a-log-from-an-earlier-release"])
+async def test_delivery_tells_the_results_digest_asking_storage_only_when_the_log_lacks_it(
+    kept: bool,
+) -> None:
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(f"{request.method} {request.url.path}")
+        if request.url.path.endswith("/download-url"):
+            return _answer(storage.DownloadLink(url="http://x/r", expires_at=T0 + dt.timedelta(days=1)))
+        if request.url.path == "/v1/deliveries":
+            return _answer(main.DeliveryRecorded(id="uid-1", state="pending"), 201)
+        return _answer(_object("r1", sha256="a" * 64, size=1234))
+
+    ids = {"resultObjectId": "r1", "capturedAt": "2026-11-27T12:00:00Z"}
+    if kept:
+        ids |= {"resultSha256": "a" * 64, "resultSize": "1234"}
+    outcome = await deliver(Call(_job(T0, **ids), _services(handler), OperatorSettings()))
+    assert outcome.result is not None and (outcome.result.sha256, outcome.result.size) == ("a" * 64, 1234)
+    assert ("GET /v1/objects/r1" in paths) is not kept
 
 
 @pytest.mark.parametrize(
@@ -211,7 +259,9 @@ async def test_a_spec_the_operator_cannot_read_fails_before_any_charge() -> None
         async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> dict[str, Any]:
             return {**body, "metadata": {**body["metadata"], "finalizers": [finalizer]}}
 
-        async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        async def patch_status(
+            self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+        ) -> dict[str, Any]:
             self.patches.append(status)
             return {**body, "status": status}
 
@@ -263,3 +313,25 @@ def test_the_cache_keeps_jobs_without_managed_fields_or_a_second_copy_of_the_spe
     written = {**watched, "metadata": {**watched["metadata"], "resourceVersion": "6"}}
     reconciler.remember(written)  # a write's answer carries managedFields again
     assert "managedFields" not in reconciler.cache[("ns", "job")]["metadata"]
+
+
+@pytest.mark.parametrize("uploaded", [True, False], ids=["once-storage-holds-it", "before"])
+def test_the_cache_drops_an_inline_image_only_once_storage_holds_it(uploaded: bool) -> None:
+    from aijobs_operator.engine import STORED_INLINE, slim
+
+    image = "iVBORw0K" * 1000
+    steps = [{"name": "upload", "state": "Succeeded" if uploaded else "Running"}]
+    watched = {
+        "metadata": {"namespace": "ns", "name": "job", "uid": "u1", "resourceVersion": "5"},
+        "spec": {"input": {"inline": {"data": image, "contentType": "image/png"}}, "pipeline": "resize"},
+        "status": {"phase": "Uploaded" if uploaded else "Charged", "steps": steps},
+    }
+    reconciler = Reconciler(OperatorSettings(), _services(lambda r: httpx.Response(500)), None)  # type: ignore[arg-type]
+    reconciler.observe("MODIFIED", slim(watched))
+    cached = reconciler.cache[("ns", "job")]["spec"]["input"]["inline"]
+    assert cached == {"data": STORED_INLINE if uploaded else image, "contentType": "image/png"}
+    assert watched["spec"]["input"]["inline"]["data"] == image  # the watched object is left alone
+    written = {**watched, "metadata": {**watched["metadata"], "resourceVersion": "6"}}
+    reconciler.remember(copy.deepcopy(written))  # a write's answer: the whole image again
+    cached = reconciler.cache[("ns", "job")]["spec"]["input"]["inline"]
+    assert cached["data"] == (STORED_INLINE if uploaded else image)
