@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from aijobs.api.base import Answer, Request
 from aijobs.api.fields import Instant, Int, Text, Timestamp
@@ -23,9 +23,11 @@ __all__ = [
     "Account",
     "AccountCreate",
     "AccountList",
+    "CaptureRequest",
     "ChargeEntry",
     "Charges",
     "Hold",
+    "HoldCapture",
     "HoldCreate",
     "HoldExtend",
     "HoldState",
@@ -70,6 +72,47 @@ class HoldExtend(Request):
     expires_at: Timestamp
 
 
+# The bounds checked on the integer, and said in the schema as JSON Schema says them (pydantic
+# would write an optional Int's bounds as ``gt``/``le``, which no schema reader knows).
+CaptureAmount = Annotated[
+    Int | None,
+    Field(
+        default=None,
+        gt=0,
+        le=10**9,
+        description="Credits to charge, 1 to the hold's amount; the rest is released with it. "
+        "Default: the whole hold",
+    ),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer", "exclusiveMinimum": 0, "maximum": 10**9}, {"type": "null"}],
+            "description": "Credits to charge, 1 to the hold's amount; the rest is released with it. "
+            "Default: the whole hold",
+        }
+    ),
+]
+
+
+class HoldCapture(Request):
+    """The optional body of ``POST /v1/holds/{id}/capture``: a partial capture. Sent with no body
+    at all, a capture charges the whole hold (and fingerprints as that empty body)."""
+
+    amount: CaptureAmount = None
+
+
+class CaptureRequest(Request):
+    """One item of ``POST /v1/bulk/captures``: the capture of ``holdId``, as the single route
+    would be called: with no body when ``amount`` is absent (or null), with ``{"amount": N}``
+    otherwise; the item's key fingerprints as that call."""
+
+    hold_id: Text = Field(min_length=1, max_length=200)
+    amount: CaptureAmount = None
+
+    def single_body(self) -> dict[str, int] | None:
+        """The body the single capture route is sent for this item (None: no body)."""
+        return None if self.amount is None else {"amount": self.amount}
+
+
 # ----------------------------------------------------------------------------------- answers
 class Account(Answer):
     """An account's balances: ``balance`` is ``available + held``."""
@@ -100,6 +143,14 @@ class Hold(Answer):
     expires_at: Instant
     created_at: Instant
     settled_at: Instant | None = Field(description="When it left `active`; null while active")
+    captured_amount: int = Field(
+        default=0, description="Credits charged: the capture's amount once captured, 0 otherwise"
+    )
+    released_amount: int = Field(
+        default=0,
+        description="Credits given back: the rest of a partial capture, the whole hold once released "
+        "or expired, 0 while active",
+    )
 
 
 class ChargeEntry(Answer):
@@ -117,7 +168,7 @@ class Charges(Answer):
     """What Payment holds for one job (the auditor compares it with the job)."""
 
     job_id: str
-    charged: int = Field(description="The sum of the job's captured holds")
+    charged: int = Field(description="The credits the job's captures charged (their capturedAmount)")
     holds: list[Hold]
     entries: list[ChargeEntry]
 
@@ -160,6 +211,7 @@ PROBLEMS = by_slug(
     ProblemKind(409, "account-exists", "Account exists"),
     ProblemKind(402, "insufficient-credits", "Not enough credits"),
     ProblemKind(422, "bad-expiry", "Invalid hold expiry"),
+    ProblemKind(422, "bad-capture-amount", "Invalid capture amount"),
     ProblemKind(409, "hold-settled", "The hold is already settled"),
     ProblemKind(409, "hold-expired", "The hold expired"),
 )

@@ -19,13 +19,13 @@ HOUR = dt.timedelta(hours=1)
 def _hold(
     state: HoldState = HoldState.ACTIVE, expires_in: dt.timedelta = HOUR, age: dt.timedelta = HOUR
 ) -> HoldLife:
-    return HoldLife("hold-1", state, NOW + expires_in, NOW - age)
+    return HoldLife("hold-1", state, NOW + expires_in, NOW - age, 30)
 
 
 @pytest.mark.parametrize(
     ("hold", "move", "refused"),
     [
-        pytest.param(_hold(), Move(HoldState.CAPTURED), None, id="active-is-charged"),
+        pytest.param(_hold(), Move(HoldState.CAPTURED, captured=30), None, id="active-is-charged"),
         pytest.param(_hold(HoldState.CAPTURED), Move(), None, id="captured-again-changes-nothing"),
         pytest.param(_hold(HoldState.RELEASED), None, domain.HoldSettled, id="released-is-refused"),
         pytest.param(_hold(HoldState.EXPIRED), None, domain.HoldSettled, id="expired-is-refused"),
@@ -53,6 +53,7 @@ def test_capture_charges_only_an_active_unexpired_hold(
         return
     got = domain.capture(hold, NOW)
     assert got.to == move.to
+    assert got.captured == move.captured
     assert type(got.refusal) is refused if refused else got.refusal is None
 
 
@@ -141,15 +142,16 @@ def test_a_hold_reserves_only_available_credits(balance: Balance, amount: int, a
 
 
 @pytest.mark.parametrize(
-    ("to", "after"),
+    ("to", "captured", "after"),
     [
-        pytest.param(HoldState.CAPTURED, Balance(70, 0), id="captured-goes-to-revenue"),
-        pytest.param(HoldState.RELEASED, Balance(100, 0), id="released-comes-back"),
-        pytest.param(HoldState.EXPIRED, Balance(100, 0), id="expired-comes-back"),
+        pytest.param(HoldState.CAPTURED, 30, Balance(70, 0), id="captured-goes-to-revenue"),
+        pytest.param(HoldState.CAPTURED, 12, Balance(88, 0), id="partly-captured-the-rest-comes-back"),
+        pytest.param(HoldState.RELEASED, 0, Balance(100, 0), id="released-comes-back"),
+        pytest.param(HoldState.EXPIRED, 0, Balance(100, 0), id="expired-comes-back"),
     ],
 )
-def test_settling_a_hold_empties_held(to: HoldState, after: Balance) -> None:
-    assert domain.settle(Balance(70, 30), 30, to) == after
+def test_settling_a_hold_empties_held(to: HoldState, captured: int, after: Balance) -> None:
+    assert domain.settle(Balance(70, 30), 30, to, captured) == after
 
 
 def test_a_balance_never_goes_negative() -> None:
@@ -195,8 +197,56 @@ def test_every_domain_refusal_has_an_answer_in_the_contract() -> None:
         domain.AccountExists,
         domain.InsufficientCredits,
         domain.BadExpiry,
+        domain.BadCaptureAmount,
         domain.HoldSettled,
         domain.HoldExpired,
     ]
     assert set(domain.PaymentError.__subclasses__()) == set(kinds)
     assert {k.slug for k in kinds} == set(PROBLEMS)
+
+
+@pytest.mark.parametrize(
+    ("amount", "move", "refused"),
+    [
+        pytest.param(None, Move(HoldState.CAPTURED, captured=30), None, id="no-amount-charges-it-all"),
+        pytest.param(30, Move(HoldState.CAPTURED, captured=30), None, id="the-whole-amount"),
+        pytest.param(12, Move(HoldState.CAPTURED, captured=12), None, id="a-part-the-rest-released"),
+        pytest.param(1, Move(HoldState.CAPTURED, captured=1), None, id="the-least-part"),
+        pytest.param(0, None, domain.BadCaptureAmount, id="nothing-is-refused"),
+        pytest.param(31, None, domain.BadCaptureAmount, id="more-than-held-is-refused"),
+    ],
+)
+def test_a_partial_capture_charges_a_part_of_the_hold(
+    amount: int | None, move: Move | None, refused: type[domain.PaymentError] | None
+) -> None:
+    if move is None:
+        assert refused is not None
+        with pytest.raises(refused) as error:
+            domain.capture(_hold(), NOW, amount)
+        assert error.value.members == {"requested": amount, "held": 30}
+        assert PROBLEMS[error.value.slug].status == 422
+        return
+    assert domain.capture(_hold(), NOW, amount) == move
+
+
+def test_capturing_a_captured_hold_again_changes_nothing_whatever_the_amount() -> None:
+    assert domain.capture(_hold(HoldState.CAPTURED), NOW, 99) == Move()
+
+
+@pytest.mark.parametrize(
+    ("to", "captured", "transactions", "released"),
+    [
+        pytest.param(HoldState.CAPTURED, 30, (("capture", 30),), 0, id="whole-capture"),
+        pytest.param(
+            HoldState.CAPTURED, 12, (("capture", 12), ("release", 18)), 18, id="partial-capture-releases-rest"
+        ),
+        pytest.param(HoldState.RELEASED, 0, (("release", 30),), 30, id="release"),
+        pytest.param(HoldState.EXPIRED, 0, (("expire", 30),), 30, id="expiry"),
+    ],
+)
+def test_a_settlement_is_recorded_as_a_capture_and_a_release_of_the_rest(
+    to: HoldState, captured: int, transactions: tuple[tuple[str, int], ...], released: int
+) -> None:
+    assert domain.settlement(30, to, captured) == transactions
+    assert domain.released(to, 30, captured) == released
+    assert domain.released(HoldState.ACTIVE, 30, 0) == 0

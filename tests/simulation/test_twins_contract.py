@@ -132,6 +132,99 @@ def test_the_payment_twin_moves_money_as_payment_does(payment_real: tuple[Api, s
     assert (account["available"], account["held"]) == (twin_account.available, twin_account.held) == (20, 0)
 
 
+def _items(answer: Any) -> list[tuple[Any, ...]]:
+    """What a bulk answer says of each item: key, status, replayed, and the problem's slug or
+    the fields the operator reads."""
+    fields = ("state", "amount", "jobId", "capturedAmount", "releasedAmount")
+    return [
+        (
+            i["key"],
+            i["status"],
+            i["replayed"],
+            _slug(i["body"]) if i["status"] >= 400 else tuple(i["body"].get(f) for f in fields),
+        )
+        for i in answer["items"]
+    ]
+
+
+def test_the_payment_twin_answers_bulk_calls_and_partial_captures_as_payment_does(
+    payment_real: tuple[Api, sa.Engine],
+) -> None:
+    real, _ = payment_real
+    real.ok("POST", "/v1/accounts", {"id": "acme"})
+    real.ok("POST", "/v1/accounts/acme/top-ups", {"amount": 100})
+    twin = PaymentTwin(_now)
+    twin.accounts["acme"] = TwinAccount(available=100)
+    hold = {"account": "acme", "jobId": "job-1", "amount": 30}
+    fields = ("state", "amount", "jobId", "capturedAmount", "releasedAmount")
+    ids: tuple[dict[str, str], dict[str, str]] = ({}, {})  # real's, twin's
+
+    def both(method: str, path: str, key: str | None, body: Any) -> Any:
+        """One call on each; their answers compared; the real one returned."""
+        real_answer = real.post(
+            path.format(**ids[0]), body(ids[0]) if callable(body) else body, caller="operator", key=key
+        )
+        twin_reply = twin.handle(
+            method, path.format(**ids[1]), key, body(ids[1]) if callable(body) else body, {}, b""
+        )
+        got = real_answer.json()
+        if path.startswith("/v1/bulk/"):
+            assert real_answer.status_code == twin_reply.status == 200
+            assert _items(got) == _items(twin_reply.body), f"{path} {body}"
+        else:
+            expect = _observable(real_answer.status_code, got, fields)
+            assert _observable(twin_reply.status, twin_reply.body, fields) == expect, f"{path} key={key}"
+        return got, twin_reply.body
+
+    real_h1, twin_h1 = both("POST", "/v1/holds", "s1", hold)
+    ids[0]["h1"], ids[1]["h1"] = real_h1["id"], twin_h1["id"]
+    got, twin_got = both(
+        "POST",
+        "/v1/bulk/holds",
+        None,
+        {
+            "items": [
+                {"key": "s1", "request": hold},  # the single call's key: replayed
+                {"key": "b1", "request": {**hold, "jobId": "job-2", "amount": 40}},
+                {"key": "b2", "request": {**hold, "jobId": "job-3", "amount": 40}},  # 402
+                {"key": "s1", "request": {**hold, "amount": 31}},  # a reused key
+                {"key": "b3", "request": {**hold, "amount": 0}},  # invalid
+            ]
+        },
+    )
+    ids[0]["h2"], ids[1]["h2"] = got["items"][1]["body"]["id"], twin_got["items"][1]["body"]["id"]
+    both("POST", "/v1/holds", "b1", {**hold, "jobId": "job-2", "amount": 40})  # a single call replays an item
+    both("POST", "/v1/holds", "b2", {**hold, "jobId": "job-3", "amount": 40})  # and its stored refusal
+    both("POST", "/v1/holds/{h2}/capture", "s2", {"amount": 12})  # a partial capture
+    both(
+        "POST",
+        "/v1/bulk/captures",
+        None,
+        lambda i: {
+            "items": [
+                {"key": "s2", "request": {"holdId": i["h2"], "amount": 12}},  # the single call: replayed
+                {"key": "c1", "request": {"holdId": i["h1"]}},  # the whole hold
+                {"key": "c2", "request": {"holdId": "hold-nope"}},
+                {"key": "s2", "request": {"holdId": i["h2"]}},  # reused: no body is another request
+                {"key": "c3", "request": {"holdId": i["h1"], "amount": 0}},  # invalid
+            ]
+        },
+    )
+    both("POST", "/v1/holds/{h1}/capture", "c1", None)  # a single call replays an item
+    both("POST", "/v1/holds/{h1}/capture", "c1", {"amount": 30})  # with a body: another request
+    both("POST", "/v1/holds", "s3", {**hold, "jobId": "job-4", "amount": 10})
+    for job in ("job-1", "job-2"):
+        real_charges = real.ok("GET", f"/v1/jobs/{job}/charges", caller="operator")
+        twin_charges = twin.handle("GET", f"/v1/jobs/{job}/charges", None, None, {}, b"").body
+        assert real_charges["charged"] == twin_charges["charged"]
+        assert [(e["kind"], e["amount"]) for e in real_charges["entries"]] == [
+            (e["kind"], e["amount"]) for e in twin_charges["entries"]
+        ]
+    account = real.ok("GET", "/v1/accounts/acme")
+    twin_account = twin.accounts["acme"]
+    assert (account["available"], account["held"]) == (twin_account.available, twin_account.held) == (48, 10)
+
+
 def test_the_storage_twin_stores_and_deletes_as_storage_does(
     pg_url: str, secrets: dict[str, str], tmp_path: Path
 ) -> None:

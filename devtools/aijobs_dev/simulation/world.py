@@ -877,7 +877,7 @@ class World:
             ):
                 return  # a doubtful capture comes alone: beside other damage, no log could tell
             hold = captured[0]
-            hold.state, hold.settled_at = HoldState.ACTIVE, None
+            hold.state, hold.settled_at, hold.captured_amount = HoldState.ACTIVE, None, 0
             # Past any clock jump or skip to a far runAt: the auditor, not the clock, settles it.
             hold.expires_at = self.clock + dt.timedelta(days=3650)
             account.revenue -= hold.amount

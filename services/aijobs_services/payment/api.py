@@ -1,6 +1,12 @@
 """Payment's HTTP API: the wire models of :mod:`aijobs.api.payment` in and out, the ledger's use
 cases in between, and each domain refusal answered as the problem the contract names for it.
-Mutations take an Idempotency-Key; reads don't."""
+Mutations take an Idempotency-Key; reads don't.
+
+Holds and captures, the operator's hot path, also come in bulk (``POST /v1/bulk/holds``,
+``POST /v1/bulk/captures``, :mod:`aijobs.api.bulk`): each item the single route's operation under
+its own key, all in one transaction. On PostgreSQL each new hold or capture is first tried as
+one statement that also records its key and answer (:func:`ledger.quick_hold`); whatever that
+statement leaves (a replay, a refusal) goes the portable way, which SQLite takes always."""
 
 from __future__ import annotations
 
@@ -8,18 +14,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from aijobs.api.bulk import BulkAnswer, BulkRequest, item_body
+from aijobs.api.fields import OUT_OF_RANGE
 from aijobs.api.payment import (
     PROBLEMS,
     Account,
     AccountCreate,
     AccountList,
+    CaptureRequest,
     ChargeEntry,
     Charges,
     Hold,
+    HoldCapture,
     HoldCreate,
     HoldExtend,
     HoldState,
@@ -34,8 +45,15 @@ from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware
 from aijobs_services.kit.fields import MAX_ROW_ID, PathText
-from aijobs_services.kit.idempotency import IdempotentRequestDep
-from aijobs_services.kit.problems import Problem, documented
+from aijobs_services.kit.idempotency import (
+    BulkOp,
+    IdempotencyStore,
+    IdempotentRequest,
+    IdempotentRequestDep,
+    Quick,
+    item_request,
+)
+from aijobs_services.kit.problems import Problem, Unprocessable, documented
 from aijobs_services.payment import domain, ledger, models
 
 Admin = Annotated[Caller, Depends(allow("admin"))]
@@ -85,6 +103,8 @@ def hold_of(row: models.Hold) -> Hold:
         expires_at=aware(row.expires_at),
         created_at=aware(row.created_at),
         settled_at=aware(row.settled_at) if row.settled_at else None,
+        captured_amount=row.captured_amount,
+        released_amount=domain.released(HoldState(row.state), row.amount, row.captured_amount),
     )
 
 
@@ -208,6 +228,27 @@ def account_ledger(
 
 
 # ----------------------------------------------------------------------------------- holds
+def _hold_action(body: HoldCreate) -> Callable[[Session], tuple[int, Any]]:
+    def act(s: Session) -> tuple[int, Any]:
+        with refusals():
+            return 201, _json(
+                hold_of(ledger.place_hold(s, body.account, body.job_id, body.amount, body.expires_at))
+            )
+
+    return act
+
+
+def _quick_hold(store: IdempotencyStore, idem: IdempotentRequest, body: HoldCreate) -> Quick | None:
+    return ledger.quick_hold(
+        store.claim_row(idem),
+        body.account,
+        body.job_id,
+        body.amount,
+        body.expires_at,
+        lambda row: _json(hold_of(row)),
+    )
+
+
 @router.post(
     "/holds",
     status_code=201,
@@ -218,13 +259,7 @@ def account_ledger(
 def place_hold(
     body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
-    def act(s: Session) -> tuple[int, Any]:
-        with refusals():
-            return 201, _json(
-                hold_of(ledger.place_hold(s, body.account, body.job_id, body.amount, body.expires_at))
-            )
-
-    return store.run(session, idem, act)
+    return store.run(session, idem, _hold_action(body), quick=_quick_hold(store, idem, body))
 
 
 @router.get("/holds/{hold_id}", summary="One hold", response_model=Hold, responses=answers("unknown-hold"))
@@ -250,16 +285,27 @@ def _on_hold(
     return act
 
 
+def _capture_action(hold_id: str, amount: int | None) -> Callable[[Session], tuple[int, Any]]:
+    return _on_hold(lambda s: ledger.capture(s, hold_id, amount))
+
+
 @router.post(
     "/holds/{hold_id}/capture",
-    summary="Charge a hold (idempotent; final)",
+    summary="Charge a hold, all of it or a part with the rest released (idempotent; final)",
     response_model=Hold,
-    responses=answers("unknown-hold", "hold-settled", "hold-expired"),
+    responses=answers("unknown-hold", "hold-settled", "hold-expired", "bad-capture-amount"),
 )
 def capture(
-    hold_id: PathText, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+    hold_id: PathText,
+    _: Operator,
+    idem: IdempotentRequestDep,
+    store: IdemStoreDep,
+    session: SessionDep,
+    body: Annotated[HoldCapture | None, Body()] = None,
 ) -> JSONResponse:
-    return store.run(session, idem, _on_hold(lambda s: ledger.capture(s, hold_id)))
+    amount = body.amount if body else None
+    quick = ledger.quick_capture(store.claim_row(idem), hold_id, amount)
+    return store.run(session, idem, _capture_action(hold_id, amount), quick=quick)
 
 
 @router.post(
@@ -291,6 +337,92 @@ def extend(
     return store.run(session, idem, _on_hold(lambda s: ledger.extend(s, hold_id, body.expires_at)))
 
 
+# ------------------------------------------------------------------------------------ bulk
+def invalid(error: ValidationError) -> Problem:
+    """An item its single route's model refuses, answered as that route's 422 would be."""
+    errors = [
+        {"field": ".".join(str(part) for part in e["loc"]) or "body", "message": e["msg"], "kind": e["type"]}
+        for e in error.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    if errors and all(e["kind"] == OUT_OF_RANGE for e in errors):
+        return Unprocessable(detail, slug="time-out-of-range", title="Time out of range", errors=errors)
+    return Unprocessable(detail, slug="validation-error", title="Request validation failed", errors=errors)
+
+
+def _by(accounts: list[str]) -> list[int]:
+    """The items' order of acting: by the account each one locks (then as sent), so that two
+    batches lock their accounts in one order and never wait on each other in a cycle."""
+    return sorted(range(len(accounts)), key=lambda n: accounts[n])
+
+
+@router.post(
+    "/bulk/holds",
+    summary="Many holds in one request, each under its own key as POST /v1/holds",
+    response_model=BulkAnswer,
+    responses=documented(),
+)
+def bulk_holds(
+    body: BulkRequest[dict[str, Any]], who: Operator, store: IdemStoreDep, session: SessionDep
+) -> BulkAnswer:
+    path = "/v1/holds"
+    ops, accounts = [], []
+    for item in body.items:
+        account = item.request.get("account")
+        accounts.append(account if isinstance(account, str) else "")
+        try:
+            hold = HoldCreate.model_validate(item.request)
+        except ValidationError as error:
+            ops.append(BulkOp(item.key, path, refusal=invalid(error)))
+            continue
+        idem = item_request(who.name, item.key, "POST", path, path, item_body(item.request))
+        ops.append(BulkOp(item.key, path, idem, _hold_action(hold), quick=_quick_hold(store, idem, hold)))
+    return store.bulk(session, ops, order=_by(accounts))
+
+
+@router.post(
+    "/bulk/captures",
+    summary="Many captures in one request, each under its own key as POST /v1/holds/{holdId}/capture",
+    response_model=BulkAnswer,
+    responses=documented(),
+)
+def bulk_captures(
+    body: BulkRequest[dict[str, Any]], who: Operator, store: IdemStoreDep, session: SessionDep
+) -> BulkAnswer:
+    template = "/v1/holds/{hold_id}/capture"
+    ops, holds = [], []
+    for item in body.items:
+        try:
+            capture = CaptureRequest.model_validate(item.request)
+        except ValidationError as error:
+            hold_id = item.request.get("holdId")
+            path = template.format(hold_id=hold_id) if isinstance(hold_id, str) else "/v1/bulk/captures"
+            ops.append(BulkOp(item.key, path, refusal=invalid(error)))
+            continue
+        path = template.format(hold_id=capture.hold_id)
+        holds.append((len(ops), capture.hold_id))
+        single = capture.single_body()
+        idem = item_request(
+            who.name, item.key, "POST", path, template, b"" if single is None else item_body(single)
+        )
+        quick = ledger.quick_capture(store.claim_row(idem), capture.hold_id, capture.amount)
+        ops.append(
+            BulkOp(
+                item.key,
+                path,
+                idem,
+                _capture_action(capture.hold_id, capture.amount),
+                quick=quick,
+            )
+        )
+    with session.begin():  # whose account each hold moves: the order its capture locks it in
+        owners = ledger.owners(session, [hold_id for _, hold_id in holds])
+    accounts = [""] * len(ops)
+    for n, hold_id in holds:
+        accounts[n] = owners.get(hold_id, "")
+    return store.bulk(session, ops, order=_by(accounts))
+
+
 # -------------------------------------------------------------------------------- auditing
 @router.get(
     "/jobs/{job_id}/charges",
@@ -302,7 +434,7 @@ def job_charges(job_id: PathText, _: Reader, session: SessionDep) -> Charges:
         holds, entries = ledger.job_charges(session, job_id)
         return Charges(
             job_id=job_id,
-            charged=sum(h.amount for h in holds if h.state == HoldState.CAPTURED),
+            charged=sum(h.captured_amount for h in holds if h.state == HoldState.CAPTURED),
             holds=[hold_of(h) for h in holds],
             entries=[
                 ChargeEntry(

@@ -4,7 +4,9 @@ both decide with these functions, so the twin cannot drift from the service.
 A hold's life: ``active`` -> ``captured`` | ``released`` | ``expired``, the last three final.
 
 - place: the expiry lies in (now, now + MAX_HOLD]; the account has the credits available.
-- capture: an active, unexpired hold is charged; capturing a captured hold again changes nothing
+- capture: an active, unexpired hold is charged, all of it or a part ``1 <= N <= amount``, the
+  rest going back to ``available`` in the same move (the hold is ``captured`` either way: a
+  partial capture is final too); capturing a captured hold again changes nothing
   (a retry after a lost answer must not charge twice); an active hold past its expiry is expired
   *and* the capture refused, both together; a released or expired hold is refused.
 - release: an active hold's credits go back; releasing a released or expired hold changes
@@ -25,6 +27,7 @@ Refusals are :class:`PaymentError` exceptions; a ``slug`` names each, and the wi
     ├── AccountExists
     ├── InsufficientCredits      fewer credits available than the hold needs
     ├── BadExpiry                an expiry outside what a hold may have
+    ├── BadCaptureAmount         a partial capture outside 1..the hold's amount
     ├── HoldSettled              the hold's final state forbids the action
     └── HoldExpired              an active hold past its expiry
 """
@@ -43,6 +46,7 @@ __all__ = [
     "FUNDING",
     "REVENUE",
     "AccountExists",
+    "BadCaptureAmount",
     "BadExpiry",
     "Balance",
     "HoldExpired",
@@ -62,8 +66,10 @@ __all__ = [
     "legs",
     "movement",
     "release",
+    "released",
     "reserve",
     "settle",
+    "settlement",
     "top_up",
 ]
 
@@ -130,6 +136,17 @@ class HoldSettled(PaymentError):
         super().__init__(f"hold {hold_id} was {state}; it can't be {action}", state=str(state))
 
 
+class BadCaptureAmount(PaymentError):
+    slug = "bad-capture-amount"
+
+    def __init__(self, hold_id: str, amount: int, held: int) -> None:
+        super().__init__(
+            f"hold {hold_id} holds {held} credits; a capture takes 1 to {held}, not {amount}",
+            requested=amount,
+            held=held,
+        )
+
+
 class HoldExpired(PaymentError):
     slug = "hold-expired"
 
@@ -160,16 +177,19 @@ class HoldLife:
     state: HoldState
     expires_at: dt.datetime
     created_at: dt.datetime
+    amount: int  # the credits held
 
 
 @dataclass(frozen=True)
 class Move:
-    """What an action does to a hold: the state it moves to (None: it stays as it is), and the
-    refusal to answer *after* that move is kept (an expired hold's capture returns its credits
-    and is refused; the two commit together)."""
+    """What an action does to a hold: the state it moves to (None: it stays as it is), the
+    credits a capture charges (the rest of the hold goes back), and the refusal to answer
+    *after* that move is kept (an expired hold's capture returns its credits and is refused;
+    the two commit together)."""
 
     to: HoldState | None = None
     refusal: HoldExpired | None = None
+    captured: int = 0
 
 
 STAY = Move()
@@ -201,21 +221,24 @@ def reserve(account_id: str, balance: Balance, amount: int) -> Balance:
     return Balance(balance.available - amount, balance.held + amount)
 
 
-def settle(balance: Balance, amount: int, to: HoldState) -> Balance:
+def settle(balance: Balance, amount: int, to: HoldState, captured: int = 0) -> Balance:
     """The balance after a hold of ``amount`` leaves ``active`` for ``to``: its credits leave
-    ``held``, for revenue if captured, back to ``available`` otherwise."""
-    back = 0 if to is HoldState.CAPTURED else amount
-    return Balance(balance.available + back, balance.held - amount)
+    ``held``, ``captured`` of them for revenue, the rest back to ``available``."""
+    return Balance(balance.available + amount - captured, balance.held - amount)
 
 
-def capture(hold: HoldLife, now: dt.datetime) -> Move:
+def capture(hold: HoldLife, now: dt.datetime, amount: int | None = None) -> Move:
+    """Charge ``amount`` of the hold (all of it when None) and give the rest back."""
     if hold.state is HoldState.CAPTURED:
         return STAY
     if hold.state is not HoldState.ACTIVE:
         raise HoldSettled(hold.id, hold.state, "captured")
+    charged = hold.amount if amount is None else amount
+    if not 1 <= charged <= hold.amount:
+        raise BadCaptureAmount(hold.id, charged, hold.amount)
     if hold.expires_at <= now:
         return Move(HoldState.EXPIRED, HoldExpired(hold.id, hold.expires_at, returned=True))
-    return Move(HoldState.CAPTURED)
+    return Move(HoldState.CAPTURED, captured=charged)
 
 
 def release(hold: HoldLife) -> Move:
@@ -245,6 +268,23 @@ def due(hold: HoldLife, now: dt.datetime) -> bool:
 def movement(to: HoldState) -> Movement:
     """The ledger's name for a hold leaving ``active`` for ``to``."""
     return _MOVEMENT[to]
+
+
+def settlement(amount: int, to: HoldState, captured: int = 0) -> tuple[tuple[Movement, int], ...]:
+    """The ledger transactions that settle a hold of ``amount`` for ``to``: a capture of what
+    is charged, then a release of the rest (none of an empty part)."""
+    if to is not HoldState.CAPTURED:
+        return ((movement(to), amount),)
+    parts: tuple[tuple[Movement, int], ...] = (("capture", captured), ("release", amount - captured))
+    return tuple((kind, part) for kind, part in parts if part)
+
+
+def released(state: HoldState, amount: int, captured: int) -> int:
+    """The credits a hold gave back to ``available``: none while active, the rest after a
+    (partial) capture, all of it after a release or expiry."""
+    if state is HoldState.ACTIVE:
+        return 0
+    return amount - captured if state is HoldState.CAPTURED else amount
 
 
 def legs(kind: Movement, account_id: str, amount: int) -> tuple[tuple[str, int], tuple[str, int]]:

@@ -12,13 +12,17 @@ credits) is returned instead, for the caller to commit with its answer.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from aijobs.api.payment import LedgerCheck
 from aijobs_services.kit.db import aware, utcnow
+from aijobs_services.kit.idempotency import Quick
 from aijobs_services.payment import domain
 from aijobs_services.payment.domain import HoldState
 from aijobs_services.payment.models import Account, Hold, LedgerEntry
@@ -34,7 +38,10 @@ __all__ = [
     "hold",
     "job_charges",
     "open_account",
+    "owners",
     "place_hold",
+    "quick_capture",
+    "quick_hold",
     "release",
     "top_up",
 ]
@@ -69,7 +76,9 @@ def _keep(row: Account, balance: domain.Balance) -> None:
 
 
 def _life(row: Hold) -> domain.HoldLife:
-    return domain.HoldLife(row.id, HoldState(row.state), aware(row.expires_at), aware(row.created_at))
+    return domain.HoldLife(
+        row.id, HoldState(row.state), aware(row.expires_at), aware(row.created_at), row.amount
+    )
 
 
 # ------------------------------------------------------------------------------------- reads
@@ -91,6 +100,12 @@ def hold(session: Session, hold_id: str, *, lock: bool = False) -> Hold:
     if row is None:
         raise domain.UnknownHold(hold_id)
     return row
+
+
+def owners(session: Session, hold_ids: list[str]) -> dict[str, str]:
+    """The account of each of these holds (those that exist), in one query."""
+    rows = session.execute(sa.select(Hold.id, Hold.account_id).where(Hold.id.in_(hold_ids)))
+    return {hold_id: account_id for hold_id, account_id in rows}
 
 
 def job_charges(session: Session, job_id: str) -> tuple[list[Hold], list[LedgerEntry]]:
@@ -148,6 +163,7 @@ def place_hold(
         state=HoldState.ACTIVE.value,
         expires_at=expires,
         created_at=now,
+        captured_amount=0,
     )
     session.add(placed)
     session.flush()
@@ -155,24 +171,26 @@ def place_hold(
     return placed
 
 
-def _settle(session: Session, row: Hold, to: HoldState) -> None:
+def _settle(session: Session, row: Hold, to: HoldState, captured: int = 0) -> None:
     owner = account(session, row.account_id, lock=True)
-    _keep(owner, domain.settle(_balance(owner), row.amount, to))
-    row.state, row.settled_at = to.value, utcnow()
-    _txn(session, domain.movement(to), row.account_id, row.amount, row)
+    _keep(owner, domain.settle(_balance(owner), row.amount, to, captured))
+    row.state, row.settled_at, row.captured_amount = to.value, utcnow(), captured
+    for kind, amount in domain.settlement(row.amount, to, captured):
+        _txn(session, kind, row.account_id, amount, row)
     session.flush()
 
 
-def capture(session: Session, hold_id: str) -> Hold | domain.HoldExpired:
-    """Charge the hold (see :func:`domain.capture`).
+def capture(session: Session, hold_id: str, amount: int | None = None) -> Hold | domain.HoldExpired:
+    """Charge the hold, all of it or ``amount`` with the rest released, in this transaction
+    (see :func:`domain.capture`).
 
     An active hold past its expiry is expired here and now (the credits go back) and the
     refusal is returned, not raised, so that the caller commits the expiry with the answer.
     """
     row = hold(session, hold_id, lock=True)
-    move = domain.capture(_life(row), utcnow())
+    move = domain.capture(_life(row), utcnow(), amount)
     if move.to is not None:
-        _settle(session, row, move.to)
+        _settle(session, row, move.to, move.captured)
     return row if move.refusal is None else move.refusal
 
 
@@ -238,3 +256,167 @@ def check(session: Session) -> LedgerCheck:
     return LedgerCheck(
         consistent=not problems, accounts=len(rows), transactions=int(transactions), problems=problems
     )
+
+
+# ------------------------------------------------------------------- one statement (PostgreSQL)
+# The hot paths as one statement each, which claims the Idempotency-Key, moves the credits,
+# writes the hold and its ledger legs and stores the answer: one round trip, atomic by itself.
+# Each one acts only where the rules above would let the portable path act on a key seen for
+# the first time (the WHERE clauses say :func:`domain.reserve` and :func:`domain.capture` for
+# that case); anything else (a key seen before, a refusal, an expiry) changes nothing and
+# returns no row, and the caller goes the portable way, which decides it. Two requests racing
+# with one new key both pass the key's guard, and the second's INSERT of the key fails the
+# whole statement (a unique violation): nothing of it is kept and the portable way replays.
+
+_QUICK_HOLD = sa.text("""
+WITH moved AS (
+    UPDATE accounts SET available = available - :amount, held = held + :amount
+    WHERE id = :account AND available >= :amount
+      AND NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE caller = :caller AND key = :key)
+    RETURNING id
+), placed AS (
+    INSERT INTO holds (id, account_id, job_id, amount, state, expires_at, created_at, captured_amount)
+    SELECT :hold_id, id, :job_id, :amount, 'active', :expires_at, :now, 0 FROM moved
+    RETURNING id
+), legs AS (
+    INSERT INTO ledger_entries (txn_id, kind, book, amount, hold_id, job_id, created_at)
+    SELECT :txn, 'hold', l.book, l.amount, placed.id, :job_id, :now
+    FROM placed, (VALUES (CAST(:source AS TEXT), CAST(:debit AS BIGINT)),
+                         (CAST(:sink AS TEXT), CAST(:credit AS BIGINT))) AS l (book, amount)
+)
+INSERT INTO idempotency_keys (caller, key, fingerprint, route, response_status, response_body,
+                              response_media_type, created_at, expires_at)
+SELECT :caller, :key, :fingerprint, :route, :response_status, :response_body,
+       :response_media_type, :created_at, :key_expires_at
+FROM placed
+RETURNING response_body
+""")
+
+
+# The answer is built here, as :data:`aijobs.api.fields.Instant` writes a time: Python's isoformat
+# in UTC, the microseconds only when there are some.
+_QUICK_CAPTURE = sa.text("""
+WITH settled AS (
+    UPDATE holds SET state = 'captured', settled_at = :now,
+                     captured_amount = COALESCE(CAST(:charge AS BIGINT), amount)
+    WHERE id = :hold_id AND state = 'active' AND expires_at > :now
+      AND COALESCE(CAST(:charge AS BIGINT), amount) BETWEEN 1 AND amount
+      AND NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE caller = :caller AND key = :key)
+    RETURNING id, account_id, job_id, amount, expires_at, created_at, captured_amount
+), moved AS (
+    UPDATE accounts SET held = accounts.held - settled.amount,
+                        available = accounts.available + settled.amount - settled.captured_amount
+    FROM settled WHERE accounts.id = settled.account_id
+), legs AS (
+    INSERT INTO ledger_entries (txn_id, kind, book, amount, hold_id, job_id, created_at)
+    SELECT l.txn, l.kind, l.book, l.amount, settled.id, settled.job_id, :now
+    FROM settled CROSS JOIN LATERAL (VALUES
+        (CAST(:capture_txn AS TEXT), 'capture', settled.account_id || '\\:held', -settled.captured_amount),
+        (CAST(:capture_txn AS TEXT), 'capture', CAST(:revenue AS TEXT), settled.captured_amount),
+        (CAST(:release_txn AS TEXT), 'release', settled.account_id || '\\:held',
+         settled.captured_amount - settled.amount),
+        (CAST(:release_txn AS TEXT), 'release', settled.account_id || '\\:available',
+         settled.amount - settled.captured_amount)
+    ) AS l (txn, kind, book, amount)
+    WHERE l.amount <> 0
+)
+INSERT INTO idempotency_keys (caller, key, fingerprint, route, response_status, response_body,
+                              response_media_type, created_at, expires_at)
+SELECT :caller, :key, :fingerprint, :route, 200,
+       json_build_object(
+           'id', settled.id, 'account', settled.account_id, 'jobId', settled.job_id,
+           'amount', settled.amount, 'state', 'captured',
+           'expiresAt', to_char((settled.expires_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS')
+               || CASE WHEN extract(microseconds FROM settled.expires_at)::bigint % 1000000 = 0
+                  THEN '' ELSE to_char((settled.expires_at AT TIME ZONE 'UTC'), '.US') END || '+00:00',
+           'createdAt', to_char((settled.created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS')
+               || CASE WHEN extract(microseconds FROM settled.created_at)::bigint % 1000000 = 0
+                  THEN '' ELSE to_char((settled.created_at AT TIME ZONE 'UTC'), '.US') END || '+00:00',
+           'settledAt', CAST(:settled_iso AS TEXT), 'capturedAmount', settled.captured_amount,
+           'releasedAmount', settled.amount - settled.captured_amount
+       )::text,
+       'application/json', :created_at, :key_expires_at
+FROM settled
+RETURNING response_body
+""")
+
+
+def quick_hold(
+    key: dict[str, Any],
+    account_id: str,
+    job_id: str,
+    amount: int,
+    expires_at: dt.datetime | None,
+    answer: Callable[[Hold], dict[str, Any]],
+) -> Quick | None:
+    """:func:`place_hold` as one statement for a new key (see above). ``key`` claims it
+    (:meth:`IdempotencyStore.claim_row`); ``answer`` renders the hold placed, which the
+    statement stores. None: a bad expiry, left to the portable way to refuse."""
+    now = utcnow()
+    try:
+        expires = domain.hold_expiry(expires_at, now)
+    except domain.BadExpiry:
+        return None
+    placed = Hold(
+        id=f"hold-{uuid.uuid4().hex}",
+        account_id=account_id,
+        job_id=job_id,
+        amount=amount,
+        state=HoldState.ACTIVE.value,
+        expires_at=expires,
+        created_at=now,
+        captured_amount=0,
+    )
+    (source, debit), (sink, credit) = domain.legs("hold", account_id, amount)
+    return Quick(
+        _QUICK_HOLD,
+        {
+            **_key_params(key),
+            "response_status": 201,
+            "response_body": json.dumps(answer(placed)),
+            "response_media_type": "application/json",
+            "account": account_id,
+            "amount": amount,
+            "hold_id": placed.id,
+            "job_id": job_id,
+            "expires_at": expires,
+            "now": now,
+            "txn": f"txn-{uuid.uuid4().hex}",
+            "source": source,
+            "debit": debit,
+            "sink": sink,
+            "credit": credit,
+        },
+        201,
+    )
+
+
+def quick_capture(key: dict[str, Any], hold_id: str, amount: int | None) -> Quick:
+    """:func:`capture` as one statement for a new key and an active, unexpired hold that holds
+    ``amount`` (the whole hold when None); see above."""
+    now = utcnow()
+    return Quick(
+        _QUICK_CAPTURE,
+        {
+            **_key_params(key),
+            "hold_id": hold_id,
+            "charge": amount,
+            "now": now,
+            "settled_iso": now.isoformat(),
+            "capture_txn": f"txn-{uuid.uuid4().hex}",
+            "release_txn": f"txn-{uuid.uuid4().hex}",
+            "revenue": domain.REVENUE,
+        },
+        200,
+    )
+
+
+def _key_params(key: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "caller": key["caller"],
+        "key": key["key"],
+        "fingerprint": key["fingerprint"],
+        "route": key["route"],
+        "created_at": key["created_at"],
+        "key_expires_at": key["expires_at"],
+    }

@@ -42,6 +42,8 @@ class Hold(PaymentBase):
     expires_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
     settled_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # What a capture charged (all of ``amount`` or a part, the rest released); 0 unless captured.
+    captured_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class LedgerEntry(PaymentBase):

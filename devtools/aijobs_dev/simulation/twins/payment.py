@@ -1,6 +1,8 @@
 """The payment service's twin: Payment's own rules (``aijobs_services.payment.domain``) over
 dicts instead of tables, answering Payment's wire models (``aijobs.api.payment``) and the problems
-its contract names, so it moves money exactly as the service does."""
+its contract names, so it moves money exactly as the service does: partial captures, and the
+bulk routes, whose every item is the single route's call under the item's key (the twin's one
+idempotency record, so an item and a single call with one key replay each other)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 
 from aijobs.api import payment as wire
 from aijobs.api.base import Answer
+from aijobs.api.bulk import BulkAnswer, BulkRequest, ItemAnswer
 from aijobs.api.problem import ProblemDetails, problem_type
 from aijobs_dev.simulation.twins.base import Reply, Twin, _parts
 
@@ -29,9 +32,10 @@ class Hold:
     expires_at: dt.datetime
     created_at: dt.datetime
     settled_at: dt.datetime | None = None
+    captured_amount: int = 0
 
     def life(self) -> domain.HoldLife:
-        return domain.HoldLife(self.id, self.state, self.expires_at, self.created_at)
+        return domain.HoldLife(self.id, self.state, self.expires_at, self.created_at, self.amount)
 
     def wire(self) -> wire.Hold:
         return wire.Hold(
@@ -43,6 +47,8 @@ class Hold:
             expires_at=self.expires_at,
             created_at=self.created_at,
             settled_at=self.settled_at,
+            captured_amount=self.captured_amount,
+            released_amount=domain.released(self.state, self.amount, self.captured_amount),
         )
 
     def public(self) -> dict[str, Any]:
@@ -101,6 +107,8 @@ class PaymentTwin(Twin):
         p = _parts(path)
         if method == "POST" and p == ["holds"]:
             return self.place, ()
+        if method == "POST" and p in (["bulk", "holds"], ["bulk", "captures"]):
+            return (self.bulk_holds if p[1] == "holds" else self.bulk_captures), ()
         if method == "POST" and len(p) == 3 and p[0] == "holds" and p[2] in ("capture", "release"):
             return (self.capture if p[2] == "capture" else self.release), (p[1],)
         if method == "GET" and len(p) == 2 and p[0] == "holds":
@@ -115,20 +123,20 @@ class PaymentTwin(Twin):
             raise domain.UnknownHold(hold_id)
         return hold
 
-    def _record(self, kind: domain.Movement, hold: Hold) -> None:
+    def _record(self, kind: domain.Movement, hold: Hold, amount: int | None = None) -> None:
         transaction = self.new_id("txn")
-        for book, amount in domain.legs(kind, hold.account, hold.amount):
-            self.entries.append(Entry(transaction, kind, book, amount, hold.id, hold.job_id, self.clock()))
+        for book, signed in domain.legs(kind, hold.account, hold.amount if amount is None else amount):
+            self.entries.append(Entry(transaction, kind, book, signed, hold.id, hold.job_id, self.clock()))
 
     def _settle(self, hold: Hold, move: domain.Move) -> None:
         if move.to is None:
             return
         account = self.accounts[hold.account]
-        account.keep(domain.settle(account.balance(), hold.amount, move.to))
-        if move.to is HoldState.CAPTURED:
-            account.revenue += hold.amount
-        hold.state, hold.settled_at = move.to, self.clock()
-        self._record(domain.movement(move.to), hold)
+        account.keep(domain.settle(account.balance(), hold.amount, move.to, move.captured))
+        account.revenue += move.captured
+        hold.state, hold.settled_at, hold.captured_amount = move.to, self.clock(), move.captured
+        for kind, amount in domain.settlement(hold.amount, move.to, move.captured):
+            self._record(kind, hold, amount)
 
     def place(self, *, body: Any, **_: Any) -> Reply:
         try:
@@ -163,10 +171,14 @@ class PaymentTwin(Twin):
         except domain.PaymentError as error:
             return _refused(error)
 
-    def capture(self, hold_id: str, **_: Any) -> Reply:
+    def capture(self, hold_id: str, *, body: Any = None, **_: Any) -> Reply:
+        try:
+            amount = None if body is None else wire.HoldCapture.model_validate(body).amount
+        except ValidationError as invalid:
+            return Reply.problem(422, "validation-error", str(invalid))
         try:
             hold = self._hold(hold_id)
-            move = domain.capture(hold.life(), self.clock())
+            move = domain.capture(hold.life(), self.clock(), amount)
         except domain.PaymentError as error:
             return _refused(error)
         self._settle(hold, move)
@@ -199,11 +211,50 @@ class PaymentTwin(Twin):
             200,
             wire.Charges(
                 job_id=job_id,
-                charged=sum(h.amount for h in holds if h.state is HoldState.CAPTURED),
+                charged=sum(h.captured_amount for h in holds if h.state is HoldState.CAPTURED),
                 holds=[h.wire() for h in holds],
                 entries=entries,
             ),
         )
+
+    # --------------------------------------------------------------------------------- bulk
+    def _item(self, key: str, path: str, body: Any) -> ItemAnswer:
+        """One item: the single route's call under the item's key, as :meth:`handle` runs it."""
+        before = self._idem.get(key)
+        reply = self.handle("POST", path, key, body, {}, b"")
+        replayed = before is not None and reply is before[1]  # the answer kept for the key
+        return ItemAnswer(key=key, status=reply.status, replayed=replayed, body=reply.body)
+
+    def _bulk(self, body: Any, item: Callable[[str, Any], ItemAnswer]) -> Reply:
+        try:
+            request = BulkRequest[dict[str, Any]].model_validate(body)
+        except ValidationError as invalid:
+            return Reply.problem(422, "validation-error", str(invalid))
+        return _ok(200, BulkAnswer(items=[item(i.key, i.request) for i in request.items]))
+
+    def bulk_holds(self, *, body: Any, **_: Any) -> Reply:
+        def item(key: str, request: dict[str, Any]) -> ItemAnswer:
+            try:
+                wire.HoldCreate.model_validate(request)
+            except ValidationError as invalid:  # the item's own 422, nothing kept under its key
+                return ItemAnswer(
+                    key=key, status=422, body=Reply.problem(422, "validation-error", str(invalid)).body
+                )
+            return self._item(key, "/v1/holds", request)
+
+        return self._bulk(body, item)
+
+    def bulk_captures(self, *, body: Any, **_: Any) -> Reply:
+        def item(key: str, request: dict[str, Any]) -> ItemAnswer:
+            try:
+                capture = wire.CaptureRequest.model_validate(request)
+            except ValidationError as invalid:
+                return ItemAnswer(
+                    key=key, status=422, body=Reply.problem(422, "validation-error", str(invalid)).body
+                )
+            return self._item(key, f"/v1/holds/{capture.hold_id}/capture", capture.single_body())
+
+        return self._bulk(body, item)
 
     def sweep(self) -> None:
         """Payment's expiry sweep: an active hold past its expiry returns its credits."""
