@@ -3,6 +3,12 @@ means what.
 
 A job has one task (``POST /v1/tasks``); workers lease due tasks (``POST /v1/leases``), keep the
 lease with heartbeats and end it with a completion or a failure, each fenced by the lease token.
+A batch job has one task per image, named by the job and the image's index (``item``).
+
+Bulk (:mod:`aijobs.api.bulk`): ``POST /v1/bulk/tasks`` carries many :class:`TaskCreate` (each the
+single ``POST /v1/tasks`` under its own key), ``POST /v1/bulk/completions`` many
+:class:`TaskCompletion` (each the single ``POST /v1/tasks/{taskId}/complete``, its body without
+``taskId``, under its own key): one request and one transaction for many.
 The life cycle itself is :mod:`aijobs.api.tasks`; the answers here are built from its values
 (:meth:`Task.of`, :meth:`LeasedTask.of`) by the service and by the simulator's twin alike.
 
@@ -18,13 +24,14 @@ Problems (``type`` ends in the slug):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, StrictBool
+from annotated_types import Ge, Le
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, StrictBool
 
 from aijobs.api import tasks
 from aijobs.api.base import Answer, Request
-from aijobs.api.fields import Instant, Int, Text, Timestamp
+from aijobs.api.fields import Instant, Int, Text, Timestamp, integral
 from aijobs.api.pipelines import PARAMETERS
 from aijobs.api.problem import ProblemKind, by_slug
 from aijobs.api.rules import ACCOUNT_NAME
@@ -40,6 +47,7 @@ __all__ = [
     "Leases",
     "QueueDepth",
     "Task",
+    "TaskCompletion",
     "TaskCreate",
     "TaskList",
     "TaskQuery",
@@ -83,6 +91,12 @@ def _parameters_by_pipeline(schema: dict[str, Any]) -> None:
     schema["oneOf"] = variants
 
 
+# The image's index in a batch job, as :data:`aijobs.api.fields.Int` reads it; the bounds come
+# first because, behind its validator in a union, pydantic checks them but leaves them out of
+# the schema (and a fuzzer then sends -1 as valid).
+ImageIndex = Annotated[int, Ge(0), Le(999_999), Strict(), BeforeValidator(integral)]
+
+
 class TaskCreate(Request):
     """A job's task, as the operator schedules it (idempotent: one task per job)."""
 
@@ -97,6 +111,12 @@ class TaskCreate(Request):
     input_object_id: Text = Field(min_length=1, max_length=40)
     run_at: Timestamp | None = Field(default=None, description="Default: now")
     max_attempts: Int = Field(default=5, ge=1, le=50)
+    # Last, and absent unless set (``wire()`` drops a None): a single-image job's body is the
+    # bytes it always was, so its idempotent replays keep matching across an upgrade.
+    item: ImageIndex | None = Field(
+        default=None,
+        description="The image's index in a batch job (one task per job and item); absent: its one task",
+    )
 
 
 class LeaseRequest(Request):
@@ -114,6 +134,14 @@ class Completion(Request):
     lease_token: Text
     result_object_id: Text = Field(min_length=1, max_length=40)
     result: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskCompletion(Completion):
+    """One item of ``POST /v1/bulk/completions``: the completion of task ``task_id``. The item
+    stands for ``POST /v1/tasks/{taskId}/complete`` with the other fields as its body, and is
+    fingerprinted as that single call (so the two replay each other under one key)."""
+
+    task_id: Text = Field(min_length=1, max_length=40)
 
 
 class Failure(Request):
@@ -147,6 +175,7 @@ class Task(Answer):
     result: dict[str, Any] | None
     error: str | None
     updated_at: Instant
+    item: int | None = Field(default=None, description="The image's index in a batch job")
 
     @classmethod
     def fields_of(cls, task: tasks.Task) -> dict[str, Any]:
@@ -168,6 +197,7 @@ class Task(Answer):
             "result": task.result,
             "error": task.error,
             "updated_at": task.updated_at,
+            "item": task.item,
         }
 
     @classmethod

@@ -28,14 +28,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-__all__ = ["NO_NUL", "OUT_OF_RANGE", "Instant", "Int", "Text", "Timestamp", "to_utc"]
+__all__ = ["NO_NUL", "OUT_OF_RANGE", "Instant", "Int", "Text", "Timestamp", "integral", "to_utc"]
 
 NO_NUL = r"^[^\x00]*$"
 # The error kind of a time UTC cannot hold; the services answer it as its own problem.
 OUT_OF_RANGE = "time_out_of_range"
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     """An integral float as its integer; anything else left for the strict integer to judge."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -44,7 +44,7 @@ def _integral(value: Any) -> Any:
 
 # Bound it on the field (``n: Int = Field(ge=1)``): an alias ``Annotated[Int, Field(ge=1)]``
 # still checks the bound but writes it into the schema as ``ge``, which no reader knows.
-Int = Annotated[int, Strict(), BeforeValidator(_integral)]
+Int = Annotated[int, Strict(), BeforeValidator(integral)]
 
 
 def _text_time(value: Any) -> Any:

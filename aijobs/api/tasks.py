@@ -6,6 +6,9 @@ the simulator's AI twin does, so that the two cannot drift.
         └──retryable fail──┘ └──fail / out of attempts──▶ failed
     scheduled ──cancel──▶ cancelled          running ──cancel──▶ (cancel requested) ──fail──▶ cancelled
 
+A job has one task, or, for a batch, one per image: a task is named by its job and its ``item``
+(the image's index; none for a single-image job), and that pair is unique.
+
 A running task holds a :class:`Lease`: a token and an expiry. Only the holder of the current
 token may heartbeat, complete or fail it (fencing), so a worker that stalled past its lease and
 was replaced is refused without harm. A lease that ran out makes the task due again: the next
@@ -18,7 +21,7 @@ domain errors, with no HTTP status:
     TaskError
     ├── UnknownTask        no task by that id (raised by the stores, named here for one mapping)
     ├── InvalidDefinition  an unknown pipeline, or parameters it does not take (``kind`` says which)
-    ├── JobHasTask         the job already has a task with another definition (``task_id``)
+    ├── JobHasTask         the job (or the job's image) already has a task with another definition
     ├── LeaseLost          the token is not the running task's current one (``state``)
     └── TaskCancelled      a completion of a task whose cancellation was asked
 """
@@ -87,8 +90,9 @@ class InvalidDefinition(TaskError):
 class JobHasTask(TaskError):
     kind = "job-has-task"
 
-    def __init__(self, job_id: str, task_id: str) -> None:
-        super().__init__(f"job {job_id} already has task {task_id} with another definition")
+    def __init__(self, job_id: str, task_id: str, item: int | None = None) -> None:
+        what = f"job {job_id}" if item is None else f"image {item} of job {job_id}"
+        super().__init__(f"{what} already has task {task_id} with another definition")
         self.task_id = task_id
 
 
@@ -140,6 +144,7 @@ class Task:
     result_object_id: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    item: int | None = None  # the image's index in a batch job; none: the job's one task
 
 
 def defined(pipeline: str, params: dict[str, Any], input_object_id: str) -> Definition:
@@ -164,15 +169,17 @@ def create(
     run_at: dt.datetime | None,
     max_attempts: int,
     now: dt.datetime,
+    item: int | None = None,
 ) -> Task:
-    """A job's first task: scheduled for ``run_at`` (now when not given)."""
-    return Task(task_id, job_id, account, definition, run_at or now, now, max_attempts)
+    """A job's first task (or its image ``item``'s): scheduled for ``run_at`` (now when not given)."""
+    return Task(task_id, job_id, account, definition, run_at or now, now, max_attempts, item=item)
 
 
 def reuse(existing: Task, definition: Definition) -> Task:
-    """A job is scheduled again: its task, when the definition is the same; one task per job."""
+    """A job (or one image of it) is scheduled again: its task, when the definition is the same;
+    one task per job and item."""
     if existing.definition != definition:
-        raise JobHasTask(existing.job_id, existing.id)
+        raise JobHasTask(existing.job_id, existing.id, existing.item)
     return existing
 
 

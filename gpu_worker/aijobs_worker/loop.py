@@ -1,5 +1,7 @@
 """The lease loop: lease -> heartbeat -> fetch -> decode -> infer -> encode -> **spool (fsync)** ->
-upload (key derived from the job, so a re-run stores no second result) -> complete.
+upload (key derived from the job, so a re-run stores no second result) -> complete, the leased
+batch's completions in one request (``POST /v1/bulk/completions``, each under the key its single
+completion has always had).
 
 Storage down after inference: the result waits in the spool while uploads retry with backoff and
 heartbeats keep the lease; when Storage returns, upload and complete. On restart the spool is
@@ -21,8 +23,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from aijobs.api.ai import Completion, Failure, Heartbeat, LeasedTask, LeaseRequest, Leases, Task
+from aijobs.api.ai import (
+    Failure,
+    Heartbeat,
+    LeasedTask,
+    LeaseRequest,
+    Leases,
+    Task,
+    TaskCompletion,
+)
 from aijobs.api.storage import StoredObject
+from aijobs.wire.bulk import Batcher
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_worker import codec
 from aijobs_worker.config import WorkerSettings
@@ -32,6 +43,9 @@ from aijobs_worker.spool import Entry, Spool
 from aijobs_worker.telemetry import IMAGES, QUEUE_WAIT, STAGE_SECONDS, UPLOAD_RETRIES
 
 log = logging.getLogger("aijobs.worker")
+
+# Spooled results uploaded at once, and completed in one request, when the spool is drained.
+_DRAIN_BATCH = 64
 
 
 @dataclass
@@ -143,13 +157,15 @@ class Worker:
         STAGE_SECONDS.labels("infer").observe((time.perf_counter() - t0) / len(items))
         self.pulse.beat("encoding and storing results", self.cfg.lease_seconds)
         by_id = {task.id: task for task in tasks}
-        await asyncio.gather(*(self._finish_item(item, by_id[item.key]) for item in items))
+        spooled = await asyncio.gather(*(self._finish_item(item, by_id[item.key]) for item in items))
+        await self.deliver([entry for entry in spooled if entry is not None])
 
-    async def _finish_item(self, item: Item, task: LeasedTask) -> None:
+    async def _finish_item(self, item: Item, task: LeasedTask) -> Entry | None:
+        """The item's result encoded and spooled (or its run reported failed: None)."""
         if item.error is not None or item.output is None:
             IMAGES.labels(task.pipeline, "failed").inc()
             await self._give_back(item.key, item.error or "no output", retryable=False)
-            return
+            return None
         t0 = time.perf_counter()
         png = await asyncio.get_running_loop().run_in_executor(self._pool, codec.encode, item.output)
         STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
@@ -158,7 +174,7 @@ class Worker:
         entry = Entry(task.id, task.job_id, task.account, token, meta)
         await asyncio.to_thread(self.spool.put, entry, png)  # durable before anything else
         IMAGES.labels(task.pipeline, "ok").inc()
-        await self.deliver(entry)
+        return entry
 
     # -- results ------------------------------------------------------------------------------
     async def drain_spool(self, deadline: float | None = None) -> None:
@@ -167,28 +183,41 @@ class Worker:
             log.info("spool holds %d finished result(s): uploading them first", len(entries))
         for entry in entries:
             self.held.setdefault(entry.task_id, Held(entry.task_id, entry.lease_token))
-            await self.deliver(entry, deadline)
+        for start in range(0, len(entries), _DRAIN_BATCH):
+            await self.deliver(entries[start : start + _DRAIN_BATCH], deadline)
 
-    async def deliver(self, entry: Entry, deadline: float | None = None) -> None:
-        """Upload the spooled result and complete the task, retrying while Storage is away."""
+    async def deliver(self, entries: list[Entry], deadline: float | None = None) -> None:
+        """Upload the spooled results (retrying while Storage is away), then complete the
+        uploaded ones in one request."""
+        stored = await asyncio.gather(*(self._store(entry, deadline) for entry in entries))
+        await self._complete([(entry, obj) for entry, obj in zip(entries, stored, strict=True) if obj])
+
+    async def _store(self, entry: Entry, deadline: float | None) -> StoredObject | None:
+        """The result uploaded; None when there is nothing to complete: the task was cancelled or
+        Storage refused the result (the run is reported and forgotten), or the ``deadline``
+        passed (the result stays in the spool for the next start)."""
         held = self.held.get(entry.task_id)
         t0 = time.perf_counter()
         content = self.spool.content(entry)
-        obj: StoredObject | None = None
-        for attempt in itertools.count(1):
-            if held is not None and held.cancelled:
-                break
+        attempt = 0
+        while True:
+            attempt += 1
+            if held is not None and held.cancelled:  # acknowledge, so the task ends cancelled now
+                await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
+                self._forget(entry)
+                return None
             self.pulse.beat(f"uploading the result of {entry.task_id}", self.cfg.lease_seconds)
             try:
                 obj = await self._upload(entry, content)
-                break
+                STAGE_SECONDS.labels("upload").observe(time.perf_counter() - t0)
+                return obj
             except Ambiguous as exc:
                 UPLOAD_RETRIES.inc()
                 if deadline is not None and time.monotonic() > deadline:
                     log.warning(
                         "storage still unreachable; %s stays in the spool for the next start", entry.task_id
                     )
-                    return
+                    return None
                 if attempt in (1, 10) or attempt % 50 == 0:
                     log.warning(
                         "upload of %s failed (%s); result kept in the spool, retrying", entry.task_id, exc
@@ -198,13 +227,7 @@ class Worker:
                 log.error("storage refused the result of %s: %s", entry.task_id, exc)
                 await self._give_back(entry.task_id, str(exc), False, entry.lease_token)
                 self._forget(entry)
-                return
-        STAGE_SECONDS.labels("upload").observe(time.perf_counter() - t0)
-        if obj is not None:
-            await self._complete(entry, obj)
-        elif held is not None and held.cancelled:  # acknowledge, so the task ends cancelled now
-            await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
-        self._forget(entry)
+                return None
 
     async def _upload(self, entry: Entry, content: bytes) -> StoredObject:
         params = {"account": entry.account, "jobId": entry.job_id, "kind": "result", "state": "committed"}
@@ -217,29 +240,54 @@ class Worker:
             # An earlier run of this job stored its result first: that one is the result.
             return await self.storage.fetch(StoredObject, "GET", f"/v1/by-key/{result_key(entry.job_id)}")
 
-    async def _complete(self, entry: Entry, obj: StoredObject) -> None:
-        body = Completion(
-            lease_token=entry.lease_token,
-            result_object_id=obj.id,
-            result={"sha256": obj.sha256, "size": obj.size, "width": obj.width, "height": obj.height},
-        ).wire()
+    async def _complete(self, done: list[tuple[Entry, StoredObject]]) -> None:
+        """Complete these uploaded results in one request, each under its own key (the one its
+        single completion has always had, so a retry across an upgrade replays). Those whose
+        outcome is unknown (the answer was lost, the item failed) are sent again together, with
+        the same keys; each refused one is handled as the single completion's refusal was."""
+        batcher = self.ai.bulk("/v1/bulk/completions", Task)
+        pending = [(entry, _completion(entry, obj)) for entry, obj in done]
         for attempt in itertools.count(1):
-            try:
-                await self.ai.fetch(
-                    Task,
-                    "POST",
-                    f"/v1/tasks/{entry.task_id}/complete",
-                    key=f"{entry.task_id}:complete:{entry.lease_token}",
-                    json=body,
+            if not pending:
+                return
+            self.pulse.beat(f"completing {len(pending)} task(s)", self.cfg.call_timeout_seconds)
+            outcomes = await asyncio.gather(
+                *(self._complete_one(batcher, entry, completion) for entry, completion in pending),
+                return_exceptions=True,
+            )
+            unknown = []
+            for (entry, completion), outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, Ambiguous):
+                    unknown.append((entry, completion))
+                    continue
+                if isinstance(outcome, Refused):
+                    # Lease taken over or task cancelled: someone else owns it now.
+                    log.info(
+                        "completion of %s refused (%s); dropping this run's claim",
+                        entry.task_id,
+                        outcome.kind,
+                    )
+                    if outcome.kind == "task-cancelled":  # acknowledge, so the task ends (and its job can go)
+                        await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                self._forget(entry)
+            pending = unknown
+            if pending:
+                retry_after = max(
+                    (o.retry_after or 0.0 for o in outcomes if isinstance(o, Ambiguous)), default=0.0
                 )
-                return
-            except Ambiguous as exc:
-                await self._sleep(_backoff(attempt, exc.retry_after, cap=10.0))
-            except Refused as exc:  # lease taken over or task cancelled: someone else owns it now
-                log.info("completion of %s refused (%s); dropping this run's claim", entry.task_id, exc.kind)
-                if exc.kind == "task-cancelled":  # acknowledge, so the task ends (and its job can go)
-                    await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
-                return
+                await self._sleep(_backoff(attempt, retry_after, cap=10.0))
+
+    async def _complete_one(self, batcher: Batcher[Task], entry: Entry, completion: TaskCompletion) -> Task:
+        key = f"{entry.task_id}:complete:{entry.lease_token}"
+        sent = completion.wire()
+        body = {k: v for k, v in sent.items() if k != "taskId"}  # the single route's, byte for byte
+        return await batcher.call(
+            key,
+            sent,
+            lambda: self.ai.fetch(Task, "POST", f"/v1/tasks/{entry.task_id}/complete", key=key, json=body),
+        )
 
     async def _give_back(
         self, task_id: str, reason: str, retryable: bool, lease_token: str | None = None
@@ -292,6 +340,15 @@ class Worker:
             return
         log.warning("fault: %s found; the loop now blocks forever without beating", self.cfg.wedge_file)
         await asyncio.to_thread(self.wedge_release.wait)  # a call that never returns
+
+
+def _completion(entry: Entry, obj: StoredObject) -> TaskCompletion:
+    return TaskCompletion(
+        task_id=entry.task_id,
+        lease_token=entry.lease_token,
+        result_object_id=obj.id,
+        result={"sha256": obj.sha256, "size": obj.size, "width": obj.width, "height": obj.height},
+    )
 
 
 def _take(path: str) -> bool:

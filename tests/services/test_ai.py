@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from aijobs_services.ai import queue
 
 from aijobs.api.ai import Leases
 from tests.services.conftest import Api, _in_process, snapshot
@@ -284,3 +285,135 @@ def test_the_queue_depth_an_autoscaler_reads_counts_waiting_running_and_later_wo
         conn.execute(sa.text("update tasks set lease_expires_at = now() - interval '1 second'"))
     assert depth() == {"ready": 2, "running": 0, "scheduled": 1, "demand": 2}
     assert len(_lease(api, "w2", n=10)) == 2  # exactly what the depth said was ready
+
+
+# ------------------------------------------------------------------------------------- bulk
+def _bulk(api: Api, route: str, items: list[tuple[str, dict[str, Any]]], caller: str) -> list[dict[str, Any]]:
+    body = {"items": [{"key": key, "request": request} for key, request in items]}
+    response = api.post(f"/v1/bulk/{route}", body, caller=caller, key=None)
+    assert response.status_code == 200, response.text
+    answers: list[dict[str, Any]] = response.json()["items"]
+    assert [a["key"] for a in answers] == [key for key, _ in items]  # in the order sent
+    return answers
+
+
+def _slug_of(answer: dict[str, Any]) -> str:
+    return str(answer["body"]["type"]).rsplit("/", 1)[-1]
+
+
+def test_a_bulk_creation_is_each_single_creation_under_its_own_key(ai: AI) -> None:
+    api, engine = ai
+    earlier = _create(api, "job-0", key="k0")  # sent alone before: the bulk item replays it
+    items = [
+        ("k0", _task("job-0")),
+        ("k1", _task("job-1")),
+        ("k2", _task("job-0", pipeline="thumbnail")),  # job-0 has a task with another definition
+        ("k3", _task("job-3", runAt="tomorrow")),  # a body the single route refuses
+        ("k4", _task("job-1")),  # job-1 again, another key: its task, as the single route answers
+    ]
+    answers = _bulk(api, "tasks", items, "operator")
+    assert [(a["status"], a["replayed"]) for a in answers] == [
+        (201, True),
+        (201, False),
+        (409, False),
+        (422, False),
+        (200, False),
+    ]
+    assert answers[0]["body"] == earlier.json()
+    assert answers[2]["body"]["taskId"] == earlier.json()["id"] and _slug_of(answers[2]) == "job-has-task"
+    assert _slug_of(answers[3]) == "validation-error" and "body.runAt" in answers[3]["body"]["detail"]
+    assert answers[4]["body"] == answers[1]["body"]  # its task as it is, written as the first answer was
+    # A single call with an item's key is that item: replayed, with the item's answer.
+    single = _create(api, "job-1", key="k1")
+    assert single.status_code == 201 and single.headers["Idempotent-Replayed"] == "true"
+    assert single.json() == answers[1]["body"]
+    # The lost answer of a bulk request: sent again, every stored item replays, nothing moves.
+    before = snapshot(engine)
+    again = _bulk(api, "tasks", items, "operator")
+    assert [(a["status"], a["body"]) for a in again] == [(a["status"], a["body"]) for a in answers]
+    assert [a["replayed"] for a in again] == [True, True, True, False, True]
+    assert snapshot(engine) == before
+    # An item's key used for another body is refused for that item only.
+    [reused] = _bulk(api, "tasks", [("k1", _task("job-9"))], "operator")
+    assert (reused["status"], _slug_of(reused)) == (422, "idempotency-key-reused")
+
+
+def test_a_batch_job_has_one_task_per_image(ai: AI) -> None:
+    api, _ = ai
+    items = [(f"b:{i}", _task("batch-1", item=i)) for i in range(5)] + [("b:single", _task("batch-1"))]
+    answers = _bulk(api, "tasks", items, "operator")
+    assert [a["status"] for a in answers] == [201] * 6
+    assert [a["body"]["item"] for a in answers] == [0, 1, 2, 3, 4, None]
+    assert len({a["body"]["id"] for a in answers}) == 6
+    clash = _create(api, "batch-1", key="b:2:again", item=2, pipeline="thumbnail")
+    assert clash.status_code == 409 and clash.json()["taskId"] == answers[2]["body"]["id"]
+    listed = api.ok("POST", "/v1/tasks/query", {"jobIds": ["batch-1"]}, caller="operator", key=None)["items"]
+    assert sorted((t["item"] is None, t["item"]) for t in listed) == [
+        (False, 0),
+        (False, 1),
+        (False, 2),
+        (False, 3),
+        (False, 4),
+        (True, None),
+    ]
+
+
+def test_an_item_that_fails_unexpectedly_is_answered_alone_and_the_others_commit(
+    ai: AI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, _ = ai
+
+    real_create, real_quick = queue.create, queue.quick_create
+
+    def broken(session: Any, **fields: Any) -> Any:
+        if fields["job_id"] == "job-bad":
+            session.execute(sa.text("SELECT 1"))  # it had started talking to the database
+            raise RuntimeError("a bug")
+        return real_create(session, **fields)
+
+    def portable_for_the_bad_one(claim: Any, answer: Any, **fields: Any) -> Any:
+        return None if fields["job_id"] == "job-bad" else real_quick(claim, answer, **fields)
+
+    with monkeypatch.context() as patched:  # a bug in the portable path, for one job
+        patched.setattr(queue, "create", broken)
+        patched.setattr(queue, "quick_create", portable_for_the_bad_one)
+        answers = _bulk(api, "tasks", [("g1", _task("job-good")), ("x1", _task("job-bad"))], "operator")
+    assert [a["status"] for a in answers] == [201, 500]
+    assert _create(api, "job-good", key="g1").json() == answers[0]["body"]  # committed
+    retried = _create(api, "job-bad", key="x1")  # its key was not kept: the retry acts
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried.headers
+
+
+def test_a_worker_completes_a_leased_batch_in_one_request(ai: AI) -> None:
+    api, _ = ai
+    for i in range(3):
+        _create(api, f"job-{i}")
+    leased = _lease(api, n=3)
+    done = {"resultObjectId": "obj-r", "result": {"size": 1}}
+    first = leased[0]
+    alone = api.post(
+        f"/v1/tasks/{first['id']}/complete",
+        {"leaseToken": first["leaseToken"], **done},
+        caller="worker",
+        key=f"{first['id']}:complete",
+    )
+    assert alone.status_code == 200
+    items = [
+        (f"{t['id']}:complete", {"taskId": t["id"], "leaseToken": t["leaseToken"], **done}) for t in leased
+    ]
+    stale = {"taskId": leased[1]["id"], "leaseToken": "not-the-token", "resultObjectId": "obj-other"}
+    items.append(("stale", stale))
+    answers = _bulk(api, "completions", items, "worker")
+    assert [(a["status"], a["replayed"]) for a in answers] == [
+        (200, True),
+        (200, False),
+        (200, False),
+        (409, False),
+    ]
+    assert answers[0]["body"] == alone.json()
+    assert _slug_of(answers[3]) == "lease-lost" and answers[3]["body"]["state"] == "succeeded"
+    now = [api.ok("GET", f"/v1/tasks/{t['id']}") for t in leased]
+    assert {t["state"] for t in now} == {"succeeded"}
+    assert [a["body"] for a in answers[:3]] == now  # each answer written as the task reads
+    refused = api.post("/v1/bulk/completions", {"items": items}, caller="operator", key=None)
+    assert refused.status_code == 403  # completions are the workers'

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from aijobs.api import tasks
-from aijobs.api.ai import PROBLEMS, LeasedTask, QueueDepth, Task, refusal
+from aijobs.api.ai import PROBLEMS, LeasedTask, QueueDepth, Task, TaskCreate, refusal
 
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 SECOND = dt.timedelta(seconds=1)
@@ -279,3 +279,20 @@ def test_a_task_goes_on_the_wire_as_ai_has_always_written_it() -> None:
     public = Task.of(_running()).model_dump(mode="json", by_alias=True)
     assert "leaseToken" not in public and public["resultObjectId"] is None
     assert Task.model_validate(public) == Task.of(_running())  # what a client reads back
+
+
+def test_a_single_image_jobs_task_request_is_sent_as_it_always_was() -> None:
+    """Its Idempotency-Key replays compare bytes: a field it does not set must not appear."""
+    sent = TaskCreate(job_id="j", account="acme", pipeline="grayscale", input_object_id="o").wire()
+    assert sent == {"jobId": "j", "account": "acme", "pipeline": "grayscale", "inputObjectId": "o"}
+    batch = TaskCreate(job_id="j", account="acme", pipeline="grayscale", input_object_id="o", item=0).wire()
+    assert batch == {**sent, "item": 0}
+
+
+def test_a_batch_images_task_is_its_own_and_keeps_its_definition() -> None:
+    image = tasks.create("t-3", "j", "acme", GRAY, run_at=None, max_attempts=5, now=NOW, item=3)
+    assert tasks.reuse(image, GRAY) == image
+    with pytest.raises(tasks.JobHasTask, match="image 3 of job j already has task t-3") as refused:
+        tasks.reuse(image, tasks.Definition("thumbnail", {}, "obj-1"))
+    assert refused.value.task_id == "t-3"
+    assert Task.of(image).item == 3 and Task.of(_task()).item is None

@@ -2,7 +2,9 @@
 
 The routes read the wire models of :mod:`aijobs.api.ai`, call :mod:`aijobs_services.ai.queue`
 and answer the same models; a refusal of the task life cycle (:mod:`aijobs.api.tasks`) becomes
-its problem here, the one place that knows HTTP statuses.
+its problem here, the one place that knows HTTP statuses. The bulk routes run many of the single
+routes' operations, each under its own key, in one request and one transaction
+(:mod:`aijobs_services.ai.bulk`).
 """
 
 from __future__ import annotations
@@ -26,16 +28,26 @@ from aijobs.api.ai import (
     Leases,
     QueueDepth,
     Task,
+    TaskCompletion,
     TaskCreate,
     TaskList,
     TaskQuery,
     refusal,
 )
-from aijobs_services.ai import queue
+from aijobs.api.bulk import BulkAnswer, BulkRequest, item_body
+from aijobs_services.ai import bulk, queue
 from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.fields import NO_NUL
-from aijobs_services.kit.idempotency import IdempotentRequestDep, Outcome
+from aijobs_services.kit.idempotency import (
+    BulkOp,
+    IdempotencyStore,
+    IdempotentRequest,
+    IdempotentRequestDep,
+    Outcome,
+    Quick,
+    item_request,
+)
 from aijobs_services.kit.problems import Problem, documented
 
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
@@ -93,6 +105,27 @@ router = APIRouter(prefix="/v1", tags=["ai"])
 def create_task(
     body: TaskCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
+    return store.run(session, idem, _creation(body), quick=_quick_creation(store, idem, body))
+
+
+def _quick_creation(store: IdempotencyStore, req: IdempotentRequest, body: TaskCreate) -> Quick | None:
+    return queue.quick_create(
+        store.claim_row(req),
+        lambda task: bulk.wire(Task.of(task)),
+        job_id=body.job_id,
+        account=body.account,
+        pipeline=body.pipeline,
+        params=body.params,
+        input_object_id=body.input_object_id,
+        run_at=body.run_at,
+        max_attempts=body.max_attempts,
+        item=body.item,
+    )
+
+
+def _creation(body: TaskCreate) -> Callable[[Session], Outcome]:
+    """Register the task ``body`` defines: 201 when new, 200 with the one registered before."""
+
     def act(s: Session) -> Outcome:
         with _refusals():
             task, created = queue.create(
@@ -104,10 +137,32 @@ def create_task(
                 input_object_id=body.input_object_id,
                 run_at=body.run_at,
                 max_attempts=body.max_attempts,
+                item=body.item,
             )
         return (201 if created else 200), Task.of(task)
 
-    return store.run(session, idem, act)
+    return act
+
+
+@router.post(
+    "/bulk/tasks",
+    summary="Register many tasks in one request (each item is POST /v1/tasks under its own key)",
+    response_model=BulkAnswer,
+    responses=_answers(),
+)
+def create_tasks(
+    body: BulkRequest[dict[str, Any]], caller: Operator, store: IdemStoreDep, session: SessionDep
+) -> BulkAnswer:
+    ops = []
+    for item in body.items:
+        sent = bulk.parse(TaskCreate, item.request)
+        if isinstance(sent, Problem):
+            ops.append(BulkOp(item.key, "/v1/tasks", refusal=sent))
+            continue
+        req = item_request(caller.name, item.key, "POST", "/v1/tasks", "/v1/tasks", item_body(item.request))
+        quick = _quick_creation(store, req, sent)
+        ops.append(BulkOp(item.key, "/v1/tasks", req, _creation(sent), quick=quick))
+    return store.bulk(session, ops)
 
 
 @router.get("/tasks/{task_id}", summary="One task", response_model=Task, responses=_answers("unknown-task"))
@@ -195,10 +250,49 @@ def complete(
     session: SessionDep,
 ) -> JSONResponse:
     return store.run(
-        session,
-        idem,
-        _once(lambda s: queue.complete(s, task_id, body.lease_token, body.result_object_id, body.result)),
+        session, idem, _completion(task_id, body), quick=_quick_completion(store, idem, task_id, body)
     )
+
+
+def _quick_completion(
+    store: IdempotencyStore, req: IdempotentRequest, task_id: str, body: Completion
+) -> Quick:
+    return queue.quick_complete(
+        store.claim_row(req), task_id, body.lease_token, body.result_object_id, body.result
+    )
+
+
+def _completion(task_id: str, body: Completion) -> Callable[[Session], Outcome]:
+    return _once(lambda s: queue.complete(s, task_id, body.lease_token, body.result_object_id, body.result))
+
+
+_COMPLETE = "/v1/tasks/{task_id}/complete"
+
+
+@router.post(
+    "/bulk/completions",
+    summary="Record many tasks' results in one request (each item is its task's /complete under its own key)",
+    response_model=BulkAnswer,
+    responses=_answers(),
+)
+def complete_many(
+    body: BulkRequest[dict[str, Any]], caller: Worker, store: IdemStoreDep, session: SessionDep
+) -> BulkAnswer:
+    ops = []
+    for item in body.items:
+        # The item stands for the single call on its task, whose body is the item less taskId:
+        # fingerprinted as that call, so the two replay each other under one key.
+        named = item.request.get("taskId")
+        path = _COMPLETE.format(task_id=named if isinstance(named, str) else "")
+        sent = bulk.parse(TaskCompletion, item.request)
+        if isinstance(sent, Problem):
+            ops.append(BulkOp(item.key, path, refusal=sent))
+            continue
+        single = {k: v for k, v in item.request.items() if k != "taskId"}
+        req = item_request(caller.name, item.key, "POST", path, _COMPLETE, item_body(single))
+        quick = _quick_completion(store, req, sent.task_id, sent)
+        ops.append(BulkOp(item.key, path, req, _completion(sent.task_id, sent), quick=quick))
+    return store.bulk(session, ops)
 
 
 @router.post(

@@ -1,4 +1,4 @@
-"""AI's tables: one task per job, with its lease."""
+"""AI's tables: one task per job (per job and image for a batch), with its lease."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ class AIBase(DeclarativeBase):
 
 class Task(AIBase):
     __tablename__ = "tasks"
-    __table_args__ = (sa.Index("ix_tasks_due", "state", "run_at"),)
-
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
-    job_id: Mapped[str] = mapped_column(sa.String(128), unique=True)  # one task per job, ever
+    job_id: Mapped[str] = mapped_column(sa.String(128))
+    # The image's index in a batch job; NULL for a single-image job's one task.
+    item: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     account: Mapped[str] = mapped_column(sa.String(63), index=True)
     pipeline: Mapped[str] = mapped_column(sa.String(32))
     params: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
@@ -43,6 +43,14 @@ class Task(AIBase):
     reruns: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+
+    __table_args__ = (
+        sa.Index("ix_tasks_due", "state", "run_at"),
+        # One task per job and item, ever; the single-image job's NULL item counted as -1, so
+        # that it too is unique (NULLs are distinct in a plain unique index). It serves the
+        # lookups by job too.
+        sa.Index("uq_tasks_job_item", job_id, sa.func.coalesce(item, -1), unique=True),
+    )
 
 
 IdempotencyKeys = idempotency_table(AIBase.metadata)

@@ -8,16 +8,20 @@ and writes back what the rules decided. It raises the rules' domain errors, neve
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from aijobs.api import tasks
 from aijobs.api.ai import QueueDepth
 from aijobs_services.ai.models import Task
 from aijobs_services.kit.db import aware, is_postgres, utcnow
+from aijobs_services.kit.idempotency import Quick
 
 
 def _value(row: Task) -> tasks.Task:
@@ -42,17 +46,33 @@ def _value(row: Task) -> tasks.Task:
         result_object_id=row.result_object_id,
         result=row.result,
         error=row.error,
+        item=row.item,
     )
+
+
+def _columns(task: tasks.Task) -> dict[str, Any]:
+    """The columns the life cycle moves, as the rules left them."""
+    held = task.lease
+    return {
+        "state": task.state,
+        "attempts": task.attempts,
+        "reruns": task.reruns,
+        "cancel_requested": task.cancel_requested,
+        "run_at": task.run_at,
+        "updated_at": task.updated_at,
+        "lease_token": held.token if held else None,
+        "lease_owner": held.owner if held else None,
+        "lease_expires_at": held.expires_at if held else None,
+        "result_object_id": task.result_object_id,
+        "result": task.result,
+        "error": task.error,
+    }
 
 
 def _store(row: Task, task: tasks.Task) -> tasks.Task:
     """Write what the rules decided onto the row (the definition never changes)."""
-    row.state, row.attempts, row.reruns = task.state, task.attempts, task.reruns
-    row.cancel_requested, row.run_at, row.updated_at = task.cancel_requested, task.run_at, task.updated_at
-    row.lease_token = task.lease.token if task.lease else None
-    row.lease_owner = task.lease.owner if task.lease else None
-    row.lease_expires_at = task.lease.expires_at if task.lease else None
-    row.result_object_id, row.result, row.error = task.result_object_id, task.result, task.error
+    for name, value in _columns(task).items():
+        setattr(row, name, value)
     return task
 
 
@@ -87,12 +107,12 @@ def create(
     input_object_id: str,
     run_at: dt.datetime | None,
     max_attempts: int,
+    item: int | None = None,
 ) -> tuple[tasks.Task, bool]:
-    """The job's task, created now (True) or found with the same definition (False)."""
+    """The task of the job (of its image ``item``), created now (True) or found with the same
+    definition (False). One statement when it is new: the insert yields to the row already
+    there (which a concurrent creation may have just committed), and only then is it read."""
     definition = tasks.defined(pipeline, params, input_object_id)
-    existing = session.scalars(sa.select(Task).where(Task.job_id == job_id)).one_or_none()
-    if existing is not None:
-        return tasks.reuse(_value(existing), definition), False
     now = utcnow()
     task = tasks.create(
         f"task-{uuid.uuid4().hex[:20]}",
@@ -102,33 +122,38 @@ def create(
         run_at=run_at,
         max_attempts=max_attempts,
         now=now,
+        item=item,
     )
-    row = Task(
-        id=task.id,
-        job_id=job_id,
-        account=account,
-        pipeline=definition.pipeline,
-        params=definition.params,
-        input_object_id=definition.input_object_id,
-        max_attempts=max_attempts,
-        created_at=now,
-    )
-    _store(row, task)
-    session.add(row)
-    session.flush()
-    return task, True
+    values = _columns(task) | {
+        "id": task.id,
+        "job_id": job_id,
+        "item": item,
+        "account": account,
+        "pipeline": definition.pipeline,
+        "params": definition.params,
+        "input_object_id": definition.input_object_id,
+        "max_attempts": max_attempts,
+        "created_at": now,
+    }
+    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    added = session.execute(insert(Task).values(values).on_conflict_do_nothing().returning(Task.id)).first()
+    if added is not None:
+        return task, True
+    mine = sa.func.coalesce(Task.item, -1) == (-1 if item is None else item)
+    existing = session.scalars(sa.select(Task).where(Task.job_id == job_id, mine)).one()
+    return tasks.reuse(_value(existing), definition), False
+
+
+def _due_kinds(now: dt.datetime) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """:func:`aijobs.api.tasks.is_due` in SQL, as its two kinds: scheduled tasks whose time has
+    come, running ones whose lease ran out; never one whose cancellation was asked."""
+    waiting = sa.and_(Task.cancel_requested.is_(False), Task.state == "scheduled", Task.run_at <= now)
+    lapsed = sa.and_(Task.cancel_requested.is_(False), Task.state == "running", Task.lease_expires_at < now)
+    return waiting, lapsed
 
 
 def _due(now: dt.datetime) -> sa.ColumnElement[bool]:
-    """:func:`aijobs.api.tasks.is_due` in SQL: scheduled tasks whose time has come, running ones
-    whose lease ran out; never one whose cancellation was asked."""
-    return sa.and_(
-        Task.cancel_requested.is_(False),
-        sa.or_(
-            sa.and_(Task.state == "scheduled", Task.run_at <= now),
-            sa.and_(Task.state == "running", Task.lease_expires_at < now),
-        ),
-    )
+    return sa.or_(*_due_kinds(now))
 
 
 def depth(session: Session) -> QueueDepth:
@@ -151,10 +176,19 @@ def lease(session: Session, owner: str, max_tasks: int, lease_seconds: int) -> l
     Two workers never get one task: SKIP LOCKED on PostgreSQL; on SQLite the write transaction
     is taken at BEGIN."""
     now = utcnow()
-    stmt = sa.select(Task).where(_due(now)).order_by(Task.run_at).limit(max_tasks)
-    stmt = stmt.with_for_update(skip_locked=True) if is_postgres(session) else stmt
+    # One locking read per kind of due task, each an ordered scan of its own index that stops
+    # at max_tasks rows: ix_tasks_due (state, run_at) for the scheduled ones, the lease
+    # expiry's for the lapsed ones (only a running task has one; by state, a read would pass
+    # every running task). One read of both kinds (an OR) sorts every due row first. The
+    # earliest max_tasks of the two are leased; the few others stay locked until this commits.
+    picked: list[Task] = []
+    waiting, lapsed = _due_kinds(now)
+    for due, order in ((waiting, Task.run_at), (lapsed, Task.lease_expires_at)):
+        stmt = sa.select(Task).where(due).order_by(order).limit(max_tasks)
+        picked += session.scalars(stmt.with_for_update(skip_locked=True) if is_postgres(session) else stmt)
+    picked = sorted(picked, key=lambda row: row.run_at)[:max_tasks]
     leased = []
-    for row in session.scalars(stmt):
+    for row in picked:
         task = _store(
             row, tasks.lease(_value(row), owner=owner, token=uuid.uuid4().hex, seconds=lease_seconds, now=now)
         )
@@ -215,3 +249,160 @@ def settle_expired(session: Session) -> int:
             count += 1
     session.flush()
     return count
+
+
+# The hot paths as one statement each (PostgreSQL), which claims the Idempotency-Key, acts and
+# stores the answer: one round trip, atomic by itself, sent in one pipeline with the other items
+# of a bulk request (:class:`aijobs_services.kit.idempotency.Quick`). Each acts only where the
+# life cycle would simply act on a key seen for the first time (the WHERE clauses say
+# :func:`aijobs.api.tasks.create` for a job and item without a task, and
+# :func:`aijobs.api.tasks.complete` under the current lease); anything else changes nothing,
+# returns no row, and the portable path decides.
+
+_QUICK_CREATE = sa.text("""
+WITH added AS (
+    INSERT INTO tasks (id, job_id, item, account, pipeline, params, input_object_id, max_attempts,
+                       created_at, state, attempts, reruns, cancel_requested, run_at, updated_at,
+                       lease_token, lease_owner, lease_expires_at, result_object_id, result, error)
+    SELECT :id, :job_id, CAST(:item AS INTEGER), :account, :pipeline, CAST(:params AS JSON),
+           :input_object_id, :max_attempts, :now, :state, :attempts, :reruns, :cancel_requested,
+           :run_at, :updated_at, CAST(:lease_token AS TEXT), CAST(:lease_owner AS TEXT),
+           CAST(:lease_expires_at AS TIMESTAMPTZ), CAST(:result_object_id AS TEXT),
+           CAST(:result AS JSON), CAST(:error AS TEXT)
+    WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE caller = :caller AND key = :key)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+INSERT INTO idempotency_keys (caller, key, fingerprint, route, response_status, response_body,
+                              response_media_type, created_at, expires_at)
+SELECT :caller, :key, :fingerprint, :route, 201, :response_body, 'application/json', :created_at,
+       :key_expires_at
+FROM added
+RETURNING response_body
+""")
+
+
+def _iso(column: str) -> str:
+    """A time as :data:`aijobs.api.fields.Instant` writes it: Python's isoformat in UTC, the
+    microseconds only when there are some."""
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN extract(microseconds FROM {column})"
+        f"::bigint % 1000000 = 0 THEN '' ELSE to_char({utc}, '.US') END || '+00:00'"
+    )
+
+
+# The answer (:class:`aijobs.api.ai.Task`) is built here from the row as the rule leaves it.
+_QUICK_COMPLETE = sa.text(
+    """
+WITH done AS (
+    UPDATE tasks SET state = 'succeeded', result_object_id = :result_object_id,
+                     result = CAST(:result AS JSON), lease_token = NULL, lease_owner = NULL,
+                     lease_expires_at = NULL, updated_at = :now
+    WHERE id = :task_id AND state = 'running' AND lease_token = :lease_token
+      AND cancel_requested IS FALSE
+      AND NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE caller = :caller AND key = :key)
+    RETURNING *
+)
+INSERT INTO idempotency_keys (caller, key, fingerprint, route, response_status, response_body,
+                              response_media_type, created_at, expires_at)
+SELECT :caller, :key, :fingerprint, :route, 200,
+       json_build_object(
+           'id', id, 'jobId', job_id, 'account', account, 'pipeline', pipeline, 'params', params,
+           'inputObjectId', input_object_id, 'runAt', RUN_AT_ISO, 'state', state,
+           'attempts', attempts, 'maxAttempts', max_attempts, 'reruns', reruns,
+           'cancelRequested', cancel_requested, 'resultObjectId', result_object_id, 'result', result,
+           'error', error, 'updatedAt', CAST(:now_iso AS TEXT), 'item', item
+       )::text,
+       'application/json', :created_at, :key_expires_at
+FROM done
+RETURNING response_body
+""".replace("RUN_AT_ISO", _iso("run_at"))
+)
+
+
+def _key_params(claim: dict[str, Any]) -> dict[str, Any]:
+    """The key's columns (:meth:`IdempotencyStore.claim_row`) as the statements name them."""
+    return {
+        "caller": claim["caller"],
+        "key": claim["key"],
+        "fingerprint": claim["fingerprint"],
+        "route": claim["route"],
+        "created_at": claim["created_at"],
+        "key_expires_at": claim["expires_at"],
+    }
+
+
+def quick_create(
+    claim: dict[str, Any],
+    answer: Callable[[tasks.Task], dict[str, Any]],
+    *,
+    job_id: str,
+    account: str,
+    pipeline: str,
+    params: dict[str, Any],
+    input_object_id: str,
+    run_at: dt.datetime | None,
+    max_attempts: int,
+    item: int | None = None,
+) -> Quick | None:
+    """:func:`create` as one statement for a new key and a job (and item) without a task; see
+    above. ``claim`` is the key's (:meth:`IdempotencyStore.claim_row`), ``answer`` renders the
+    task created, which the statement stores. None: a definition the rules refuse, left to the
+    portable path to answer."""
+    try:
+        definition = tasks.defined(pipeline, params, input_object_id)
+    except tasks.TaskError:
+        return None
+    now = utcnow()
+    task = tasks.create(
+        f"task-{uuid.uuid4().hex[:20]}",
+        job_id,
+        account,
+        definition,
+        run_at=run_at,
+        max_attempts=max_attempts,
+        now=now,
+        item=item,
+    )
+    columns = _columns(task)
+    return Quick(
+        _QUICK_CREATE,
+        {
+            **_key_params(claim),
+            **columns,
+            "params": json.dumps(definition.params),
+            "result": None if task.result is None else json.dumps(task.result),
+            "id": task.id,
+            "job_id": job_id,
+            "item": item,
+            "account": account,
+            "pipeline": definition.pipeline,
+            "input_object_id": definition.input_object_id,
+            "max_attempts": max_attempts,
+            "now": now,
+            "response_body": json.dumps(answer(task)),
+        },
+        201,
+    )
+
+
+def quick_complete(
+    claim: dict[str, Any], task_id: str, token: str, result_object_id: str, result: dict[str, Any]
+) -> Quick:
+    """:func:`complete` as one statement for a new key and a task running under ``token``,
+    its cancellation not asked; see above."""
+    now = utcnow()
+    return Quick(
+        _QUICK_COMPLETE,
+        {
+            **_key_params(claim),
+            "task_id": task_id,
+            "lease_token": token,
+            "result_object_id": result_object_id,
+            "result": json.dumps(result),
+            "now": now,
+            "now_iso": now.isoformat(),
+        },
+        200,
+    )

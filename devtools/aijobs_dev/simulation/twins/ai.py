@@ -23,15 +23,22 @@ from aijobs.api.ai import (
     LeaseRequest,
     Leases,
     QueueDepth,
+    TaskCompletion,
     TaskCreate,
     TaskList,
     TaskQuery,
     refusal,
 )
 from aijobs.api.ai import Task as TaskAnswer
+from aijobs.api.bulk import BulkAnswer, BulkRequest, ItemAnswer
 from aijobs_dev.simulation.twins.base import Reply, Twin, _parts
 
 R = TypeVar("R", bound=BaseModel)
+
+_Bulk = BulkRequest[dict[str, Any]]
+# A bulk item as the single call it stands for: the model that reads the item, the single route's
+# path, the key, the item as sent, the single route's body.
+_Call = tuple[type[BaseModel], str, str, dict[str, Any], dict[str, Any]]
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Task:
     max_attempts: int = 5
     result: dict[str, Any] | None = None
     lease: tasks.Lease | None = None
+    item: int | None = None  # the image's index in a batch job
 
     @classmethod
     def of(cls, value: tasks.Task) -> Task:
@@ -63,6 +71,7 @@ class Task:
         task = cls(
             value.id, value.job_id, value.account, d.pipeline, d.params, d.input_object_id, value.run_at
         )
+        task.item = value.item
         task.take(value)
         return task
 
@@ -83,6 +92,7 @@ class Task:
             result_object_id=self.result_object_id,
             result=self.result,
             error=self.error,
+            item=self.item,
         )
 
     def take(self, value: tasks.Task) -> tasks.Task:
@@ -113,6 +123,10 @@ class AITwin(Twin):
         p = _parts(path)
         if (method, p) == ("POST", ["tasks"]):
             return self.create, ()
+        if (method, p) == ("POST", ["bulk", "tasks"]):
+            return self.bulk_tasks, ()
+        if (method, p) == ("POST", ["bulk", "completions"]):
+            return self.bulk_completions, ()
         if (method, p) == ("POST", ["tasks", "query"]):
             return self.query, ()
         if (method, p) == ("POST", ["leases"]):
@@ -136,7 +150,9 @@ class AITwin(Twin):
     def create(self, *, body: Any, **_: Any) -> Reply:
         def act(sent: TaskCreate) -> Reply:
             definition = tasks.defined(sent.pipeline, sent.params, sent.input_object_id)
-            existing = next((t for t in self.tasks.values() if t.job_id == sent.job_id), None)
+            existing = next(
+                (t for t in self.tasks.values() if (t.job_id, t.item) == (sent.job_id, sent.item)), None
+            )
             if existing is not None:
                 return Reply(200, _wire(TaskAnswer.of(tasks.reuse(existing.value(), definition))))
             task = tasks.create(
@@ -147,11 +163,54 @@ class AITwin(Twin):
                 run_at=sent.run_at,
                 max_attempts=sent.max_attempts,
                 now=self.clock(),
+                item=sent.item,
             )
             self.tasks[task.id] = Task.of(task)
             return Reply(201, _wire(TaskAnswer.of(task)))
 
         return _answer(TaskCreate, body, act)
+
+    def bulk_tasks(self, *, body: Any, **_: Any) -> Reply:
+        """Each item is ``POST /v1/tasks`` under its own key, answered from that key's record."""
+        return _answer(
+            _Bulk,
+            body,
+            lambda sent: self._bulk(
+                [(TaskCreate, "/v1/tasks", i.key, i.request, i.request) for i in sent.items]
+            ),
+        )
+
+    def bulk_completions(self, *, body: Any, **_: Any) -> Reply:
+        """Each item is its task's ``/complete`` under its own key, the item less ``taskId`` its
+        body (so the single call and the item replay each other)."""
+
+        def act(sent: _Bulk) -> Reply:
+            calls: list[_Call] = []
+            for i in sent.items:
+                named = i.request.get("taskId")
+                path = f"/v1/tasks/{named if isinstance(named, str) else ''}/complete"
+                single = {k: v for k, v in i.request.items() if k != "taskId"}
+                calls.append((TaskCompletion, path, i.key, i.request, single))
+            return self._bulk(calls)
+
+        return _answer(_Bulk, body, act)
+
+    def _bulk(self, calls: list[_Call]) -> Reply:
+        """The items in order: one its single route's model refuses is that route's 422, kept
+        under no key (as the service does); any other is the single call under its key."""
+        answers = []
+        for model, path, key, request, single in calls:
+            try:
+                model.model_validate(request)
+            except ValidationError as exc:
+                refused = Reply.problem(422, "validation-error", str(exc))
+                answers.append(ItemAnswer(key=key, status=422, body=refused.body))
+                continue
+            stored = self._idem.get(key)
+            reply = self.handle("POST", path, key, single, {}, b"")
+            replayed = stored is not None and reply is stored[1]  # not a reused key's refusal
+            answers.append(ItemAnswer(key=key, status=reply.status, replayed=replayed, body=reply.body))
+        return Reply(200, _wire(BulkAnswer(items=answers)))
 
     def get(self, task_id: str, **_: Any) -> Reply:
         return _refused(lambda: Reply(200, _wire(TaskAnswer.of(self._find(task_id).value()))))
