@@ -100,13 +100,13 @@ class Batcher(Generic[M]):
     async def _send(self, batch: list[_Item]) -> None:
         try:
             await self._send_unguarded(batch)
-        except Exception as exc:  # the callers' own: what the single call would have raised
-            for item in batch:
-                _fail(item, exc)
-        except BaseException:  # this sender was cancelled: nobody knows what the service did
+        except asyncio.CancelledError:  # this sender was stopped: nobody knows what the service did
             for item in batch:
                 _fail(item, Ambiguous(self._client.service, f"POST {self._path} was cancelled"))
             raise
+        except BaseException as exc:  # the callers' own, raised in each as the single call would
+            for item in batch:
+                _fail(item, exc)
 
     async def _send_unguarded(self, batch: list[_Item]) -> None:
         service, what = self._client.service, f"POST {self._path}"

@@ -187,3 +187,17 @@ def test_calls_arriving_while_a_request_is_in_flight_go_in_the_next_one() -> Non
         return sizes
 
     assert asyncio.run(scenario()) == [1, 1, 30]
+
+
+def test_a_process_dying_mid_request_dies_in_every_caller_not_an_unknown_outcome() -> None:
+    """The simulator's crash (a BaseException, as SIGKILL can't be caught) must reach each pass
+    whose item was in the request, as the single call would have raised it."""
+
+    class Died(BaseException):
+        pass
+
+    def dies(request: httpx.Request) -> httpx.Response:
+        raise Died("killed after the service committed")
+
+    holds = asyncio.run(_charge_all(_client(dies), ["acme"] * 3))
+    assert all(isinstance(h, Died) for h in holds)

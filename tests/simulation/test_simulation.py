@@ -9,8 +9,11 @@ fail is shown in ``test_audit_and_tenancy.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from aijobs_dev.simulation.run import minimal, replay, run_range, simulate
+from aijobs_dev.simulation.world import KubeTwin
 from aijobs_operator import core
 
 SCHEDULES = 20_000
@@ -69,6 +72,20 @@ def test_the_simulation_finds_a_capture_that_is_not_written_ahead(monkeypatch: p
     campaign = run_range(0, 1500)
     assert campaign.failing
     assert any("I1" in line for lines in campaign.failing.values() for line in lines)
+
+
+@pytest.mark.slow
+def test_the_simulation_finds_a_job_deleted_without_its_finalizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of the four writes a delivered job costs, the finalizer is the one that keeps a deletion
+    from skipping compensation: without it, a job deleted mid-saga leaves its input and result
+    in Storage (I3), and the checker says so."""
+
+    async def no_finalizer(self: KubeTwin, body: dict[str, Any], finalizer: str, resource: Any = None) -> Any:
+        return body
+
+    monkeypatch.setattr(KubeTwin, "add_finalizer", no_finalizer)
+    campaign = run_range(0, 300)
+    assert any(line.startswith("I3 ") for lines in campaign.failing.values() for line in lines)
 
 
 @pytest.mark.slow
