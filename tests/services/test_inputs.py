@@ -124,7 +124,10 @@ SAME = {
 def _cases(table: dict[Any, list[Any]]) -> list[Any]:
     cases = []
     for where, model, alias, kind in _body_fields():
+        optional = next(f for n, f in model.model_fields.items() if (f.alias or n) == alias).default is None
         for value in table.get(kind, []):
+            if value is None and optional:
+                continue  # null is what an optional field (a partial capture's amount) is sent as
             cases.append(pytest.param(model, alias, value, id=f"{where} {alias}={value!r}"))
     return cases
 

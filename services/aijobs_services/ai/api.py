@@ -48,7 +48,7 @@ from aijobs_services.kit.idempotency import (
     Quick,
     item_request,
 )
-from aijobs_services.kit.problems import Problem, documented
+from aijobs_services.kit.problems import Problem, documented, read_item
 
 Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 # A worker may have an identity of its own (``worker.<name>``, with its own secret) or share
@@ -155,7 +155,7 @@ def create_tasks(
 ) -> BulkAnswer:
     ops = []
     for item in body.items:
-        sent = bulk.parse(TaskCreate, item.request)
+        sent = read_item(TaskCreate, item.request)
         if isinstance(sent, Problem):
             ops.append(BulkOp(item.key, "/v1/tasks", refusal=sent))
             continue
@@ -284,7 +284,7 @@ def complete_many(
         # fingerprinted as that call, so the two replay each other under one key.
         named = item.request.get("taskId")
         path = _COMPLETE.format(task_id=named if isinstance(named, str) else "")
-        sent = bulk.parse(TaskCompletion, item.request)
+        sent = read_item(TaskCompletion, item.request)
         if isinstance(sent, Problem):
             ops.append(BulkOp(item.key, path, refusal=sent))
             continue

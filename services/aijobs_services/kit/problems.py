@@ -15,12 +15,13 @@ branch on; ``title`` is fixed per kind and ``detail`` says what happened this ti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
@@ -39,8 +40,12 @@ __all__ = [
     "Unprocessable",
     "documented",
     "install_problem_handlers",
+    "invalid",
     "problem_type",
+    "read_item",
 ]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Problem(Exception):
@@ -142,6 +147,34 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def invalid(found: Sequence[Any]) -> Problem:
+    """The refusal of a request its route's models do not admit, naming each field: pydantic's
+    errors as FastAPI reports them (``loc`` from ``body``, ``query`` ...)."""
+    errors = [{"field": _field(e["loc"]), "message": e["msg"], "kind": e["type"]} for e in found]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    slug, title = "validation-error", "Request validation failed"
+    if any(e["kind"] == "json_invalid" for e in errors):
+        slug, title = "malformed-json", "Malformed JSON body"
+    elif errors and all(e["kind"] == OUT_OF_RANGE for e in errors):
+        # A date-time the schema admits but UTC cannot hold: the calendar's rule, not a
+        # request that does not fit the schema.
+        slug, title = "time-out-of-range", "Time out of range"
+    problem = Unprocessable(detail, slug=slug, title=title, errors=errors)
+    if slug == "malformed-json":
+        problem.status = 400
+    return problem
+
+
+def read_item(model: type[M], request: dict[str, Any]) -> M | Problem:
+    """A bulk item's body (:mod:`aijobs.api.bulk`) read with its single route's model, or the
+    422 that route would answer, naming the fields as it does (under ``body``)."""
+    try:
+        return model.model_validate(request)
+    except ValidationError as error:
+        found = error.errors(include_url=False, include_context=False, include_input=False)
+        return invalid([{**e, "loc": ("body", *e["loc"])} for e in found])
+
+
 def _methods_at(app: FastAPI, path: str) -> list[str]:
     """The methods the app documents at ``path``, read from its OpenAPI paths: a concrete path
     (``/tasks/query``) before the templates it also matches (``/tasks/{task_id}``), as OpenAPI
@@ -164,19 +197,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field(e["loc"]), "message": e["msg"], "kind": e["type"]} for e in exc.errors()]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        slug, title = "validation-error", "Request validation failed"
-        if any(e["kind"] == "json_invalid" for e in errors):
-            slug, title = "malformed-json", "Malformed JSON body"
-        elif all(e["kind"] == OUT_OF_RANGE for e in errors):
-            # A date-time the schema admits but UTC cannot hold: the calendar's rule, not a
-            # request that does not fit the schema.
-            slug, title = "time-out-of-range", "Time out of range"
-        problem = Unprocessable(detail, slug=slug, title=title, errors=errors)
-        if slug == "malformed-json":
-            problem.status = 400
-        return problem.response(request.url.path)
+        return invalid(exc.errors()).response(request.url.path)
 
     @app.exception_handler(DataError)
     async def _unstorable(request: Request, exc: DataError) -> JSONResponse:

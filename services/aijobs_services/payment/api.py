@@ -16,11 +16,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from aijobs.api.bulk import BulkAnswer, BulkRequest, item_body
-from aijobs.api.fields import OUT_OF_RANGE
 from aijobs.api.payment import (
     PROBLEMS,
     Account,
@@ -53,7 +51,7 @@ from aijobs_services.kit.idempotency import (
     Quick,
     item_request,
 )
-from aijobs_services.kit.problems import Problem, Unprocessable, documented
+from aijobs_services.kit.problems import Problem, documented, read_item
 from aijobs_services.payment import domain, ledger, models
 
 Admin = Annotated[Caller, Depends(allow("admin"))]
@@ -338,18 +336,6 @@ def extend(
 
 
 # ------------------------------------------------------------------------------------ bulk
-def invalid(error: ValidationError) -> Problem:
-    """An item its single route's model refuses, answered as that route's 422 would be."""
-    errors = [
-        {"field": ".".join(str(part) for part in e["loc"]) or "body", "message": e["msg"], "kind": e["type"]}
-        for e in error.errors()
-    ]
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    if errors and all(e["kind"] == OUT_OF_RANGE for e in errors):
-        return Unprocessable(detail, slug="time-out-of-range", title="Time out of range", errors=errors)
-    return Unprocessable(detail, slug="validation-error", title="Request validation failed", errors=errors)
-
-
 def _by(accounts: list[str]) -> list[int]:
     """The items' order of acting: by the account each one locks (then as sent), so that two
     batches lock their accounts in one order and never wait on each other in a cycle."""
@@ -370,10 +356,9 @@ def bulk_holds(
     for item in body.items:
         account = item.request.get("account")
         accounts.append(account if isinstance(account, str) else "")
-        try:
-            hold = HoldCreate.model_validate(item.request)
-        except ValidationError as error:
-            ops.append(BulkOp(item.key, path, refusal=invalid(error)))
+        hold = read_item(HoldCreate, item.request)
+        if isinstance(hold, Problem):
+            ops.append(BulkOp(item.key, path, refusal=hold))
             continue
         idem = item_request(who.name, item.key, "POST", path, path, item_body(item.request))
         ops.append(BulkOp(item.key, path, idem, _hold_action(hold), quick=_quick_hold(store, idem, hold)))
@@ -392,12 +377,11 @@ def bulk_captures(
     template = "/v1/holds/{hold_id}/capture"
     ops, holds = [], []
     for item in body.items:
-        try:
-            capture = CaptureRequest.model_validate(item.request)
-        except ValidationError as error:
+        capture = read_item(CaptureRequest, item.request)
+        if isinstance(capture, Problem):
             hold_id = item.request.get("holdId")
             path = template.format(hold_id=hold_id) if isinstance(hold_id, str) else "/v1/bulk/captures"
-            ops.append(BulkOp(item.key, path, refusal=invalid(error)))
+            ops.append(BulkOp(item.key, path, refusal=capture))
             continue
         path = template.format(hold_id=capture.hold_id)
         holds.append((len(ops), capture.hold_id))
