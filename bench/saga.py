@@ -14,7 +14,6 @@ import argparse
 import base64
 import concurrent.futures
 import io
-import json
 import os
 import sys
 import tempfile
@@ -36,82 +35,13 @@ from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.crds import install_crds
 from aijobs.kube import api_client
-from bench._common import summary
+from bench._common import api_writes_per_job, cpu_by_program, memory_mib, postmaster_pid, summary
 
 
 def _tiny_png() -> str:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _descendants_cpu() -> dict[str, float]:
-    """CPU seconds (user + system) of every process below this one, summed by program: the
-    operator, each service, the workers, the fault proxies, kube-apiserver, etcd, postgres."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    stats: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        words = [w.decode(errors="replace") for w in argv if w]
-        name = Path(words[0]).name.split(":")[0] if words else "?"  # "postgres: …" backends too
-        if "-m" in words:  # python -m aijobs.cli service storage -> "service storage"
-            rest = words[words.index("-m") + 1 :]
-            name = rest[0].rsplit(".", 1)[-1] if rest[0] != "aijobs.cli" else " ".join(rest[1:3])
-            name = name.replace(" --", "").strip()
-        stats[pid] = (name, (int(fields[11]) + int(fields[12])) / ticks)
-    me, below = os.getpid(), set()
-    for pid in stats:
-        p = pid
-        while p in parents and p != me and p > 1:
-            p = parents[p]
-        if p == me and pid != me:
-            below.add(pid)
-    out: dict[str, float] = {"bench (this process)": stats[me][1]}
-    for pid in below:
-        name, cpu = stats[pid]
-        out[name] = out.get(name, 0.0) + cpu
-    return out
-
-
-def _writes_per_job(audit_log: Path, names: set[str], namespace: str) -> tuple[float, float]:
-    """(object writes, Events) per job: patches of the jobs, and Events created in their
-    namespace (only the operator posts there)."""
-    writes = events = 0
-    for line in audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        ref = entry.get("objectRef") or {}
-        if entry.get("stage") != "ResponseComplete":
-            continue
-        if (
-            ref.get("resource") == "aiimagejobs"
-            and ref.get("name") in names
-            and entry["verb"] in ("patch", "update")
-        ):
-            writes += 1
-        elif (
-            ref.get("resource") == "events"
-            and ref.get("namespace") == namespace
-            and entry["verb"] == "create"
-        ):
-            events += 1
-    return writes / max(1, len(names)), events / max(1, len(names))
 
 
 def _ceiling(custom: k8s.CustomObjectsApi, namespace: str, names: list[str]) -> float:
@@ -172,7 +102,8 @@ def main() -> None:
             custom.create_namespaced_custom_object(GROUP, VERSION, tenant.namespace, PLURAL, body)
             return time.perf_counter()
 
-        cpu_before = _descendants_cpu()
+        roots = [postmaster_pid(pg.data)]  # PostgreSQL is detached by pg_ctl: counted as a root
+        cpu_before = cpu_by_program(roots)
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             applied = dict(zip(names, pool.map(create, names), strict=True))
@@ -187,13 +118,13 @@ def main() -> None:
                     delivered[job["metadata"]["name"]] = now
             time.sleep(0.25 if args.jobs <= 1000 else 2.0)  # listing 10,000 jobs costs CPU too
         elapsed = max(delivered.values()) - started
-        cpu_after = _descendants_cpu()
+        cpu_after = cpu_by_program(roots)
         latencies = [delivered[n] - applied[n] for n in delivered]
         operator = stack.operators[-1]
         assert operator.proc is not None
-        rss = _peak_rss_mib(operator.proc.pid)
+        rss = memory_mib(operator.proc.pid)[1]
         time.sleep(3)  # let the auditor's verdicts land: they are writes too
-        writes, events = _writes_per_job(plane.audit_log, set(names), tenant.namespace)
+        writes, events = api_writes_per_job(plane.audit_log, set(names), tenant.namespace)
         ceiling = _ceiling(custom, tenant.namespace, names)
         rate = len(delivered) / elapsed
         print(
