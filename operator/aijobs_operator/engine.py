@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime as dt
 import heapq
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -356,9 +356,8 @@ class Reconciler:
         self.later(key, delay)
 
     def remember(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = slim(body)  # our own write's answer, slimmed as a watched job is
         meta = body["metadata"]
-        _drop_unread(meta)  # our own write's answer: a fresh dict, slimmed in place
-        _drop_stored_input(body)
         if meta.get("uid") not in self._gone:  # a write that crossed the job's deletion
             self.cache[(meta["namespace"], meta["name"])] = body
         return body
@@ -412,14 +411,30 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of a watched job without what the operator never reads: ``managedFields``
-    (more than half of a delivered job's size: every status field the operator ever wrote) and
-    kubectl's last-applied annotation (a second copy of the spec, inline image included). The
-    cache holds every job in flight, so this is most of the operator's memory."""
+    """A copy of a watched job without what the operator never reads: ``managedFields`` (more
+    than half of a delivered job's size: every status field the operator ever wrote), kubectl's
+    last-applied annotation (a second copy of the spec, inline image included) and an inline
+    image Storage already holds; its names and short values shared with every other job's
+    (:func:`_shared`). The cache holds every job in flight, so this is most of the operator's
+    memory (``bench/memory.py`` prints what each part of an entry weighs)."""
     shallow = dict(body)
-    shallow["metadata"] = _drop_unread(dict(body["metadata"]))  # dropped before the deep copy
+    shallow["metadata"] = _drop_unread(dict(body["metadata"]))  # dropped before the copy
     _drop_stored_input(shallow)
-    return copy.deepcopy(shallow)
+    copied: dict[str, Any] = _shared(shallow)
+    return copied
+
+
+def _shared(value: Any) -> Any:
+    """A deep copy of a JSON document whose keys and short strings (condition types, reasons,
+    states, times) are interned: ten thousand logs decoded one by one would each hold their own
+    copies of the same few hundred strings, half of what they weigh."""
+    if isinstance(value, dict):
+        return {sys.intern(k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    if isinstance(value, str) and len(value) <= 64:
+        return sys.intern(value)
+    return value
 
 
 # What stands in the cache for an inline image once Storage holds it (valid base64, 3 bytes).
