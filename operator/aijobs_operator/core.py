@@ -511,7 +511,10 @@ def _plan(saga: Saga[Ctx], job: JobView, now: dt.datetime, policy: Policy) -> Ac
     status = job.status
     if status.phase is None:
         if job.deleting:
-            return LetGo()
+            # Nothing on record, but a pass may have called the services before its first write
+            # (refused: the deletion itself changed the job, or the operator died): undo what they
+            # hold for the job, which costs three reads when they hold nothing.
+            return _compensate(job, now, "Deleted", "the job was deleted before its acceptance was written")
         return _accept(job, now, policy)
     if status.phase in TERMINAL:
         return LetGo() if job.deleting else Nothing()

@@ -77,7 +77,9 @@ FORWARD = ("charge", "upload", "schedule", "process", "capture", "deliver")
             "BeyondHoldLife",
             id="a-deadline-beyond-the-holds-life-is-refused",
         ),
-        pytest.param({}, True, core.LetGo, None, None, id="deleted-before-acceptance-is-let-go"),
+        pytest.param(
+            {}, True, core.Compensate, None, None, id="deleted-before-acceptance-undoes-what-a-lost-pass-did"
+        ),
     ],
 )
 def test_acceptance(
