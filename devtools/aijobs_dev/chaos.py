@@ -391,11 +391,11 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
     deletions = sorted(
         (rng.uniform(0, duration + 5), i) for i in rng.sample(range(jobs), k=max(1, jobs // 20))
     )
-    commit_points = [
-        ("payment", "^/v1/holds$"),
+    commit_points = [  # each step's call, by its single route or the bulk one the operator uses
+        ("payment", "^/v1/(bulk/)?holds$"),
         ("storage", "^/v1/objects/job:"),
-        ("ai", "^/v1/tasks$"),
-        ("payment", "^/v1/holds/[^/]+/capture$"),
+        ("ai", "^/v1/(bulk/)?tasks$"),
+        ("payment", "^/v1/(holds/[^/]+/capture|bulk/captures)$"),
         ("main", "^/v1/deliveries$"),
     ]
     next_commit_kill = 2.0
@@ -513,7 +513,7 @@ def run_scenario(campaign: Campaign, scenario: str) -> tuple[Report, str]:
                 {
                     "action": "drop-response",
                     "method": "POST",
-                    "path": "^/v1/tasks$",
+                    "path": "^/v1/(bulk/)?tasks$",
                     "times": 1,
                     "name": "s2-schedule",
                 }
@@ -542,6 +542,16 @@ def run_scenario(campaign: Campaign, scenario: str) -> tuple[Report, str]:
         # Plant the disagreement of the seed: Payment still holds credits for the failed job.
         stack.call("payment", "POST", "/v1/holds", {"account": account, "jobId": view.uid, "amount": 10})
         campaign.faults_log.append({"kind": "plant", "target": "payment", "detail": "a stray active hold"})
+        # The auditor judged the job when it failed and judges it again when it changes: the
+        # admin who hears of the disagreement asks for an audit, as `kubectl annotate` does.
+        campaign.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            view.namespace,
+            PLURAL,
+            view.name,
+            {"metadata": {"annotations": {"aijobs.io/audit-requested": str(time.time_ns())}}},
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             audit = next(v for v in campaign.views() if v.name == "s4-job").status.get("audit") or {}
@@ -550,10 +560,11 @@ def run_scenario(campaign: Campaign, scenario: str) -> tuple[Report, str]:
             time.sleep(0.5)
     else:
         raise ValueError(f"unknown scenario {scenario!r} (s1, s2, s3, s4)")
+    fired = sorted({e["rule"] for name in SERVICES for e in stack.fault_log(name)})
     for name in SERVICES:
         stack.faults(name, [])
     time.sleep(3)
-    story = _story(campaign, f"{scenario}-job", account)
+    story = _story(campaign, f"{scenario}-job", account) + f"\n  faults that fired: {fired}"
     return report(campaign, 0.0, started), story
 
 

@@ -56,6 +56,10 @@ def test_a_seed_scenario_ends_with_the_opposite_of_the_seeds_story(
         assert "90 available, 0 held" in story  # charged once
     if scenario == "s4":
         assert "'verdict': 'repaired'" in story and "stray-hold" in story
+    if scenario == "s2":  # both answers were lost after their callee committed
+        assert "'s2-schedule'" in story and "'s2-upload'" in story
+    if scenario == "s3":
+        assert "'s3-storage-down'" in story
 
 
 def test_a_random_campaign_of_fifty_jobs_keeps_every_invariant(chaos_stack: Stack) -> None:
