@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 from aijobs.api.v1alpha1 import PIPELINES
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENT = {"httpx", "kubernetes", "pydantic", "pyjwt", "pyyaml"}
+CLIENT = {"httpx", "kubernetes", "pydantic", "pyjwt", "pyyaml", "sniffio"}
 # What a client must never pull in: the web framework, the database, the operator's framework,
 # the worker's numerics, the metrics library, and every part built on the contract.
 HEAVY = [
