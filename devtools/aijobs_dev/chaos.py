@@ -407,7 +407,7 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
             print(
                 f"[{time.monotonic() - t0:6.0f}s] submitted {i}, {dict(phases)}", file=sys.stderr, flush=True
             )
-        while time.monotonic() - t0 < at:
+        while True:  # at least once per job: a loaded machine submitting late still injects
             now = time.monotonic() - t0
             while next_fault < len(plan) and plan[next_fault].at <= now:
                 fault = plan[next_fault]
@@ -429,6 +429,8 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
             for due, heal in [h for h in pending_heals if h[0] <= now]:
                 heal()
                 pending_heals.remove((due, heal))
+            if time.monotonic() - t0 >= at:
+                break
             time.sleep(0.05)
         big = "disk" in kinds and i % 11 == 10  # big images all go to one account: its quota fills up
         account = accounts[0] if big else poor if i % 17 == 16 else accounts[i % len(accounts)]
@@ -444,6 +446,16 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
             run_at_s=run_at_s,
             deadline_s=deadline_s,
         )
+    while next_fault < len(plan):  # every fault of the plan, however slowly the jobs went in
+        fault = plan[next_fault]
+        wait = fault.at - (time.monotonic() - t0)
+        if wait > 0:
+            time.sleep(min(wait, 0.05))
+            continue
+        heal = campaign.inject(fault)
+        hold = fault.detail.get("window", fault.detail.get("down", 1.0))
+        pending_heals.append((time.monotonic() - t0 + hold, heal))
+        next_fault += 1
     for _, victim in deletions:  # those drawn for after the last submission
         campaign.delete(*campaign.submitted[victim])
     for _, heal in pending_heals:
