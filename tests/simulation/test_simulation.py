@@ -37,6 +37,7 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
         "error-before",
         "error-after",
         "delete",
+        "delete-mid-pass",
         "clock-jump",
         "watch-disorder",
         "disk-full",
@@ -85,6 +86,25 @@ def test_the_simulation_finds_a_job_deleted_without_its_finalizer(monkeypatch: p
 
     monkeypatch.setattr(KubeTwin, "add_finalizer", no_finalizer)
     campaign = run_range(0, 300)
+    assert any(line.startswith("I3 ") for lines in campaign.failing.values() for line in lines)
+
+
+@pytest.mark.slow
+def test_the_simulation_finds_a_job_let_go_when_deleted_before_its_first_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Acceptance is not a write of its own, so a pass may call the services before anything is
+    on record; a job deleted then (mid-pass, its first write refused) must still be undone. With
+    the old rule (nothing on record: let go) its objects stay behind, and the checker says so."""
+    plan = core.Saga.plan
+
+    def let_go(self: core.Saga[Any], job: core.JobView, now: Any, policy: core.Policy) -> core.Action:
+        if job.status.phase is None and job.deleting:
+            return core.LetGo()
+        return plan(self, job, now, policy)
+
+    monkeypatch.setattr(core.Saga, "plan", let_go)
+    campaign = run_range(0, 600)
     assert any(line.startswith("I3 ") for lines in campaign.failing.values() for line in lines)
 
 

@@ -441,6 +441,7 @@ class World:
         self.faults = faults if faults is not None else Faults.draw(self.rng)
         self.clock = T0 + dt.timedelta(seconds=self.rng.randrange(0, 86400))
         self.healed = False
+        self._passing: tuple[str, str] | None = None  # the job a pass is running over
         self.story: list[str] = []
         self.writes = 0
         self.gone: set[str] = set()
@@ -598,6 +599,7 @@ class World:
             self.storage.disk_full = False
             self.say(f"{where} key={request.headers.get('idempotency-key')} -> {reply.status}")
             self.maybe_crash(f"after {where} committed, before its answer")
+            self._delete_mid_pass()
             if self.chance(lose):
                 self.fire("lose-answer", where)
                 raise httpx.ReadTimeout("simulated: answer lost", request=request)
@@ -674,14 +676,36 @@ class World:
         self.operator, self.auditor, self.syncer = self._start_operator()
 
     # -- the schedule -------------------------------------------------------------------------
+    def _delete(self, namespace: str, name: str, kind: str) -> None:
+        self.fire(kind, name)
+        for job in self.jobs:
+            if job.name == name and job.deleted_at is None:
+                job.deleted_at = self.clock
+        self.kube.request_deletion(namespace, name)
+
+    def _delete_mid_pass(self) -> None:
+        """A person deletes the job while a pass over it awaits a service: the pass's next write
+        finds the job changed (its first one is refused), as on a real API server."""
+        key = self._passing
+        body = self.kube.objects.get(key) if key is not None else None
+        if key is None or body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        if body["metadata"]["uid"] in {d.uid for d in self.damage}:
+            return
+        if self.chance(self.faults.delete / 8):
+            self._delete(*key, "delete-mid-pass")
+
     async def _pass(self, key: tuple[str, str]) -> None:
         self.say(f"pass {key[1]}")
+        self._passing = key
         try:
             await self.operator.reconcile(key)
         except Crash:
             self._restart()
         except ApiException as exc:  # the engine's worker logs it and retries later
             self.say(f"pass {key[1]} failed: API {exc.status}")
+        finally:
+            self._passing = None
 
     def _deliver_watch(self) -> None:
         if not self.kube.watch:
@@ -755,12 +779,7 @@ class World:
             keys = [k for k in keys if self.kube.objects[k]["metadata"]["uid"] not in damaged]
             if not keys:
                 return
-            ns, name = self.rng.choice(keys)
-            self.fire("delete", name)
-            for job in self.jobs:
-                if job.name == name and job.deleted_at is None:
-                    job.deleted_at = self.clock
-            self.kube.request_deletion(ns, name)
+            self._delete(*self.rng.choice(keys), "delete")
         elif r < 0.78 and self.chance(self.faults.jump):
             jump = self.rng.choice([30, 300, 3600, 86400, 40 * 86400])
             self.fire("clock-jump", f"+{jump}s")
