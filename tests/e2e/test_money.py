@@ -28,11 +28,15 @@ def _fired(stack: Stack, service: str, rule: str) -> list[dict[str, Any]]:
     return [e for e in stack.fault_log(service) if e["rule"] == rule]
 
 
+# A capture, by its single route or the bulk one the operator sends it through.
+CAPTURE = "^/v1/(holds/[^/]+/capture|bulk/captures)$"
+
+
 def _lose_capture_answers(stack: Stack, name: str) -> None:
     """Payment captures and commits, then the answer never arrives (until the rule is cleared)."""
     stack.faults(
         "payment",
-        [{"action": "drop-response", "method": "POST", "path": "^/v1/holds/[^/]+/capture$", "name": name}],
+        [{"action": "drop-response", "method": "POST", "path": CAPTURE, "name": name}],
     )
 
 

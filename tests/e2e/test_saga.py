@@ -193,7 +193,7 @@ def test_scenario_2_lost_responses_after_commit_are_retried_with_the_same_keys(
             {
                 "action": "drop-response",
                 "method": "POST",
-                "path": "^/v1/tasks$",
+                "path": "^/v1/(bulk/)?tasks$",  # the operator creates tasks in bulk
                 "times": 1,
                 "name": "s2-schedule",
             }

@@ -135,7 +135,7 @@ class Stack:
             "AIJOBS_METRICS_PORT": str(metrics),
             "AIJOBS_FOLLOW_INTERVAL_SECONDS": "0.2",
             "AIJOBS_CALL_TIMEOUT_SECONDS": "5",
-            "AIJOBS_LEASE_SECONDS": "4",
+            "AIJOBS_LEASE_SECONDS": "10",  # renewed every 3.3 s: a loaded machine must not lose it
             "AIJOBS_AUDIT_INTERVAL_SECONDS": "2",
             "AIJOBS_ACCOUNT_SYNC_INTERVAL_SECONDS": "1",
             "AIJOBS_POD_NAME": f"operator-{len(self.operators)}",
