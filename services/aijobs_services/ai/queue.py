@@ -114,16 +114,7 @@ def create(
     there (which a concurrent creation may have just committed), and only then is it read."""
     definition = tasks.defined(pipeline, params, input_object_id)
     now = utcnow()
-    task = tasks.create(
-        f"task-{uuid.uuid4().hex[:20]}",
-        job_id,
-        account,
-        definition,
-        run_at=run_at,
-        max_attempts=max_attempts,
-        now=now,
-        item=item,
-    )
+    task = _new_task(job_id, account, definition, run_at, max_attempts, now, item)
     values = _columns(task) | {
         "id": task.id,
         "job_id": job_id,
@@ -355,16 +346,7 @@ def quick_create(
     except tasks.TaskError:
         return None
     now = utcnow()
-    task = tasks.create(
-        f"task-{uuid.uuid4().hex[:20]}",
-        job_id,
-        account,
-        definition,
-        run_at=run_at,
-        max_attempts=max_attempts,
-        now=now,
-        item=item,
-    )
+    task = _new_task(job_id, account, definition, run_at, max_attempts, now, item)
     columns = _columns(task)
     return Quick(
         _QUICK_CREATE,
@@ -405,4 +387,26 @@ def quick_complete(
             "now_iso": now.isoformat(),
         },
         200,
+    )
+
+
+def _new_task(
+    job_id: str,
+    account: str,
+    definition: tasks.Definition,
+    run_at: dt.datetime | None,
+    max_attempts: int,
+    now: dt.datetime,
+    item: int | None,
+) -> tasks.Task:
+    """A task to create now, with a fresh id (for :func:`create` and :func:`quick_create`)."""
+    return tasks.create(
+        f"task-{uuid.uuid4().hex[:20]}",
+        job_id,
+        account,
+        definition,
+        run_at=run_at,
+        max_attempts=max_attempts,
+        now=now,
+        item=item,
     )
