@@ -155,16 +155,7 @@ def place_hold(
     expires = domain.hold_expiry(expires_at, now)
     row = account(session, account_id, lock=True)
     _keep(row, domain.reserve(account_id, _balance(row), amount))
-    placed = Hold(
-        id=f"hold-{uuid.uuid4().hex}",
-        account_id=account_id,
-        job_id=job_id,
-        amount=amount,
-        state=HoldState.ACTIVE.value,
-        expires_at=expires,
-        created_at=now,
-        captured_amount=0,
-    )
+    placed = _new_hold(account_id, job_id, amount, expires, now)
     session.add(placed)
     session.flush()
     _txn(session, "hold", account_id, amount, placed)
@@ -357,16 +348,7 @@ def quick_hold(
         expires = domain.hold_expiry(expires_at, now)
     except domain.BadExpiry:
         return None
-    placed = Hold(
-        id=f"hold-{uuid.uuid4().hex}",
-        account_id=account_id,
-        job_id=job_id,
-        amount=amount,
-        state=HoldState.ACTIVE.value,
-        expires_at=expires,
-        created_at=now,
-        captured_amount=0,
-    )
+    placed = _new_hold(account_id, job_id, amount, expires, now)
     (source, debit), (sink, credit) = domain.legs("hold", account_id, amount)
     return Quick(
         _QUICK_HOLD,
@@ -420,3 +402,17 @@ def _key_params(key: dict[str, Any]) -> dict[str, Any]:
         "created_at": key["created_at"],
         "key_expires_at": key["expires_at"],
     }
+
+
+def _new_hold(account_id: str, job_id: str, amount: int, expires: dt.datetime, now: dt.datetime) -> Hold:
+    """A hold to place now, with a fresh id (for :func:`place_hold` and its one statement)."""
+    return Hold(
+        id=f"hold-{uuid.uuid4().hex}",
+        account_id=account_id,
+        job_id=job_id,
+        amount=amount,
+        state=HoldState.ACTIVE.value,
+        expires_at=expires,
+        created_at=now,
+        captured_amount=0,
+    )
