@@ -164,6 +164,15 @@ class ChargeEntry(Answer):
     at: Instant
 
 
+class HoldPage(Answer):
+    """Holds in id order, ``limit`` of them after ``after``; ``next`` is the ``after`` of the next
+    page (null on the last). With ``state=active`` it is what is held right now: the auditor reads
+    it each pass to find a hold left behind a finished job."""
+
+    items: list[Hold]
+    next: str | None
+
+
 class Charges(Answer):
     """What Payment holds for one job (the auditor compares it with the job)."""
 

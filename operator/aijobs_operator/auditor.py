@@ -8,7 +8,10 @@ reported, not acted on.
 A job is audited once when it finishes, not every pass (three reads per job per pass was ~30,000
 requests a pass at 10,000 jobs): again only when the job changes (its resourceVersion: a person's
 edit or annotation asks for it), after a repair (to see it took), or when its last audit is older
-than ``audit_recheck_seconds`` (damage behind the saga's back is found within that bound). When
+than ``audit_recheck_seconds`` (damage behind the saga's back is found within that bound). Money
+is not left to that bound: each pass reads what Payment holds right now (``GET /v1/holds?state=
+active``, as many holds as jobs in flight, in pages), and a finished job with an active hold is
+audited on that pass, since no finished job may hold credits. When
 nothing disagrees, nothing is written: a job with no ``status.audit`` has nothing to report, and
 the verdict is in :meth:`Auditor.audit_pass`'s answer and the operator's log.
 
@@ -29,7 +32,7 @@ from pydantic import ValidationError
 
 from aijobs import consistency
 from aijobs.api.ai import Task
-from aijobs.api.payment import Hold
+from aijobs.api.payment import Hold, HoldPage
 from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.storage import StoredObject
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Audit
@@ -85,12 +88,16 @@ class Audited:
 
 
 def audit_due(
-    body: dict[str, Any], last: Audited | None, now: dt.datetime, recheck: dt.timedelta | None
+    body: dict[str, Any],
+    last: Audited | None,
+    now: dt.datetime,
+    recheck: dt.timedelta | None,
+    held: bool = False,
 ) -> bool:
-    """Whether a finished job is audited on this pass: never audited (by this process), changed
-    since, repaired last time (to see the repair took), or its last audit older than ``recheck``
-    (None: never again for that reason)."""
-    if last is None or last.verdict == "repaired":
+    """Whether a finished job is audited on this pass: never audited (by this process), Payment
+    holds credits for it (``held``), changed since, repaired last time (to see the repair took),
+    or its last audit older than ``recheck`` (None: never again for that reason)."""
+    if last is None or held or last.verdict == "repaired":
         return True
     if last.resource_version != body["metadata"].get("resourceVersion"):
         return True
@@ -128,13 +135,14 @@ class Auditor:
         verdicts: dict[str, str] = {}
         now = self.reconciler.clock()
         bodies = list(self.reconciler.cache.values())
+        held = await self.held_jobs()
         for body in bodies:
             name = body["metadata"]["name"]
             uid = body["metadata"]["uid"]
             # Read from the raw body: a pass looks at every job, and parses only those it audits.
             if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
                 continue
-            if not audit_due(body, self.audited.get(uid), now, self._recheck):
+            if not audit_due(body, self.audited.get(uid), now, self._recheck, uid in held):
                 continue
             try:
                 verdict, version = await self.audit(body)
@@ -150,6 +158,22 @@ class Auditor:
         for uid in [u for u in self.audited if u not in known]:  # deleted jobs: forget them
             del self.audited[uid]
         return verdicts
+
+    async def held_jobs(self) -> set[str]:
+        """The jobs Payment holds credits for now, read page by page. Payment not answering is
+        no reason to skip the pass: the jobs due for their own reasons are audited without it."""
+        jobs: set[str] = set()
+        params = {"state": "active", "limit": 1000}
+        try:
+            while True:
+                page = await self.reconciler.svc.payment.fetch(HoldPage, "GET", "/v1/holds", params=params)
+                jobs.update(hold.job_id for hold in page.items)
+                if page.next is None:
+                    return jobs
+                params = {**params, "after": page.next}
+        except ServiceError as exc:
+            log.warning("active holds unread this pass: %s", exc)
+            return jobs
 
     async def audit(self, body: dict[str, Any]) -> tuple[Verdict, str]:
         """Check one finished job, repair what is safe, and record a disagreement. Returns the

@@ -206,16 +206,29 @@ def test_when_the_auditor_judges_a_job_again(
     assert audit_due(job(rv=rv), last, now, dt.timedelta(days=1)) is again
 
 
-def _services(reads: list[str]) -> Services:
+def _services(reads: list[str], held: list[dict[str, Any]] | None = None) -> Services:
     """Payment, Storage and AI that hold nothing for any job (what a job failed before anything
-    was held leaves), counting the requests they answer."""
+    was held leaves) but the active holds in ``held``, counting the requests they answer. A
+    release settles the hold it names."""
+    held = [] if held is None else held
 
     def answer(request: httpx.Request) -> httpx.Response:
-        reads.append(f"{request.method} {request.url.path}")
-        uid = request.url.path.split("/")[3] if "/jobs/" in request.url.path else ""
-        if request.url.path.endswith("/charges"):
-            return httpx.Response(200, json={"jobId": uid, "charged": 0, "holds": [], "entries": []})
-        if request.url.path.endswith("/objects"):
+        path = request.url.path
+        reads.append(f"{request.method} {path}")
+        uid = path.split("/")[3] if "/jobs/" in path else ""
+        if path == "/v1/holds":
+            assert request.url.params["state"] == "active"
+            return httpx.Response(
+                200, json={"items": [h for h in held if h["state"] == "active"], "next": None}
+            )
+        if path.endswith("/release"):
+            hold = next(h for h in held if h["id"] == path.split("/")[3])
+            hold.update(state="released", settledAt=DONE, releasedAmount=hold["amount"])
+            return httpx.Response(200, json=hold)
+        if path.endswith("/charges"):
+            holds = [h for h in held if h["jobId"] == uid]
+            return httpx.Response(200, json={"jobId": uid, "charged": 0, "holds": holds, "entries": []})
+        if path.endswith("/objects"):
             return httpx.Response(200, json={"jobId": uid, "items": []})
         return httpx.Response(200, json={"items": []})
 
@@ -227,32 +240,68 @@ def _services(reads: list[str]) -> Services:
     return Services(*(client(n) for n in ("auth", "payment", "storage", "ai", "main")))
 
 
+READS = ["GET /v1/jobs/u-1/charges", "GET /v1/jobs/u-1/objects", "POST /v1/tasks/query"]
+HELD = "GET /v1/holds"  # what Payment holds now: one read a pass, whatever the number of jobs
+
+
+def _auditing(kube: FakeKube, reads: list[str], held: list[dict[str, Any]] | None = None) -> Auditor:
+    cfg = OperatorSettings(secret="test-secret-0123456789abcdef-0123456789", metrics_port=0)
+    reconciler = Reconciler(cfg, _services(reads, held), kube, clock=lambda: NOW)
+    return Auditor(cfg, reconciler)
+
+
 def test_a_finished_job_is_audited_once_and_costs_no_write_when_all_agree() -> None:
-    """Three reads (Payment, Storage, AI) on the first pass; none on the next while the job does
-    not change; no status write, no Event. A change to the job (a person's annotation, say) has
-    it judged again."""
+    """Three reads (Payment, Storage, AI) on the first pass; none for the job on the next while
+    it does not change; no status write, no Event. A change to the job (a person's annotation,
+    say) has it judged again."""
 
     async def scenario() -> tuple[list[str], list[str], list[str], list[str]]:
-        failed = job("nothing-held", phase="Failed")
-        kube = FakeKube(failed)
+        kube = FakeKube(job("nothing-held", phase="Failed"))
         reads: list[str] = []
-        cfg = OperatorSettings(secret="test-secret-0123456789abcdef-0123456789", metrics_port=0)
-        reconciler = Reconciler(cfg, _services(reads), kube, clock=lambda: NOW)
-        reconciler.cache[("team-a", "nothing-held")] = job("nothing-held", phase="Failed")
-        auditor = Auditor(cfg, reconciler)
+        auditor = _auditing(kube, reads)
+        auditor.reconciler.cache[("team-a", "nothing-held")] = job("nothing-held", phase="Failed")
         first = await auditor.audit_pass()
         after_first = list(reads)
         second = await auditor.audit_pass()
-        after_second = list(reads)
-        reconciler.cache[("team-a", "nothing-held")] = job("nothing-held", phase="Failed", rv="8")
+        after_second = reads[len(after_first) :]
+        auditor.reconciler.cache[("team-a", "nothing-held")] = job("nothing-held", phase="Failed", rv="8")
         await auditor.audit_pass()
         return [*first.values(), *second.values()], after_first, after_second, [*reads, *kube.writes]
 
     verdicts, first, second, everything = asyncio.run(scenario())
     assert verdicts == ["consistent"]
-    assert sorted(first) == ["GET /v1/jobs/u-1/charges", "GET /v1/jobs/u-1/objects", "POST /v1/tasks/query"]
-    assert second == first  # the second pass asked nobody anything
-    assert len(everything) == 6  # judged again once changed; never a write to Kubernetes
+    assert sorted(first) == sorted([HELD, *READS])
+    assert second == [HELD]  # the second pass asked nothing about the job
+    assert everything.count(HELD) == 3 and sorted(r for r in everything if r != HELD) == sorted(2 * READS)
+
+
+def test_a_hold_placed_on_a_judged_job_is_released_on_the_next_pass() -> None:
+    """A finished, judged job that Payment later holds credits for (an admin's or a replayed
+    request's stray hold) is judged again on the very next pass, not after the daily recheck,
+    and the hold released; then the job costs no reads again."""
+
+    async def scenario() -> tuple[list[str], dict[str, str], list[str]]:
+        failed = job("too-poor", phase="Failed")
+        kube = FakeKube(failed)
+        reads: list[str] = []
+        held: list[dict[str, Any]] = []
+        auditor = _auditing(kube, reads, held)
+        auditor.reconciler.cache[("team-a", "too-poor")] = failed
+        assert await auditor.audit_pass() == {"u-1": "consistent"}
+        hold = {"id": "hold-1", "account": "acme", "jobId": "u-1", "amount": 3, "state": "active"}
+        held.append({**hold, "expiresAt": DONE, "createdAt": DONE, "settledAt": None})
+        mark = len(reads)
+        verdicts = await auditor.audit_pass()
+        repaired = reads[mark:]
+        await auditor.audit_pass()  # sees the repair took
+        mark = len(reads)
+        await auditor.audit_pass()
+        return repaired, verdicts, reads[mark:]
+
+    repaired, verdicts, quiet = asyncio.run(scenario())
+    assert verdicts == {"u-1": "repaired"}
+    assert "POST /v1/holds/hold-1/release" in repaired
+    assert quiet == [HELD]
 
 
 def _twin_with_a_job() -> tuple[Any, dict[str, Any]]:

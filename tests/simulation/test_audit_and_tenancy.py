@@ -72,3 +72,19 @@ def test_an_auditor_that_captures_without_evidence_is_found(monkeypatch: pytest.
     campaign = run_range(0, SCHEDULES)
     assert any("evidence False" in line for line in _violations(campaign, "A2"))
     assert _violations(campaign, "A3")
+
+
+def test_an_auditor_that_leaves_held_credits_to_the_daily_recheck_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The auditor no longer reads what Payment holds each pass: a hold put on a job it already
+    judged waits for the daily recheck (what the dashboard's e2e test once met as a stray hold
+    left active past its deadline)."""
+    due = auditor.audit_due
+
+    def blind(body: Any, last: Any, now: Any, recheck: Any, held: bool = False) -> bool:
+        return due(body, last, now, recheck)
+
+    monkeypatch.setattr(auditor, "audit_due", blind)
+    found = _violations(run_range(0, SCHEDULES), "A1")
+    assert any("stray-hold " in line and "waited for the daily recheck" in line for line in found)

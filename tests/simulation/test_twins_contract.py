@@ -132,6 +132,70 @@ def test_the_payment_twin_moves_money_as_payment_does(payment_real: tuple[Api, s
     assert (account["available"], account["held"]) == (twin_account.available, twin_account.held) == (20, 0)
 
 
+def _active_pages(get: Any) -> list[list[tuple[str, int]]]:
+    """Every page of ``GET /v1/holds?state=active&limit=2``, each as its holds' (jobId, amount)."""
+    pages: list[list[tuple[str, int]]] = []
+    params: dict[str, Any] = {"state": "active", "limit": 2}
+    while True:
+        page = get(params)
+        pages.append(sorted((h["jobId"], h["amount"]) for h in page["items"]))
+        assert all(h["state"] == "active" for h in page["items"])
+        if page["next"] is None:
+            return pages
+        params = {**params, "after": page["next"]}
+
+
+def test_the_payment_twin_lists_active_holds_as_payment_does(payment_real: tuple[Api, sa.Engine]) -> None:
+    """What the auditor reads each pass: the holds active now, in pages that end, settled ones
+    left out; a state Payment does not know is refused alike."""
+    real, _ = payment_real
+    real.ok("POST", "/v1/accounts", {"id": "acme"})
+    real.ok("POST", "/v1/accounts/acme/top-ups", {"amount": 50})
+    twin = PaymentTwin(_now)
+    twin.accounts["acme"] = TwinAccount(available=50)
+    expires = _iso(dt.timedelta(hours=1))
+    script: list[tuple[Call, tuple[str, ...], str | None]] = [
+        (
+            (
+                "POST",
+                "/v1/holds",
+                f"k{n}",
+                {"account": "acme", "jobId": f"job-{n}", "amount": n, "expiresAt": expires},
+            ),
+            ("state",),
+            f"h{n}",
+        )
+        for n in range(1, 6)
+    ]
+    script += [
+        (("POST", "/v1/holds/{h2}/capture", "c2", None), ("state",), None),
+        (("POST", "/v1/holds/{h4}/release", "r4", None), ("state",), None),
+    ]
+    _run(script, real, twin, "operator")
+
+    def twin_get(params: dict[str, Any]) -> Any:
+        reply = twin.handle("GET", "/v1/holds", None, None, {k: str(v) for k, v in params.items()}, b"")
+        assert reply.status == 200
+        return reply.body
+
+    def real_get(params: dict[str, Any]) -> Any:
+        response = real.http.get("/v1/holds", params=params, headers=real.headers("operator", None))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    pages = _active_pages(real_get)
+    assert [n for page in pages for n in page] == [("job-1", 1), ("job-3", 3), ("job-5", 5)]
+    assert [len(p) for p in pages] == [len(p) for p in _active_pages(twin_get)] == [2, 1]
+    assert sorted(x for p in _active_pages(twin_get) for x in p) == [x for p in pages for x in p]
+    bad = real.http.get("/v1/holds", params={"state": "pending"}, headers=real.headers("operator", None))
+    twin_bad = twin.handle("GET", "/v1/holds", None, None, {"state": "pending"}, b"")
+    assert (
+        (bad.status_code, _slug(bad.json()))
+        == (twin_bad.status, _slug(twin_bad.body))
+        == (422, "validation-error")
+    )
+
+
 def _items(answer: Any) -> list[tuple[Any, ...]]:
     """What a bulk answer says of each item: key, status, replayed, and the problem's slug or
     the fields the operator reads."""

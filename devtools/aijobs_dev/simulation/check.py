@@ -9,7 +9,8 @@ delivery Main API recorded of a result Storage still holds does).
   charges nobody but the one that holds it.
 - **A1-A3** (the auditor): after its pass every damage the log justifies repairing is repaired
   (a stray hold released, a lost capture captured, an orphan object deleted, an orphan task
-  cancelled) and every finished job's verdict says so; the auditor moved money only where the
+  cancelled) and every finished job's verdict says so, an active hold of a finished job before
+  the daily recheck comes round; the auditor moved money only where the
   log and the services justified it; a doubtful capture is reported, never made.
 """
 
@@ -177,6 +178,10 @@ def _audit(world: World, doubtful: set[str]) -> list[Violation]:
     for damage in world.damage:
         if damage.kind != "doubtful-capture" and not _repaired(world, damage):
             found.append(Violation("A1", names[damage.uid], f"{damage.kind} {damage.target} not repaired"))
+    for damage in world.unsettled_before_recheck:  # a finished job's active hold is found at once
+        found.append(
+            Violation("A1", names[damage.uid], f"{damage.kind} {damage.target} waited for the daily recheck")
+        )
     for job in world.jobs:
         body = world.kube.objects.get((job.namespace, job.name))
         if body is None or (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:

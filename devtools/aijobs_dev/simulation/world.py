@@ -468,6 +468,8 @@ class World:
         )
         self.jobs: list[SimJob] = []
         self.damage: list[Damage] = []
+        # Money damage the auditor had not settled before the daily recheck came round.
+        self.unsettled_before_recheck: list[Damage] = []
         self.money_moves: list[MoneyMove] = []
         self._make_jobs(jobs if jobs is not None else self.rng.randint(1, 3))
         self.operator, self.auditor, self.syncer = self._start_operator()
@@ -961,9 +963,20 @@ class World:
         self.say("--- faults heal ---")
         await self._heal(heal_rounds)
         # With no fault left, the auditor repairs what it may; a stray hold beside a capture it
-        # made is released on its next pass. Damage done behind the saga's back after a job's
-        # audit is found by its periodic recheck: the clock goes round to it first.
+        # made is released on its next pass. Damage to money after a job's audit (an active hold
+        # of a finished job) is found on the next passes, since each reads what Payment holds;
+        # other damage (an orphan object or task) by the periodic recheck, once the clock has
+        # gone round to it.
+        await self._audit_rounds()
+        self.unsettled_before_recheck = [
+            d
+            for d in self.damage
+            if d.kind in ("stray-hold", "lost-capture") and self.payment.holds[d.target].state == "active"
+        ]
         self.clock += dt.timedelta(seconds=self.cfg.audit_recheck_seconds)
+        await self._audit_rounds()
+
+    async def _audit_rounds(self) -> None:
         for _ in range(3):
             if "repaired" not in await self._audit():
                 break

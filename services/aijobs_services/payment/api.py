@@ -31,6 +31,7 @@ from aijobs.api.payment import (
     HoldCapture,
     HoldCreate,
     HoldExtend,
+    HoldPage,
     HoldState,
     LedgerCheck,
     LedgerItem,
@@ -42,7 +43,7 @@ from aijobs_services.kit.admin_audit import record
 from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware
-from aijobs_services.kit.fields import MAX_ROW_ID, PathText
+from aijobs_services.kit.fields import MAX_ROW_ID, NO_NUL, PathText
 from aijobs_services.kit.idempotency import (
     BulkOp,
     IdempotencyStore,
@@ -258,6 +259,22 @@ def place_hold(
     body: HoldCreate, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
 ) -> JSONResponse:
     return store.run(session, idem, _hold_action(body), quick=_quick_hold(store, idem, body))
+
+
+@router.get("/holds", summary="Holds in id order, by state (paginated)", response_model=HoldPage)
+def list_holds(
+    _: Reader,
+    session: SessionDep,
+    state: Annotated[HoldState | None, Query(description="Only holds in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, pattern=NO_NUL, description="Only holds with ids past this (a page's next)"),
+    ] = None,
+) -> HoldPage:
+    with session.begin():
+        holds = ledger.holds_page(session, None if state is None else state.value, limit, after)
+        return HoldPage(items=[hold_of(h) for h in holds], next=holds[-1].id if len(holds) == limit else None)
 
 
 @router.get("/holds/{hold_id}", summary="One hold", response_model=Hold, responses=answers("unknown-hold"))

@@ -117,6 +117,16 @@ def job_charges(session: Session, job_id: str) -> tuple[list[Hold], list[LedgerE
     return list(holds), list(entries)
 
 
+def holds_page(session: Session, state: str | None, limit: int, after: str | None) -> list[Hold]:
+    """Holds in id order (``state``'s only, when given), ``limit`` of them with ids past ``after``."""
+    stmt = sa.select(Hold)
+    if state is not None:
+        stmt = stmt.where(Hold.state == state)
+    if after is not None:
+        stmt = stmt.where(Hold.id > after)
+    return list(session.scalars(stmt.order_by(Hold.id).limit(limit)))
+
+
 def account_entries(
     session: Session, account_id: str, limit: int, before: int | None = None
 ) -> list[LedgerEntry]:

@@ -111,6 +111,8 @@ class PaymentTwin(Twin):
             return (self.bulk_holds if p[1] == "holds" else self.bulk_captures), ()
         if method == "POST" and len(p) == 3 and p[0] == "holds" and p[2] in ("capture", "release"):
             return (self.capture if p[2] == "capture" else self.release), (p[1],)
+        if method == "GET" and p == ["holds"]:
+            return self.list_holds, ()
         if method == "GET" and len(p) == 2 and p[0] == "holds":
             return self.get, (p[1],)
         if method == "GET" and len(p) == 3 and p[0] == "jobs" and p[2] == "charges":
@@ -192,6 +194,22 @@ class PaymentTwin(Twin):
             return _refused(error)
         self._settle(hold, move)
         return _ok(200, hold.wire())
+
+    def list_holds(self, *, params: dict[str, str], **_: Any) -> Reply:
+        try:
+            state = HoldState(params["state"]) if "state" in params else None
+            limit = int(params.get("limit", "500"))
+            if not 1 <= limit <= 1000:
+                raise ValueError(f"limit {limit} is out of 1..1000")
+        except ValueError as invalid:
+            return Reply.problem(422, "validation-error", str(invalid))
+        after = params.get("after")
+        chosen = sorted(
+            (h for h in self.holds.values() if state in (None, h.state) and (after is None or h.id > after)),
+            key=lambda h: h.id,
+        )[:limit]
+        last = chosen[-1].id if len(chosen) == limit else None
+        return _ok(200, wire.HoldPage(items=[h.wire() for h in chosen], next=last))
 
     def charges(self, job_id: str, **_: Any) -> Reply:
         holds = [h for h in self.holds.values() if h.job_id == job_id]
