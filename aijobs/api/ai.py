@@ -5,6 +5,11 @@ A job has one task (``POST /v1/tasks``); workers lease due tasks (``POST /v1/lea
 lease with heartbeats and end it with a completion or a failure, each fenced by the lease token.
 A batch job has one task per image, named by the job and the image's index (``item``).
 
+A batch job is followed by counts rather than by its tasks (``POST /v1/tasks/counts``:
+:class:`JobTaskCounts` per job), read page by page in the images' order (``GET
+/v1/jobs/{jobId}/tasks``: :class:`TaskPage`) and cancelled whole (``POST
+/v1/jobs/{jobId}/tasks/cancel``: :class:`JobTasksCancelled`, each task as its single cancel).
+
 Bulk (:mod:`aijobs.api.bulk`): ``POST /v1/bulk/tasks`` carries many :class:`TaskCreate` (each the
 single ``POST /v1/tasks`` under its own key), ``POST /v1/bulk/completions`` many
 :class:`TaskCompletion` (each the single ``POST /v1/tasks/{taskId}/complete``, its body without
@@ -24,6 +29,8 @@ Problems (``type`` ends in the slug):
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 from annotated_types import Ge, Le
@@ -42,15 +49,21 @@ __all__ = [
     "Completion",
     "Failure",
     "Heartbeat",
+    "JobTaskCounts",
+    "JobTasksCancelled",
     "LeaseRequest",
     "LeasedTask",
     "Leases",
     "QueueDepth",
     "Task",
     "TaskCompletion",
+    "TaskCounts",
+    "TaskCountsQuery",
     "TaskCreate",
     "TaskList",
+    "TaskPage",
     "TaskQuery",
+    "page_position",
     "refusal",
 ]
 
@@ -155,6 +168,14 @@ class TaskQuery(Request):
     task_ids: list[Text] = Field(default_factory=list, max_length=5000)
 
 
+class TaskCountsQuery(Request):
+    """The jobs whose tasks to count (``POST /v1/tasks/counts``)."""
+
+    job_ids: list[Text] = Field(
+        min_length=1, max_length=1000, description="Answered in this order, a repeated one each time"
+    )
+
+
 # ----------------------------------------------------------------------------------- answers
 class Task(Answer):
     """A task as the operator and Main API read it."""
@@ -249,3 +270,72 @@ class QueueDepth(Answer):
         return cls(
             ready=ready, running=running, scheduled=standings.count("scheduled"), demand=ready + running
         )
+
+
+def page_position(item: int | None) -> int:
+    """Where a task stands in its job's pages (:class:`TaskPage`): its image's index, a
+    single-image job's one task (no item) first, as -1 (the service's unique index says the same:
+    ``coalesce(item, -1)``)."""
+    return -1 if item is None else item
+
+
+class TaskPage(Answer):
+    """A page of a job's tasks, in the order of their images (``GET /v1/jobs/{jobId}/tasks``)."""
+
+    job_id: str
+    items: list[Task]
+    next: int | None = Field(
+        description="The `after` that reads the next page (the last item's index); null on the last page"
+    )
+
+
+class JobTaskCounts(Answer):
+    """How many of a job's tasks are in each state: what follows a batch without reading its
+    tasks. A running task whose cancellation was asked counts as running until its worker stops."""
+
+    job_id: str
+    total: int
+    scheduled: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    updated_at: Instant | None = Field(
+        description="The latest change to any of the job's tasks; null with none"
+    )
+
+    @classmethod
+    def of(cls, job_id: str, by_state: Mapping[str, int], updated_at: dt.datetime | None) -> JobTaskCounts:
+        """The counts from the number of tasks in each state (a state not there: none)."""
+        counted = {
+            state: by_state.get(state, 0)
+            for state in ("scheduled", "running", "succeeded", "failed", "cancelled")
+        }
+        return cls(job_id=job_id, total=sum(counted.values()), updated_at=updated_at, **counted)
+
+    @classmethod
+    def count(cls, job_id: str, job_tasks: Iterable[tasks.Task]) -> JobTaskCounts:
+        """The counts of these tasks (the job's)."""
+        by_state: dict[str, int] = {}
+        latest: dt.datetime | None = None
+        for task in job_tasks:
+            by_state[task.state] = by_state.get(task.state, 0) + 1
+            latest = task.updated_at if latest is None else max(latest, task.updated_at)
+        return cls.of(job_id, by_state, latest)
+
+
+class TaskCounts(Answer):
+    """One :class:`JobTaskCounts` per job asked, in the order asked; a job AI knows nothing of
+    has zeros."""
+
+    items: list[JobTaskCounts]
+
+
+class JobTasksCancelled(Answer):
+    """What cancelling a job's tasks did: each scheduled or running task as its single cancel
+    (:func:`aijobs.api.tasks.cancel`), the others left as they are."""
+
+    job_id: str
+    cancelled: int = Field(description="Scheduled tasks this call cancelled")
+    stopping: int = Field(description="Running tasks this call asked to stop (their workers end them)")
+    counts: JobTaskCounts = Field(description="The job's counts right after")

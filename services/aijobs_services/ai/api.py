@@ -4,7 +4,8 @@ The routes read the wire models of :mod:`aijobs.api.ai`, call :mod:`aijobs_servi
 and answer the same models; a refusal of the task life cycle (:mod:`aijobs.api.tasks`) becomes
 its problem here, the one place that knows HTTP statuses. The bulk routes run many of the single
 routes' operations, each under its own key, in one request and one transaction
-(:mod:`aijobs_services.ai.bulk`).
+(:mod:`aijobs_services.ai.bulk`). A batch job's routes (counts, pages, cancel) act on all of a
+job's tasks in a few statements, however many images it has.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
@@ -23,14 +24,18 @@ from aijobs.api.ai import (
     Completion,
     Failure,
     Heartbeat,
+    JobTasksCancelled,
     LeasedTask,
     LeaseRequest,
     Leases,
     QueueDepth,
     Task,
     TaskCompletion,
+    TaskCounts,
+    TaskCountsQuery,
     TaskCreate,
     TaskList,
+    TaskPage,
     TaskQuery,
     refusal,
 )
@@ -56,6 +61,7 @@ Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 Worker = Annotated[Caller, Depends(allow("worker", "worker.*"))]
 Reader = Annotated[Caller, Depends(allow("operator", "admin", "main-api", "worker", "worker.*"))]
 TaskId = Annotated[str, Path(pattern=NO_NUL, description="A task's id, as its creation answered")]
+JobId = Annotated[str, Path(pattern=NO_NUL, description="The job whose tasks these are")]
 
 
 @contextmanager
@@ -177,6 +183,48 @@ def get_task(task_id: TaskId, _: Reader, session: SessionDep) -> Task:
 def query_tasks(body: TaskQuery, _: Reader, session: SessionDep) -> TaskList:
     with session.begin():
         return TaskList(items=[Task.of(t) for t in queue.query(session, body.job_ids, body.task_ids)])
+
+
+@router.post(
+    "/tasks/counts",
+    summary="How many of each job's tasks are in each state (for following batches)",
+    response_model=TaskCounts,
+)
+def count_tasks(body: TaskCountsQuery, _: Reader, session: SessionDep) -> TaskCounts:
+    with session.begin():
+        return TaskCounts(items=queue.counts(session, body.job_ids))
+
+
+@router.get(
+    "/jobs/{job_id}/tasks",
+    summary="A job's tasks, page by page in the order of their images",
+    response_model=TaskPage,
+)
+def job_tasks(
+    job_id: JobId,
+    _: Reader,
+    session: SessionDep,
+    after: Annotated[
+        int | None,
+        Query(ge=-1, le=999_999, description="Only tasks of images past this index (a page's next)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> TaskPage:
+    with session.begin():
+        found, following = queue.page(session, job_id, after, limit)
+    return TaskPage(job_id=job_id, items=[Task.of(t) for t in found], next=following)
+
+
+@router.post(
+    "/jobs/{job_id}/tasks/cancel",
+    summary="Cancel each of a job's tasks as its single cancel does (idempotent)",
+    response_model=JobTasksCancelled,
+    responses=_answers(),
+)
+def cancel_job_tasks(
+    job_id: JobId, _: Operator, idem: IdempotentRequestDep, store: IdemStoreDep, session: SessionDep
+) -> JSONResponse:
+    return store.run(session, idem, lambda s: (200, queue.cancel_job(s, job_id)))
 
 
 @router.get(

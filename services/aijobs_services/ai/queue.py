@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from aijobs.api import tasks
-from aijobs.api.ai import QueueDepth
+from aijobs.api.ai import JobTaskCounts, JobTasksCancelled, QueueDepth, page_position
 from aijobs_services.ai.models import Task
 from aijobs_services.kit.db import aware, is_postgres, utcnow
 from aijobs_services.kit.idempotency import Quick
@@ -97,6 +97,46 @@ def query(session: Session, job_ids: list[str], task_ids: list[str]) -> list[tas
     return [_value(row) for row in session.scalars(sa.select(Task).where(sa.or_(*conditions)))]
 
 
+def _position() -> sa.ColumnElement[int]:
+    """A task's place in its job: :func:`aijobs.api.ai.page_position` in SQL, the expression
+    the unique index ``uq_tasks_job_item`` is built on (so lookups and pages by job and item
+    scan it). The -1 is written into the SQL, not bound: under a parameter it would not be the
+    indexed expression to a prepared statement's generic plan."""
+    return sa.func.coalesce(Task.item, sa.literal_column("-1"))
+
+
+def counts(session: Session, job_ids: list[str]) -> list[JobTaskCounts]:
+    """Each job's counts, in the order asked (a repeated job each time, an unknown one with
+    zeros), from one grouped read: what a follower reads every few seconds instead of the tasks."""
+    wanted = list(dict.fromkeys(job_ids))
+    stmt = (
+        sa.select(Task.job_id, Task.state, sa.func.count(), sa.func.max(Task.updated_at))
+        .where(Task.job_id.in_(wanted))
+        .group_by(Task.job_id, Task.state)
+    )
+    by_job: dict[str, dict[str, int]] = {job: {} for job in wanted}
+    latest: dict[str, dt.datetime] = {}
+    for job_id, state, n, updated in session.execute(stmt):
+        by_job[job_id][state] = n
+        latest[job_id] = max(latest.get(job_id, aware(updated)), aware(updated))
+    return [JobTaskCounts.of(job, by_job[job], latest.get(job)) for job in job_ids]
+
+
+def page(session: Session, job_id: str, after: int | None, limit: int) -> tuple[list[tasks.Task], int | None]:
+    """Up to ``limit`` of the job's tasks past position ``after`` (none: from the first), in
+    their images' order, and the ``after`` of the next page (None on the last). One ordered
+    scan of the unique index ``uq_tasks_job_item``, one row further than the page to know
+    whether another follows."""
+    position = _position()
+    stmt = sa.select(Task).where(Task.job_id == job_id)
+    if after is not None:
+        stmt = stmt.where(position > after)
+    rows = list(session.scalars(stmt.order_by(position).limit(limit + 1)))
+    found = [_value(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return found, (page_position(found[-1].item) if more else None)
+
+
 def create(
     session: Session,
     *,
@@ -130,7 +170,7 @@ def create(
     added = session.execute(insert(Task).values(values).on_conflict_do_nothing().returning(Task.id)).first()
     if added is not None:
         return task, True
-    mine = sa.func.coalesce(Task.item, -1) == (-1 if item is None else item)
+    mine = _position() == page_position(item)
     existing = session.scalars(sa.select(Task).where(Task.job_id == job_id, mine)).one()
     return tasks.reuse(_value(existing), definition), False
 
@@ -220,6 +260,41 @@ def cancel(session: Session, task_id: str) -> tasks.Task:
     task = _store(row, tasks.cancel(_value(row), now=utcnow()))
     session.flush()
     return task
+
+
+def cancel_job(session: Session, job_id: str, *, now: dt.datetime | None = None) -> JobTasksCancelled:
+    """Cancel each of the job's tasks as :func:`cancel` does one, in two statements whatever the
+    job's size (a batch has up to 100,000 tasks), and count them after. A job without tasks is
+    answered with zeros."""
+    now = now or utcnow()
+    # :func:`aijobs.api.tasks.cancel` in SQL. The rule leaves an ended task, and one whose
+    # cancellation was asked, as it is; it sets ``cancel_requested`` on the others, and ends a
+    # scheduled one at once (cancelled) while a running one stays running until its worker
+    # acknowledges (or its lease runs out: the sweep ends it). Nothing else of the task moves.
+    # Each UPDATE locks its rows as the single cancel's SELECT ... FOR UPDATE does, so a lease, a
+    # completion or a failure racing it sees the task before or after, never half.
+    asked = sa.and_(Task.job_id == job_id, Task.cancel_requested.is_(False))
+    ended = session.execute(
+        sa.update(Task)
+        .where(asked, Task.state == "scheduled")
+        .values(state="cancelled", cancel_requested=True, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    told = session.execute(
+        sa.update(Task)
+        .where(asked, Task.state == "running")
+        .values(cancel_requested=True, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    cancelled, stopping = _rowcount(ended), _rowcount(told)
+    return JobTasksCancelled(
+        job_id=job_id, cancelled=cancelled, stopping=stopping, counts=counts(session, [job_id])[0]
+    )
+
+
+def _rowcount(result: sa.Result[Any]) -> int:
+    return int(result.rowcount)  # type: ignore[attr-defined]  # an UPDATE's result: a CursorResult
 
 
 def settle_expired(session: Session) -> int:

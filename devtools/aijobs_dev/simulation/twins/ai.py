@@ -12,21 +12,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from aijobs.api import tasks
 from aijobs.api.ai import (
     Completion,
     Failure,
     Heartbeat,
+    JobTaskCounts,
+    JobTasksCancelled,
     LeasedTask,
     LeaseRequest,
     Leases,
     QueueDepth,
     TaskCompletion,
+    TaskCounts,
+    TaskCountsQuery,
     TaskCreate,
     TaskList,
+    TaskPage,
     TaskQuery,
+    page_position,
     refusal,
 )
 from aijobs.api.ai import Task as TaskAnswer
@@ -107,6 +113,13 @@ class Task:
         return _wire(TaskAnswer.of(self.value()))
 
 
+class _PageQuery(BaseModel):
+    """``GET /v1/jobs/{jobId}/tasks``'s query, bounded as the service's route bounds it."""
+
+    after: int | None = Field(default=None, ge=-1, le=999_999)
+    limit: int = Field(default=500, ge=1, le=1000)
+
+
 def _wire(answer: BaseModel) -> dict[str, Any]:
     """The answer as the service puts it on the wire."""
     return answer.model_dump(mode="json", by_alias=True)
@@ -129,6 +142,12 @@ class AITwin(Twin):
             return self.bulk_completions, ()
         if (method, p) == ("POST", ["tasks", "query"]):
             return self.query, ()
+        if (method, p) == ("POST", ["tasks", "counts"]):
+            return self.counts, ()
+        if method == "GET" and len(p) == 3 and (p[0], p[2]) == ("jobs", "tasks"):
+            return self.job_tasks, (p[1],)
+        if method == "POST" and len(p) == 4 and (p[0], p[2], p[3]) == ("jobs", "tasks", "cancel"):
+            return self.cancel_job, (p[1],)
         if (method, p) == ("POST", ["leases"]):
             return self.lease, ()
         if (method, p) == ("GET", ["queue", "depth"]):
@@ -223,6 +242,50 @@ class AITwin(Twin):
 
         return _answer(TaskQuery, body, act)
 
+    def counts(self, *, body: Any, **_: Any) -> Reply:
+        def act(sent: TaskCountsQuery) -> Reply:
+            # One pass over the tasks, as the service's one grouped read: a follower asks for
+            # every batch in flight at once.
+            by_job: dict[str, list[tasks.Task]] = {job: [] for job in sent.job_ids}
+            for task in self.tasks.values():
+                if task.job_id in by_job:
+                    by_job[task.job_id].append(task.value())
+            found = [JobTaskCounts.count(job, by_job[job]) for job in sent.job_ids]
+            return Reply(200, _wire(TaskCounts(items=found)))
+
+        return _answer(TaskCountsQuery, body, act)
+
+    def job_tasks(self, job_id: str, *, params: dict[str, str], **_: Any) -> Reply:
+        def act(sent: _PageQuery) -> Reply:
+            start = -2 if sent.after is None else sent.after
+            mine = sorted(
+                (t for t in self._of_job(job_id) if page_position(t.item) > start),
+                key=lambda t: page_position(t.item),
+            )
+            found = mine[: sent.limit]
+            following = page_position(found[-1].item) if len(mine) > sent.limit else None
+            items = [TaskAnswer.of(t.value()) for t in found]
+            return Reply(200, _wire(TaskPage(job_id=job_id, items=items, next=following)))
+
+        return _answer(_PageQuery, params, act)
+
+    def cancel_job(self, job_id: str, **_: Any) -> Reply:
+        """Each of the job's tasks as :meth:`cancel` moves it; counted by what the rule did."""
+        now, cancelled, stopping = self.clock(), 0, 0
+        for task in self._of_job(job_id):
+            before = task.value()
+            after = task.take(tasks.cancel(before, now=now))
+            if after == before:
+                continue
+            if after.state == "cancelled":
+                cancelled += 1
+            else:
+                stopping += 1
+        done = JobTasksCancelled(
+            job_id=job_id, cancelled=cancelled, stopping=stopping, counts=self._counts(job_id)
+        )
+        return Reply(200, _wire(done))
+
     def depth(self, **_: Any) -> Reply:
         now = self.clock()
         standings = [s for t in self.tasks.values() if (s := tasks.standing(t.value(), now)) is not None]
@@ -292,6 +355,12 @@ class AITwin(Twin):
         )
 
     # ------------------------------------------------------------------------------ helpers
+    def _of_job(self, job_id: str) -> list[Task]:
+        return [t for t in self.tasks.values() if t.job_id == job_id]
+
+    def _counts(self, job_id: str) -> JobTaskCounts:
+        return JobTaskCounts.count(job_id, (t.value() for t in self._of_job(job_id)))
+
     def _find(self, task_id: str) -> Task:
         task = self.tasks.get(task_id)
         if task is None:
