@@ -2,7 +2,9 @@
 
 A stored object is an image under a caller-chosen key (idempotent by key), staged until its job
 commits it, deleted by the job's compensation. Its bytes travel outside JSON (``PUT`` and
-``GET .../content``, or a signed download link).
+``GET .../content``, or a signed download link). A batch job's inputs are the committed images
+under a key prefix (:class:`ObjectPage`, listed page by page); its results are summed up in a
+manifest, an object of JSON lines (kind ``manifest``) only the operator stores.
 """
 
 from __future__ import annotations
@@ -17,21 +19,27 @@ from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL_PORTABLE
 
 __all__ = [
     "KEY",
+    "MANIFEST_TYPE",
     "CommitRequest",
     "DeletedObjects",
     "DownloadLink",
     "DownloadLinkRequest",
+    "ImageKind",
     "IngestRequest",
     "Instant",
     "JobObjects",
     "ObjectKind",
+    "ObjectPage",
     "ObjectState",
     "StoredObject",
 ]
 
 # A key as callers name objects: the job's name and the input's, e.g. ``ns/job/input-0``.
 KEY = r"^[A-Za-z0-9._:/-]{1,255}$"
-ObjectKind = Literal["input", "result"]
+ImageKind = Literal["input", "result"]
+# A manifest is a batch's results, one JSON line per input: text, never sniffed as an image.
+ObjectKind = Literal["input", "result", "manifest"]
+MANIFEST_TYPE = "application/x-ndjson"
 ObjectState = Literal["staging", "committed", "deleted"]
 
 
@@ -47,18 +55,32 @@ class StoredObject(Answer):
         description="The content's SHA-256, hex: equal keys with equal digests are one object"
     )
     size: int = Field(description="Bytes")
-    content_type: str = Field(description="Sniffed from the bytes: image/png, image/jpeg or image/webp")
-    width: int
-    height: int
+    content_type: str = Field(
+        description="Sniffed from the bytes: image/png, image/jpeg or image/webp; "
+        "application/x-ndjson for a manifest"
+    )
+    width: int = Field(description="Pixels; 0 for a manifest")
+    height: int = Field(description="Pixels; 0 for a manifest")
     state: ObjectState
     created_at: Instant
 
 
 class JobObjects(Answer):
-    """A job's objects, deleted ones included (the auditor compares them with the job)."""
+    """A job's objects, deleted ones included (the auditor compares them with the job). Asked
+    with a ``limit``, a page of them in id order: ``next`` is the ``after`` of the next page (null
+    on the last, and when every object was answered at once)."""
 
     job_id: str
     items: list[StoredObject]
+    next: str | None = None
+
+
+class ObjectPage(Answer):
+    """An account's committed inputs under a key prefix, in byte order of their keys: ``next``
+    is the last key of a full page, the ``after`` of the next one (null on the last page)."""
+
+    items: list[StoredObject]
+    next: str | None
 
 
 class DeletedObjects(Answer):
@@ -82,7 +104,7 @@ class IngestRequest(Request):
     url: str = Field(max_length=2048, pattern=HTTP_URL_PORTABLE)
     account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_NAME)
     job_id: Text | None = Field(default=None, max_length=128)
-    kind: ObjectKind = "input"
+    kind: ImageKind = "input"
     state: Literal["staging", "committed"] = "staging"
 
 

@@ -18,24 +18,28 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from aijobs.api.rules import ACCOUNT_NAME
 from aijobs.api.storage import (
     KEY,
+    MANIFEST_TYPE,
     CommitRequest,
     DeletedObjects,
     DownloadLink,
     DownloadLinkRequest,
     IngestRequest,
     JobObjects,
+    ObjectKind,
+    ObjectPage,
     StoredObject,
 )
 from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import aware, utcnow
-from aijobs_services.kit.fields import MAX_ROW_ID, PathText
+from aijobs_services.kit.fields import MAX_ROW_ID, NO_NUL, PathText, Timestamp
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.outbound import BadUrl, DestinationRefused
 from aijobs_services.kit.problems import Forbidden, Problem, Unprocessable, documented
 from aijobs_services.storage import ingest, objects
 from aijobs_services.storage.blobs import BlobStore, DiskFull, ObjectTooLarge
 from aijobs_services.storage.images import ImageTooLarge, UnsupportedImage
+from aijobs_services.storage.manifests import UnsupportedManifest
 from aijobs_services.storage.models import StoredObject as StoredRow
 from aijobs_services.storage.objects import KeyTaken, ObjectDeleted, ObjectGone, ObjectTaken, UnknownObject
 from aijobs_services.storage.settings import StorageSettings
@@ -75,11 +79,13 @@ EXISTING: dict[int | str, dict[str, Any]] = {
     200: {"model": StoredObject, "description": "The key already held these bytes: its object"}
 }
 IMAGES = ("image/png", "image/jpeg", "image/webp")
+# What an object may be stored as and is served as: an image, or a batch's manifest (JSON lines).
+CONTENT_TYPES = (*IMAGES, MANIFEST_TYPE)
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-AN_IMAGE: dict[int | str, dict[str, Any]] = {
+AN_OBJECT: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The image's bytes, as the type it was sniffed to be",
-        "content": dict.fromkeys(IMAGES, BINARY),
+        "description": "The object's bytes, as the type it was sniffed to be (a manifest: JSON lines)",
+        "content": dict.fromkeys(CONTENT_TYPES, BINARY),
     }
 }
 
@@ -125,23 +131,31 @@ router = APIRouter(prefix="/v1", tags=["storage"])
 @router.put(
     "/objects/{object_id:storage_key}",
     status_code=201,
-    summary="Store an image under a key (idempotent by key)",
+    summary="Store an image, or a batch's manifest, under a key (idempotent by key)",
     response_model=StoredObject,
-    responses={**EXISTING, **documented(*STORING)},
-    openapi_extra={"requestBody": {"required": True, "content": dict.fromkeys(IMAGES, BINARY)}},
+    responses={**EXISTING, **documented(*STORING, UnsupportedManifest)},
+    openapi_extra={"requestBody": {"required": True, "content": dict.fromkeys(CONTENT_TYPES, BINARY)}},
 )
 async def put_object(
     request: Request,
     key: Annotated[
         str, Path(alias="object_id", pattern=KEY, description="The key to store under, the caller's name")
     ],
-    _: Writer,
+    caller: Writer,
     account: Annotated[str, Query(min_length=2, max_length=63, pattern=ACCOUNT_NAME)],
     job_id: Annotated[str | None, Query(alias="jobId", max_length=128)] = None,
-    kind: Annotated[Literal["input", "result"], Query()] = "input",
+    kind: Annotated[
+        ObjectKind, Query(description="manifest: a batch's results as JSON lines (operator, admin only)")
+    ] = "input",
     state: Annotated[Literal["staging", "committed"], Query()] = "staging",
 ) -> JSONResponse:
-    """The same key with the same bytes returns the first object (200); with other bytes, 409."""
+    """The same key with the same bytes returns the first object (200); with other bytes, 409.
+    An image is sniffed from its bytes; a manifest must be UTF-8 text and is stored as
+    ``application/x-ndjson`` with no pixels."""
+    # A manifest is what a user's signed link to a batch's results serves: only the operator
+    # (or an admin) writes one, never a worker or Main API on a user's behalf.
+    if kind == "manifest" and caller.name not in ("operator", "admin"):
+        raise Forbidden(f"{caller.name} may not store a manifest; only the operator does")
     return await _put(
         request, request.stream(), key=key, account=account, job_id=job_id, kind=kind, state=state
     )
@@ -201,7 +215,7 @@ def get_by_key(key: PathText, _: Reader, session: SessionDep) -> StoredObject:
     "/objects/{object_id}/content",
     summary="An object's bytes",
     response_class=BlobResponse,
-    responses={**AN_IMAGE, **documented(UnknownObject, ObjectGone)},
+    responses={**AN_OBJECT, **documented(UnknownObject, ObjectGone)},
 )
 def get_content(object_id: PathText, _: Reader, request: Request, session: SessionDep) -> BlobResponse:
     with session.begin():
@@ -268,15 +282,62 @@ def delete_job_objects(
 
 @router.get(
     "/jobs/{job_id}/objects",
-    summary="A job's objects, deleted ones included (for the auditor)",
+    summary="A job's objects, deleted ones included (for the auditor); paged with a limit",
     response_model=JobObjects,
 )
-def list_job_objects(job_id: PathText, _: Reader, session: SessionDep) -> JobObjects:
+def list_job_objects(
+    job_id: PathText,
+    _: Reader,
+    session: SessionDep,
+    after: Annotated[
+        str | None,
+        Query(max_length=40, pattern=NO_NUL, description="Only objects with ids past this (a page's next)"),
+    ] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=1000, description="At most this many, in id order; absent: every one")
+    ] = None,
+) -> JobObjects:
     with session.begin():
-        return JobObjects(job_id=job_id, items=[public(o) for o in objects.for_job(session, job_id)])
+        found = objects.for_job(session, job_id, after=after, limit=limit)
+        full = limit is not None and len(found) == limit
+        return JobObjects(
+            job_id=job_id, items=[public(o) for o in found], next=found[-1].id if full else None
+        )
 
 
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+@router.get(
+    "/objects",
+    summary="An account's committed inputs under a key prefix, in key order (paginated)",
+    response_model=ObjectPage,
+)
+def list_objects(
+    _: Reader,
+    session: SessionDep,
+    account: Annotated[str, Query(min_length=2, max_length=63, pattern=ACCOUNT_NAME)],
+    prefix: Annotated[
+        str, Query(pattern=KEY, description="Keys starting with these characters (no wildcards)")
+    ],
+    created_before: Annotated[
+        Timestamp | None,
+        Query(alias="createdBefore", description="Only objects created at or before this instant"),
+    ] = None,
+    after: Annotated[
+        str | None, Query(pattern=KEY, description="Only keys past this one (a page's next)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> ObjectPage:
+    """A batch job's inputs: the job's creation time as ``createdBefore`` keeps the set the same
+    however often it is listed, even if the user uploads more under the prefix later."""
+    with session.begin():
+        found = objects.inputs_under(
+            session, account, prefix, created_before=created_before, after=after, limit=limit
+        )
+        return ObjectPage(
+            items=[public(o) for o in found], next=found[-1].key if len(found) == limit else None
+        )
+
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", MANIFEST_TYPE: "jsonl"}
 
 
 def _download_headers(obj: StoredRow) -> dict[str, str]:
@@ -335,7 +396,7 @@ def download_url(
     summary="Download through a signed link (no token needed)",
     response_class=BlobResponse,
     responses={
-        **AN_IMAGE,
+        **AN_OBJECT,
         **documented(BadSignature, LinkExpired, UnknownObject, ObjectGone),
     },
 )

@@ -21,7 +21,7 @@ class StoredObject(StorageBase):
     key: Mapped[str] = mapped_column(sa.String(255), unique=True)  # the caller's idempotent name
     account: Mapped[str] = mapped_column(sa.String(63), index=True)
     job_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True, index=True)
-    kind: Mapped[str] = mapped_column(sa.String(16))  # input | result
+    kind: Mapped[str] = mapped_column(sa.String(16))  # input | result | manifest
     sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
     size: Mapped[int] = mapped_column(sa.BigInteger)
     content_type: Mapped[str] = mapped_column(sa.String(64))
@@ -33,5 +33,19 @@ class StoredObject(StorageBase):
     committed_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
 
+
+# A batch's inputs, listed by account and key prefix in byte order (objects.inputs_query): the
+# range scan needs the key's bytewise order in the index, not the database's locale. The
+# collation rides in ``postgresql_ops`` (PostgreSQL's ``column [COLLATE c] [opclass]``) so the
+# index stays one over two columns, as PostgreSQL reflects it. SQLite compares text bytewise
+# already: its unique index on the key serves there.
+sa.Index(
+    "ix_objects_account_bytewise_key",
+    StoredObject.account,
+    StoredObject.key,
+    postgresql_ops={"key": 'COLLATE "C"'},
+).ddl_if(dialect="postgresql")
+# A job's objects page by page (objects.for_job with a limit): in id order within the job.
+sa.Index("ix_objects_job_id_id", StoredObject.job_id, StoredObject.id)
 
 IdempotencyKeys = idempotency_table(StorageBase.metadata)

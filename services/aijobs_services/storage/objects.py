@@ -1,4 +1,10 @@
-"""Storage's use cases: store an upload, record, commit, delete, list, collect garbage."""
+"""Storage's use cases: store an upload, record, commit, delete, list, collect garbage.
+
+Keys are compared and ordered byte by byte (``COLLATE "C"`` on PostgreSQL, SQLite's own
+``BINARY``): a prefix is then a range of keys, ``prefix <= key < successor(prefix)``, which an
+index scans in order, and a page's ``after`` means the same whatever the database's locale (an
+``en_US`` collation would sort ``a-b`` between ``ab`` and ``ac``). A prefix read as a ``LIKE``
+pattern would also make ``_`` and ``%`` wildcards; a range has none."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Conflict, NotFound
 from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged
 from aijobs_services.storage.images import ImageInfo, inspect_image
+from aijobs_services.storage.manifests import inspect_manifest
 from aijobs_services.storage.models import StoredObject
 from aijobs_services.storage.settings import StorageSettings
 
@@ -109,7 +116,10 @@ def store_staged(
             existing = by_key(session, key)
             if existing is not None:
                 return False, same_or_conflict(existing, staged.sha256)
-        info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        if kind == "manifest":
+            info = inspect_manifest(staged.path)
+        else:
+            info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
         with blobs.sharing(), sessions() as session, session.begin():
             check_capacity(
                 session, account, staged.size, settings.capacity_bytes, settings.account_quota_bytes
@@ -189,8 +199,76 @@ def delete(session: Session, obj: StoredObject) -> StoredObject:
     return obj
 
 
-def for_job(session: Session, job_id: str) -> list[StoredObject]:
-    stmt = sa.select(StoredObject).where(StoredObject.job_id == job_id).order_by(StoredObject.created_at)
+def for_job(
+    session: Session, job_id: str, *, after: str | None = None, limit: int | None = None
+) -> list[StoredObject]:
+    """A job's objects in the order they were stored; a page of them in id order when ``after``
+    or ``limit`` is given (the ``(job_id, id)`` index reads it, however many the job has)."""
+    stmt = sa.select(StoredObject).where(StoredObject.job_id == job_id)
+    if after is None and limit is None:
+        return list(session.scalars(stmt.order_by(StoredObject.created_at)))
+    if after is not None:
+        stmt = stmt.where(StoredObject.id > after)
+    return list(session.scalars(stmt.order_by(StoredObject.id).limit(limit)))
+
+
+def bytewise(dialect: str) -> sa.ColumnElement[str]:
+    """The key as compared byte by byte: SQLite compares text so already (``BINARY``)."""
+    if dialect == "postgresql":
+        return sa.collate(StoredObject.key, "C")
+    return StoredObject.key.expression
+
+
+def successor(prefix: str) -> str:
+    """The least text greater than every text that starts with ``prefix``, in code point order
+    (UTF-8's byte order): the prefix with its last character's successor, past a last
+    character that has none."""
+    head = prefix.rstrip(chr(0x10FFFF))
+    if not head:
+        raise ValueError("a prefix of only U+10FFFF has no successor")
+    return head[:-1] + chr(ord(head[-1]) + 1)
+
+
+def inputs_query(
+    dialect: str,
+    account: str,
+    prefix: str,
+    *,
+    created_before: dt.datetime | None,
+    after: str | None,
+    limit: int,
+) -> sa.Select[StoredObject]:
+    """A page of an account's committed inputs whose keys start with ``prefix``, past the key
+    ``after``, in key order; only those created at or before ``created_before`` when given, so
+    that a batch's set listed again later is the same set. On PostgreSQL the
+    ``(account, key COLLATE "C")`` index reads it in order and stops at ``limit``."""
+    key = bytewise(dialect)
+    stmt = sa.select(StoredObject).where(
+        StoredObject.account == account,
+        key >= prefix,
+        key < successor(prefix),
+        StoredObject.state == "committed",
+        StoredObject.kind == "input",
+    )
+    if after is not None:
+        stmt = stmt.where(key > after)
+    if created_before is not None:
+        stmt = stmt.where(StoredObject.created_at <= created_before)
+    return stmt.order_by(key).limit(limit)
+
+
+def inputs_under(
+    session: Session,
+    account: str,
+    prefix: str,
+    *,
+    created_before: dt.datetime | None,
+    after: str | None,
+    limit: int,
+) -> list[StoredObject]:
+    """:func:`inputs_query`'s objects."""
+    dialect = session.get_bind().dialect.name
+    stmt = inputs_query(dialect, account, prefix, created_before=created_before, after=after, limit=limit)
     return list(session.scalars(stmt))
 
 

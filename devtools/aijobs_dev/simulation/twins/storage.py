@@ -1,4 +1,10 @@
-"""The storage service's twin: its answers are Storage's wire models (:mod:`aijobs.api.storage`)."""
+"""The storage service's twin: its answers are Storage's wire models (:mod:`aijobs.api.storage`).
+
+It keeps no bytes and sniffs no image (every image is a 4x4 PNG to it), but a manifest is
+checked as Storage checks it (UTF-8), and listings page as Storage's do: an account's
+committed inputs under a key prefix in key order (Python compares text by code point, which
+for UTF-8 is Storage's bytewise order), a job's objects in id order (the twin's ids are
+zero-padded, so that is the order they were stored in)."""
 
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
 from aijobs.api import storage as wire
-from aijobs.api.rules import MAX_HOLD
+from aijobs.api.fields import Timestamp
+from aijobs.api.rules import ACCOUNT_NAME, MAX_HOLD
 from aijobs_dev.simulation.twins.base import Reply, Twin, _parts
 
 
@@ -19,14 +29,15 @@ class StoredObject:
     key: str
     account: str
     job_id: str | None
-    kind: Literal["input", "result"]
+    kind: wire.ObjectKind
     sha256: str
     size: int
     state: Literal["staging", "committed", "deleted"]
     created_at: dt.datetime
 
     def wire(self) -> wire.StoredObject:
-        """As Storage answers it; every twin object is a 4x4 PNG (the twin keeps no bytes)."""
+        """As Storage answers it; every twin image is a 4x4 PNG (the twin keeps no bytes)."""
+        manifest = self.kind == "manifest"
         return wire.StoredObject(
             id=self.id,
             key=self.key,
@@ -35,9 +46,9 @@ class StoredObject:
             kind=self.kind,
             sha256=self.sha256,
             size=self.size,
-            content_type="image/png",
-            width=4,
-            height=4,
+            content_type=wire.MANIFEST_TYPE if manifest else "image/png",
+            width=0 if manifest else 4,
+            height=0 if manifest else 4,
             state=self.state,
             created_at=self.created_at,
         )
@@ -47,9 +58,43 @@ class StoredObject:
 
 
 def _body(
-    answer: wire.StoredObject | wire.JobObjects | wire.DeletedObjects | wire.DownloadLink,
+    answer: wire.StoredObject | wire.JobObjects | wire.DeletedObjects | wire.DownloadLink | wire.ObjectPage,
 ) -> dict[str, Any]:
     return answer.model_dump(by_alias=True, mode="json")
+
+
+class _Query(BaseModel):
+    """A route's query parameters, checked by its rules; others are ignored, as FastAPI does."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class _PutQuery(_Query):
+    account: str
+    job_id: str | None = None
+    kind: wire.ObjectKind = "input"
+    state: Literal["staging", "committed"] = "staging"
+
+
+class _ObjectQuery(_Query):
+    """``GET /v1/objects``'s query."""
+
+    account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_NAME)
+    prefix: str = Field(pattern=wire.KEY)
+    created_before: Timestamp | None = None
+    after: str | None = Field(default=None, pattern=wire.KEY)
+    limit: int = Field(default=500, ge=1, le=1000)
+
+
+class _JobObjectsQuery(_Query):
+    """``GET /v1/jobs/{id}/objects``'s query."""
+
+    after: str | None = Field(default=None, max_length=40)
+    limit: int | None = Field(default=None, ge=1, le=1000)
+
+
+def _invalid(exc: ValidationError) -> Reply:
+    return Reply.problem(422, "validation-error", str(exc))
 
 
 class StorageTwin(Twin):
@@ -64,6 +109,8 @@ class StorageTwin(Twin):
         p = _parts(path)
         if method == "PUT" and p[:1] == ["objects"] and len(p) >= 2:
             return self.put, ("/".join(p[1:]),)
+        if method == "GET" and p == ["objects"]:
+            return self.list_objects, ()
         if method == "GET" and len(p) == 2 and p[0] == "objects":
             return self.get, (p[1],)
         if method == "POST" and len(p) == 3 and p[0] == "objects" and p[2] == "commit":
@@ -77,7 +124,13 @@ class StorageTwin(Twin):
         return None
 
     def store(
-        self, key: str, account: str, job_id: str | None, kind: Literal["input", "result"], content: bytes
+        self,
+        key: str,
+        account: str,
+        job_id: str | None,
+        kind: wire.ObjectKind,
+        content: bytes,
+        state: Literal["staging", "committed"] = "committed",
     ) -> Reply:
         sha = hashlib.sha256(content).hexdigest()
         existing = next((o for o in self.objects.values() if o.key == key), None)
@@ -85,17 +138,49 @@ class StorageTwin(Twin):
             if existing.sha256 != sha:
                 return Reply.problem(409, "key-taken", f"key {key!r} holds other content")
             return Reply(200, existing.public())
+        if kind == "manifest":
+            try:
+                content.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return Reply.problem(415, "unsupported-manifest", f"byte {exc.start} is not UTF-8")
         if self.disk_full:
             return Reply.problem(507, "insufficient-storage", "the disk is full")
         obj = StoredObject(
-            self.new_id("obj"), key, account, job_id, kind, sha, len(content), "committed", self.clock()
+            self.new_id("obj"), key, account, job_id, kind, sha, len(content), state, self.clock()
         )
         self.objects[obj.id] = obj
         return Reply(201, obj.public())
 
     def put(self, key: str, *, params: dict[str, str], content: bytes, **_: Any) -> Reply:
-        kind: Literal["input", "result"] = "result" if params.get("kind") == "result" else "input"
-        return self.store(key, params["account"], params.get("jobId"), kind, content)
+        """As the operator calls it: the twin has no callers, so a worker's refused manifest
+        (403) is Storage's alone."""
+        try:
+            asked = _PutQuery.model_validate(params)
+        except ValidationError as exc:
+            return _invalid(exc)
+        return self.store(key, asked.account, asked.job_id, asked.kind, content, asked.state)
+
+    def list_objects(self, *, params: dict[str, str], **_: Any) -> Reply:
+        try:
+            asked = _ObjectQuery.model_validate(params)
+        except ValidationError as exc:
+            return _invalid(exc)
+        found = sorted(
+            (
+                o
+                for o in self.objects.values()
+                if o.account == asked.account
+                and o.key.startswith(asked.prefix)
+                and o.state == "committed"
+                and o.kind == "input"
+                and (asked.after is None or o.key > asked.after)
+                and (asked.created_before is None or o.created_at <= asked.created_before)
+            ),
+            key=lambda o: o.key,
+        )[: asked.limit]
+        full = len(found) == asked.limit
+        page = wire.ObjectPage(items=[o.wire() for o in found], next=found[-1].key if full else None)
+        return Reply(200, _body(page))
 
     def get(self, object_id: str, **_: Any) -> Reply:
         obj = self.objects.get(object_id)
@@ -131,9 +216,21 @@ class StorageTwin(Twin):
         link = wire.DownloadLink(url=f"http://storage/download/{object_id}", expires_at=at)
         return Reply(200, _body(link))
 
-    def list_job(self, job_id: str, **_: Any) -> Reply:
-        items = [o.wire() for o in self.objects.values() if o.job_id == job_id]
-        return Reply(200, _body(wire.JobObjects(job_id=job_id, items=items)))
+    def list_job(self, job_id: str, *, params: dict[str, str] | None = None, **_: Any) -> Reply:
+        try:
+            asked = _JobObjectsQuery.model_validate(params or {})
+        except ValidationError as exc:
+            return _invalid(exc)
+        found = [o for o in self.objects.values() if o.job_id == job_id]
+        if asked.after is None and asked.limit is None:
+            return Reply(200, _body(wire.JobObjects(job_id=job_id, items=[o.wire() for o in found])))
+        paged = sorted((o for o in found if asked.after is None or o.id > asked.after), key=lambda o: o.id)
+        paged = paged[: asked.limit]
+        full = asked.limit is not None and len(paged) == asked.limit
+        answer = wire.JobObjects(
+            job_id=job_id, items=[o.wire() for o in paged], next=paged[-1].id if full else None
+        )
+        return Reply(200, _body(answer))
 
     def delete_job(self, job_id: str, **_: Any) -> Reply:
         deleted = []
