@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from aijobs.api.ai import Task, TaskList, TaskQuery
+from aijobs.api.ai import JobTaskCounts, Task, TaskCounts, TaskCountsQuery, TaskList, TaskQuery
 from aijobs.api.payment import Charges, Hold
 from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.storage import JobObjects, StoredObject
@@ -34,6 +34,7 @@ class JobRecords:
     objects: list[StoredObject]  # Storage /v1/jobs/{uid}/objects -> items, deleted ones included
     task: Task | None  # AI's task of the job, if any
     charges: Charges | None = None  # Payment's whole answer (with its ledger entries), if read
+    counts: JobTaskCounts | None = None  # a batch job's tasks, counted (its tasks are not read)
 
 
 class Source(Protocol):
@@ -42,11 +43,18 @@ class Source(Protocol):
     async def fetch(self, into: type[M], method: str, path: str, **kwargs: Any) -> M: ...
 
 
-async def fetch_records(payment: Source, storage: Source, ai: Source, uid: str) -> JobRecords:
+async def fetch_records(
+    payment: Source, storage: Source, ai: Source, uid: str, batch: bool = False
+) -> JobRecords:
     """What Payment, Storage and AI hold for one job: one read each. The auditor and Main API's
-    admin view both judge a job from this."""
+    admin view both judge a job from this. A batch's tasks are counted, not read (up to
+    100,000 of them)."""
     charges = await payment.fetch(Charges, "GET", f"/v1/jobs/{uid}/charges")
     stored = await storage.fetch(JobObjects, "GET", f"/v1/jobs/{uid}/objects")
+    if batch:
+        query = TaskCountsQuery(job_ids=[uid]).wire()
+        counted = await ai.fetch(TaskCounts, "POST", "/v1/tasks/counts", json=query)
+        return JobRecords(charges.holds, stored.items, None, charges, counted.items[0])
     query = TaskQuery(job_ids=[uid]).wire()
     tasks = await ai.fetch(TaskList, "POST", "/v1/tasks/query", json=query)
     return JobRecords(charges.holds, stored.items, tasks.items[0] if tasks.items else None, charges)
@@ -84,6 +92,10 @@ def findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[
     phase = status.phase
     if phase not in TERMINAL:
         return []  # in flight: the saga itself is still converging
+    if (
+        status.batch is not None or records.counts is not None
+    ):  # a batch (maybe failed before its set was frozen)
+        return _batch_findings(status, price, records)
     found: list[Finding] = []
     captured = [h for h in records.holds if h.state == "captured"]
     active = [h for h in records.holds if h.state == "active"]
@@ -181,4 +193,69 @@ def findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[
             found.append(
                 Finding("orphan-task", "ai", f"task {task.id} is {task.state}", f"cancel-task:{task.id}")
             )
+    return found
+
+
+def _batch_findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[Finding]:
+    """A finished batch: charged exactly ``price x succeeded`` if its manifest was delivered (a
+    batch past its maxFailedImages is delivered too, and ends Failed), nothing otherwise; no hold
+    left active; no object left but its results and manifest when delivered, none when not; no
+    task still to run. A missing or extra charge is reported, never settled on a guess: the
+    amount a partial capture takes is the log's alone to say."""
+    succeeded = status.batch.succeeded if status.batch is not None else 0
+    found: list[Finding] = []
+    delivered = status.result is not None and status.result.object_id is not None
+    expected = price * succeeded if delivered else 0
+    captured = [h for h in records.holds if h.state == "captured"]
+    active = [h for h in records.holds if h.state == "active"]
+    charged = sum(h.captured_amount for h in captured)
+    if charged > expected or len(captured) > 1:
+        kind = "double-charge" if delivered else "charged-for-failure"
+        detail = f"charged {charged} over {len(captured)} holds, {expected} expected ({succeeded} images)"
+        found.append(Finding(kind, "payment", detail, None))
+    for hold in active:
+        still = f"hold {hold.id} ({hold.amount}) is still active"
+        if captured or expected == 0:
+            found.append(Finding("stray-hold", "payment", still, f"release-hold:{hold.id}"))
+        else:
+            found.append(Finding("missing-capture", "payment", f"{still}; {expected} to capture", None))
+    if delivered and charged < expected and not active:
+        found.append(Finding("missing-charge", "payment", f"charged {charged}, {expected} expected", None))
+    live = [o for o in records.objects if o.state != "deleted"]
+    manifest = status.result.object_id if delivered and status.result is not None else None
+    if manifest is not None and not any(o.id == manifest and o.state == "committed" for o in live):
+        found.append(
+            Finding("missing-result", "storage", f"manifest {manifest} is not a committed object", None)
+        )
+    if not delivered:
+        for obj in live:
+            found.append(
+                Finding(
+                    "orphan-object",
+                    "storage",
+                    f"object {obj.id} ({obj.kind}) is {obj.state}",
+                    f"delete-object:{obj.id}",
+                )
+            )
+    else:
+        results = sum(1 for o in live if o.kind == "result")
+        if results > succeeded:
+            found.append(
+                Finding(
+                    "orphan-object",
+                    "storage",
+                    f"{results} results kept for {succeeded} images",
+                    None,
+                )
+            )
+    counts = records.counts
+    if counts is not None and counts.scheduled + counts.running > 0:
+        found.append(
+            Finding(
+                "orphan-task",
+                "ai",
+                f"{counts.scheduled} tasks scheduled, {counts.running} running",
+                f"cancel-job-tasks:{counts.job_id}",
+            )
+        )
     return found

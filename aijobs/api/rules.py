@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_BACKOFF",
     "HTTP_URL",
     "HTTP_URL_PORTABLE",
+    "MAX_BATCH_IMAGES",
     "MAX_HOLD",
     "NAMESPACE_NAME",
     "OBJECT_NAME",
@@ -36,6 +37,9 @@ HTTP_URL_PORTABLE = HTTP_URL.replace("\\S", "[^\\x00\\t\\n\\f\\r ]")
 
 # Payment's longest hold: credits can't be reserved for longer, so neither can a job wait longer.
 MAX_HOLD = dt.timedelta(days=30)
+
+# The most images one batch job may name (DESIGN.md §6): its tasks, its manifest's lines.
+MAX_BATCH_IMAGES = 100_000
 
 # The phases a job ends in.
 TERMINAL_PHASES = ("Delivered", "Failed")

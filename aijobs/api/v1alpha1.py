@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from aijobs.api.rules import ACCOUNT_NAME, DEFAULT_BACKOFF, HTTP_URL
+from aijobs.api.rules import ACCOUNT_NAME, DEFAULT_BACKOFF, HTTP_URL, MAX_BATCH_IMAGES
 
 GROUP = "aijobs.io"
 VERSION = "v1alpha1"
@@ -65,10 +65,18 @@ class InlineImage(_Model):
     content_type: Literal["image/png", "image/jpeg", "image/webp"]
 
 
+class BatchInput(_Model):
+    """Many images: the account's committed objects in Storage whose keys start with ``prefix``,
+    as they stood when the job was created (the set is frozen at acceptance)."""
+
+    prefix: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:/-]+$")
+
+
 class JobInput(_Model):
     storage_ref: StorageRef | None = None
     url: str | None = Field(default=None, max_length=2048, pattern=HTTP_URL)
     inline: InlineImage | None = None
+    batch: BatchInput | None = None
 
 
 class RetryPolicy(_Model):
@@ -89,6 +97,13 @@ class AIImageJobSpec(_Model):
     # batch/v1 Job's field and meaning. The one spec field that may change after acceptance:
     # it decides when the job is deleted, not what the saga does or charges.
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    # A batch's failure policy (batch/v1 Job's maxFailedIndexes): past it, the images not yet run
+    # are cancelled, what succeeded is delivered and charged, and the job ends Failed.
+    max_failed_images: int | None = Field(default=None, ge=0, le=MAX_BATCH_IMAGES)
+
+    @property
+    def is_batch(self) -> bool:
+        return self.input.batch is not None
 
 
 # Spec fields a user may still change once the operator has accepted the job (the CRD's
@@ -126,6 +141,25 @@ class JobResult(_Model):
     url_expires_at: dt.datetime | None = None
 
 
+class BatchFailure(_Model):
+    item: int
+    input: str
+    reason: str
+
+
+class BatchStatus(_Model):
+    """A batch's counts, never per-image state: that is in AI (tasks) and in the result manifest."""
+
+    total: int
+    digest: str | None = None
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    pending: int = 0
+    progress: str | None = None
+    failures: list[BatchFailure] = Field(default_factory=list)
+
+
 class Audit(_Model):
     verdict: Literal["consistent", "repaired", "needs-attention"] | None = None
     findings: list[str] = Field(default_factory=list)
@@ -144,5 +178,6 @@ class AIImageJobStatus(_Model):
     steps: list[StepRecord] = Field(default_factory=list)
     compensations: list[StepRecord] = Field(default_factory=list)
     result: JobResult | None = None
+    batch: BatchStatus | None = None
     audit: Audit | None = None
     kopf: dict[str, Any] | None = None

@@ -58,9 +58,10 @@ class Held:
     cancelled: bool = False
 
 
-def result_key(job_id: str) -> str:
-    """One key per job: every run of its task uploads under it, so at most one result exists."""
-    return f"result:{job_id}"
+def result_key(job_id: str, item: int | None = None) -> str:
+    """One key per job, or per image of a batch job: every run of its task uploads under it, so
+    at most one result exists for each."""
+    return f"result:{job_id}" if item is None else f"result:{job_id}:{item}"
 
 
 class Worker:
@@ -171,7 +172,7 @@ class Worker:
         STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
         token = self.held[item.key].lease_token
         meta = {"pipeline": task.pipeline, "inputObjectId": task.input_object_id}
-        entry = Entry(task.id, task.job_id, task.account, token, meta)
+        entry = Entry(task.id, task.job_id, task.account, token, meta, task.item)
         await asyncio.to_thread(self.spool.put, entry, png)  # durable before anything else
         IMAGES.labels(task.pipeline, "ok").inc()
         return entry
@@ -231,14 +232,16 @@ class Worker:
 
     async def _upload(self, entry: Entry, content: bytes) -> StoredObject:
         params = {"account": entry.account, "jobId": entry.job_id, "kind": "result", "state": "committed"}
-        path = f"/v1/objects/{result_key(entry.job_id)}"
+        path = f"/v1/objects/{result_key(entry.job_id, entry.item)}"
         try:
             return await self.storage.fetch(StoredObject, "PUT", path, params=params, content=content)
         except Refused as exc:
             if exc.kind != "key-taken":
                 raise
             # An earlier run of this job stored its result first: that one is the result.
-            return await self.storage.fetch(StoredObject, "GET", f"/v1/by-key/{result_key(entry.job_id)}")
+            return await self.storage.fetch(
+                StoredObject, "GET", f"/v1/by-key/{result_key(entry.job_id, entry.item)}"
+            )
 
     async def _complete(self, done: list[tuple[Entry, StoredObject]]) -> None:
         """Complete these uploaded results in one request, each under its own key (the one its

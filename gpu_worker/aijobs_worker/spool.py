@@ -19,6 +19,7 @@ class Entry:
     account: str
     lease_token: str
     meta: dict[str, Any]
+    item: int | None = None  # the image's index in a batch job (an entry spooled before: None)
 
 
 def _durable_write(path: Path, data: bytes) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from aijobs import consistency
-from aijobs.api.ai import Task
+from aijobs.api.ai import JobTasksCancelled, Task
 from aijobs.api.payment import Hold, HoldPage
 from aijobs.api.rules import TERMINAL_PHASES
 from aijobs.api.storage import StoredObject
@@ -50,8 +50,8 @@ log = logging.getLogger("aijobs.operator.auditor")
 Verdict = Literal["consistent", "repaired", "needs-attention"]
 
 
-async def fetch_records(svc: Services, uid: str) -> JobRecords:
-    return await consistency.fetch_records(svc.payment, svc.storage, svc.ai, uid)
+async def fetch_records(svc: Services, uid: str, batch: bool = False) -> JobRecords:
+    return await consistency.fetch_records(svc.payment, svc.storage, svc.ai, uid, batch)
 
 
 async def repair(svc: Services, uid: str, finding: Finding) -> None:
@@ -69,6 +69,8 @@ async def repair(svc: Services, uid: str, finding: Finding) -> None:
         await svc.storage.fetch(StoredObject, "POST", f"/v1/objects/{target}/delete", key=key)
     elif action == "cancel-task":
         await svc.ai.fetch(Task, "POST", f"/v1/tasks/{target}/cancel", key=key)
+    elif action == "cancel-job-tasks":  # a batch's: every task of the job still to run
+        await svc.ai.fetch(JobTasksCancelled, "POST", f"/v1/jobs/{target}/tasks/cancel", key=key)
     else:
         raise ValueError(f"unknown repair {finding.repair!r}")
 
@@ -182,7 +184,7 @@ class Auditor:
         spec = AIImageJobSpec.model_validate(body["spec"])
         status = status_of(body)
         svc = self.reconciler.svc
-        found = findings(status, spec.price, await fetch_records(svc, meta["uid"]))
+        found = findings(status, spec.price, await fetch_records(svc, meta["uid"], spec.is_batch))
         notes: list[str] = []
         verdict: Verdict = "consistent"
         for finding in found:

@@ -26,6 +26,11 @@ class OperatorSettings(BaseSettings):
     follow_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often task states are read in bulk"
     )
+    batch_progress_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A batch's progress reaches its status at most this often (one API write each)",
+    )
     call_timeout_seconds: float = Field(default=10.0, gt=0)
     default_deadline_seconds: int = Field(default=3600, ge=10)
     hold_grace_seconds: int = Field(

@@ -50,6 +50,7 @@ from aijobs.api.rules import DEFAULT_BACKOFF, MAX_HOLD, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import (
     AIImageJobSpec,
     AIImageJobStatus,
+    BatchStatus,
     Condition,
     JobResult,
     Phase,
@@ -80,6 +81,8 @@ __all__ = [
     "Wait",
     "Waiting",
     "backoff",
+    "batch_charge",
+    "batch_exceeded",
     "hold_expiry",
     "idempotency_key",
     "iso",
@@ -157,16 +160,18 @@ class Done:
     result: JobResult | None = None
     reruns: int | None = None
     task: Task | None = None
+    batch: BatchStatus | None = None  # a batch's counts as the step saw them
 
 
 @dataclass(frozen=True)
 class Waiting:
     """Not done yet, nothing wrong (a task queued, running, or waiting for its runAt; a cancelled
-    task whose worker has not stopped yet)."""
+    task whose worker has not stopped yet; a batch's images still running, with its counts)."""
 
     reason: str
     message: str
     task: Task | None = None
+    batch: BatchStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -558,8 +563,31 @@ def _plan(saga: Saga[Ctx], job: JobView, now: dt.datetime, policy: Policy) -> Ac
         return RunStep(name, new, write_ahead=step.write_ahead)
     # Every step succeeded.
     new = _copy(status)
+    if batch_exceeded(job.spec, new.batch):
+        # What succeeded is delivered and charged; the job still failed its policy, and says so.
+        assert new.batch is not None
+        why = (
+            f"{new.batch.failed} of {new.batch.total} images failed, more than maxFailedImages "
+            f"({job.spec.max_failed_images}); the {new.batch.succeeded} that succeeded are delivered "
+            f"and charged, {new.batch.cancelled} were cancelled"
+        )
+        _finish(new, job.generation, Phase.FAILED, "TooManyFailedImages", why, now)
+        return Finish(new, (Event("Warning", "TooManyFailedImages", why),))
     _finish(new, job.generation, Phase.DELIVERED, "Delivered", new.message or "delivered", now)
     return Finish(new, ())
+
+
+def batch_charge(price: int, delivered: int, total: int) -> int:
+    """What a batch's capture takes (I1 per image): the price of each image delivered, of the
+    ``total`` held for; an image that failed or was cancelled costs nothing."""
+    assert 0 <= delivered <= total
+    return price * delivered
+
+
+def batch_exceeded(spec: AIImageJobSpec, batch: BatchStatus | None) -> bool:
+    """Whether a batch's failures went past its ``maxFailedImages`` (never, when unset)."""
+    limit = spec.max_failed_images
+    return batch is not None and limit is not None and batch.failed > limit
 
 
 def _accept(job: JobView, now: dt.datetime, policy: Policy) -> Action:
@@ -652,6 +680,8 @@ def _settle_step(
             new.result = outcome.result
         if outcome.reruns is not None:
             new.reruns = outcome.reruns
+        if outcome.batch is not None:
+            new.batch = outcome.batch
         new.message = outcome.message
         set_condition(new, condition, "True", "Done", outcome.message, gen, now)
         if _is_stalled(new):  # a refused delivery went through at last
@@ -660,6 +690,8 @@ def _settle_step(
     if isinstance(outcome, Waiting):
         deadline = deadline_of(job, policy)
         new.message = outcome.message
+        if outcome.batch is not None:
+            new.batch = outcome.batch
         set_condition(new, condition, "False", outcome.reason, outcome.message, gen, now)
         return Settled(new, wait=Wait(None if saga.committed_to_deliver(new) else deadline))
     if isinstance(outcome, Definite):

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aijobs.api.ai import Task, TaskList, TaskQuery
+from aijobs.api.ai import JobTaskCounts, Task, TaskCounts, TaskCountsQuery, TaskList, TaskQuery
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Phase
 from aijobs.wire.client import Ambiguous, Refused, ServiceError
 from aijobs_operator import core
@@ -63,6 +63,11 @@ class Reconciler:
         )
         self.cache: dict[Key, dict[str, Any]] = {}
         self.tasks: dict[str, Task] = {}  # job uid -> AI task, from the bulk follower and the steps
+        # A batch job's task counts (job uid -> counts), read by the follower in bulk, and when
+        # it last woke the job for them (monotonic seconds): a batch's progress reaches its status
+        # at most once per ``batch_progress_seconds``, so its writes grow with time, not images.
+        self.counts: dict[str, JobTaskCounts] = {}
+        self._progress_woken: dict[str, dt.datetime] = {}
         self._gone: set[str] = set()  # uids of deleted jobs (a job's name may be reused, its uid never)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -156,13 +161,18 @@ class Reconciler:
     async def follow(self) -> None:
         """One bulk read of the AI service for every job waiting on its task."""
         waiting: dict[str, Key] = {}
+        batches: dict[str, tuple[Key, int | None]] = {}  # uid -> (key, maxFailedImages)
         phases: dict[str, int] = {}
         for key, body in list(self.cache.items()):
             status = body.get("status") or {}
             phase = status.get("phase") or "New"
             phases[phase] = phases.get(phase, 0) + 1
             if phase == "Scheduled":
-                waiting[body["metadata"]["uid"]] = key
+                spec = body.get("spec") or {}
+                if (spec.get("input") or {}).get("batch"):
+                    batches[body["metadata"]["uid"]] = (key, spec.get("maxFailedImages"))
+                else:
+                    waiting[body["metadata"]["uid"]] = key
         for phase in (
             "New",
             "Pending",
@@ -189,6 +199,33 @@ class Reconciler:
                 self.tasks[task.job_id] = task
                 if before is None or (before.state, before.updated_at) != (task.state, task.updated_at):
                     self.enqueue(waiting[task.job_id])
+        await self._follow_batches(batches)
+
+    async def _follow_batches(self, batches: dict[str, tuple[Key, int | None]]) -> None:
+        """One counts read for every batch waiting on its images. A batch whose counts moved is
+        woken at most once per ``batch_progress_seconds`` (each wake is one status write), and at
+        once when its last image ends or its failures pass its ``maxFailedImages``."""
+        for uid in [u for u in self.counts if u not in batches]:
+            del self.counts[uid]
+            self._progress_woken.pop(uid, None)
+        uids = list(batches)
+        for start in range(0, len(uids), 1000):
+            METRICS.follow_requests.inc()
+            query = TaskCountsQuery(job_ids=uids[start : start + 1000]).wire()
+            found = await self.svc.ai.fetch(TaskCounts, "POST", "/v1/tasks/counts", json=query)
+            for counts in found.items:
+                before = self.counts.get(counts.job_id)
+                self.counts[counts.job_id] = counts
+                if before == counts:
+                    continue
+                key, limit = batches[counts.job_id]
+                ended = counts.scheduled + counts.running == 0
+                failing = limit is not None and counts.failed > limit and counts.scheduled > 0
+                now, last = self.clock(), self._progress_woken.get(counts.job_id)
+                every = dt.timedelta(seconds=self.cfg.batch_progress_seconds)
+                if ended or failing or last is None or now - last >= every:
+                    self._progress_woken[counts.job_id] = now
+                    self.enqueue(key)
 
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile(self, key: Key) -> None:
@@ -313,6 +350,8 @@ class Reconciler:
                 self.policy(job),
                 now,
                 self.tasks.get(job.uid),
+                job.created,
+                self.counts.get(job.uid),
             ),
             self.svc,
             self.cfg,
@@ -399,8 +438,9 @@ def _count(before: AIImageJobStatus, after: AIImageJobStatus, price: int) -> Non
         METRICS.compensations.labels(reason or "Unknown").inc()
     elif after.phase in core.TERMINAL:
         METRICS.outcomes.labels(str(after.phase)).inc()
-        if after.phase == Phase.DELIVERED:
-            METRICS.credits.labels("charged").inc(price)
+        captured = any(s.name == "capture" and s.state == "Succeeded" for s in after.steps)
+        if captured:  # a single job's price, or a batch's price for each image delivered
+            METRICS.credits.labels("charged").inc(price * (after.batch.succeeded if after.batch else 1))
         elif any(c.name == "release-holds" and c.state == "Succeeded" for c in after.compensations) and any(
             s.name == "charge" and s.state == "Succeeded" for s in after.steps
         ):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 
 from aijobs.api.v1alpha1 import Phase
-from aijobs_operator import steps
+from aijobs_operator import batch, steps
 from aijobs_operator.core import Saga, Step, Undo
-from aijobs_operator.steps import Call
+from aijobs_operator.steps import Call, by_input
 
 __all__ = ["FINALIZER", "SAGA", "now"]
 
@@ -25,29 +25,40 @@ SAGA: Saga[Call] = Saga(
         Step(
             "charge",
             "Charged",
-            steps.charge,
+            by_input(steps.charge, batch.charge),
             reaches=Phase.CHARGED,
             undo=Undo("release-holds", steps.release_holds),  # the credits come back last
         ),
         Step(
             "upload",
             "Uploaded",
-            steps.upload,
+            by_input(steps.upload, batch.upload),
             reaches=Phase.UPLOADED,
             undo=Undo("delete-objects", steps.delete_objects),
         ),
         Step(
             "schedule",
             "Scheduled",
-            steps.schedule,
+            by_input(steps.schedule, batch.schedule),
             reaches=Phase.SCHEDULED,
-            undo=Undo("cancel-task", steps.cancel_task),  # first: no new result appears after
+            undo=Undo(
+                "cancel-task", by_input(steps.cancel_task, batch.cancel_tasks)
+            ),  # first: no new result appears after
         ),
-        Step("process", "Processed", steps.process, reaches=Phase.PROCESSED, poll=True, checkpoint=True),
+        Step(
+            "process",
+            "Processed",
+            by_input(steps.process, batch.process),
+            reaches=Phase.PROCESSED,
+            poll=True,
+            checkpoint=True,
+        ),
         # The point of no return: capture moves the user's money for good.
-        Step("capture", "Captured", steps.capture, write_ahead=True, irreversible=True),
+        Step(
+            "capture", "Captured", by_input(steps.capture, batch.capture), write_ahead=True, irreversible=True
+        ),
         # The job is Delivered when the core finishes it, after this step.
-        Step("deliver", "Delivered", steps.deliver, irreversible=True),
+        Step("deliver", "Delivered", by_input(steps.deliver, batch.deliver), irreversible=True),
     )
 )
 

@@ -20,6 +20,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -57,12 +58,27 @@ class Job:
     policy: Policy
     now: dt.datetime
     task: ai.Task | None = None
+    created: dt.datetime | None = None  # the job's creationTimestamp (a batch's set is frozen at it)
+    counts: ai.JobTaskCounts | None = None  # a batch's task counts, as the follower last read them
 
     def ids(self) -> dict[str, str]:
         merged: dict[str, str] = {}
         for rec in self.status.steps:
             merged.update(rec.remote_ids)
         return merged
+
+
+StepFn = Callable[["Call"], Awaitable[Done | Waiting]]
+
+
+def by_input(single: StepFn, many: StepFn) -> StepFn:
+    """A step (or compensation) that runs ``many`` for a batch job, ``single`` otherwise."""
+
+    async def run(call: Call) -> Done | Waiting:
+        return await (many if call.job.spec.is_batch else single)(call)
+
+    run.__name__ = run.__qualname__ = single.__name__
+    return run
 
 
 class StepFailed(Exception):
@@ -278,9 +294,22 @@ async def capture(call: Call) -> Done | Waiting:
 
 
 async def deliver(call: Call) -> Done | Waiting:
-    job, svc, cfg = call.job, call.svc, call.cfg
+    job, svc = call.job, call.svc
     ids = job.ids()
     result_id = ids["resultObjectId"]
+    if "resultSha256" in ids:
+        sha256, size = ids["resultSha256"], int(ids["resultSize"])
+    else:  # a log written by a release that did not keep them
+        result = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/objects/{result_id}")
+        sha256, size = result.sha256, result.size
+    return Done("result delivered", {}, result=await record_delivery(call, result_id, sha256, size))
+
+
+async def record_delivery(call: Call, object_id: str, sha256: str, size: int) -> JobResult:
+    """A signed link to the delivered object (a single job's result, a batch's manifest), recorded
+    with Main API once; what the job's ``status.result`` says."""
+    job, svc, cfg = call.job, call.svc, call.cfg
+    ids = job.ids()
     # The link's expiry is a function of the log (the capture time) so that every retry sends the
     # same request. If delivery is still being retried when that link would be close to expiry
     # (a long outage), it rolls forward by whole lifetimes, each period with a key of its own:
@@ -293,14 +322,9 @@ async def deliver(call: Call) -> Done | Waiting:
     link = await svc.storage.fetch(
         storage.DownloadLink,
         "POST",
-        f"/v1/objects/{result_id}/download-url",
+        f"/v1/objects/{object_id}/download-url",
         json=_same_bytes(storage.DownloadLinkRequest(expires_at=expires), expiresAt=expires),
     )
-    if "resultSha256" in ids:
-        sha256, size = ids["resultSha256"], int(ids["resultSize"])
-    else:  # a log written by a release that did not keep them
-        result = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/objects/{result_id}")
-        sha256, size = result.sha256, result.size
     body = main.DeliveryCreate(
         job_uid=job.uid,
         namespace=job.namespace,
@@ -310,16 +334,8 @@ async def deliver(call: Call) -> Done | Waiting:
     )
     key = idempotency_key(job.uid, "deliver" if period == 1 else f"deliver:{period}")
     await svc.main.fetch(main.DeliveryRecorded, "POST", "/v1/deliveries", key=key, json=body.wire())
-    return Done(
-        "result delivered",
-        {},
-        result=JobResult(
-            object_id=result_id,
-            sha256=sha256,
-            size=size,
-            url=link.url,
-            url_expires_at=link.expires_at,
-        ),
+    return JobResult(
+        object_id=object_id, sha256=sha256, size=size, url=link.url, url_expires_at=link.expires_at
     )
 
 

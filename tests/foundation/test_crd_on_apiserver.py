@@ -28,10 +28,10 @@ def test_every_example_manifest_is_accepted(kubectl: Kubectl, path: Path) -> Non
     assert job["spec"]["retryPolicy"]["maxAttempts"] >= 1  # defaults were applied
 
 
-def test_kubectl_get_shows_phase_pipeline_price_run_at_ready_and_age(kubectl: Kubectl) -> None:
+def test_kubectl_get_shows_phase_pipeline_price_run_at_ready_images_and_age(kubectl: Kubectl) -> None:
     kubectl.run("apply", "-f", str(EXAMPLES[0].parent / "thumbnail-scheduled.yaml"), check=True)
     out = kubectl.run("get", "aij", check=True).stdout.splitlines()
-    assert out[0].split() == ["NAME", "PHASE", "PIPELINE", "PRICE", "RUN-AT", "READY", "AGE"]
+    assert out[0].split() == ["NAME", "PHASE", "PIPELINE", "PRICE", "RUN-AT", "READY", "IMAGES", "AGE"]
     assert out[1].split()[:4] == ["thumbnail-nightly", "thumbnail", "2", "2030-01-01T02:00:00Z"]
 
 
@@ -45,7 +45,16 @@ def test_kubectl_get_by_category_and_short_name(kubectl: Kubectl) -> None:
     ("field", "expect"),
     [
         pytest.param("aij.spec", "The credit account (tenant) that pays for the job", id="spec"),
-        pytest.param("aij.spec.input", "Give exactly one of storageRef, url or inline", id="input"),
+        pytest.param(
+            "aij.spec.input",
+            "Give exactly one of storageRef, url, inline (one image) or batch (many)",
+            id="input",
+        ),
+        pytest.param("aij.spec.input.batch", "Many images in one job (up to 100,000)", id="batch"),
+        pytest.param("aij.spec.input.batch.prefix", "The Storage key prefix", id="batch-prefix"),
+        pytest.param("aij.spec.maxFailedImages", "how many of its images may fail", id="max-failed"),
+        pytest.param("aij.status.batch", "A batch's counts", id="batch-status"),
+        pytest.param("aij.status.batch.failures", "A sample of the failures (at most 10)", id="failures"),
         pytest.param("aij.status.conditions", "Kubernetes-style conditions", id="conditions"),
         pytest.param(
             "aij.spec.ttlSecondsAfterFinished",
@@ -74,14 +83,32 @@ BAD = [
     pytest.param(_with({"account": "Acme_Corp"}), "spec.account: Invalid value", id="account-format"),
     pytest.param(_with(drop="input"), "spec.input: Required value", id="no-input"),
     pytest.param(
-        _with({"input": {}}), "input needs exactly one of storageRef, url or inline", id="empty-input"
+        _with({"input": {}}), "input needs exactly one of storageRef, url, inline or batch", id="empty-input"
     ),
     pytest.param(
         _with({"input": {"url": "https://x.example/a.png", "storageRef": {"objectId": "obj-1"}}}),
-        "input needs exactly one of storageRef, url or inline",
+        "input needs exactly one of storageRef, url, inline or batch",
         id="two-inputs",
     ),
     pytest.param(_with({"input": {"url": "ftp://x.example/a.png"}}), "spec.input.url", id="url-scheme"),
+    pytest.param(
+        _with({"input": {"batch": {"prefix": "acme/set/"}, "url": "https://x.example/a.png"}}),
+        "input needs exactly one of storageRef, url, inline or batch",
+        id="batch-and-url",
+    ),
+    pytest.param(
+        _with({"input": {"batch": {"prefix": "acme set/*"}}}), "spec.input.batch.prefix", id="batch-prefix"
+    ),
+    pytest.param(
+        _with({"maxFailedImages": 3}),
+        "maxFailedImages applies only to a batch (input.batch)",
+        id="policy-alone",
+    ),
+    pytest.param(
+        _with({"input": {"batch": {"prefix": "acme/set/"}}, "maxFailedImages": -1}),
+        "spec.maxFailedImages",
+        id="policy-negative",
+    ),
     pytest.param(
         _with({"pipeline": "mine-bitcoin"}), 'spec.pipeline: Unsupported value: "mine-bitcoin"', id="pipeline"
     ),

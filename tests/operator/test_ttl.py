@@ -305,9 +305,9 @@ def test_a_hold_placed_on_a_judged_job_is_released_on_the_next_pass() -> None:
 
 
 def _twin_with_a_job() -> tuple[Any, dict[str, Any]]:
-    from aijobs_dev.simulation.world import KubeTwin, World
+    from aijobs_dev.simulation.world import Faults, KubeTwin, World
 
-    twin = KubeTwin(World(0))
+    twin = KubeTwin(World(0, Faults()))  # no faults: no crash drawn mid-write
     body = job("twin", uid="u-twin", phase=None, completed=None)
     twin.create(body)
     return twin, twin.objects[("team-a", "twin")]

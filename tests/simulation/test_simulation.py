@@ -50,12 +50,17 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
         "damage:orphan-object",
         "damage:orphan-task",
         "damage:doubtful-capture",
+        "delete-batch-mid-run",
+        "late-result",
     ):
         assert campaign.faults[kind] >= 10, f"fault {kind} fired {campaign.faults[kind]} times"
     # The auditor moved money (and the checker judged each move) under the same faults.
     assert campaign.audit_moves["captured"] >= 10 and campaign.audit_moves["released"] >= 10
     for outcome in ("Delivered", "Failed", "gone"):
         assert campaign.outcomes[outcome] >= 100, campaign.outcomes
+    # Batch jobs ran among them and ended every way a batch can (I1 judged per image).
+    for ending in ("delivered-all", "delivered-some", "failed-delivered-some", "failed-nothing", "gone"):
+        assert campaign.outcomes[f"batch:{ending}"] >= 10, campaign.outcomes
 
 
 def test_the_same_seed_tells_the_same_story() -> None:

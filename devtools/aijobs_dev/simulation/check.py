@@ -17,6 +17,7 @@ delivery Main API recorded of a result Storage still holds does).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 from aijobs.api.rules import TERMINAL_PHASES
@@ -49,6 +50,9 @@ def check(world: World) -> list[Violation]:
 def _saga(world: World, doubtful: set[str]) -> list[Violation]:
     found: list[Violation] = []
     for job in world.jobs:
+        if job.images:
+            found.extend(_batch(world, job))
+            continue
         holds = [h for h in world.payment.holds.values() if h.job_id == job.uid]
         charged = sum(h.amount for h in holds if h.state == "captured")
         results = [
@@ -109,6 +113,84 @@ def _saga(world: World, doubtful: set[str]) -> list[Violation]:
             }
             if {k: conditions.get(k) for k in want} != want:
                 bad("I5", f"phase {phase} but conditions {conditions}")
+    return found
+
+
+def _batch(world: World, job: SimJob) -> list[Violation]:
+    """I1-I5 for a batch, per image: charged exactly ``price x`` the images whose result the user
+    received (the delivered manifest's succeeded lines, each naming a committed result of the
+    job), 0 when none; at most one result per image; nothing left but those results and the
+    manifest, nothing when undelivered; ended; and a log that says so."""
+    found: list[Violation] = []
+
+    def bad(invariant: str, detail: str) -> None:
+        found.append(Violation(invariant, job.name, detail))
+
+    holds = [h for h in world.payment.holds.values() if h.job_id == job.uid]
+    captured = [h for h in holds if h.state == "captured"]
+    charged = sum(h.captured_amount for h in captured)
+    live = [o for o in world.storage.objects.values() if o.job_id == job.uid and o.state != "deleted"]
+    manifests = [o for o in live if o.kind == "manifest"]
+    shipped = job.uid in world.main.deliveries and len(manifests) == 1
+    received: dict[int, str] = {}  # image index -> its result, as the manifest names it
+    if shipped:
+        content = world.manifests.get(manifests[0].id)
+        if content is None:
+            bad("I5", f"manifest {manifests[0].id} was delivered but never stored through the operator")
+        else:
+            for line in map(json.loads, content.decode().splitlines()):
+                if line["state"] != "succeeded":
+                    continue
+                result = world.storage.objects.get(line["result"])
+                if result is None or result.state != "committed" or result.job_id != job.uid:
+                    bad("I1", f"image {line['item']}'s result {line['result']} is not a committed result")
+                elif line["item"] in received:
+                    bad("I2", f"image {line['item']} is listed twice")
+                else:
+                    received[line["item"]] = result.id
+    body = world.kube.objects.get((job.namespace, job.name))
+    status = (body.get("status") or {}) if body else {}
+    phase = status.get("phase")
+    # I1: price x images received, exactly; nothing when none was.
+    if charged != job.price * len(received):
+        bad("I1", f"charged {charged} for {len(received)} images received (price {job.price}, phase {phase})")
+    if len(captured) > 1:
+        bad("I1", "captured twice")
+    # I2: at most one result per image.
+    results = [o for o in live if o.kind == "result"]
+    if len(results) > job.images or len({o.key for o in results}) != len(results):
+        bad("I2", f"{len(results)} results stored for {job.images} images")
+    # I3: no hold left open; nothing kept but what the manifest names (and itself).
+    for hold in holds:
+        if hold.state == "active":
+            bad("I3", f"hold {hold.id} still active")
+    kept = set(received.values()) | {m.id for m in manifests if shipped}
+    for obj in live:
+        if obj.id not in kept:
+            bad("I3", f"object {obj.id} ({obj.kind}) left {obj.state}")
+    for task in world.ai.tasks.values():
+        if task.job_id == job.uid and task.state in ("scheduled", "running") and not task.cancel_requested:
+            bad("I3", f"task {task.id} left {task.state}")
+    # I4: ended once faults healed.
+    if body is not None and (phase not in TERMINAL_PHASES or body["metadata"].get("deletionTimestamp")):
+        bad("I4", f"still {phase}")
+    # I5: the log's story is the services': delivered iff a manifest was; its counts the manifest's.
+    if body is not None and phase in TERMINAL_PHASES:
+        if (phase == "Delivered" or status.get("result")) and not shipped:
+            bad("I5", f"the status says {phase} with a result, but no manifest was delivered")
+        if shipped and not status.get("result"):
+            bad("I5", f"a manifest was delivered, but the status ({phase}) has no result")
+        batch = status.get("batch") or {}
+        if shipped and batch.get("succeeded") != len(received):
+            bad(
+                "I5", f"status counts {batch.get('succeeded')} images succeeded, the manifest {len(received)}"
+            )
+        if phase == "Failed" and shipped:
+            reason = next(
+                (c.get("reason") for c in status.get("conditions", []) if c["type"] == "Failed"), None
+            )
+            if reason != "TooManyFailedImages":
+                bad("I5", f"Failed ({reason}) yet delivered")
     return found
 
 

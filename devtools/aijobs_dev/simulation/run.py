@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from aijobs_dev.simulation.check import Violation, check
 from aijobs_dev.simulation.world import Faults, World
@@ -52,9 +53,23 @@ def run_range(start: int, count: int) -> Campaign:
             body = world.kube.objects.get((job.namespace, job.name))
             phase = (body.get("status") or {}).get("phase") if body else "gone"
             campaign.outcomes[str(phase)] += 1
+            if job.images:
+                campaign.outcomes[f"batch:{_batch_ending(body)}"] += 1
         if violations:
             campaign.failing[seed] = [str(v) for v in violations]
     return campaign
+
+
+def _batch_ending(body: dict[str, Any] | None) -> str:
+    """How a batch job ended: gone, Failed with nothing delivered, Delivered with every image or
+    only some, or Failed past its maxFailedImages with what succeeded delivered."""
+    if body is None:
+        return "gone"
+    status = body.get("status") or {}
+    batch = status.get("batch") or {}
+    if status.get("phase") == "Delivered":
+        return "delivered-all" if batch.get("succeeded") == batch.get("total") else "delivered-some"
+    return "failed-delivered-some" if status.get("result") else "failed-nothing"
 
 
 def simulate(schedules: int, start: int = 0, processes: int = 2) -> Campaign:

@@ -136,6 +136,7 @@ class SimJob:
     spec: dict[str, Any]
     created_at: dt.datetime
     deleted_at: dt.datetime | None = None
+    images: int = 0  # a batch job's images (0: a single-image job)
 
 
 @dataclass(frozen=True)
@@ -468,6 +469,7 @@ class World:
         )
         self.jobs: list[SimJob] = []
         self.damage: list[Damage] = []
+        self.manifests: dict[str, bytes] = {}  # a batch's result manifest by object id
         # Money damage the auditor had not settled before the daily recheck came round.
         self.unsettled_before_recheck: list[Damage] = []
         self.money_moves: list[MoneyMove] = []
@@ -505,7 +507,9 @@ class World:
                     account = self.rng.choice(["acme", "globex"])  # only the holder's may charge
             else:
                 namespace, account = self.rng.choice(NAMESPACES), self.rng.choice(["acme", "globex"])
-            placed.append((namespace, account, self.rng.randint(1, 20)))
+            # One job in four is a batch of 1 to 6 images, priced per image.
+            images = self.rng.randint(1, 6) if self.rng.random() < 0.25 else 0
+            placed.append((namespace, account, self.rng.randint(1, 20), images))
         short = self.rng.random() < 0.15
         # The CreditAccounts were applied, and synced, before the jobs: each has its tenant, the
         # namespaces it lists are bound to it, and "lab" to one of the two (the first to sync).
@@ -516,7 +520,7 @@ class World:
                 if namespace != "lab" or account == lab:
                     self.auth.bindings.add((namespace, account))
                     self.auth.binding_log.append((self.clock, "bind", namespace, account))
-            credits = sum(price for _, named, price in placed if named == account)
+            credits = sum(price * max(1, images) for _, named, price, images in placed if named == account)
             if short and placed and placed[0][1] == account:
                 credits -= placed[0][2]
             self.payment.accounts[account] = Account(available=credits)
@@ -532,11 +536,20 @@ class World:
                     "spec": {"namespaces": list(namespaces)},
                 }
             )
-        for i, (namespace, account, price) in enumerate(placed):
+        for i, (namespace, account, price, images) in enumerate(placed):
             uid = f"{self.seed:x}-uid-{i}"
+            source: dict[str, Any] = {"inline": {"contentType": "image/png", "data": PNG}}
+            if images:
+                # The user uploaded the set before creating the job; one image in five is one
+                # the pipeline will refuse (the task fails: it costs nothing).
+                prefix = f"{account}/set-{i}/"
+                for k in range(images):
+                    name = f"img-{k}-bad.png" if self.rng.random() < 0.2 else f"img-{k}.png"
+                    self.storage.store(f"{prefix}{name}", account, None, "input", f"img-{uid}-{k}".encode())
+                source = {"batch": {"prefix": prefix}}
             spec: dict[str, Any] = {
                 "account": account,
-                "input": {"inline": {"contentType": "image/png", "data": PNG}},
+                "input": source,
                 "pipeline": "resize",
                 "parameters": {"width": 2, "height": 2},
                 "price": price,
@@ -554,7 +567,9 @@ class World:
                 spec["deadline"] = (self.clock + dt.timedelta(seconds=self.rng.randint(1, 40))).strftime(
                     "%Y-%m-%dT%H:%M:%SZ"
                 )
-            job = SimJob(uid, namespace, account, f"job-{i}", price, spec, self.clock)
+            if images and self.rng.random() < 0.5:
+                spec["maxFailedImages"] = self.rng.choice([0, 0, 1])
+            job = SimJob(uid, namespace, account, f"job-{i}", price, spec, self.clock, images=images)
             self.jobs.append(job)
             self.kube.create(
                 {
@@ -599,6 +614,8 @@ class World:
             if audited is not None and audited.state != before and audited.state in ("captured", "released"):
                 self._moved(audited.job_id, str(audited.state), audited.id)
             self.storage.disk_full = False
+            if service == "storage" and params.get("kind") == "manifest" and reply.status < 300:
+                self.manifests[reply.body["id"]] = raw  # the twin keeps no bytes; the checker reads these
             self.say(f"{where} key={request.headers.get('idempotency-key')} -> {reply.status}")
             self.maybe_crash(f"after {where} committed, before its answer")
             self._delete_mid_pass()
@@ -683,6 +700,9 @@ class World:
         for job in self.jobs:
             if job.name == name and job.deleted_at is None:
                 job.deleted_at = self.clock
+                body = self.kube.objects.get((namespace, name)) or {}
+                if job.images and (body.get("status") or {}).get("phase") in ("Scheduled", "Processed"):
+                    self.fire("delete-batch-mid-run", name)  # images running, some maybe done
         self.kube.request_deletion(namespace, name)
 
     def _delete_mid_pass(self) -> None:
@@ -732,20 +752,24 @@ class World:
                 task.state, task.updated_at = "running", self.clock
                 self.say(f"worker starts {task.id}")
             elif task.state == "running" and self.rng.random() < 0.5:
+                key = f"job:{task.job_id}:result" + ("" if task.item is None else f":{task.item}")
                 if task.cancel_requested:
                     if self.rng.random() < 0.5:  # it stored its result before it heard of the cancel
-                        self.storage.store(
-                            f"job:{task.job_id}:result", task.account, task.job_id, "result", b"late"
-                        )
+                        self.storage.store(key, task.account, task.job_id, "result", b"late")
+                        self.fire("late-result", task.id)
                     task.state = "cancelled"
                 elif self.chance(self.faults.task_fails):
                     self.fire("task-fails", task.id)
                     task.state, task.error = "failed", "simulated: the model failed"
+                elif (source := self.storage.objects.get(task.input_object_id)) and source.key.endswith(
+                    "-bad.png"
+                ):
+                    task.state, task.error = "failed", "the input is not a decodable image"
                 else:
                     input_obj = self.storage.objects.get(task.input_object_id)
                     account = input_obj.account if input_obj else task.account
                     reply = self.storage.store(
-                        f"job:{task.job_id}:result",
+                        key,
                         account,
                         task.job_id,
                         "result",
@@ -884,6 +908,11 @@ class World:
                 "orphan-task",
             ]
         )
+        if job.images:
+            # A batch's capture is partial, its amount the log's: a lost one is for a person
+            # (reported, never repaired), so a batch is damaged only where the auditor repairs.
+            shipped = bool(body["status"].get("result"))  # past maxFailedImages it ends Failed, delivered
+            kinds = ["stray-hold"] if shipped else ["stray-hold", "orphan-object", "orphan-task"]
         kind = self.rng.choice(kinds)
         holds = [h for h in self.payment.holds.values() if h.job_id == job.uid]
         task = next((t for t in self.ai.tasks.values() if t.job_id == job.uid), None)

@@ -11,7 +11,10 @@ and path regex, with a probability and an optional count. Actions:
 - ``status``: answer ``status`` (e.g. 503, 429) without forwarding, with ``retryAfter`` if given;
 - ``drop-response``: forward, let the service act and commit, then close the connection instead
   of answering (the seed's scenario 2: the caller can't tell success from failure);
-- ``slow-body``: forward, then trickle the answer out over ``seconds``.
+- ``slow-body``: forward, then trickle the answer out over ``seconds``;
+- ``corrupt-body``: forward, then answer the service's status and headers with the body's first
+  8 bytes kept and the rest zeroed (bytes rotten at rest or in transit: an image's signature
+  still says PNG, its data no longer decodes).
 
 Every fault is logged (time, rule, method, path, Idempotency-Key); ``GET /__faults/log`` returns
 the log. A seed makes the probability draws reproducible.
@@ -157,6 +160,8 @@ class FaultProxy:
                 await asyncio.sleep(rule.seconds / chunks)
             await response.write_eof()
             return response
+        if rule is not None and rule.action == "corrupt-body":
+            payload = payload[:8] + bytes(max(0, len(payload) - 8))
         return web.Response(body=payload, status=status, headers=out_headers)
 
     @staticmethod

@@ -1,0 +1,452 @@
+"""The saga's steps for a batch: one job, many images (``spec.input.batch``, DESIGN.md §6).
+
+The step table is the single job's (:mod:`aijobs_operator.saga`); each step of a batch job runs
+the function here instead of its single-image one, with the same promises:
+
+- **charge** freezes the set: the account's committed images under the prefix as they stood
+  when the job was created (Storage lists them ``createdBefore`` the job's creationTimestamp, so
+  a retry lists the very same set, whatever is uploaded since), counted and digested into the
+  log, and holds ``count x price`` under the step's one key. An empty set, or one too large, is
+  refused before anything is held; too few credits, with the numbers.
+- **upload** has nothing to store: the images are in Storage already.
+- **schedule** lists the set again and refuses it if its digest changed (an image deleted or
+  replaced since acceptance), then creates one task per image in bulk, each under a key derived
+  from the job's uid and the image's index: a retry, a restart, a lost answer replay per image.
+- **process** follows the job's task counts (one read, whatever the size: the engine's follower
+  passes them in). Past ``maxFailedImages`` it cancels the images not yet run. Once every task
+  has ended it counts the images delivered: a succeeded task whose result Storage holds
+  committed. None: the job fails, and compensation returns everything.
+- **capture** (written ahead) is one partial capture of ``price x delivered``, the rest of the
+  hold released in the same transaction: an image that failed costs nothing.
+- **deliver** stores the result manifest (one JSON line per input: its key, its result and
+  sha256, or why it failed) and records one signed link to it, as a single job's result.
+
+Status stays small: counts, a sample of failures, the log (:class:`BatchStatus`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from aijobs.api import ai, auth, payment, storage
+from aijobs.api.rules import MAX_BATCH_IMAGES
+from aijobs.api.v1alpha1 import BatchFailure, BatchStatus
+from aijobs.wire.client import Ambiguous, Refused
+from aijobs_operator import core
+from aijobs_operator.core import Done, Waiting, hold_expiry, idempotency_key, iso
+from aijobs_operator.steps import Call, StepFailed, _bulk, _refused, _same_bytes, record_delivery
+
+__all__ = [
+    "PAGE",
+    "cancel_tasks",
+    "capture",
+    "charge",
+    "deliver",
+    "digest",
+    "manifest_key",
+    "process",
+    "schedule",
+    "upload",
+]
+
+PAGE = 1000  # items per page read, and per bulk request
+GATHER = 5000  # tasks awaited at once while scheduling (the batcher sends them PAGE at a time)
+SAMPLE = 10  # failures kept in status (the manifest lists them all)
+
+
+# ----------------------------------------------------------------------------- the frozen set
+def digest(objects: list[storage.StoredObject]) -> str:
+    """The set's fingerprint: each image's key and content hash, in key order."""
+    h = hashlib.sha256()
+    for obj in objects:
+        h.update(f"{obj.key} {obj.sha256}\n".encode())
+    return h.hexdigest()
+
+
+async def frozen_set(call: Call) -> list[storage.StoredObject]:
+    """The batch's images, in key order: what was committed under the prefix when the job was
+    created. Read page by page; the same on every retry. A creationTimestamp has whole seconds,
+    so the set ends with the second after it: an image uploaded in the second the job was
+    created is in (the same one on every read), one uploaded later is not."""
+    job, svc = call.job, call.svc
+    assert job.created is not None
+    params: dict[str, Any] = {
+        "account": job.spec.account,
+        "prefix": _prefix(call),
+        "createdBefore": iso(job.created + dt.timedelta(seconds=1)),
+        "limit": PAGE,
+    }
+    found: list[storage.StoredObject] = []
+    while True:
+        page = await svc.storage.fetch(storage.ObjectPage, "GET", "/v1/objects", params=params)
+        found.extend(page.items)
+        if page.next is None or len(found) > MAX_BATCH_IMAGES:
+            return found
+        params = {**params, "after": page.next}
+
+
+def _total(call: Call) -> int:
+    return int(call.job.ids()["images"])
+
+
+def _prefix(call: Call) -> str:
+    batch = call.job.spec.input.batch
+    assert batch is not None  # a batch step runs for a batch job only (steps.by_input)
+    return batch.prefix
+
+
+def progress(total: int, counts: ai.JobTaskCounts, digest_: str | None = None) -> BatchStatus:
+    done = counts.succeeded + counts.failed + counts.cancelled
+    return BatchStatus(
+        total=total,
+        digest=digest_,
+        succeeded=counts.succeeded,
+        failed=counts.failed,
+        cancelled=counts.cancelled,
+        pending=max(0, total - done),
+        progress=f"{counts.succeeded}/{total}",
+    )
+
+
+# ----------------------------------------------------------------------------------- the steps
+async def charge(call: Call) -> Done | Waiting:
+    job, svc = call.job, call.svc
+    spec = job.spec
+    try:
+        await svc.auth.fetch(
+            auth.ChargeAuthorized,
+            "POST",
+            "/v1/authorize-charge",
+            json=auth.BindingRequest(namespace=job.namespace, account=spec.account).wire(),
+        )
+    except Refused as exc:
+        raise _refused("TenantNotAllowed", exc) from exc
+    images = await frozen_set(call)
+    prefix = _prefix(call)
+    if not images:
+        raise StepFailed(
+            "EmptyBatch",
+            f"no committed image of account {spec.account} under {prefix!r} was in Storage when the job "
+            "was created: upload the images first, then create the job",
+        )
+    if len(images) > MAX_BATCH_IMAGES:
+        raise StepFailed(
+            "BatchTooLarge", f"more than {MAX_BATCH_IMAGES} images under {prefix!r}: split the batch"
+        )
+    count, amount = len(images), len(images) * spec.price
+    fingerprint = digest(images)
+    expires = hold_expiry(job.status, job.policy)
+    body = payment.HoldCreate(account=spec.account, job_id=job.uid, amount=amount, expires_at=expires)
+    try:
+        hold = await _bulk(
+            svc.payment,
+            payment.Hold,
+            "/v1/holds",
+            "/v1/bulk/holds",
+            idempotency_key(job.uid, "charge"),
+            _same_bytes(body, expiresAt=expires),
+        )
+    except Refused as exc:
+        if exc.status == 402:
+            raise StepFailed(
+                "InsufficientCredits",
+                f"the batch needs {amount} credits ({count} images x {spec.price}): {exc.detail or exc.kind}",
+            ) from exc
+        raise _refused("ChargeRefused", exc) from exc
+    return Done(
+        f"held {amount} credits for {count} images (hold {hold.id})",
+        {"holdId": hold.id, "images": str(count), "digest": fingerprint},
+        batch=BatchStatus(total=count, digest=fingerprint, pending=count, progress=f"0/{count}"),
+    )
+
+
+async def upload(call: Call) -> Done | Waiting:
+    prefix = _prefix(call)
+    return Done(f"the batch's {_total(call)} images are in Storage under {prefix!r}")
+
+
+async def schedule(call: Call) -> Done | Waiting:
+    job, svc = call.job, call.svc
+    spec = job.spec
+    images = await frozen_set(call)
+    if digest(images) != job.ids()["digest"]:
+        raise StepFailed(
+            "InputsChanged",
+            f"the images under {_prefix(call)!r} changed after the job was accepted (one was "
+            "deleted or replaced): nothing was run; create a new job",
+        )
+    batcher = svc.ai.bulk("/v1/bulk/tasks", ai.Task)
+    for start in range(0, len(images), GATHER):
+        calls = []
+        for index in range(start, min(start + GATHER, len(images))):
+            body = ai.TaskCreate(
+                job_id=job.uid,
+                account=spec.account,
+                pipeline=spec.pipeline,
+                params=spec.parameters,
+                input_object_id=images[index].id,
+                run_at=spec.run_at,
+                item=index,
+            )
+            calls.append(
+                batcher.call(
+                    idempotency_key(job.uid, f"schedule:{index}"), _same_bytes(body, runAt=spec.run_at)
+                )
+            )
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        _raise_first(answers, "SchedulingRefused")
+    when = (
+        "as soon as workers are free" if spec.run_at is None or spec.run_at <= job.now else iso(spec.run_at)
+    )
+    return Done(f"{len(images)} tasks scheduled, run {when}", {"tasks": str(len(images))})
+
+
+def _raise_first(answers: list[Any], reason: str) -> None:
+    """Of many items' answers: a crash first (it is the process's), then an unknown outcome (the
+    step is retried, every item under its key), then a refusal (a definite no)."""
+    for answer in answers:
+        if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+            raise answer
+    for answer in answers:
+        if isinstance(answer, Ambiguous):
+            raise answer
+    for answer in answers:
+        if isinstance(answer, Refused):
+            raise _refused(reason, answer) from answer
+        if isinstance(answer, Exception):
+            raise answer
+
+
+async def counts_of(call: Call) -> ai.JobTaskCounts:
+    job = call.job
+    if job.counts is not None:
+        return job.counts
+    found = await call.svc.ai.fetch(
+        ai.TaskCounts, "POST", "/v1/tasks/counts", json=ai.TaskCountsQuery(job_ids=[job.uid]).wire()
+    )
+    return found.items[0]
+
+
+async def process(call: Call) -> Done | Waiting:
+    job, svc = call.job, call.svc
+    total = _total(call)
+    counts = await counts_of(call)
+    status = progress(total, counts, job.ids().get("digest"))
+    open_ = counts.scheduled + counts.running
+    limit = job.spec.max_failed_images
+    if limit is not None and counts.failed > limit and counts.scheduled > 0:
+        # Past the failure policy: the images not yet run are cancelled (running ones stop, or
+        # end on their own); the key names what was seen, so a task that appears later gets a
+        # call of its own while a retry of this one replays.
+        key = idempotency_key(job.uid, f"cancel-rest:{counts.total}:{open_}")
+        await svc.ai.fetch(ai.JobTasksCancelled, "POST", f"/v1/jobs/{job.uid}/tasks/cancel", key=key)
+        return Waiting(
+            "CancellingRest",
+            f"{counts.failed} images failed, more than maxFailedImages ({limit}): the rest are cancelled",
+            batch=status,
+        )
+    if open_ > 0:
+        if counts.running == 0 and job.spec.run_at is not None and job.spec.run_at > job.now:
+            return Waiting("WaitingForRunAt", f"{total} images run at {iso(job.spec.run_at)}", batch=status)
+        return Waiting(
+            "Processing",
+            f"{counts.succeeded}/{total} images done, {counts.failed} failed, {status.pending} to go",
+            batch=status,
+        )
+    if counts.total != total:
+        raise StepFailed("TaskMissing", f"AI holds {counts.total} tasks for the {total} images")
+    lines = await outcomes(call)
+    delivered = sum(1 for line in lines if line["state"] == "succeeded")
+    final = _final(status, lines)
+    if delivered == 0:
+        raise StepFailed(
+            "ProcessingFailed",
+            f"none of the {total} images succeeded ({final.failed} failed, {final.cancelled} cancelled)",
+        )
+    return Done(
+        f"{delivered} of {total} images processed ({final.failed} failed, {final.cancelled} cancelled)",
+        {"succeeded": str(delivered), "failed": str(final.failed), "cancelled": str(final.cancelled)},
+        batch=final,
+    )
+
+
+def _final(status: BatchStatus, lines: list[dict[str, Any]]) -> BatchStatus:
+    """The counts once every image has ended, as the manifest tells them (a succeeded task whose
+    result Storage does not hold committed counts as failed: it is not delivered, not charged)."""
+    failures = [line for line in lines if line["state"] == "failed"]
+    succeeded = sum(1 for line in lines if line["state"] == "succeeded")
+    cancelled = sum(1 for line in lines if line["state"] == "cancelled")
+    return status.model_copy(
+        update={
+            "succeeded": succeeded,
+            "failed": len(failures),
+            "cancelled": cancelled,
+            "pending": 0,
+            "progress": f"{succeeded}/{status.total}",
+            "failures": [
+                BatchFailure(item=f["item"], input=f["input"], reason=str(f.get("reason", ""))[:1024])
+                for f in failures[:SAMPLE]
+            ],
+        }
+    )
+
+
+async def job_results(call: Call) -> list[storage.StoredObject]:
+    """The job's live result objects, page by page."""
+    found: list[storage.StoredObject] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": PAGE} | ({} if cursor is None else {"after": cursor})
+        page = await call.svc.storage.fetch(
+            storage.JobObjects, "GET", f"/v1/jobs/{call.job.uid}/objects", params=params
+        )
+        found.extend(o for o in page.items if o.kind == "result" and o.state == "committed")
+        if page.next is None:
+            return found
+        cursor = page.next
+
+
+async def outcomes(call: Call) -> list[dict[str, Any]]:
+    """One line per image, in index order, from what AI and Storage hold once every task has
+    ended: its input (key and object id), then its result object and sha256, or why not."""
+    job, svc = call.job, call.svc
+    images = await frozen_set(call)
+    tasks: list[ai.Task] = []
+    after: int | None = None
+    while True:
+        params: dict[str, Any] = {"limit": PAGE} | ({} if after is None else {"after": after})
+        page = await svc.ai.fetch(ai.TaskPage, "GET", f"/v1/jobs/{job.uid}/tasks", params=params)
+        tasks.extend(page.items)
+        if page.next is None:
+            break
+        after = page.next
+    results = {o.id: o for o in await job_results(call)}
+    lines: list[dict[str, Any]] = []
+    for task in sorted(tasks, key=lambda t: t.item if t.item is not None else -1):
+        index = task.item if task.item is not None else -1
+        line: dict[str, Any] = {"item": index, "input": task.input_object_id}
+        if 0 <= index < len(images):
+            line["key"] = images[index].key
+        result = results.get(task.result_object_id or "")
+        if task.state == "succeeded" and result is not None:
+            line |= {"state": "succeeded", "result": result.id, "sha256": result.sha256, "size": result.size}
+        elif task.state == "succeeded":
+            line |= {"state": "failed", "reason": f"result {task.result_object_id} is not in Storage"}
+        elif task.state == "cancelled":
+            line |= {"state": "cancelled", "reason": task.error or "cancelled before it ran"}
+        else:
+            line |= {"state": "failed", "reason": task.error or task.state}
+        lines.append(line)
+    return lines
+
+
+async def capture(call: Call) -> Done | Waiting:
+    job, svc = call.job, call.svc
+    ids = job.ids()
+    hold_id, images = ids["holdId"], int(ids["succeeded"])
+    amount = core.batch_charge(job.spec.price, images, int(ids["images"]))
+    try:
+        hold = await _bulk(
+            svc.payment,
+            payment.Hold,
+            f"/v1/holds/{hold_id}/capture",
+            "/v1/bulk/captures",
+            idempotency_key(job.uid, "capture"),
+            {"amount": amount},
+            {"holdId": hold_id, "amount": amount},
+        )
+    except Refused as exc:
+        raise _refused("CaptureRefused", exc) from exc
+    if hold.settled_at is None:
+        raise Refused("payment", 200, "contract-violation", f"captured hold {hold.id} has no settledAt", {})
+    return Done(
+        f"charged {hold.captured_amount} credits for {images} images; {hold.released_amount} released",
+        {"capturedAt": hold.settled_at.isoformat()},
+    )
+
+
+MANIFEST_TYPE = "application/x-ndjson"
+
+
+def manifest_key(uid: str) -> str:
+    return f"manifest:{uid}"
+
+
+async def deliver(call: Call) -> Done | Waiting:
+    job, svc = call.job, call.svc
+    lines = await outcomes(call)
+    content = "".join(
+        json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n" for line in lines
+    ).encode()
+    key = manifest_key(job.uid)
+    params = {"account": job.spec.account, "jobId": job.uid, "kind": "manifest", "state": "committed"}
+    try:
+        manifest = await svc.storage.fetch(
+            storage.StoredObject,
+            "PUT",
+            f"/v1/objects/{key}",
+            content=content,
+            params=params,
+            headers={"Content-Type": MANIFEST_TYPE},
+        )
+    except Refused as exc:
+        if exc.kind != "key-taken":
+            raise
+        # Stored by an earlier attempt (the outcomes cannot change once every task has ended,
+        # so it says the same): that one is the manifest.
+        manifest = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/by-key/{key}")
+    await delete_strays(call, {line["result"] for line in lines if line["state"] == "succeeded"})
+    result = await record_delivery(call, manifest.id, manifest.sha256, manifest.size)
+    final = _final(job.status.batch or progress(len(lines), ai.JobTaskCounts.of(job.uid, {}, None)), lines)
+    delivered = final.succeeded
+    return Done(
+        f"{delivered} of {final.total} images delivered; the manifest lists each",
+        {"manifestObjectId": manifest.id},
+        result=result,
+        batch=final,
+    )
+
+
+async def delete_strays(call: Call, named: set[str]) -> None:
+    """Delete each result of the job the manifest does not name (an image cancelled past
+    maxFailedImages whose worker stored it before it heard): not the user's, as compensation
+    would delete it."""
+    job = call.job
+    for stray in await job_results(call):
+        if stray.id not in named:
+            await call.svc.storage.fetch(
+                storage.StoredObject,
+                "POST",
+                f"/v1/objects/{stray.id}/delete",
+                key=idempotency_key(job.uid, f"delete-stray:{stray.id}"),
+            )
+
+
+async def cancel_tasks(call: Call) -> Done | Waiting:
+    """Cancel every task of the batch not yet ended, and wait until none runs (a running image
+    may still store its result before its worker hears; the objects are deleted only after)."""
+    job, svc = call.job, call.svc
+    counts = await counts_of_now(call)
+    open_ = counts.scheduled + counts.running
+    if open_ > 0:
+        # The key names what was seen: a retry replays, a task that appeared since (a creation
+        # whose answer was lost, committed late) gets a call of its own.
+        key = idempotency_key(job.uid, f"cancel-task:{counts.total}:{open_}")
+        await svc.ai.fetch(ai.JobTasksCancelled, "POST", f"/v1/jobs/{job.uid}/tasks/cancel", key=key)
+        counts = await counts_of_now(call)
+    if counts.running > 0:
+        return Waiting(
+            "TaskStopping", f"{counts.running} images are cancelled, their workers have not stopped yet"
+        )
+    return Done(f"cancelled the batch's tasks ({counts.cancelled} cancelled of {counts.total})")
+
+
+async def counts_of_now(call: Call) -> ai.JobTaskCounts:
+    found = await call.svc.ai.fetch(
+        ai.TaskCounts, "POST", "/v1/tasks/counts", json=ai.TaskCountsQuery(job_ids=[call.job.uid]).wire()
+    )
+    return found.items[0]

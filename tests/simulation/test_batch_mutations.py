@@ -1,0 +1,50 @@
+"""The simulator's per-image checks for batch jobs can fail: each is shown failing under a
+mutation of the operator that breaks the promise it stands for (undone after the test), and
+passing without it (the 20,000 schedules of ``test_simulation.py``, batches among them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aijobs_dev.simulation.run import Campaign, run_range
+from aijobs_operator import batch, core
+
+SCHEDULES = 300
+
+
+def _violations(campaign: Campaign, invariant: str) -> list[str]:
+    return [line for lines in campaign.failing.values() for line in lines if line.startswith(invariant + " ")]
+
+
+def test_the_same_schedules_keep_every_invariant_unmutated() -> None:
+    campaign = run_range(0, SCHEDULES)
+    assert not campaign.failing, list(campaign.failing.items())[:3]
+    assert campaign.outcomes["batch:delivered-some"] > 0  # the mutations below have partial batches to break
+
+
+def test_capturing_the_whole_hold_of_a_partly_delivered_batch_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Capture charges the whole hold (total x price) instead of price x images delivered: the
+    user pays for images that failed."""
+
+    def whole(price: int, delivered: int, total: int) -> int:
+        return price * total
+
+    monkeypatch.setattr(core, "batch_charge", whole)
+    found = _violations(run_range(0, SCHEDULES), "I1")
+    assert any("images received" in line for line in found), found[:5]
+
+
+def test_keeping_the_results_of_cancelled_images_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delivery no longer deletes a result the manifest does not name (an image cancelled past
+    maxFailedImages whose worker stored it first): an object outlives the job's promise."""
+
+    async def keep_all(call: Any, named: set[str]) -> None:
+        return None
+
+    monkeypatch.setattr(batch, "delete_strays", keep_all)
+    campaign = run_range(0, 2 * SCHEDULES)  # a cancelled image's late result is rare: two batches here
+    found = _violations(campaign, "I3")
+    assert any("(result) left committed" in line for line in found), found[:5]
