@@ -4,8 +4,9 @@ A real control plane (etcd + kube-apiserver), the five services (SQLite, the emb
 the operator and a CPU worker, all as real processes. A tenant with 100 credits submits a real
 image twice: with ``kubectl apply`` and through Main API. Each job goes Pending -> Charged ->
 Uploaded -> Scheduled -> Processed -> Delivered; the result is downloaded through its signed link
-and the balance shows one charge per job. Then a job the tenant can't afford fails and costs
-nothing.
+and the balance shows one charge per job. Then a batch: five images under one Storage prefix, one
+job for all, charged per image delivered, its result manifest behind one link. Then a job the
+tenant can't afford fails and costs nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def _picture() -> bytes:
     draw = ImageDraw.Draw(image)
     draw.rectangle((4, 4, 20, 20), outline=(255, 40, 40), width=2)
     draw.text((24, 10), "AI", fill=(20, 20, 220))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _striped() -> bytes:
+    """Another small picture: vertical stripes."""
+    image = Image.new("RGB", (40, 30), (240, 240, 240))
+    for x in range(0, 40, 4):
+        for y in range(30):
+            image.putpixel((x, y), (30, 90, 200))
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
@@ -179,7 +191,41 @@ def run_demo(*, keep: bool = False) -> int:
         thumb = Image.open(io.BytesIO(httpx.get(view["status"]["result"]["url"], timeout=10).content)).size
         print(f"   result: a {thumb[0]}x{thumb[1]} thumbnail; balance now: {stack.balance('acme')}")
 
-        _say("3. a job acme can't afford fails at the charge and costs nothing")
+        _say("3. a batch: five images uploaded under one prefix, one job for all, 2 credits an image")
+        prefix = "acme/demo-set/"
+        with stack.admin("storage") as storage:
+            for n in range(5):
+                image = _picture() if n != 2 else _striped()
+                storage.put(
+                    f"/v1/objects/{prefix}photo-{n}.png",
+                    params={"account": "acme", "kind": "input", "state": "committed"},
+                    content=image,
+                ).raise_for_status()
+        print(f"   uploaded photo-0.png … photo-4.png to Storage under {prefix}")
+        batch = {
+            "apiVersion": "aijobs.io/v1alpha1",
+            "kind": "AIImageJob",
+            "metadata": {"name": "batch-demo"},
+            "spec": {
+                "account": "acme",
+                "pipeline": "thumbnail",
+                "parameters": {"size": 16},
+                "price": 2,
+                "input": {"batch": {"prefix": prefix}},
+            },
+        }
+        before = stack.balance("acme")["available"]
+        demo.kubectl("apply", "-f", "-", stdin=json.dumps(batch))
+        done = demo.follow("batch-demo")
+        demo.kubectl("get", "aij", "batch-demo")
+        lines = httpx.get(done["status"]["result"]["url"], timeout=10).text.splitlines()
+        print(f"   the result manifest, through its signed link ({len(lines)} lines, one per image):")
+        for line in lines[:2]:
+            print(f"     {line}")
+        spent = before - stack.balance("acme")["available"]
+        print(f"   charged {spent} credits for {done['status']['batch']['succeeded']} images delivered")
+
+        _say("4. a job acme can't afford fails at the charge and costs nothing")
         pricey = {
             **manifest,
             "metadata": {"name": "too-expensive"},
