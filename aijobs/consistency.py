@@ -255,7 +255,9 @@ def _batch_findings(status: AIImageJobStatus, price: int, records: JobRecords) -
                 "orphan-task",
                 "ai",
                 f"{counts.scheduled} tasks scheduled, {counts.running} running",
-                f"cancel-job-tasks:{counts.job_id}",
+                # What was seen names the repair (its key): a retry replays it, tasks that
+                # appear later get a repair of their own.
+                f"cancel-job-tasks:{counts.job_id}/{counts.total}/{counts.scheduled + counts.running}",
             )
         )
     return found

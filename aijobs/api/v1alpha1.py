@@ -160,6 +160,24 @@ class BatchStatus(_Model):
     failures: list[BatchFailure] = Field(default_factory=list)
 
 
+class ManifestLine(_Model):
+    """One line of a batch's result manifest (JSON lines, one per input in index order): the
+    input, then its result and content hash, or why there is none. Main API pages through them
+    and ``aijobs submit DIR/`` downloads by them."""
+
+    item: int = Field(description="The image's index in the frozen set (key order)")
+    key: str | None = Field(default=None, description="The input's Storage key")
+    input: str = Field(description="The input's Storage object id")
+    state: Literal["succeeded", "failed", "cancelled"]
+    result: str | None = Field(default=None, description="The result's Storage object id (succeeded)")
+    sha256: str | None = None
+    size: int | None = None
+    reason: str | None = Field(default=None, description="Why there is no result (failed, cancelled)")
+
+    def dump(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
 class Audit(_Model):
     verdict: Literal["consistent", "repaired", "needs-attention"] | None = None
     findings: list[str] = Field(default_factory=list)

@@ -70,7 +70,8 @@ async def repair(svc: Services, uid: str, finding: Finding) -> None:
     elif action == "cancel-task":
         await svc.ai.fetch(Task, "POST", f"/v1/tasks/{target}/cancel", key=key)
     elif action == "cancel-job-tasks":  # a batch's: every task of the job still to run
-        await svc.ai.fetch(JobTasksCancelled, "POST", f"/v1/jobs/{target}/tasks/cancel", key=key)
+        job_id = target.split("/", 1)[0]
+        await svc.ai.fetch(JobTasksCancelled, "POST", f"/v1/jobs/{job_id}/tasks/cancel", key=key)
     else:
         raise ValueError(f"unknown repair {finding.repair!r}")
 

@@ -29,19 +29,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import json
 from typing import Any
 
 from aijobs.api import ai, auth, payment, storage
 from aijobs.api.rules import MAX_BATCH_IMAGES
-from aijobs.api.v1alpha1 import BatchFailure, BatchStatus
+from aijobs.api.v1alpha1 import BatchFailure, BatchStatus, ManifestLine
 from aijobs.wire.client import Ambiguous, Refused
 from aijobs_operator import core
 from aijobs_operator.core import Done, Waiting, hold_expiry, idempotency_key, iso
-from aijobs_operator.steps import Call, StepFailed, _bulk, _refused, _same_bytes, record_delivery
+from aijobs_operator.steps import Call, StepFailed, bulk_call, record_delivery, refused, same_bytes
 
 __all__ = [
-    "PAGE",
     "cancel_tasks",
     "capture",
     "charge",
@@ -53,9 +51,11 @@ __all__ = [
     "upload",
 ]
 
-PAGE = 1000  # items per page read, and per bulk request
-GATHER = 5000  # tasks awaited at once while scheduling (the batcher sends them PAGE at a time)
+GATHER = 5000  # tasks awaited at once while scheduling (the batcher sends up to 1000 a request)
 SAMPLE = 10  # failures kept in status (the manifest lists them all)
+# A failure's reason as the manifest and status keep it: with keys of at most 255 characters, a
+# line stays under ~700 bytes, a 100,000-image manifest under Storage's 128 MiB for manifests.
+REASON = 200
 
 
 # ----------------------------------------------------------------------------- the frozen set
@@ -78,7 +78,7 @@ async def frozen_set(call: Call) -> list[storage.StoredObject]:
         "account": job.spec.account,
         "prefix": _prefix(call),
         "createdBefore": iso(job.created + dt.timedelta(seconds=1)),
-        "limit": PAGE,
+        "limit": call.cfg.batch_page_size,
     }
     found: list[storage.StoredObject] = []
     while True:
@@ -124,7 +124,7 @@ async def charge(call: Call) -> Done | Waiting:
             json=auth.BindingRequest(namespace=job.namespace, account=spec.account).wire(),
         )
     except Refused as exc:
-        raise _refused("TenantNotAllowed", exc) from exc
+        raise refused("TenantNotAllowed", exc) from exc
     images = await frozen_set(call)
     prefix = _prefix(call)
     if not images:
@@ -142,13 +142,13 @@ async def charge(call: Call) -> Done | Waiting:
     expires = hold_expiry(job.status, job.policy)
     body = payment.HoldCreate(account=spec.account, job_id=job.uid, amount=amount, expires_at=expires)
     try:
-        hold = await _bulk(
+        hold = await bulk_call(
             svc.payment,
             payment.Hold,
             "/v1/holds",
             "/v1/bulk/holds",
             idempotency_key(job.uid, "charge"),
-            _same_bytes(body, expiresAt=expires),
+            same_bytes(body, expiresAt=expires),
         )
     except Refused as exc:
         if exc.status == 402:
@@ -156,7 +156,7 @@ async def charge(call: Call) -> Done | Waiting:
                 "InsufficientCredits",
                 f"the batch needs {amount} credits ({count} images x {spec.price}): {exc.detail or exc.kind}",
             ) from exc
-        raise _refused("ChargeRefused", exc) from exc
+        raise refused("ChargeRefused", exc) from exc
     return Done(
         f"held {amount} credits for {count} images (hold {hold.id})",
         {"holdId": hold.id, "images": str(count), "digest": fingerprint},
@@ -194,7 +194,7 @@ async def schedule(call: Call) -> Done | Waiting:
             )
             calls.append(
                 batcher.call(
-                    idempotency_key(job.uid, f"schedule:{index}"), _same_bytes(body, runAt=spec.run_at)
+                    idempotency_key(job.uid, f"schedule:{index}"), same_bytes(body, runAt=spec.run_at)
                 )
             )
         answers = await asyncio.gather(*calls, return_exceptions=True)
@@ -216,7 +216,7 @@ def _raise_first(answers: list[Any], reason: str) -> None:
             raise answer
     for answer in answers:
         if isinstance(answer, Refused):
-            raise _refused(reason, answer) from answer
+            raise refused(reason, answer) from answer
         if isinstance(answer, Exception):
             raise answer
 
@@ -236,22 +236,22 @@ async def process(call: Call) -> Done | Waiting:
     total = _total(call)
     counts = await counts_of(call)
     status = progress(total, counts, job.ids().get("digest"))
-    open_ = counts.scheduled + counts.running
     limit = job.spec.max_failed_images
-    if limit is not None and counts.failed > limit and counts.scheduled > 0:
-        # Past the failure policy: the images not yet run are cancelled (running ones stop, or
-        # end on their own); the key names what was seen, so a task that appears later gets a
-        # call of its own while a retry of this one replays.
-        key = idempotency_key(job.uid, f"cancel-rest:{counts.total}:{open_}")
+    stage = core.batch_stage(counts, limit, job.spec.run_at, job.now)
+    if stage == "cancel-rest":
+        # The key names what was seen: a retry replays, a task that appeared since (a creation
+        # whose answer was lost, committed late) gets a call of its own.
+        key = idempotency_key(job.uid, f"cancel-rest:{counts.total}:{counts.scheduled + counts.running}")
         await svc.ai.fetch(ai.JobTasksCancelled, "POST", f"/v1/jobs/{job.uid}/tasks/cancel", key=key)
         return Waiting(
             "CancellingRest",
             f"{counts.failed} images failed, more than maxFailedImages ({limit}): the rest are cancelled",
             batch=status,
         )
-    if open_ > 0:
-        if counts.running == 0 and job.spec.run_at is not None and job.spec.run_at > job.now:
-            return Waiting("WaitingForRunAt", f"{total} images run at {iso(job.spec.run_at)}", batch=status)
+    if stage == "waiting-for-run-at":
+        assert job.spec.run_at is not None
+        return Waiting("WaitingForRunAt", f"{total} images run at {iso(job.spec.run_at)}", batch=status)
+    if stage == "running":
         return Waiting(
             "Processing",
             f"{counts.succeeded}/{total} images done, {counts.failed} failed, {status.pending} to go",
@@ -260,26 +260,25 @@ async def process(call: Call) -> Done | Waiting:
     if counts.total != total:
         raise StepFailed("TaskMissing", f"AI holds {counts.total} tasks for the {total} images")
     lines = await outcomes(call)
-    delivered = sum(1 for line in lines if line["state"] == "succeeded")
     final = _final(status, lines)
-    if delivered == 0:
+    if final.succeeded == 0:
         raise StepFailed(
             "ProcessingFailed",
             f"none of the {total} images succeeded ({final.failed} failed, {final.cancelled} cancelled)",
         )
     return Done(
-        f"{delivered} of {total} images processed ({final.failed} failed, {final.cancelled} cancelled)",
-        {"succeeded": str(delivered), "failed": str(final.failed), "cancelled": str(final.cancelled)},
+        f"{final.succeeded} of {total} images processed ({final.failed} failed, {final.cancelled} cancelled)",
+        {"succeeded": str(final.succeeded), "failed": str(final.failed), "cancelled": str(final.cancelled)},
         batch=final,
     )
 
 
-def _final(status: BatchStatus, lines: list[dict[str, Any]]) -> BatchStatus:
+def _final(status: BatchStatus, lines: list[ManifestLine]) -> BatchStatus:
     """The counts once every image has ended, as the manifest tells them (a succeeded task whose
     result Storage does not hold committed counts as failed: it is not delivered, not charged)."""
-    failures = [line for line in lines if line["state"] == "failed"]
-    succeeded = sum(1 for line in lines if line["state"] == "succeeded")
-    cancelled = sum(1 for line in lines if line["state"] == "cancelled")
+    failures = [line for line in lines if line.state == "failed"]
+    succeeded = sum(1 for line in lines if line.state == "succeeded")
+    cancelled = sum(1 for line in lines if line.state == "cancelled")
     return status.model_copy(
         update={
             "succeeded": succeeded,
@@ -288,7 +287,7 @@ def _final(status: BatchStatus, lines: list[dict[str, Any]]) -> BatchStatus:
             "pending": 0,
             "progress": f"{succeeded}/{status.total}",
             "failures": [
-                BatchFailure(item=f["item"], input=f["input"], reason=str(f.get("reason", ""))[:1024])
+                BatchFailure(item=f.item, input=f.input, reason=(f.reason or "")[:REASON])
                 for f in failures[:SAMPLE]
             ],
         }
@@ -300,7 +299,9 @@ async def job_results(call: Call) -> list[storage.StoredObject]:
     found: list[storage.StoredObject] = []
     cursor: str | None = None
     while True:
-        params: dict[str, Any] = {"limit": PAGE} | ({} if cursor is None else {"after": cursor})
+        params: dict[str, Any] = {"limit": call.cfg.batch_page_size}
+        if cursor is not None:
+            params["after"] = cursor
         page = await call.svc.storage.fetch(
             storage.JobObjects, "GET", f"/v1/jobs/{call.job.uid}/objects", params=params
         )
@@ -310,38 +311,44 @@ async def job_results(call: Call) -> list[storage.StoredObject]:
         cursor = page.next
 
 
-async def outcomes(call: Call) -> list[dict[str, Any]]:
+async def outcomes(call: Call) -> list[ManifestLine]:
     """One line per image, in index order, from what AI and Storage hold once every task has
     ended: its input (key and object id), then its result object and sha256, or why not."""
     job, svc = call.job, call.svc
-    images = await frozen_set(call)
-    tasks: list[ai.Task] = []
-    after: int | None = None
-    while True:
-        params: dict[str, Any] = {"limit": PAGE} | ({} if after is None else {"after": after})
-        page = await svc.ai.fetch(ai.TaskPage, "GET", f"/v1/jobs/{job.uid}/tasks", params=params)
-        tasks.extend(page.items)
-        if page.next is None:
-            break
-        after = page.next
+    keys = {o.id: o.key for o in await frozen_set(call)}
     results = {o.id: o for o in await job_results(call)}
-    lines: list[dict[str, Any]] = []
-    for task in sorted(tasks, key=lambda t: t.item if t.item is not None else -1):
-        index = task.item if task.item is not None else -1
-        line: dict[str, Any] = {"item": index, "input": task.input_object_id}
-        if 0 <= index < len(images):
-            line["key"] = images[index].key
-        result = results.get(task.result_object_id or "")
-        if task.state == "succeeded" and result is not None:
-            line |= {"state": "succeeded", "result": result.id, "sha256": result.sha256, "size": result.size}
-        elif task.state == "succeeded":
-            line |= {"state": "failed", "reason": f"result {task.result_object_id} is not in Storage"}
-        elif task.state == "cancelled":
-            line |= {"state": "cancelled", "reason": task.error or "cancelled before it ran"}
-        else:
-            line |= {"state": "failed", "reason": task.error or task.state}
-        lines.append(line)
-    return lines
+    lines: list[ManifestLine] = []
+    after: int | None = None
+    while True:  # the job's tasks come in image order, a page at a time
+        params: dict[str, Any] = {"limit": call.cfg.batch_page_size}
+        if after is not None:
+            params["after"] = after
+        page = await svc.ai.fetch(ai.TaskPage, "GET", f"/v1/jobs/{job.uid}/tasks", params=params)
+        lines.extend(_line(task, keys, results) for task in page.items)
+        if page.next is None:
+            return lines
+        after = page.next
+
+
+def _line(task: ai.Task, keys: dict[str, str], results: dict[str, storage.StoredObject]) -> ManifestLine:
+    item = task.item if task.item is not None else -1
+    line = ManifestLine(
+        item=item, key=keys.get(task.input_object_id), input=task.input_object_id, state="failed"
+    )
+    result = results.get(task.result_object_id or "")
+    if task.state == "succeeded" and result is not None:
+        return line.model_copy(
+            update={"state": "succeeded", "result": result.id, "sha256": result.sha256, "size": result.size}
+        )
+    if task.state == "succeeded":
+        why = f"result {task.result_object_id} is not in Storage"
+    elif task.state == "cancelled":
+        return line.model_copy(
+            update={"state": "cancelled", "reason": (task.error or "cancelled before it ran")[:REASON]}
+        )
+    else:
+        why = task.error or task.state
+    return line.model_copy(update={"reason": why[:REASON]})
 
 
 async def capture(call: Call) -> Done | Waiting:
@@ -350,7 +357,7 @@ async def capture(call: Call) -> Done | Waiting:
     hold_id, images = ids["holdId"], int(ids["succeeded"])
     amount = core.batch_charge(job.spec.price, images, int(ids["images"]))
     try:
-        hold = await _bulk(
+        hold = await bulk_call(
             svc.payment,
             payment.Hold,
             f"/v1/holds/{hold_id}/capture",
@@ -360,7 +367,7 @@ async def capture(call: Call) -> Done | Waiting:
             {"holdId": hold_id, "amount": amount},
         )
     except Refused as exc:
-        raise _refused("CaptureRefused", exc) from exc
+        raise refused("CaptureRefused", exc) from exc
     if hold.settled_at is None:
         raise Refused("payment", 200, "contract-violation", f"captured hold {hold.id} has no settledAt", {})
     return Done(
@@ -379,9 +386,7 @@ def manifest_key(uid: str) -> str:
 async def deliver(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
     lines = await outcomes(call)
-    content = "".join(
-        json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n" for line in lines
-    ).encode()
+    content = "".join(line.dump() + "\n" for line in lines).encode()
     key = manifest_key(job.uid)
     params = {"account": job.spec.account, "jobId": job.uid, "kind": "manifest", "state": "committed"}
     try:
@@ -399,7 +404,7 @@ async def deliver(call: Call) -> Done | Waiting:
         # Stored by an earlier attempt (the outcomes cannot change once every task has ended,
         # so it says the same): that one is the manifest.
         manifest = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/by-key/{key}")
-    await delete_strays(call, {line["result"] for line in lines if line["state"] == "succeeded"})
+    await delete_strays(call, {line.result for line in lines if line.result is not None})
     result = await record_delivery(call, manifest.id, manifest.sha256, manifest.size)
     final = _final(job.status.batch or progress(len(lines), ai.JobTaskCounts.of(job.uid, {}, None)), lines)
     delivered = final.succeeded

@@ -31,6 +31,9 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="A batch's progress reaches its status at most this often (one API write each)",
     )
+    batch_page_size: int = Field(
+        default=1000, ge=1, le=1000, description="Items a batch's listings read a page at a time"
+    )
     call_timeout_seconds: float = Field(default=10.0, gt=0)
     default_deadline_seconds: int = Field(default=3600, ge=10)
     hold_grace_seconds: int = Field(

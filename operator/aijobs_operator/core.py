@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
-from aijobs.api.ai import Task
+from aijobs.api.ai import JobTaskCounts, Task
 from aijobs.api.rules import DEFAULT_BACKOFF, MAX_HOLD, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import (
     AIImageJobSpec,
@@ -83,6 +83,7 @@ __all__ = [
     "backoff",
     "batch_charge",
     "batch_exceeded",
+    "batch_stage",
     "hold_expiry",
     "idempotency_key",
     "iso",
@@ -575,6 +576,25 @@ def _plan(saga: Saga[Ctx], job: JobView, now: dt.datetime, policy: Policy) -> Ac
         return Finish(new, (Event("Warning", "TooManyFailedImages", why),))
     _finish(new, job.generation, Phase.DELIVERED, "Delivered", new.message or "delivered", now)
     return Finish(new, ())
+
+
+BatchStage = Literal["cancel-rest", "waiting-for-run-at", "running", "ended"]
+
+
+def batch_stage(
+    counts: JobTaskCounts, limit: int | None, run_at: dt.datetime | None, now: dt.datetime
+) -> BatchStage:
+    """Where a batch's images stand, from their counts: past ``maxFailedImages`` (``limit``)
+    with images not yet run, those are to be cancelled; else running (or all waiting for their
+    runAt); else every image has ended. The follower wakes a batch at once for the first and the
+    last, and the process step acts on it."""
+    if limit is not None and counts.failed > limit and counts.scheduled > 0:
+        return "cancel-rest"
+    if counts.scheduled + counts.running > 0:
+        if counts.running == 0 and run_at is not None and run_at > now:
+            return "waiting-for-run-at"
+        return "running"
+    return "ended"
 
 
 def batch_charge(price: int, delivered: int, total: int) -> int:

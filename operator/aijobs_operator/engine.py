@@ -67,7 +67,7 @@ class Reconciler:
         # it last woke the job for them (monotonic seconds): a batch's progress reaches its status
         # at most once per ``batch_progress_seconds``, so its writes grow with time, not images.
         self.counts: dict[str, JobTaskCounts] = {}
-        self._progress_woken: dict[str, dt.datetime] = {}
+        self._progress_due: dict[str, dt.datetime] = {}  # when a batch's progress pass is set for
         self._gone: set[str] = set()  # uids of deleted jobs (a job's name may be reused, its uid never)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -202,12 +202,12 @@ class Reconciler:
         await self._follow_batches(batches)
 
     async def _follow_batches(self, batches: dict[str, tuple[Key, int | None]]) -> None:
-        """One counts read for every batch waiting on its images. A batch whose counts moved is
-        woken at most once per ``batch_progress_seconds`` (each wake is one status write), and at
-        once when its last image ends or its failures pass its ``maxFailedImages``."""
+        """One counts read for every batch waiting on its images. A batch whose counts moved gets
+        one pass when ``batch_progress_seconds`` are up (each pass is one status write), and one
+        at once when its last image ends or its failures pass its ``maxFailedImages``."""
         for uid in [u for u in self.counts if u not in batches]:
             del self.counts[uid]
-            self._progress_woken.pop(uid, None)
+            self._progress_due.pop(uid, None)
         uids = list(batches)
         for start in range(0, len(uids), 1000):
             METRICS.follow_requests.inc()
@@ -219,13 +219,19 @@ class Reconciler:
                 if before == counts:
                     continue
                 key, limit = batches[counts.job_id]
-                ended = counts.scheduled + counts.running == 0
-                failing = limit is not None and counts.failed > limit and counts.scheduled > 0
-                now, last = self.clock(), self._progress_woken.get(counts.job_id)
-                every = dt.timedelta(seconds=self.cfg.batch_progress_seconds)
-                if ended or failing or last is None or now - last >= every:
-                    self._progress_woken[counts.job_id] = now
+                now = self.clock()
+                # Ended, or past maxFailedImages with images to cancel: at once (no run_at here:
+                # images waiting for theirs are not news).
+                if core.batch_stage(counts, limit, None, now) in ("ended", "cancel-rest"):
                     self.enqueue(key)
+                    continue
+                # Progress only: one pass (one status write) when the interval is up, whatever
+                # changed meanwhile; it reads the latest counts.
+                due = self._progress_due.get(counts.job_id)
+                if due is None or now >= due:
+                    every = self.cfg.batch_progress_seconds
+                    self._progress_due[counts.job_id] = now + dt.timedelta(seconds=every)
+                    self.later(key, every)
 
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile(self, key: Key) -> None:

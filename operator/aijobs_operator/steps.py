@@ -99,14 +99,14 @@ class Call:
     cfg: OperatorSettings
 
 
-def _same_bytes(body: Request, **times: dt.datetime | None) -> dict[str, object]:
+def same_bytes(body: Request, **times: dt.datetime | None) -> dict[str, object]:
     """The body to send, its times written as every release of the operator has written them
     (whole seconds, ``Z``): a retry under a key sent before an upgrade must send the very same
     bytes, or the service refuses the replay as a reused key."""
     return body.wire() | {name: iso(value) for name, value in times.items() if value is not None}
 
 
-async def _bulk(
+async def bulk_call(
     client: ServiceClient,
     into: type[M],
     single: str,
@@ -125,7 +125,7 @@ async def _bulk(
     )
 
 
-def _refused(reason: str, exc: Refused) -> StepFailed:
+def refused(reason: str, exc: Refused) -> StepFailed:
     return StepFailed(reason, f"{exc.service} refused: {exc.detail or exc.kind}")
 
 
@@ -140,23 +140,23 @@ async def charge(call: Call) -> Done | Waiting:
             json=auth.BindingRequest(namespace=job.namespace, account=spec.account).wire(),
         )
     except Refused as exc:
-        raise _refused("TenantNotAllowed", exc) from exc
+        raise refused("TenantNotAllowed", exc) from exc
     # The expiry comes from the log (the deadline fixed at acceptance), never from the clock: a
     # retry under the same key must send the same body.
     expires = hold_expiry(job.status, job.policy)
     body = payment.HoldCreate(account=spec.account, job_id=job.uid, amount=spec.price, expires_at=expires)
     try:
-        hold = await _bulk(
+        hold = await bulk_call(
             svc.payment,
             payment.Hold,
             "/v1/holds",
             "/v1/bulk/holds",
             idempotency_key(job.uid, "charge"),
-            _same_bytes(body, expiresAt=expires),
+            same_bytes(body, expiresAt=expires),
         )
     except Refused as exc:
         reason = "InsufficientCredits" if exc.status == 402 else "ChargeRefused"
-        raise _refused(reason, exc) from exc
+        raise refused(reason, exc) from exc
     return Done(f"held {spec.price} credits (hold {hold.id})", {"holdId": hold.id})
 
 
@@ -203,7 +203,7 @@ async def upload(call: Call) -> Done | Waiting:
             )
     except Refused as exc:
         reason = "StorageFull" if exc.status == 507 else "InputRefused"
-        raise _refused(reason, exc) from exc
+        raise refused(reason, exc) from exc
     return Done(
         f"input stored as {obj.id} ({obj.width}x{obj.height} {obj.content_type})",
         {"inputObjectId": obj.id},
@@ -222,19 +222,19 @@ async def schedule(call: Call) -> Done | Waiting:
         run_at=spec.run_at,
     )
     try:
-        task = await _bulk(
+        task = await bulk_call(
             svc.ai,
             ai.Task,
             "/v1/tasks",
             "/v1/bulk/tasks",
             idempotency_key(job.uid, "schedule"),
-            _same_bytes(body, runAt=spec.run_at),
+            same_bytes(body, runAt=spec.run_at),
         )
     except Refused as exc:
         if exc.kind == "job-has-task":  # registered before under another key: it is ours
             task = await svc.ai.fetch(ai.Task, "GET", f"/v1/tasks/{exc.body['taskId']}")
         else:
-            raise _refused("SchedulingRefused", exc) from exc
+            raise refused("SchedulingRefused", exc) from exc
     when = "as soon as a worker is free" if task.run_at <= job.now else f"at {iso(task.run_at)}"
     return Done(f"task {task.id} runs {when}", {"taskId": task.id}, task=task)
 
@@ -275,7 +275,7 @@ async def capture(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
     hold_id = job.ids()["holdId"]
     try:
-        hold = await _bulk(
+        hold = await bulk_call(
             svc.payment,
             payment.Hold,
             f"/v1/holds/{hold_id}/capture",
@@ -285,7 +285,7 @@ async def capture(call: Call) -> Done | Waiting:
             {"holdId": hold_id},
         )
     except Refused as exc:
-        raise _refused("CaptureRefused", exc) from exc
+        raise refused("CaptureRefused", exc) from exc
     if hold.settled_at is None:
         raise Refused("payment", 200, "contract-violation", f"captured hold {hold.id} has no settledAt", {})
     # The capture time is the hold's, replayed identically on any retry: delivery derives its link
@@ -323,7 +323,7 @@ async def record_delivery(call: Call, object_id: str, sha256: str, size: int) ->
         storage.DownloadLink,
         "POST",
         f"/v1/objects/{object_id}/download-url",
-        json=_same_bytes(storage.DownloadLinkRequest(expires_at=expires), expiresAt=expires),
+        json=same_bytes(storage.DownloadLinkRequest(expires_at=expires), expiresAt=expires),
     )
     body = main.DeliveryCreate(
         job_uid=job.uid,
@@ -373,7 +373,8 @@ async def delete_objects(call: Call) -> Done | Waiting:
         f"/v1/jobs/{job.uid}/objects/delete",
         key=idempotency_key(job.uid, f"delete-objects:{digest}"),
     )
-    return Done(f"deleted {', '.join(live)}")
+    shown = ", ".join(live[:5]) + (f" and {len(live) - 5} more" if len(live) > 5 else "")
+    return Done(f"deleted {len(live)} objects: {shown}" if len(live) > 1 else f"deleted {shown}")
 
 
 async def release_holds(call: Call) -> Done | Waiting:

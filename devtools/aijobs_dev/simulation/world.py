@@ -430,6 +430,9 @@ def _base_settings() -> OperatorSettings:
         secret="sim-secret-0123456789abcdef-0123456789",  # noqa: S106 - a twin checks no token
         download_link_seconds=3600,
         metrics_port=0,
+        # Batches here have a few images: pages of two make their listings span pages, as a
+        # real batch's do at 1,000 (the page boundaries are where a set could change).
+        batch_page_size=2,
     )
 
 
@@ -610,7 +613,23 @@ class World:
             key = request.headers.get("idempotency-key")
             audited = self._audited_hold(service, key, request.url.path)
             before = audited.state if audited is not None else None
-            reply: Reply = twin.handle(request.method, request.url.path, key, body, params, raw)
+            skipped: dict[int, str] = {}  # bulk items (by place: key) never carried to the service
+            if request.url.path.startswith("/v1/bulk/") and isinstance(body, dict) and self.chance(error):
+                # Some items fail before the service commits them, or after: each of those
+                # callers sees its own unknown outcome and retries under its key.
+                items = body["items"]
+                skipped = {n: item["key"] for n, item in enumerate(items) if self.rng.random() < 0.3}
+                body = {"items": [item for n, item in enumerate(items) if n not in skipped]}
+                self.fire("bulk-items-unknown", f"{where}: {len(skipped)} of {len(items)} not carried")
+            reply: Reply = (
+                twin.handle(request.method, request.url.path, key, body, params, raw)
+                if not skipped or (body or {}).get("items")
+                else Reply(200, {"items": []})  # none carried: the service saw nothing
+            )
+            if skipped or (
+                request.url.path.startswith("/v1/bulk/") and reply.status == 200 and self.chance(error)
+            ):
+                reply = self._bulk_unknown(reply, skipped)
             if audited is not None and audited.state != before and audited.state in ("captured", "released"):
                 self._moved(audited.job_id, str(audited.state), audited.id)
             self.storage.disk_full = False
@@ -628,6 +647,23 @@ class World:
             return httpx.Response(reply.status, json=reply.body)
 
         return httpx.MockTransport(handle)
+
+    def _bulk_unknown(self, reply: Reply, skipped: dict[int, str]) -> Reply:
+        """A bulk answer with the items at ``skipped`` (never sent on) and some of the others
+        (committed, their answer lost) answered 503: unknown outcomes, item by item."""
+        answered = iter(reply.body["items"])
+        unknown = {"type": "about:blank", "title": "simulated", "status": 503}
+        items = []
+        for n in range(len(reply.body["items"]) + len(skipped)):
+            if n in skipped:
+                items.append({"key": skipped[n], "status": 503, "replayed": False, "body": unknown})
+                continue
+            item = next(answered)
+            if not skipped and self.rng.random() < 0.3:
+                self.fire("bulk-items-unknown", f"answer of committed item {item['key']} lost")
+                item = {**item, "status": 503, "body": unknown}
+            items.append(item)
+        return Reply(200, {"items": items})
 
     def _audited_hold(self, service: str, key: str | None, path: str) -> Hold | None:
         """The hold an auditor's repair is about to settle, if this call is one."""

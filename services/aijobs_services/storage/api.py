@@ -116,7 +116,8 @@ class BlobResponse(FileResponse):
 
 async def _put(request: Request, chunks: AsyncIterator[bytes], **fields: Any) -> JSONResponse:
     settings, blobs = _settings(request), _blobs(request)
-    staged = await blobs.receive(chunks, settings.max_object_bytes)
+    limit = settings.max_manifest_bytes if fields.get("kind") == "manifest" else settings.max_object_bytes
+    staged = await blobs.receive(chunks, limit)
     created, obj = await run_in_threadpool(
         objects.store_staged, request.app.state.sessions, blobs, settings, staged, **fields
     )

@@ -121,9 +121,10 @@ def store_staged(
         else:
             info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
         with blobs.sharing(), sessions() as session, session.begin():
-            check_capacity(
-                session, account, staged.size, settings.capacity_bytes, settings.account_quota_bytes
-            )
+            # A manifest is the operator's receipt for a batch already charged: the account's
+            # quota, a definite no, must not strand it (the disk's capacity, which frees up, may).
+            quota = 0 if kind == "manifest" else settings.account_quota_bytes
+            check_capacity(session, account, staged.size, settings.capacity_bytes, quota)
             blobs.keep(staged)  # durable under its content name before any record points at it
             try:
                 with session.begin_nested():
@@ -238,9 +239,10 @@ def inputs_query(
     after: str | None,
     limit: int,
 ) -> sa.Select[StoredObject]:
-    """A page of an account's committed inputs whose keys start with ``prefix``, past the key
-    ``after``, in key order; only those created at or before ``created_before`` when given, so
-    that a batch's set listed again later is the same set. On PostgreSQL the
+    """A page of an account's committed inputs owned by no job, whose keys start with
+    ``prefix``, past the key ``after``, in key order; only those created at or before
+    ``created_before`` when given, so that a batch's set listed again later is the same set.
+    On PostgreSQL the
     ``(account, key COLLATE "C")`` index reads it in order and stops at ``limit``."""
     key = bytewise(dialect)
     stmt = sa.select(StoredObject).where(
@@ -249,6 +251,9 @@ def inputs_query(
         key < successor(prefix),
         StoredObject.state == "committed",
         StoredObject.kind == "input",
+        # An input a job owns (a single job's upload, committed with its job's id) is that
+        # job's, to delete with it: never part of a set, which must stay what it was.
+        StoredObject.job_id.is_(None),
     )
     if after is not None:
         stmt = stmt.where(key > after)

@@ -15,6 +15,10 @@ class StorageSettings(ServiceSettings):
     )
     account_quota_bytes: int = Field(default=0, ge=0, description="Per-account limit; 0: none")
     max_object_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    # A batch's result manifest: one line per image, up to 100,000 images with 255-character
+    # keys and a failure's reason each (aijobs.api.rules.MAX_MANIFEST_BYTES bounds what the
+    # operator writes; this must hold it).
+    max_manifest_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1, description="Width x height; larger images are refused")
     max_side: int = Field(default=12_000, ge=1)
     staging_grace_seconds: int = Field(

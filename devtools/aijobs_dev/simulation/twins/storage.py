@@ -173,6 +173,7 @@ class StorageTwin(Twin):
                 and o.key.startswith(asked.prefix)
                 and o.state == "committed"
                 and o.kind == "input"
+                and o.job_id is None
                 and (asked.after is None or o.key > asked.after)
                 and (asked.created_before is None or o.created_at <= asked.created_before)
             ),
