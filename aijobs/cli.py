@@ -8,7 +8,7 @@ aijobs service NAME               one of the five HTTP services
 aijobs worker                     a GPU (or CPU) inference worker
 aijobs chaos [--scenario s1..s4]  a fault campaign, or one of the seed's four stories
 aijobs admin …                    platform admins: tenants, credits, users, tokens, a job explained
-aijobs submit IMAGE --pipeline …  users: submit a job (and wait for it, and download the result)
+aijobs submit IMAGE|DIR/ --pipeline …  users: submit a job, or a folder as one batch (wait, download)
 aijobs jobs list|get|cancel       users: their jobs
 """
 

@@ -6,20 +6,29 @@ times are the Kubernetes API's strings, passed on as they are.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
 
 from aijobs.api.ai import Task
 from aijobs.api.base import Answer, Request
-from aijobs.api.fields import Text
+from aijobs.api.fields import Int, Text
 from aijobs.api.payment import Charges
-from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL_PORTABLE, NAMESPACE_NAME, OBJECT_NAME
+from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL_PORTABLE, MAX_BATCH_IMAGES, NAMESPACE_NAME, OBJECT_NAME
 from aijobs.api.storage import StoredObject
+from aijobs.api.v1alpha1 import PIPELINES, ManifestLine
 
 __all__ = [
+    "IMAGE_NAME",
+    "SET_NAME",
     "AdminJob",
     "AuthRecord",
+    "BatchCreate",
+    "BatchFailureView",
+    "BatchResultLine",
+    "BatchResults",
+    "BatchView",
     "CancelledJob",
     "DeliveryCreate",
     "DeliveryRecorded",
@@ -32,6 +41,8 @@ __all__ = [
     "JobView",
     "SagaLog",
     "ServiceRecords",
+    "UploadPage",
+    "UploadedImage",
     "Webhook",
     "WebhookSet",
 ]
@@ -66,6 +77,33 @@ class JobAudit(Answer):
     checked_at: str | None = None
 
 
+# A set of uploads and an image in it, as parts of the Storage key ``{account}/{set}/{name}``:
+# Storage's key characters but ``/`` (a set is never inside another: its prefix is its own) and a
+# leading dot, short enough that the key fits Storage's 255 characters (63 + 1 + 64 + 1 + 120).
+SET_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+IMAGE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,119}$"
+# RFC 3339 as the CRD's ``format: date-time`` reads it: separators, a zone, nothing else.
+RFC3339_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+
+
+class BatchFailureView(Answer):
+    item: int
+    input: str = Field(description="The input's Storage key")
+    reason: str
+
+
+class BatchView(Answer):
+    """A batch's counts, as the saga log keeps them (each image's fate is in its results)."""
+
+    total: int
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    pending: int = 0
+    progress: str | None = None
+    failures: list[BatchFailureView] = Field(default_factory=list, description="A sample, 10 at most")
+
+
 class JobView(Answer):
     """A job as its owner sees it. ``id`` is its name, which the Idempotency-Key decides."""
 
@@ -85,6 +123,7 @@ class JobView(Answer):
     steps: list[JobStep]
     compensations: list[JobStep]
     audit: JobAudit | None
+    batch: BatchView | None = Field(default=None, description="A batch's counts (absent for one image)")
 
 
 class CancelledJob(JobView):
@@ -162,6 +201,73 @@ class DeliveryCreate(Request):
 class DeliveryRecorded(Answer):
     id: str
     state: str = Field(description="pending, sent or failed")
+
+
+class UploadedImage(Answer):
+    """An image uploaded into one of your sets, as Storage keeps it."""
+
+    set: str
+    name: str
+    key: str = Field(description="Its Storage key: {account}/{set}/{name}")
+    sha256: str
+    size: int
+    content_type: str
+    width: int
+    height: int
+    created_at: str
+
+
+class UploadPage(Answer):
+    """A set's images in name order; ``next`` is the ``after`` of the next page (null on the last)."""
+
+    items: list[UploadedImage]
+    next: str | None
+
+
+# Bounds said as JSON Schema says them (pydantic writes an optional Int's as ``ge``/``le``).
+MaxFailedImages = Annotated[
+    Int | None,
+    Field(ge=0, le=MAX_BATCH_IMAGES),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_BATCH_IMAGES}, {"type": "null"}],
+            "description": "Past this many failed images the rest is cancelled (default: never)",
+        }
+    ),
+]
+
+
+class BatchCreate(Request):
+    """One job over every image uploaded into ``set`` before it is created, ``price`` per image."""
+
+    set: str = Field(pattern=SET_NAME)
+    pipeline: str = Field(json_schema_extra={"enum": list(PIPELINES)})
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    run_at: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=RFC3339_TIME,
+        description="When to run it (RFC 3339, within 30 days); now if absent",
+        json_schema_extra={"format": "date-time"},
+    )
+    max_failed_images: MaxFailedImages = None
+
+
+class BatchResultLine(ManifestLine):
+    """One image of a delivered batch, as its result manifest says (the operator's
+    :class:`~aijobs.api.v1alpha1.ManifestLine`, one definition for both), with ``url`` to
+    download a result. Read as an answer: a field a later operator adds is kept, not refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    url: str | None = Field(default=None, description="A signed link to the result (succeeded only)")
+
+
+class BatchResults(Answer):
+    """A page of a delivered batch's lines by item; ``next`` is the ``after`` of the next page."""
+
+    items: list[BatchResultLine]
+    next: int | None
 
 
 class WebhookSet(Request):

@@ -69,8 +69,9 @@ class Api:
         self, method: str, path: str, *, key: str | None = None, expect: tuple[int, ...] = (), **kw: Any
     ) -> httpx.Response:
         """Send; on a lost or ambiguous answer, send again (a change only with an Idempotency-Key:
-        ``key``). A 4xx is final and raised as a CommandError, except the codes in ``expect``."""
-        retry = method == "GET" or key is not None
+        ``key``, or a PUT). A 4xx is final and raised as a CommandError, except the codes in ``expect``."""
+        # GET and PUT are idempotent as HTTP defines them (an upload into a set is, by its name).
+        retry = method in ("GET", "PUT") or key is not None
         extra_headers = kw.pop("headers", {})
         delay = 0.5
         for attempt in range(1, self._attempts + 1):

@@ -1,12 +1,18 @@
 """A batch job on real parts: images uploaded to Storage under a prefix, one AIImageJob applied
 with kubectl, one task per image run by the CPU worker, a partial capture for the images
-delivered, and a result manifest behind one signed link."""
+delivered, and a result manifest behind one signed link; and the same through the user's way
+in, ``aijobs submit DIR/ --wait -o OUTDIR/`` (Main API's uploads and batches), run twice: the
+second run sends nothing, makes no job and downloads nothing, and says so."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -153,3 +159,50 @@ def test_kubectl_refuses_a_batch_that_also_names_one_image(stack: Stack) -> None
     refused = jobs.kubectl("apply", "-f", "-", stdin=json.dumps(single), check=False)
     assert "maxFailedImages applies only to a batch (input.batch)" in refused.stderr
     assert jobs.get("both") is None and jobs.get("single") is None  # nothing made, nothing to charge
+
+
+# ----------------------------------------------------------------- aijobs submit DIR/ (the CLI)
+GRAYSCALE_PRICE = 1  # Main API's default price list
+
+
+def _aijobs(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AIJOBS_CONFIG": str(config)}
+    return subprocess.run(
+        [sys.executable, "-m", "aijobs.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_a_folder_runs_as_one_batch_on_the_real_stack_and_a_second_run_repeats_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    tenant = stack.tenant(f"c{uuid.uuid4().hex[:8]}", credits=10)
+    token = tmp_path / "token"
+    token.write_text(tenant.token + "\n")
+    config = tmp_path / "config.toml"
+    services = "\n".join(f'{name} = "{proc.url}"' for name, proc in stack.services.items())
+    config.write_text(f'[services]\n{services}\n[user]\ntoken_file = "{token}"\n')
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"img-{n}.png").write_bytes(png(20 + n, 12 + n, noise=True))
+    command = ("submit", str(folder), "--pipeline", "grayscale", "--wait", "-o", str(out))
+
+    first = _aijobs(config, *command)
+    assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
+    assert "uploaded 3 images" in first.stderr and "images 3/3 done" in first.stderr
+    assert "delivered 3 of 3 images" in first.stdout and "charged 3 credits" in first.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["img-0.png", "img-1.png", "img-2.png"]
+    written = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    assert stack.balance(tenant.account) == {
+        "id": tenant.account,
+        "available": 10 - 3 * GRAYSCALE_PRICE,
+        "held": 0,
+        "balance": 10 - 3 * GRAYSCALE_PRICE,
+    }
+
+    again = _aijobs(config, *command)
+    assert again.returncode == 0, f"{again.stdout}\n{again.stderr}"
+    assert "uploaded 0 images" in again.stderr and "already submitted" in again.stderr
+    assert "0 downloaded, 3 there already" in again.stderr
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()} == written
+    assert stack.balance(tenant.account)["available"] == 10 - 3 * GRAYSCALE_PRICE

@@ -1,4 +1,5 @@
-"""Main API's HTTP API: users submit and read jobs; admins see every service's story of a job."""
+"""Main API's HTTP API: users submit and read jobs (one image, or a batch of images they uploaded
+into a set); admins see every service's story of a job."""
 
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ from sqlalchemy.orm import Session
 
 from aijobs.api.auth import Bindings, Principal
 from aijobs.api.main import (
+    IMAGE_NAME,
+    SET_NAME,
     AdminJob,
+    BatchCreate,
+    BatchResults,
     CancelledJob,
     DeliveryCreate,
     DeliveryRecorded,
     JobPage,
     JobView,
+    UploadedImage,
+    UploadPage,
     Webhook,
     WebhookSet,
 )
@@ -34,7 +41,7 @@ from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.idempotency import MAX_KEY_LENGTH, IdempotentRequestDep, read_idempotent_request
 from aijobs_services.kit.problems import Forbidden, NotFound, Unauthenticated, documented
-from aijobs_services.main import jobs, submission
+from aijobs_services.main import batches, jobs, submission
 from aijobs_services.main.models import Delivery
 from aijobs_services.main.models import Webhook as WebhookRow
 from aijobs_services.main.settings import MainSettings
@@ -45,6 +52,9 @@ Operator = Annotated[Caller, Depends(allow("operator", "admin"))]
 # A name Kubernetes could not hold is the caller's mistake (422), not the API server's trouble.
 JobName = Annotated[str, Path(max_length=253, pattern=OBJECT_NAME, description="The job's name (its id)")]
 Namespace = Annotated[str, Path(max_length=63, pattern=NAMESPACE_NAME)]
+SetName = Annotated[str, Path(alias="set", pattern=SET_NAME, description="A set of your uploads")]
+ImageName = Annotated[str, Path(pattern=IMAGE_NAME, description="The image's name in its set")]
+IMAGES = ("image/png", "image/jpeg", "image/webp")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -136,6 +146,16 @@ async def _own_job(request: Request, user: User, job_id: str) -> dict[str, Any]:
     return job
 
 
+def _edges(request: Request) -> submission.Edges:
+    return submission.Edges(
+        _settings(request),
+        _clients(request)["storage"],
+        _custom(request),
+        request.app.state.limiter,
+        request.app.state.sessions,
+    )
+
+
 def _view(view: JobView) -> dict[str, Any]:
     """A job's view on the wire: its records with the fields the saga log holds, no more."""
     return view.model_dump(by_alias=True, mode="json", exclude_unset=True)
@@ -195,13 +215,95 @@ async def submit_job(
     namespace = await _namespace_of(request, user.tenant)
     status, view = await submission.submit(
         submission.Submission(user.id, user.tenant, namespace, idempotency_key, order, content),
-        submission.Edges(
-            _settings(request),
-            _clients(request)["storage"],
-            _custom(request),
-            request.app.state.limiter,
-            request.app.state.sessions,
+        _edges(request),
+    )
+    headers = {"Idempotent-Replayed": "true"} if status == 200 else None
+    return JSONResponse(_view(view), status, headers=headers)
+
+
+@router.put(
+    "/uploads/{set}/{name}",
+    status_code=201,
+    summary="Upload an image into one of your sets, for a batch (idempotent by set and name)",
+    response_model=UploadedImage,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGES},
+        }
+    },
+    responses={
+        200: {"model": UploadedImage, "description": "The set held these very bytes under this name already"},
+        **documented(
+            *AS_A_USER[:2],
+            Unavailable,
+            (409, "key-taken", "the set holds other bytes under this name"),
+            (413, "object-too-large", "the upload is over Storage's limit (or `image-too-large`)"),
+            (415, "unsupported-image", "the upload is not a PNG, JPEG or WebP image"),
+            (422, "reserved-name", "a name Storage keeps for itself (content, commit, delete, download-url)"),
+            (507, "insufficient-storage", "Storage is full (or the account's quota is spent)"),
         ),
+    },
+)
+async def upload_image(request: Request, set_name: SetName, name: ImageName, user: UserDep) -> JSONResponse:
+    """Stored as one of your account's inputs under ``{account}/{set}/{name}``. A batch submitted
+    with this set (``POST /v1/batches``) takes every image uploaded into it before the batch."""
+    content = await request.body()
+    status, image = await batches.put_image(
+        _clients(request)["storage"], user.tenant, set_name, name, content
+    )
+    return JSONResponse(image.model_dump(by_alias=True, mode="json"), status)
+
+
+@router.get(
+    "/uploads/{set}",
+    summary="The images of one of your sets, by name (paginated)",
+    response_model=UploadPage,
+    responses=documented(*AS_A_USER[:2], Unavailable),
+)
+async def list_uploads(
+    request: Request,
+    set_name: SetName,
+    user: UserDep,
+    after: Annotated[str | None, Query(pattern=IMAGE_NAME, description="A page's next")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> UploadPage:
+    return await batches.list_set(_clients(request)["storage"], user.tenant, set_name, after, limit)
+
+
+@router.post(
+    "/batches",
+    status_code=201,
+    summary="Submit a batch: every image uploaded into a set, one pipeline, a price per image",
+    response_model=JobView,
+    response_model_exclude_unset=True,
+    responses={
+        200: {"model": JobView, "description": "An earlier request with this Idempotency-Key made the job"},
+        **documented(
+            *AS_A_USER,
+            (422, "bad-pipeline", "an unknown pipeline, or parameters it does not take"),
+            (422, "bad-run-at", "runAt is in the past, or further ahead than credits can be held"),
+            (422, "empty-set", "no image was uploaded into the set"),
+            (422, "idempotency-key-reused", "the key was first used for another job request"),
+            (422, "invalid-job", "the Kubernetes API refused the job"),
+            RateLimited,
+        ),
+    },
+)
+async def submit_batch(
+    request: Request,
+    body: BatchCreate,
+    user: UserDep,
+    idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
+) -> JSONResponse:
+    """One job for the set's images as they stand now (images uploaded later are not in it),
+    charged the pipeline's price for each image delivered, none for one that failed. Follow it
+    with ``GET /v1/jobs/{id}`` (its ``batch`` counts) and read it with ``GET /v1/jobs/{id}/results``."""
+    order, batch = submission.parse_batch(body, user.tenant)
+    namespace = await _namespace_of(request, user.tenant)
+    status, view = await submission.submit(
+        submission.Submission(user.id, user.tenant, namespace, idempotency_key, order, None, batch),
+        _edges(request),
     )
     headers = {"Idempotent-Replayed": "true"} if status == 200 else None
     return JSONResponse(_view(view), status, headers=headers)
@@ -235,6 +337,29 @@ async def list_jobs(
 )
 async def get_job(request: Request, job_id: JobName, user: UserDep) -> JobView:
     return jobs.view(await _own_job(request, user, job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/results",
+    summary="A delivered batch's results, one line per image by item (paginated)",
+    response_model=BatchResults,
+    response_model_exclude_unset=True,
+    responses=documented(*AS_A_USER, UnknownJob, batches.NotDelivered),
+)
+async def batch_results(
+    request: Request,
+    job_id: JobName,
+    user: UserDep,
+    after: Annotated[int, Query(ge=-1, le=2**31 - 1, description="Only items past this one")] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> BatchResults:
+    """The result manifest's lines (its input, its state, its result's sha256 and size, or why it
+    failed), each succeeded one with a signed link to its result."""
+    job = await _own_job(request, user, job_id)
+    cache: batches.ManifestCache = request.app.state.manifests
+    return await batches.read_results(
+        _clients(request)["storage"], cache, job.get("status") or {}, after, limit
+    )
 
 
 @router.post(

@@ -36,6 +36,7 @@ def manifest(
     run_at: dt.datetime | None,
     deadline: dt.datetime,
     digest: str,
+    max_failed_images: int | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "account": account,
@@ -45,6 +46,8 @@ def manifest(
         "input": job_input,
         "deadline": deadline.isoformat().replace("+00:00", "Z"),
     }
+    if max_failed_images is not None:
+        spec["maxFailedImages"] = max_failed_images
     if run_at is not None:
         spec["runAt"] = run_at.isoformat().replace("+00:00", "Z")
     return {
@@ -68,8 +71,12 @@ def view(job: dict[str, Any]) -> JobView:
     only the fields the log holds (dump it with ``exclude_unset``, as the routes do)."""
     status = job.get("status") or {}
     meta, spec = job["metadata"], job["spec"]
+    # A batch's counts (null until the operator has counted its set); a single job's view stays
+    # as it was, without the field.
+    batch = {"batch": status.get("batch")} if (spec.get("input") or {}).get("batch") else {}
     return JobView.model_validate(
         {
+            **batch,
             "id": meta["name"],
             "namespace": meta["namespace"],
             "uid": meta.get("uid"),

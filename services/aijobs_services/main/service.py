@@ -11,6 +11,7 @@ from aijobs.wire.client import ServiceClient
 from aijobs.wire.tokens import TokenSigner
 from aijobs_services.kit.app import ServiceSpec
 from aijobs_services.main.api import router
+from aijobs_services.main.batches import ManifestCache
 from aijobs_services.main.limits import SubmissionLimiter
 from aijobs_services.main.models import IdempotencyKeys
 from aijobs_services.main.notify import send_due
@@ -31,6 +32,7 @@ def _setup(app: FastAPI) -> None:
     }
     app.state.kube = api_client(settings.kubeconfig or None)
     app.state.limiter = SubmissionLimiter(settings.submissions_per_minute, settings.submission_burst)
+    app.state.manifests = ManifestCache()
 
 
 SPEC = ServiceSpec(

@@ -6,6 +6,11 @@ job's name derives from the user and the key); a refusal leaves nothing behind.
 database) as arguments, so the route function only translates HTTP to a :class:`Submission` and
 back. A new job holds a slot among its account's jobs in flight from admission until it exists or
 is refused (:mod:`aijobs_services.main.limits`).
+
+A batch (``POST /v1/batches``) is the same use case with another input: the images the user
+uploaded into a set (:mod:`aijobs_services.main.batches`), priced, limited, named and replayed as
+one job is, the price being per image (the operator holds count x price, and captures only what
+it delivered).
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from kubernetes.client.exceptions import ApiException
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aijobs.api.main import JobPage, JobView
+from aijobs.api.main import RFC3339_TIME, BatchCreate, JobPage, JobView
 from aijobs.api.pipelines import PipelineError, validate_parameters
 from aijobs.api.rules import MAX_HOLD
-from aijobs.api.storage import StoredObject
+from aijobs.api.storage import ObjectPage, StoredObject
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_services.kit import outbound
@@ -40,6 +45,7 @@ from aijobs_services.main.limits import AtLimit, Slot, SubmissionLimiter, Submis
 from aijobs_services.main.settings import MainSettings
 
 __all__ = [
+    "Batch",
     "Edges",
     "Order",
     "Submission",
@@ -47,14 +53,14 @@ __all__ = [
     "delete_job",
     "list_jobs",
     "parse",
+    "parse_batch",
     "read_job",
     "submit",
 ]
 
-# RFC 3339 as the CRD's `format: date-time` reads it: separators, a zone, nothing else.
 # A runAt the schema admits (a date-time) that no job may have: past, or beyond a hold's life.
 BAD_RUN_AT, BAD_RUN_AT_TITLE = "bad-run-at", "Invalid run time"
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+RFC3339 = re.compile(RFC3339_TIME)
 
 
 class Unavailable(Problem):
@@ -73,13 +79,23 @@ class Order:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """A batch's input: the account's images under ``prefix`` (its set), and its failure policy."""
+
+    set: str
+    prefix: str
+    max_failed_images: int | None
+
+
+@dataclass(frozen=True)
 class Submission:
     user: str
     account: str
     namespace: str
     key: str
     order: Order
-    content: bytes | None  # an upload, or None for a URL
+    content: bytes | None  # an upload, or None for a URL or a batch
+    batch: Batch | None = None
 
 
 @dataclass(frozen=True)
@@ -175,21 +191,26 @@ def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
     return when
 
 
-def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None, has_file: bool) -> Order:
-    try:
-        params = json.loads(parameters)
-    except (ValueError, RecursionError) as exc:
-        raise Unprocessable(
-            "parameters: must be a JSON object", slug="bad-pipeline", title="Invalid pipeline or parameters"
-        ) from exc
+def _pipeline_parameters(pipeline: str, params: object) -> dict[str, Any]:
+    """The parameters ``pipeline`` takes, with its defaults, or a refusal naming the one it doesn't."""
     if not isinstance(params, dict):
         raise Unprocessable(
             "parameters: must be a JSON object", slug="bad-pipeline", title="Invalid pipeline or parameters"
         )
     try:
-        params = validate_parameters(pipeline, params)
+        return validate_parameters(pipeline, params)
     except PipelineError as exc:
         raise Unprocessable(str(exc), slug="bad-pipeline", title="Invalid pipeline or parameters") from exc
+
+
+def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None, has_file: bool) -> Order:
+    try:
+        decoded = json.loads(parameters)
+    except (ValueError, RecursionError) as exc:
+        raise Unprocessable(
+            "parameters: must be a JSON object", slug="bad-pipeline", title="Invalid pipeline or parameters"
+        ) from exc
+    params = _pipeline_parameters(pipeline, decoded)
     if has_file == (url is not None):
         # The schema says it too (``oneOf``): a request that fits it never meets this.
         raise Unprocessable("give exactly one of file (an upload) or url", slug="validation-error")
@@ -197,6 +218,19 @@ def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None
         outbound.parse(url, "url")  # well formed, or refused before anything is stored
     start = parse_run_at(run_at, utcnow()) if run_at else None
     return Order(pipeline, params, start, run_at, url)
+
+
+def set_prefix(account: str, set_name: str) -> str:
+    """Where a set's images are in Storage: the account's own keys, so no other account's."""
+    return f"{account}/{set_name}/"
+
+
+def parse_batch(body: BatchCreate, account: str) -> tuple[Order, Batch]:
+    """A batch order, checked as a single one is (pipeline, parameters, time)."""
+    params = _pipeline_parameters(body.pipeline, body.parameters)
+    start = parse_run_at(body.run_at, utcnow()) if body.run_at else None
+    order = Order(body.pipeline, params, start, body.run_at, None)
+    return order, Batch(body.set, set_prefix(account, body.set), body.max_failed_images)
 
 
 async def read_job(kube: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:
@@ -276,15 +310,16 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, JobView]:
     """Returns (201, the new job's view) or (200, the job an earlier try with this key made)."""
     order = sub.order
     name = jobs.job_name(sub.user, sub.key)
-    digest = jobs.request_digest(
-        {
-            "pipeline": order.pipeline,
-            "parameters": order.parameters,
-            "runAt": order.run_at_text,
-            "url": order.url,
-            "file": hashlib.sha256(sub.content).hexdigest() if sub.content is not None else None,
-        }
-    )
+    fields: dict[str, Any] = {
+        "pipeline": order.pipeline,
+        "parameters": order.parameters,
+        "runAt": order.run_at_text,
+        "url": order.url,
+        "file": hashlib.sha256(sub.content).hexdigest() if sub.content is not None else None,
+    }
+    if sub.batch is not None:  # only then: a single job's digest stays what it always was
+        fields["batch"] = {"set": sub.batch.set, "maxFailedImages": sub.batch.max_failed_images}
+    digest = jobs.request_digest(fields)
     existing = await read_job(edges.kube, sub.namespace, name)
     if existing is not None:
         _same_request_or_refuse(existing, digest, sub.key)
@@ -296,6 +331,27 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, JobView]:
         return await _stage_and_create(sub, name, digest, edges)
     finally:
         await _release(slots, slot)  # the job exists (the listing counts it), or was refused
+
+
+async def _refuse_an_empty_set(sub: Submission, batch: Batch, edges: Edges) -> None:
+    """A batch of nothing would be refused by the operator after the user has left; say it now."""
+    try:
+        found = await edges.storage.fetch(
+            ObjectPage,
+            "GET",
+            "/v1/objects",
+            params={"account": sub.account, "prefix": batch.prefix, "limit": 1},
+        )
+    except Ambiguous as exc:
+        raise Unavailable(
+            f"{exc}; retry with the same Idempotency-Key", headers={"Retry-After": "2"}
+        ) from exc
+    if not found.items:
+        raise Unprocessable(
+            f"set {batch.set!r} has no images: upload them first (PUT /v1/uploads/{batch.set}/NAME)",
+            slug="empty-set",
+            title="Empty set",
+        )
 
 
 async def _stage_and_create(sub: Submission, name: str, digest: str, edges: Edges) -> tuple[int, JobView]:
@@ -321,6 +377,9 @@ async def _stage_and_create(sub: Submission, name: str, digest: str, edges: Edge
             ) from exc
         staged = stored.id
         job_input: dict[str, Any] = {"storageRef": {"objectId": stored.id}}
+    elif sub.batch is not None:
+        await _refuse_an_empty_set(sub, sub.batch, edges)
+        job_input = {"batch": {"prefix": sub.batch.prefix}}
     else:
         job_input = {"url": order.url}
     deadline = (order.run_at or utcnow()) + dt.timedelta(seconds=edges.settings.job_deadline_seconds)
@@ -335,6 +394,7 @@ async def _stage_and_create(sub: Submission, name: str, digest: str, edges: Edge
         run_at=order.run_at,
         deadline=deadline,
         digest=digest,
+        max_failed_images=sub.batch.max_failed_images if sub.batch is not None else None,
     )
     try:
         created: Any = await run_in_threadpool(
