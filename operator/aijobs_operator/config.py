@@ -36,6 +36,9 @@ class OperatorSettings(BaseSettings):
     )
     call_timeout_seconds: float = Field(default=10.0, gt=0)
     default_deadline_seconds: int = Field(default=3600, ge=10)
+    batch_default_deadline_seconds: int = Field(
+        default=86400, ge=10, description="A batch job's deadline when its spec names none"
+    )
     hold_grace_seconds: int = Field(
         default=3600, ge=0, description="A hold outlives the deadline by this much"
     )

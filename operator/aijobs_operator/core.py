@@ -111,6 +111,9 @@ class Policy:
     default_deadline: dt.timedelta = dt.timedelta(hours=1)
     hold_grace: dt.timedelta = dt.timedelta(hours=1)
     compensation_max_backoff: float = 60.0
+    # A batch's default deadline: its size is not known at acceptance, and an hour is ~40,000
+    # images at the worker's CPU pace, so a batch without a deadline gets a day.
+    batch_default_deadline: dt.timedelta = dt.timedelta(days=1)
 
     def for_job(self, spec: AIImageJobSpec) -> Policy:
         retry = spec.retry_policy
@@ -118,9 +121,10 @@ class Policy:
             max_attempts=retry.max_attempts,
             initial_backoff=float(retry.initial_backoff_seconds),
             max_backoff=float(retry.max_backoff_seconds),
-            default_deadline=self.default_deadline,
+            default_deadline=self.batch_default_deadline if spec.is_batch else self.default_deadline,
             hold_grace=self.hold_grace,
             compensation_max_backoff=self.compensation_max_backoff,
+            batch_default_deadline=self.batch_default_deadline,
         )
 
 

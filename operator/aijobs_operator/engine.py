@@ -59,6 +59,7 @@ class Reconciler:
         self.clock = clock
         self._policy = core.Policy(
             default_deadline=dt.timedelta(seconds=cfg.default_deadline_seconds),
+            batch_default_deadline=dt.timedelta(seconds=cfg.batch_default_deadline_seconds),
             hold_grace=dt.timedelta(seconds=cfg.hold_grace_seconds),
         )
         self.cache: dict[Key, dict[str, Any]] = {}

@@ -77,3 +77,14 @@ def _spec(limit: int | None) -> AIImageJobSpec:
 def test_a_batch_past_its_failure_policy(limit: int | None, failed: int, exceeded: bool) -> None:
     status = BatchStatus(total=10, succeeded=10 - failed, failed=failed)
     assert batch_exceeded(_spec(limit), status) is exceeded
+
+
+def test_a_batch_without_a_deadline_gets_a_day_a_single_job_an_hour() -> None:
+    from aijobs_operator.core import Policy
+
+    policy = Policy()
+    single = AIImageJobSpec.model_validate(
+        {"account": "acme", "pipeline": "grayscale", "price": 1, "input": {"url": "https://x.example/a.png"}}
+    )
+    assert policy.for_job(single).default_deadline == dt.timedelta(hours=1)
+    assert policy.for_job(_spec(None)).default_deadline == dt.timedelta(days=1)

@@ -1058,6 +1058,7 @@ class World:
                     await self._sync(name)
             self._work()
             self.payment.sweep()
+            await self.operator.follow()  # the follower runs on, as in production
             while self.kube.watch:
                 self._deliver_watch()
             for key in list(self.kube.objects):
