@@ -1,10 +1,12 @@
 """Shared pieces of the benchmark scripts: latency percentiles and a uniform report line; the
 stack a bench runs on and what it reads of it from outside (CPU seconds by program, memory of a
 process, API writes from the API server's audit log, HTTP calls from the services' metrics,
-phases of the jobs as a cheap server-side table); and crops of real photographs."""
+phases of the jobs as a cheap server-side table, the load average); crops of real photographs;
+and the worker's own stages timed alone, the yardstick of the end-to-end ratios."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -13,6 +15,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -261,3 +264,67 @@ def http_requests(stack: Stack) -> Counter[str]:
 def diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, float]:
     """What each key gained between two readings."""
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def job_writes(audit_log: Path, name: str, namespace: str) -> Counter[str]:
+    """One job's API writes from the API server's audit log, by kind: ``patch``/``update`` of
+    the object itself (a finalizer, labels), of its ``status``, and ``event create`` for the
+    Events posted in its namespace (a bench's namespace holds that job alone, and only the
+    operator posts Events there). The user's own create is not the system's write: left out."""
+    counts: Counter[str] = Counter()
+    for line in audit_log.read_text().splitlines():
+        entry = json.loads(line)
+        ref = entry.get("objectRef") or {}
+        if entry.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace:
+            continue
+        if (
+            ref.get("resource") == "aiimagejobs"
+            and ref.get("name") == name
+            and entry["verb"] in ("patch", "update")
+        ):
+            counts[f"{entry['verb']} {ref.get('subresource') or 'object'}"] += 1
+        elif ref.get("resource") == "events" and entry["verb"] == "create":
+            counts["event create"] += 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------- the worker alone
+def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
+    """(seconds, CPU seconds) for ``images`` through the worker's own stages, in this process:
+    decode on a 4-thread pool, ``Runner.run`` on batches of the worker's ``max_tasks``, encode
+    on the pool, as :meth:`aijobs_worker.loop.Worker.process` does between fetch and upload;
+    after one warm-up lease (the model loads, the allocator warms up). bench/e2e.py measures
+    upscale-x2 the same way; this one takes the pipeline."""
+    import torch
+    from aijobs_worker import codec
+    from aijobs_worker.config import WorkerSettings
+    from aijobs_worker.runner import Item, Runner, pick_device
+
+    cfg = WorkerSettings(device="cpu")
+    runner = Runner(pick_device(cfg.device), None, cfg.max_batch)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
+
+    def one_lease(batch: list[bytes]) -> None:
+        decoded = list(pool.map(codec.decode, batch))
+        items = [Item(f"t{i}", pipeline, {}, image) for i, image in enumerate(decoded)]
+        runner.run(items)
+        outputs: list[torch.Tensor] = []
+        for item in items:
+            if item.output is None:
+                raise RuntimeError(f"the runner failed an image: {item.error}")
+            outputs.append(item.output)
+        list(pool.map(codec.encode, outputs))
+
+    one_lease(images[: cfg.max_tasks])
+    started, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, len(images), cfg.max_tasks):
+        one_lease(images[start : start + cfg.max_tasks])
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    pool.shutdown()
+    return seconds, cpu_seconds
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages, quoted with every figure of a shared machine."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
