@@ -88,6 +88,7 @@ __all__ = [
     "idempotency_key",
     "iso",
     "parse",
+    "progress_interval",
     "refuse_unreadable",
     "succeeded",
 ]
@@ -599,6 +600,14 @@ def batch_stage(
             return "waiting-for-run-at"
         return "running"
     return "ended"
+
+
+def progress_interval(base: float, running: float) -> float:
+    """How long a batch's progress waits before its next status write: ``base`` seconds for its
+    first ten, then a tenth of the time it has been running. Writes then grow with the logarithm
+    of a batch's duration (about 10 + 10.5 ln(T / 10 base): ~30 for half an hour at the default
+    30 s, ~70 for a day), never with its number of images; the last one comes at once."""
+    return max(base, running / 10)
 
 
 def batch_charge(price: int, delivered: int, total: int) -> int:

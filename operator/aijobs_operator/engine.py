@@ -69,6 +69,7 @@ class Reconciler:
         # at most once per ``batch_progress_seconds``, so its writes grow with time, not images.
         self.counts: dict[str, JobTaskCounts] = {}
         self._progress_due: dict[str, dt.datetime] = {}  # when a batch's progress pass is set for
+        self._progress_since: dict[str, dt.datetime] = {}  # when this process first followed it
         self._gone: set[str] = set()  # uids of deleted jobs (a job's name may be reused, its uid never)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -204,11 +205,13 @@ class Reconciler:
 
     async def _follow_batches(self, batches: dict[str, tuple[Key, int | None]]) -> None:
         """One counts read for every batch waiting on its images. A batch whose counts moved gets
-        one pass when ``batch_progress_seconds`` are up (each pass is one status write), and one
-        at once when its last image ends or its failures pass its ``maxFailedImages``."""
+        one pass when its progress interval is up (:func:`core.progress_interval`; each pass is
+        one status write), and one at once when its last image ends or its failures pass its
+        ``maxFailedImages``."""
         for uid in [u for u in self.counts if u not in batches]:
             del self.counts[uid]
             self._progress_due.pop(uid, None)
+            self._progress_since.pop(uid, None)
         uids = list(batches)
         for start in range(0, len(uids), 1000):
             METRICS.follow_requests.inc()
@@ -230,7 +233,9 @@ class Reconciler:
                 # changed meanwhile; it reads the latest counts.
                 due = self._progress_due.get(counts.job_id)
                 if due is None or now >= due:
-                    every = self.cfg.batch_progress_seconds
+                    since = self._progress_since.setdefault(counts.job_id, now)
+                    running = (now - since).total_seconds()
+                    every = core.progress_interval(self.cfg.batch_progress_seconds, running)
                     self._progress_due[counts.job_id] = now + dt.timedelta(seconds=every)
                     self.later(key, every)
 

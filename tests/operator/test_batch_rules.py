@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from aijobs_operator.core import batch_charge, batch_exceeded, batch_stage
+from aijobs_operator.core import batch_charge, batch_exceeded, batch_stage, progress_interval
 
 from aijobs.api.ai import JobTaskCounts
 from aijobs.api.v1alpha1 import AIImageJobSpec, BatchStatus
@@ -88,3 +88,22 @@ def test_a_batch_without_a_deadline_gets_a_day_a_single_job_an_hour() -> None:
     )
     assert policy.for_job(single).default_deadline == dt.timedelta(hours=1)
     assert policy.for_job(_spec(None)).default_deadline == dt.timedelta(days=1)
+
+
+def _progress_writes(duration: float, base: float = 30.0) -> int:
+    """The progress writes a batch running ``duration`` seconds gets, interval after interval."""
+    t, writes = 0.0, 0
+    while True:
+        t += progress_interval(base, t)
+        if t >= duration:
+            return writes
+        writes += 1
+
+
+@pytest.mark.parametrize(("duration", "at_most"), [(60, 2), (300, 10), (1800, 30), (3600, 37), (86400, 72)])
+def test_a_batchs_progress_writes_grow_with_the_log_of_its_duration(duration: float, at_most: int) -> None:
+    """Every 30 s at first, then a tenth of the time run: a 10,000-image batch that takes half
+    an hour on this machine stays within 50 API writes with its finalizer, first pass, capture
+    and delivery, and a day-long one writes about 70 times, whatever its size."""
+    assert _progress_writes(duration) <= at_most
+    assert _progress_writes(duration) >= min(duration // 30 - 1, 10)  # it does report progress
