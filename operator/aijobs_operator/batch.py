@@ -31,13 +31,13 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from aijobs.api import ai, auth, payment, storage
+from aijobs.api import ai, payment, storage
 from aijobs.api.rules import MAX_BATCH_IMAGES
 from aijobs.api.v1alpha1 import BatchFailure, BatchStatus, ManifestLine
 from aijobs.wire.client import Ambiguous, Refused
 from aijobs_operator import core
 from aijobs_operator.core import Done, Waiting, hold_expiry, idempotency_key, iso
-from aijobs_operator.steps import Call, StepFailed, bulk_call, record_delivery, refused, same_bytes
+from aijobs_operator.steps import Call, StepFailed, authorize, bulk_call, record_delivery, refused, same_bytes
 
 __all__ = [
     "cancel_tasks",
@@ -116,15 +116,7 @@ def progress(total: int, counts: ai.JobTaskCounts, digest_: str | None = None) -
 async def charge(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
     spec = job.spec
-    try:
-        await svc.auth.fetch(
-            auth.ChargeAuthorized,
-            "POST",
-            "/v1/authorize-charge",
-            json=auth.BindingRequest(namespace=job.namespace, account=spec.account).wire(),
-        )
-    except Refused as exc:
-        raise refused("TenantNotAllowed", exc) from exc
+    await authorize(call)
     images = await frozen_set(call)
     prefix = _prefix(call)
     if not images:

@@ -129,18 +129,25 @@ def refused(reason: str, exc: Refused) -> StepFailed:
     return StepFailed(reason, f"{exc.service} refused: {exc.detail or exc.kind}")
 
 
-async def charge(call: Call) -> Done | Waiting:
-    job, svc = call.job, call.svc
-    spec = job.spec
+async def authorize(call: Call) -> None:
+    """Auth says the job's namespace may charge its account, or the charge is refused
+    (``TenantNotAllowed``): the first thing a charge does, for one image or a batch."""
+    job = call.job
     try:
-        await svc.auth.fetch(
+        await call.svc.auth.fetch(
             auth.ChargeAuthorized,
             "POST",
             "/v1/authorize-charge",
-            json=auth.BindingRequest(namespace=job.namespace, account=spec.account).wire(),
+            json=auth.BindingRequest(namespace=job.namespace, account=job.spec.account).wire(),
         )
     except Refused as exc:
         raise refused("TenantNotAllowed", exc) from exc
+
+
+async def charge(call: Call) -> Done | Waiting:
+    job, svc = call.job, call.svc
+    spec = job.spec
+    await authorize(call)
     # The expiry comes from the log (the deadline fixed at acceptance), never from the clock: a
     # retry under the same key must send the same body.
     expires = hold_expiry(job.status, job.policy)
