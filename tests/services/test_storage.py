@@ -327,6 +327,9 @@ def test_concurrent_puts_of_one_key_store_one_object(
     engine = make_engine(pg_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from objects")).scalar() == 1
+        # The puts that lost the key's race took their bytes back with their rows.
+        usage = conn.execute(sa.text("select account, bytes, objects from account_usage")).all()
+        assert [tuple(row) for row in usage] == [("acme", len(picture), 1)]
     engine.dispose()
     assert len(_files(tmp_path / "vol" / "blobs")) == 1
     deadline = time.monotonic() + 10

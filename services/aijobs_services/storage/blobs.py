@@ -6,11 +6,15 @@ Write path: stream into ``tmp/`` while hashing -> fsync the file -> rename to ``
 the two leaves an unreferenced blob, which the collector removes.
 
 Blobs are shared by content, so a new object may re-use a blob whose last object was deleted
-while the collector is deciding to remove it. Two things rule that out: keeping a blob that
-already exists refreshes its timestamp (the collector spares young blobs), and a put holds a
-shared lock on the volume from keeping the blob until its record is committed, while the
-collector holds it exclusively from reading the in-use set until its removals are done
-(``fcntl`` locks: they hold across the service's worker processes too).
+while the collector is deciding to remove it. Three things rule that out. Keeping a blob that
+already exists refreshes its timestamp, and the collector only considers blobs older than its
+horizon. A put holds a shared lock on the volume from keeping the blob until its record is
+committed. The collector lists and stats the blob files, and looks up which old ones are still
+in use, with no lock at all (puts go on: that walk grows with the volume); then it takes the lock
+exclusively and, for the few it found unused, looks their use up again and re-reads their
+timestamps before removing them: with no put between keeping and recording, a blob taken up since
+the listing is either recorded or young (``fcntl`` locks: they hold across the service's worker
+processes too).
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ class BlobStore:
         return self._locked(fcntl.LOCK_SH)
 
     def collecting(self) -> contextlib.AbstractContextManager[None]:
-        """Held by the collector from reading the in-use set until its removals are done."""
+        """Held by the collector from its last look-up of which blobs are in use until its
+        removals are done."""
         return self._locked(fcntl.LOCK_EX)
 
     def path(self, sha256: str) -> Path:
@@ -120,9 +125,23 @@ class BlobStore:
             return True
         return False
 
+    def kept_at(self, sha256: str) -> float | None:
+        """When the blob was last kept (its mtime); None if it is not there."""
+        return _mtime(self.path(sha256))
+
     def all_blobs(self) -> list[tuple[str, float]]:
-        """(sha256, mtime) of every blob on the volume."""
-        return [(p.name, p.stat().st_mtime) for p in self.blobs.glob("*/*/*") if p.is_file()]
+        """(sha256, mtime) of every blob on the volume; read with no lock, so one removed meanwhile
+        (by another process's collector) is left out."""
+        found = ((p.name, _mtime(p)) for p in self.blobs.glob("*/*/*"))
+        return [(sha, mtime) for sha, mtime in found if mtime is not None]
 
     def stale_temp_files(self, older_than: float) -> list[Path]:
-        return [p for p in self.tmp.iterdir() if p.stat().st_mtime < older_than]
+        """Leftovers of receives that died; a part file a put discards meanwhile is left out."""
+        return [p for p in self.tmp.iterdir() if (mtime := _mtime(p)) is not None and mtime < older_than]
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None

@@ -34,6 +34,18 @@ class StoredObject(StorageBase):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
 
 
+class AccountUsage(StorageBase):
+    """An account's live bytes (its staging and committed objects, manifests included), moved in
+    the same transaction as the object rows it sums: a put's quota check is then one keyed row,
+    and the volume's use the sum of one row per account, however many objects they hold."""
+
+    __tablename__ = "account_usage"
+
+    account: Mapped[str] = mapped_column(sa.String(63), primary_key=True)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    objects: Mapped[int] = mapped_column(sa.BigInteger)
+
+
 # A batch's inputs, listed by account and key prefix in byte order (objects.inputs_query): the
 # range scan needs the key's bytewise order in the index, not the database's locale. The
 # collation rides in ``postgresql_ops`` (PostgreSQL's ``column [COLLATE c] [opclass]``) so the

@@ -4,26 +4,35 @@ Keys are compared and ordered byte by byte (``COLLATE "C"`` on PostgreSQL, SQLit
 ``BINARY``): a prefix is then a range of keys, ``prefix <= key < successor(prefix)``, which an
 index scans in order, and a page's ``after`` means the same whatever the database's locale (an
 ``en_US`` collation would sort ``a-b`` between ``ab`` and ``ac``). A prefix read as a ``LIKE``
-pattern would also make ``_`` and ``%`` wildcards; a range has none."""
+pattern would also make ``_`` and ``%`` wildcards; a range has none.
+
+Space is counted, never summed: each account's live bytes are one ``account_usage`` row that a
+put moves in the savepoint of the record it counts and a delete moves with the state it changes,
+so a put's checks read one keyed row and one row per account, however many objects are stored."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Conflict, NotFound
 from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged
 from aijobs_services.storage.images import ImageInfo, inspect_image
 from aijobs_services.storage.manifests import inspect_manifest
-from aijobs_services.storage.models import StoredObject
+from aijobs_services.storage.models import AccountUsage, StoredObject
 from aijobs_services.storage.settings import StorageSettings
 
 LIVE = ("staging", "committed")
+REFERENCE_CHUNK = 500  # sha256s per indexed lookup: within SQLite's and PostgreSQL's parameter limits
 
 
 class KeyTaken(Conflict):
@@ -85,16 +94,53 @@ def same_or_conflict(existing: StoredObject, sha256: str) -> StoredObject:
     return existing
 
 
-def check_capacity(session: Session, account: str, size: int, capacity: int, quota: int) -> None:
-    live = sa.select(sa.func.coalesce(sa.func.sum(StoredObject.size), 0)).where(StoredObject.state.in_(LIVE))
-    if capacity and int(session.scalar(live) or 0) + size > capacity:
+def _moved(session: Session, stmt: sa.Update) -> int:
+    """Rows a Core update changed; the ORM's identity map is left alone (callers fix it up)."""
+    result = session.execute(stmt.execution_options(synchronize_session=False))
+    return cast("sa.CursorResult[Any]", result).rowcount
+
+
+def _open_account(session: Session, account: str) -> None:
+    """The account's usage row, created at zero on its first put (a concurrent first put's row
+    is waited for, then left as it is)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(AccountUsage).values(account=account, bytes=0, objects=0).on_conflict_do_nothing())
+
+
+def reserve(session: Session, account: str, size: int, capacity: int, quota: int) -> None:
+    """Count ``size`` more bytes for ``account``, or refuse (507) if the volume's ``capacity``
+    or the account's ``quota`` would be exceeded (0: no limit). The quota is checked and taken in
+    one keyed update, which row-locks the account's usage until the transaction ends: of two
+    concurrent puts that only one fits, the second sees the first's bytes. The capacity is read
+    as it stands (one row per account), as it always was: a limit kept before the disk fills."""
+    used = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(AccountUsage.bytes), 0)))
+    if capacity and int(used or 0) + size > capacity:
         raise DiskFull(
             f"the storage volume's capacity ({capacity} bytes) would be exceeded; nothing was stored"
         )
-    if quota and int(session.scalar(live.where(StoredObject.account == account)) or 0) + size > quota:
-        raise DiskFull(
-            f"account {account!r} would exceed its storage quota ({quota} bytes); nothing was stored"
-        )
+    take = (
+        sa.update(AccountUsage)
+        .where(AccountUsage.account == account)
+        .values(bytes=AccountUsage.bytes + size, objects=AccountUsage.objects + 1)
+    )
+    if quota:
+        take = take.where(AccountUsage.bytes + size <= quota)
+    if _moved(session, take):
+        return
+    _open_account(session, account)  # nothing moved: a first put, or over the quota
+    if _moved(session, take):
+        return
+    raise DiskFull(f"account {account!r} would exceed its storage quota ({quota} bytes); nothing was stored")
+
+
+def release(session: Session, account: str, size: int) -> None:
+    """Uncount a live object's bytes (its row was made live by a put, so the account's row exists)."""
+    _moved(
+        session,
+        sa.update(AccountUsage)
+        .where(AccountUsage.account == account)
+        .values(bytes=AccountUsage.bytes - size, objects=AccountUsage.objects - 1),
+    )
 
 
 def store_staged(
@@ -124,10 +170,12 @@ def store_staged(
             # A manifest is the operator's receipt for a batch already charged: the account's
             # quota, a definite no, must not strand it (the disk's capacity, which frees up, may).
             quota = 0 if kind == "manifest" else settings.account_quota_bytes
-            check_capacity(session, account, staged.size, settings.capacity_bytes, quota)
-            blobs.keep(staged)  # durable under its content name before any record points at it
             try:
                 with session.begin_nested():
+                    # Counted in the savepoint of its record: a put that loses the key's race
+                    # below takes its bytes back with its row; a refusal keeps no blob.
+                    reserve(session, account, staged.size, settings.capacity_bytes, quota)
+                    blobs.keep(staged)  # durable under its content name before any record points at it
                     obj = record(
                         session,
                         key=key,
@@ -181,7 +229,11 @@ def record(
 
 
 def commit(session: Session, object_id: str, job_id: str) -> StoredObject:
-    obj = get(session, object_id)
+    # Row-locked: a delete racing this commit is seen, not overwritten back to live (its bytes
+    # already uncounted).
+    obj = session.get(StoredObject, object_id, with_for_update=True)
+    if obj is None:
+        raise UnknownObject(f"no object {object_id!r}")
     if obj.state == "deleted":
         raise ObjectDeleted(f"object {object_id} was deleted")
     if obj.job_id not in (None, job_id):
@@ -194,9 +246,23 @@ def commit(session: Session, object_id: str, job_id: str) -> StoredObject:
 
 
 def delete(session: Session, obj: StoredObject) -> StoredObject:
-    if obj.state != "deleted":
-        obj.state, obj.deleted_at = "deleted", utcnow()
-        session.flush()
+    """Mark a live object deleted and uncount its bytes. Conditional on the row as stored: of two
+    deletes racing (a caller's and the collector's expiry, or two callers'), only the one whose
+    update moves the row uncounts it."""
+    if obj.state == "deleted":
+        return obj
+    now = utcnow()
+    gone = (
+        sa.update(StoredObject)
+        .where(StoredObject.id == obj.id, StoredObject.state != "deleted")
+        .values(state="deleted", deleted_at=now)
+    )
+    if _moved(session, gone):
+        release(session, obj.account, obj.size)
+        set_committed_value(obj, "state", "deleted")
+        set_committed_value(obj, "deleted_at", now)
+    else:
+        session.refresh(obj)  # another delete won: answer with its row
     return obj
 
 
@@ -277,6 +343,48 @@ def inputs_under(
     return list(session.scalars(stmt))
 
 
+def referenced(session: Session, shas: Sequence[str]) -> set[str]:
+    """Which of ``shas`` a live object points at: lookups on the ``sha256`` index, a chunk at a
+    time, never the whole live set."""
+    found: set[str] = set()
+    for start in range(0, len(shas), REFERENCE_CHUNK):
+        chunk = shas[start : start + REFERENCE_CHUNK]
+        found.update(
+            session.scalars(
+                sa.select(StoredObject.sha256)
+                .where(StoredObject.sha256.in_(chunk), StoredObject.state.in_(LIVE))
+                .distinct()
+            )
+        )
+    return found
+
+
+def unreferenced_blobs(session: Session, blobs: BlobStore, horizon: float) -> list[str]:
+    """Blobs the collector may remove: last kept before ``horizon`` and, when looked up, used by
+    no live object. Read with no lock, so puts go on meanwhile: a blob spared here is only left
+    for the next sweep, and one found here is checked again under the lock
+    (:func:`remove_unreferenced`)."""
+    old = [sha for sha, mtime in blobs.all_blobs() if mtime < horizon]
+    with session.begin():
+        used = referenced(session, old)
+    return [sha for sha in old if sha not in used]
+
+
+def remove_unreferenced(session: Session, blobs: BlobStore, suspects: Sequence[str], horizon: float) -> int:
+    """Remove those of ``suspects`` still unused and still old. Under the volume's exclusive lock
+    no put is between keeping a blob and committing its record, so a blob taken up again since
+    the listing is either recorded (the lookup sees it) or kept afresh (its time is young)."""
+    removed = 0
+    with blobs.collecting():
+        with session.begin():
+            used = referenced(session, suspects)
+        for sha in suspects:
+            mtime = blobs.kept_at(sha)
+            if sha not in used and mtime is not None and mtime < horizon and blobs.remove(sha):
+                removed += 1
+    return removed
+
+
 def collect(session: Session, blobs: BlobStore, staging_grace: int, deleted_grace: int) -> int:
     """Delete uncommitted uploads past their grace, then remove blob files no live object
     references (older than ``deleted_grace``, so a blob being recorded right now is spared).
@@ -290,18 +398,14 @@ def collect(session: Session, blobs: BlobStore, staging_grace: int, deleted_grac
                 StoredObject.state == "staging",
                 StoredObject.created_at < now - dt.timedelta(seconds=staging_grace),
             )
+            .order_by(StoredObject.account)  # usage rows taken in one order, as any other sweep's
             .with_for_update(skip_locked=True)
-        )
+        ).all()
         for obj in stale:
             delete(session, obj)
             removed += 1
     horizon = now.timestamp() - deleted_grace
-    with blobs.collecting():  # no put is between keeping a blob and recording it
-        with session.begin():
-            live = set(session.scalars(sa.select(StoredObject.sha256).where(StoredObject.state.in_(LIVE))))
-        for sha, mtime in blobs.all_blobs():
-            if sha not in live and mtime < horizon and blobs.remove(sha):
-                removed += 1
+    removed += remove_unreferenced(session, blobs, unreferenced_blobs(session, blobs, horizon), horizon)
     for tmp in blobs.stale_temp_files(horizon):
         tmp.unlink(missing_ok=True)
     return removed
