@@ -9,6 +9,7 @@ repair never moves money on a guess.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -71,6 +72,7 @@ FINDING_KINDS = (
     "task-disagrees",
     "charged-for-failure",
     "orphan-task",
+    "gone-job-leftover",  # what a request that committed after its job was gone left behind
 )
 
 
@@ -86,6 +88,40 @@ class Finding:
     def __post_init__(self) -> None:
         if self.kind not in FINDING_KINDS:
             raise ValueError(f"unknown finding kind {self.kind!r}: add it to FINDING_KINDS")
+
+
+def gone_job_leftovers(records: JobRecords, tasks: JobTaskCounts) -> list[Finding]:
+    """What to undo for a job that is gone from Kubernetes while Payment still holds credits for
+    it (a request that committed after its compensation looked, or after its finalizer went):
+    it was never captured, so nothing was delivered or charged, and everything it left goes, as
+    compensation would have done. ``tasks`` are its tasks' counts after they were asked to stop.
+    The holds are released last, once no task runs and no object is left: an active hold is
+    the mark that the clean-up is not finished, so a pass that stops half way is taken up by the
+    next one."""
+    if tasks.running:
+        return []  # a worker may still store a result: wait for it to stop
+    live = sorted(o.id for o in records.objects if o.state != "deleted")
+    if live:  # one call for all of them (a batch's may be many), keyed by the set it deletes
+        digest = hashlib.sha256(",".join(live).encode()).hexdigest()[:16]
+        shown = ", ".join(live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
+        return [
+            Finding(
+                "gone-job-leftover",
+                "storage",
+                f"{len(live)} object(s) of a job that is gone: {shown}",
+                f"delete-job-objects:{tasks.job_id}/{digest}",
+            )
+        ]
+    return [
+        Finding(
+            "gone-job-leftover",
+            "payment",
+            f"hold {h.id} of {h.amount} credits of a job that is gone",
+            f"release-hold:{h.id}",
+        )
+        for h in records.holds
+        if h.state == "active"
+    ]
 
 
 def findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[Finding]:

@@ -11,7 +11,11 @@ edit or annotation asks for it), after a repair (to see it took), or when its la
 than ``audit_recheck_seconds`` (damage behind the saga's back is found within that bound). Money
 is not left to that bound: each pass reads what Payment holds right now (``GET /v1/holds?state=
 active``, as many holds as jobs in flight, in pages), and a finished job with an active hold is
-audited on that pass, since no finished job may hold credits. When
+audited on that pass, since no finished job may hold credits. A hold of a job that is gone from
+Kubernetes (a request that committed after the job's compensation looked, or after its finalizer
+went: no saga will ever run for it again) is undone in full on that pass too: its tasks stopped,
+its objects deleted, then its holds released (:func:`gone_jobs`, :meth:`Auditor.clean_up_gone`).
+When
 nothing disagrees, nothing is written: a job with no ``status.audit`` has nothing to report, and
 the verdict is in :meth:`Auditor.audit_pass`'s answer and the operator's log.
 
@@ -34,9 +38,9 @@ from aijobs import consistency
 from aijobs.api.ai import JobTasksCancelled, Task
 from aijobs.api.payment import Hold, HoldPage
 from aijobs.api.rules import TERMINAL_PHASES
-from aijobs.api.storage import StoredObject
+from aijobs.api.storage import DeletedObjects, StoredObject
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Audit
-from aijobs.consistency import Finding, JobRecords, findings
+from aijobs.consistency import Finding, JobRecords, findings, gone_job_leftovers
 from aijobs.wire.client import ServiceError
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.core import idempotency_key
@@ -72,6 +76,9 @@ async def repair(svc: Services, uid: str, finding: Finding) -> None:
     elif action == "cancel-job-tasks":  # a batch's: every task of the job still to run
         job_id = target.split("/", 1)[0]
         await svc.ai.fetch(JobTasksCancelled, "POST", f"/v1/jobs/{job_id}/tasks/cancel", key=key)
+    elif action == "delete-job-objects":  # every object of a job that is gone, in one call
+        job_id = target.split("/", 1)[0]
+        await svc.storage.fetch(DeletedObjects, "POST", f"/v1/jobs/{job_id}/objects/delete", key=key)
     else:
         raise ValueError(f"unknown repair {finding.repair!r}")
 
@@ -107,6 +114,19 @@ def audit_due(
     return recheck is not None and now - last.at >= recheck
 
 
+def gone_jobs(
+    held: set[str], known: set[str], deleted: set[str], suspects: set[str]
+) -> tuple[set[str], set[str]]:
+    """Which jobs Payment holds credits for are gone from Kubernetes: the jobs this process saw
+    deleted, and those it has not known for two passes in a row (deleted before it started).
+    ``known`` must be read after ``held``: the operator charges only a job it knows, and knows
+    it until its deletion, so a hold read first cannot be of a job about to be known. Returns
+    (gone, suspects for the next pass)."""
+    unknown = held - known
+    gone = {uid for uid in unknown if uid in deleted or uid in suspects}
+    return gone, unknown - gone
+
+
 class Auditor:
     def __init__(self, cfg: OperatorSettings, reconciler: Reconciler) -> None:
         self.cfg = cfg
@@ -114,11 +134,18 @@ class Auditor:
         self.audited: dict[str, Audited] = {}  # job uid -> its last audit
         seconds = cfg.audit_recheck_seconds
         self._recheck = dt.timedelta(seconds=seconds) if seconds > 0 else None
+        self._suspects: set[str] = set()  # held jobs not known on the last pass
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.audit_interval_seconds)
             await self.audit_pass()
+
+    @property
+    def suspects(self) -> set[str]:
+        """Jobs Payment holds credits for that this process has not known on its last pass: gone
+        on the next one, if still unknown."""
+        return set(self._suspects)
 
     def judged(self, body: dict[str, Any]) -> bool:
         """Whether this version of the job has been audited and left nothing for a person: the TTL
@@ -160,7 +187,41 @@ class Auditor:
         known = {body["metadata"]["uid"] for body in bodies}
         for uid in [u for u in self.audited if u not in known]:  # deleted jobs: forget them
             del self.audited[uid]
+        now_known = {body["metadata"]["uid"] for body in list(self.reconciler.cache.values())}
+        gone, self._suspects = gone_jobs(held, now_known, self.reconciler.gone, self._suspects)
+        for uid in sorted(gone):
+            try:
+                verdicts[uid] = await self.clean_up_gone(uid)
+            except ServiceError as exc:
+                log.warning("clean-up of gone job %s deferred: %s", uid, exc)
         return verdicts
+
+    async def clean_up_gone(self, uid: str) -> str:
+        """Undo what a job that is gone left while Payment still holds credits for it (its
+        finalizer is gone, so its saga never will): stop its tasks, delete its objects, then
+        release its holds (:func:`~aijobs.consistency.gone_job_leftovers`). A task still running
+        is waited for on the next pass. Said in the log and the metrics: the job has no status
+        left to say it in."""
+        svc = self.reconciler.svc
+        # A fresh key each time: cancelling is idempotent in itself, and a task that a late
+        # request created after an earlier call must be cancelled too.
+        stopped = await svc.ai.fetch(
+            JobTasksCancelled,
+            "POST",
+            f"/v1/jobs/{uid}/tasks/cancel",
+            key=idempotency_key(uid, f"audit-gone-cancel:{self.reconciler.clock().isoformat()}"),
+        )
+        verdict = "repaired" if stopped.cancelled or stopped.stopping else "consistent"
+        for _ in range(2):  # the objects, then (nothing left) the holds
+            found = gone_job_leftovers(await fetch_records(svc, uid, batch=True), stopped.counts)
+            if not found:
+                break
+            for finding in found:
+                await repair(svc, uid, finding)
+                METRICS.audit.labels(finding.kind, "repaired").inc()
+                log.warning("job %s is gone: %s; repaired: %s", uid, finding.detail, finding.repair)
+            verdict = "repaired"
+        return verdict
 
     async def held_jobs(self) -> set[str]:
         """The jobs Payment holds credits for now, read page by page. Payment not answering is

@@ -95,6 +95,11 @@ class Reconciler:
         self.cache[key] = body
         self.enqueue(key)
 
+    @property
+    def gone(self) -> set[str]:
+        """The uids of the jobs this process saw deleted."""
+        return self._gone
+
     def enqueue(self, key: Key) -> None:
         if key in self._running:
             self._again.add(key)

@@ -88,3 +88,17 @@ def test_an_auditor_that_leaves_held_credits_to_the_daily_recheck_is_found(
     monkeypatch.setattr(auditor, "audit_due", blind)
     found = _violations(run_range(0, SCHEDULES), "A1")
     assert any("stray-hold " in line and "waited for the daily recheck" in line for line in found)
+
+
+def test_an_auditor_that_leaves_a_gone_jobs_late_commits_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hold, an input and a task that committed after their job was gone stay: no saga will
+    ever run for that job again, and the user's credits stay held for nothing."""
+
+    async def nothing(self: auditor.Auditor, uid: str) -> str:
+        return "consistent"
+
+    monkeypatch.setattr(auditor.Auditor, "clean_up_gone", nothing)
+    found = _violations(run_range(0, 2 * SCHEDULES), "A1")
+    for kind in ("gone-hold", "gone-object", "gone-task"):
+        assert any(f"{kind} " in line and "not repaired" in line for line in found), kind
+    assert any("gone-hold " in line and "waited for the daily recheck" in line for line in found)

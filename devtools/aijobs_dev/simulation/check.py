@@ -241,13 +241,13 @@ def _tenancy(world: World) -> list[Violation]:
 
 
 def _repaired(world: World, damage: Damage) -> bool:
-    if damage.kind == "stray-hold":
+    if damage.kind in ("stray-hold", "gone-hold"):
         return world.payment.holds[damage.target].state != "active"
     if damage.kind == "lost-capture":
         return world.payment.holds[damage.target].state == "captured"
-    if damage.kind == "orphan-object":
+    if damage.kind in ("orphan-object", "gone-object"):
         return world.storage.objects[damage.target].state == "deleted"
-    if damage.kind == "orphan-task":  # cancelled, or ended on its own before the auditor came
+    if damage.kind in ("orphan-task", "gone-task"):  # cancelled, or ended on its own before the auditor came
         task = world.ai.tasks[damage.target]
         return task.state not in ("scheduled", "running") or task.cancel_requested
     raise ValueError(f"no repair for {damage.kind}")
@@ -283,7 +283,7 @@ def _audit(world: World, doubtful: set[str]) -> list[Violation]:
         if move.action == "captured":
             fair = move.phase == "Delivered" and move.evidence and not move.other_captured
         else:
-            fair = move.phase == "Failed" or move.other_captured
+            fair = move.phase in ("Failed", "Gone") or move.other_captured
         if not fair:
             found.append(
                 Violation(

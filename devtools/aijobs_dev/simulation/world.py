@@ -161,7 +161,7 @@ class MoneyMove:
     uid: str
     action: str  # captured | released
     hold: str
-    phase: str | None  # the job's phase in the API server then
+    phase: str | None  # the job's phase in the API server then ("Gone": deleted)
     evidence: bool  # AI said the task succeeded and Storage held its result, committed
     other_captured: bool  # another hold of the job was captured already
 
@@ -684,7 +684,9 @@ class World:
             uid,
             state,
             hold_id,
-            (body.get("status") or {}).get("phase") if body is not None else None,
+            "Gone"  # its finalizer went: nothing of it is left in Kubernetes
+            if body is None or body["metadata"]["uid"] != uid
+            else (body.get("status") or {}).get("phase"),
             evidence,
             any(h.state == "captured" for h in others),
         )
@@ -922,6 +924,8 @@ class World:
 
     def _damage(self) -> None:
         """Change a finished job's records behind the operator's back (see :class:`Damage`)."""
+        if self.rng.random() < 0.25 and self._late_commits():
+            return
         finished = [
             (job, body)
             for job in self.jobs
@@ -1013,6 +1017,62 @@ class World:
         self.damage.append(Damage(job.uid, kind, target, self.clock))
         self.fire(f"damage:{kind}", f"{target} of {job.name}")
 
+    def _late_commits(self) -> bool:
+        """Requests that commit after their job is gone (delayed on the way, or sent by a pass that
+        did not know of the deletion): a hold, an input and a task appear for a job whose
+        finalizer went, whose saga will never run again. Only the auditor can undo them."""
+        gone = [
+            job
+            for job in self.jobs
+            if job.deleted_at is not None
+            and (
+                (body := self.kube.objects.get((job.namespace, job.name))) is None
+                or body["metadata"]["uid"] != job.uid
+            )
+            and not any(h.job_id == job.uid and h.state == "captured" for h in self.payment.holds.values())
+            and not any(d.uid == job.uid for d in self.damage)
+        ]
+        if not gone:
+            return False
+        job = self.rng.choice(gone)
+        account = self.payment.accounts[job.account]
+        if account.available < job.price:
+            return False
+        hold = Hold(
+            self.payment.new_id("hold"),
+            job.account,
+            job.uid,
+            job.price,
+            HoldState.ACTIVE,
+            # Past any clock jump or skip to a far runAt, as a lost capture's: the auditor finds a late
+            # commit while its hold is active (an expired one gave the credits back by itself).
+            self.clock + dt.timedelta(days=3650),
+            self.clock,
+        )
+        self.payment.holds[hold.id] = hold
+        account.available -= job.price
+        account.held += job.price
+        reply = self.storage.store(f"job:{job.uid}:late", job.account, job.uid, "input", b"late-input")
+        placed = [("gone-hold", hold.id), ("gone-object", reply.body["id"])]
+        # A task is keyed by its job (or image): a late one is the job's only task.
+        if not any(t.job_id == job.uid for t in self.ai.tasks.values()):
+            task = Task(
+                self.ai.new_id("task"),
+                job.uid,
+                job.account,
+                "resize",
+                {},
+                reply.body["id"],
+                run_at=self.clock + dt.timedelta(days=365),
+                updated_at=self.clock,
+            )
+            self.ai.tasks[task.id] = task
+            placed.append(("gone-task", task.id))
+        for kind, target in placed:
+            self.damage.append(Damage(job.uid, kind, target, self.clock))
+        self.fire("late-commit-after-gone", f"{', '.join(t for _, t in placed)} of {job.name}")
+        return True
+
     def settled(self) -> bool:
         for body in self.kube.objects.values():
             if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
@@ -1036,14 +1096,16 @@ class World:
         self.unsettled_before_recheck = [
             d
             for d in self.damage
-            if d.kind in ("stray-hold", "lost-capture") and self.payment.holds[d.target].state == "active"
+            if d.kind in ("stray-hold", "lost-capture", "gone-hold")
+            and self.payment.holds[d.target].state == "active"
         ]
         self.clock += dt.timedelta(seconds=self.cfg.audit_recheck_seconds)
         await self._audit_rounds()
 
     async def _audit_rounds(self) -> None:
         for _ in range(3):
-            if "repaired" not in await self._audit():
+            # A job gone before this process started is taken for gone on its second pass.
+            if "repaired" not in await self._audit() and not self.auditor.suspects:
                 break
 
     async def _heal(self, heal_rounds: int) -> None:

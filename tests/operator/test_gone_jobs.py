@@ -1,0 +1,69 @@
+"""A job gone from Kubernetes while Payment still holds credits for it: which jobs count as gone,
+and what is undone for them, in which order (the rules the auditor runs; the simulator runs them
+against late commits in ``tests/simulation``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aijobs_operator.auditor import gone_jobs
+
+from aijobs.api.ai import JobTaskCounts
+from aijobs.api.payment import Hold
+from aijobs.api.storage import StoredObject
+from aijobs.consistency import JobRecords, gone_job_leftovers
+
+T = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+
+
+def test_a_job_seen_deleted_is_gone_at_once_one_never_known_on_its_second_pass() -> None:
+    held = {"live", "seen-deleted", "unknown"}
+    gone, suspects = gone_jobs(held, known={"live"}, deleted={"seen-deleted"}, suspects=set())
+    assert (gone, suspects) == ({"seen-deleted"}, {"unknown"})
+    gone, suspects = gone_jobs(held - gone, known={"live"}, deleted={"seen-deleted"}, suspects=suspects)
+    assert (gone, suspects) == ({"unknown"}, set())
+
+
+def test_a_suspect_that_turns_up_known_is_not_gone() -> None:
+    gone, suspects = gone_jobs({"late"}, known={"late"}, deleted=set(), suspects={"late"})
+    assert (gone, suspects) == (set(), set())
+
+
+def _hold(state: str = "active") -> Hold:
+    return Hold.model_validate(
+        {"id": "h1", "account": "acme", "jobId": "j1", "amount": 3, "state": state,
+         "expiresAt": T.isoformat(), "createdAt": T.isoformat(), "settledAt": None}
+    )  # fmt: skip
+
+
+def _object(oid: str, state: str = "committed") -> StoredObject:
+    return StoredObject.model_validate(
+        {"id": oid, "key": f"k-{oid}", "account": "acme", "jobId": "j1", "kind": "input",
+         "sha256": "0" * 64, "size": 1, "contentType": "image/png", "width": 1, "height": 1,
+         "state": state, "createdAt": T.isoformat()}
+    )  # fmt: skip
+
+
+def _counts(running: int = 0) -> JobTaskCounts:
+    return JobTaskCounts(
+        job_id="j1",
+        total=1,
+        scheduled=0,
+        running=running,
+        succeeded=0,
+        failed=0,
+        cancelled=1 - running,
+        updated_at=T,
+    )
+
+
+def test_the_holds_go_last_after_the_tasks_stopped_and_the_objects_went() -> None:
+    records = JobRecords([_hold()], [_object("o1"), _object("o2"), _object("o0", "deleted")], None)
+    assert gone_job_leftovers(records, _counts(running=1)) == []  # a worker may still store
+    (delete,) = gone_job_leftovers(records, _counts())
+    assert delete.repair is not None and delete.repair.startswith("delete-job-objects:j1/")
+    assert "2 object(s)" in delete.detail
+    cleaned = JobRecords([_hold()], [_object("o1", "deleted"), _object("o2", "deleted")], None)
+    assert [f.repair for f in gone_job_leftovers(cleaned, _counts())] == ["release-hold:h1"]
+    settled = JobRecords([_hold("released")], [], None)
+    assert gone_job_leftovers(settled, _counts()) == []
