@@ -97,7 +97,7 @@ def bench_stack(
     operator_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[ControlPlane, PostgresCluster, Stack]]:
     """The stack of ``aijobs_dev.chaos.build_stack`` on a fresh control plane with the CRDs and
-    one PostgreSQL: the five services behind pass-through fault proxies, one operator,
+    one PostgreSQL: the five services reached directly (no fault proxy: what is deployed), one operator,
     ``workers`` CPU workers, the test-speed intervals of :class:`~aijobs_dev.testbed.stack.Stack`;
     Storage's per-account quota is the bench's (photos and their upscaled results outgrow
     build_stack's ~4 KB per job). All of it is stopped on the way out, a part-way start
@@ -117,7 +117,15 @@ def bench_stack(
             plane.kubeconfig,
             lambda n: pg.create_database(f"{n}_{uuid.uuid4().hex[:6]}"),
             seed=1,
-            service_env={"storage": {"AIJOBS_ACCOUNT_QUOTA_BYTES": str(quota_bytes)}},
+            # As deployed: no fault proxies in the way, and the services' own sweep interval.
+            proxied=(),
+            service_env={
+                name: {
+                    "AIJOBS_SWEEP_INTERVAL_SECONDS": "5",
+                    **({"AIJOBS_ACCOUNT_QUOTA_BYTES": str(quota_bytes)} if name == "storage" else {}),
+                }
+                for name in ("auth", "payment", "storage", "ai", "main")
+            },
             operator_env={
                 "AIJOBS_LEASE_NAME": "aijobs-bench",
                 "AIJOBS_AUDIT_INTERVAL_SECONDS": "2",

@@ -5,7 +5,7 @@ then the same N photographs through the worker's own code in this process, with 
     .venv/bin/python bench/batch.py --images 500 [--pipeline upscale-x2] [--size 192] [--workers 1]
 
 The stack is bench/e2e.py's (bench._common.bench_stack): a real kube-apiserver and etcd with an
-audit log, one PostgreSQL, the five services as processes behind pass-through fault proxies, the
+audit log, one PostgreSQL, the five services as processes reached directly (no fault proxy), the
 operator as a process at its default ``batch_progress_seconds`` (30 s), and ``--workers`` real
 worker processes on the CPU. The N images are uploaded as the tenant's committed inputs under a
 fresh prefix, by 8 client threads, before the clock starts: uploading is the user's time. One

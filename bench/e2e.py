@@ -5,8 +5,8 @@ code in this process, with nothing around it.
     .venv/bin/python bench/e2e.py [--jobs 120] [--size 192] [--workers 1]
 
 The stack is the one bench/saga.py and ``aijobs chaos`` run, all on this machine: a real
-kube-apiserver and etcd, one PostgreSQL, the five services as processes behind pass-through
-fault proxies, the operator as a process, and ``--workers`` real worker processes running
+kube-apiserver and etcd, one PostgreSQL, the five services as processes reached directly (no
+fault proxy), the operator as a process, and ``--workers`` real worker processes running
 upscale-x2 on the CPU (leasing up to 8 tasks at once, the worker's default). The jobs carry
 their photograph inline, as ``aijobs submit`` sends a small file. One warm-up job goes through
 first (the worker loads its model, the operator takes its Lease), then the N jobs are applied by
@@ -22,7 +22,7 @@ server and the databases cost the worker nothing; on a CPU-only machine they sha
 so R also says how much CPU everything around the worker takes.
 
 Also printed: apply-to-Delivered latency, CPU seconds by program while the jobs ran (from
-/proc: the operator, each service, the fault proxies, kube-apiserver, etcd, PostgreSQL, the
+/proc: the operator, each service, kube-apiserver, etcd, PostgreSQL, the
 workers, this bench) and per job outside the worker, API writes per job (the API server's audit
 log, Events included) and HTTP calls per job (the services' request counters, before and after).
 """

@@ -3,7 +3,9 @@ operator and workers, against a control plane. Used by the demo, the end-to-end 
 fault campaign, so all three run the same thing.
 
 The operator and the workers reach the services through fault proxies (pass-through until a
-rule is set); users, admins and Main API reach them directly.
+rule is set); users, admins and Main API reach them directly. A bench that measures the system
+as it is deployed names no proxies (``proxied=()``): every process then reaches the services
+directly, and the proxies' own CPU is not counted against the system.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Stack:
     operators: list[ManagedProcess] = field(default_factory=list)
     workers: list[ManagedProcess] = field(default_factory=list)
     seed: int = 0
+    proxied: tuple[str, ...] = PROXIED  # the services the operator and workers reach through a proxy
 
     @property
     def logs(self) -> Path:
@@ -87,7 +90,7 @@ class Stack:
             proc.ready = ready
         for proc in self.services.values():
             proc.wait_ready()
-        for name in PROXIED:
+        for name in self.proxied:
             self.start_proxy(name)
 
     def start_proxy(self, name: str) -> ManagedProcess:
@@ -113,6 +116,9 @@ class Stack:
         return proxy
 
     def proxied_url(self, name: str) -> str:
+        """Where the operator and workers reach ``name``: its proxy, or itself when not proxied."""
+        if name not in self.proxied:
+            return self.services[name].url
         return f"http://127.0.0.1:{self.proxies[name].env['AIJOBS_PROXY_PORT']}"
 
     def faults(self, name: str, rules: list[dict[str, Any]]) -> None:
