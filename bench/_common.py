@@ -300,7 +300,7 @@ def job_writes(audit_log: Path, name: str, namespace: str) -> Counter[str]:
 def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
     """(seconds, CPU seconds) for ``images`` through the worker's own stages, in this process:
     decode on a 4-thread pool, ``Runner.run`` on batches of the worker's ``max_tasks``, encode
-    on the pool, as :meth:`aijobs_worker.loop.Worker.process` does between fetch and upload;
+    on the pool, as the worker's ``_gather`` and ``_infer_and_spool`` do between fetch and upload;
     after one warm-up lease (the model loads, the allocator warms up). bench/e2e.py measures
     upscale-x2 the same way; this one takes the pipeline."""
     import torch

@@ -162,7 +162,7 @@ def end_to_end(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
 def worker_alone(images: list[bytes]) -> tuple[float, float]:
     """(seconds, CPU seconds) for ``images`` through the worker's own stages, in this process:
     decode on a 4-thread pool, ``Runner.run`` on batches of the worker's ``max_tasks``, encode
-    on the pool, as :meth:`aijobs_worker.loop.Worker.process` does between fetch and upload."""
+    on the pool, as the worker's ``_gather`` and ``_infer_and_spool`` do between fetch and upload."""
     import torch
     from aijobs_worker import codec
     from aijobs_worker.config import WorkerSettings

@@ -19,6 +19,12 @@ class WorkerSettings(BaseSettings):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1 ...")
     max_tasks: int = Field(default=8, ge=1, le=256, description="Tasks leased (and batched) at once")
     max_batch: int = Field(default=32, ge=1)
+    deliveries_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="Batches' results uploaded and completed beside inference at once; at this bound "
+        "(Storage slow or away) the loop waits instead of inferring more",
+    )
     lease_seconds: int = Field(default=60, ge=5)
     poll_seconds: float = Field(default=0.5, gt=0, description="Wait between empty leases")
     spool_dir: str = "./aijobs-spool"

@@ -1,21 +1,39 @@
-"""The lease loop: lease -> heartbeat -> fetch -> decode -> infer -> encode -> **spool (fsync)** ->
-upload (key derived from the job, so a re-run stores no second result) -> complete, the leased
-batch's completions in one request (``POST /v1/bulk/completions``, each under the key its single
-completion has always had).
+"""The lease loop: a pipeline of three stages, so that inference never waits on Storage or AI.
 
-Storage down after inference: the result waits in the spool while uploads retry with backoff and
-heartbeats keep the lease; when Storage returns, upload and complete. On restart the spool is
-drained before anything new is leased. SIGTERM: stop leasing, hand back what was not started,
-finish what was, flush the spool.
+    prefetch    lease -> fetch -> decode                the next batch (at most one)
+    loop        infer -> encode -> spool (fsync)        this batch
+    deliveries  upload -> complete                      batches before it (``deliveries_in_flight``)
+
+The loop takes the batch prefetched meanwhile (or leases one itself when none is), starts leasing
+and fetching the next one beside it, infers, encodes and spools each result (durable before
+anything else), then hands the spooled results to a delivery that runs in the background and goes
+round. A delivery uploads each result under a key derived from the job (a re-run stores no second
+result) and completes the uploaded ones in one request (``POST /v1/bulk/completions``, each under
+the key its single completion has always had).
+
+Bounds: at most ``2 x max_tasks`` tasks held and not yet inferred (the batch inferring and the one
+prefetched), at most ``deliveries_in_flight`` deliveries; at that bound the loop waits for one to
+end, so Storage being slow or away backs up into the loop (no inference, no lease) instead of into
+memory. Every held task is heartbeated meanwhile. Each stage beats in a lane of its own
+(:mod:`aijobs_worker.health`), so a stage that hangs fails ``/healthz`` while the others go round.
+
+Storage down after inference: the results wait in the spool while uploads retry with backoff and
+heartbeats keep the leases; when Storage returns, upload and complete. On restart the spool is
+drained before anything new is leased. SIGTERM: stop leasing; finish the batch inferring, and run
+the batch already prefetched too (see :meth:`Worker.run`); deliveries in flight finish, retrying
+for at most ``shutdown_grace_seconds`` after the loop stops; what is undelivered then stays in the
+spool for the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import itertools
 import logging
+import math
 import os
 import random
 import threading
@@ -37,7 +55,7 @@ from aijobs.wire.bulk import Batcher
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_worker import codec
 from aijobs_worker.config import WorkerSettings
-from aijobs_worker.health import Pulse
+from aijobs_worker.health import LOOP, Pulse
 from aijobs_worker.runner import Item, Runner
 from aijobs_worker.spool import Entry, Spool
 from aijobs_worker.telemetry import IMAGES, QUEUE_WAIT, STAGE_SECONDS, UPLOAD_RETRIES
@@ -46,6 +64,11 @@ log = logging.getLogger("aijobs.worker")
 
 # Spooled results uploaded at once, and completed in one request, when the spool is drained.
 _DRAIN_BATCH = 64
+
+_PREFETCH = "prefetch"
+# The lane (:mod:`aijobs_worker.health`) the running stage beats in: set where a stage's task
+# starts; what it awaits, and the tasks it gathers, inherit it.
+_LANE: contextvars.ContextVar[str] = contextvars.ContextVar("lane", default=LOOP)
 
 
 @dataclass
@@ -56,6 +79,16 @@ class Held:
     lease_token: str
     lost: bool = False  # the lease was taken over: stop caring about this task
     cancelled: bool = False
+
+
+@dataclass
+class Batch:
+    """A lease's tasks, their inputs fetched and decoded: what inference takes next. Those whose
+    input could not be fetched or decoded were handed back and are not among the items."""
+
+    leased: int
+    tasks: dict[str, LeasedTask]
+    items: list[Item]
 
 
 def result_key(job_id: str, item: int | None = None) -> str:
@@ -77,13 +110,17 @@ class Worker:
     ) -> None:
         self.cfg, self.ai, self.storage, self.runner, self.spool = cfg, ai, storage, runner, spool
         self.worker_id = worker_id
-        # Every turn of the loop beats here, with how long its next stage may take: /healthz.
+        # Every stage beats here, in its lane, with how long its next step may take: /healthz.
         self.pulse = pulse or Pulse(cfg.stall_grace_seconds)
         self.wedge_release = threading.Event()  # only a test sets it, to end its wedged worker
         self.held: dict[str, Held] = {}
         self.stopping = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
         self._leases = itertools.count()
+        self._rounds = itertools.count(1)
+        self._deliveries: set[asyncio.Task[None]] = set()
+        # Set when the loop has stopped: deliveries give up retrying past it (results stay spooled).
+        self._flush_by: float | None = None
         # Built once: settings AI would refuse stop the worker at start, not at its first poll.
         self._lease_request = LeaseRequest(
             worker=worker_id, max_tasks=cfg.max_tasks, lease_seconds=cfg.lease_seconds
@@ -91,27 +128,54 @@ class Worker:
 
     # -- the loop -----------------------------------------------------------------------------
     async def run(self) -> None:
+        """Drain the spool, then go round the pipeline (the module's docstring) until SIGTERM.
+
+        On SIGTERM the batch already prefetched is run, not handed back: a hand-back costs each
+        of its tasks an attempt (one on its last would fail for good, through no fault of its
+        own) and a retry backoff before another worker fetches its input again, while running it
+        costs one more batch of inference on inputs already in memory, which the pod's
+        termination grace is sized for. Nothing new is leased once ``stopping`` is set."""
         heartbeats = asyncio.create_task(self._heartbeat_loop())
+        prefetch: asyncio.Task[Batch] | None = None
         try:
             await self.drain_spool()
-            while not self.stopping.is_set():
+            while True:
+                self._reap_deliveries()
+                if prefetch is None and self.stopping.is_set():
+                    break
                 await self._wedge_if_asked()
-                tasks = await self._lease()
-                if not tasks:
-                    self.pulse.beat("waiting between lease polls", self.cfg.poll_seconds)
+                if prefetch is None:
+                    batch = await self._gather()
+                else:
+                    self._beat("waiting for the next batch, leased and fetched beside", math.inf)
+                    batch, prefetch = await prefetch, None
+                if not batch.leased:
+                    self._beat("waiting between lease polls", self.cfg.poll_seconds)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopping.wait(), self.cfg.poll_seconds)
                     continue
-                await self.process(tasks)
-            await self.drain_spool(deadline=time.monotonic() + self.cfg.shutdown_grace_seconds)
+                if not batch.items:
+                    continue
+                if not self.stopping.is_set():
+                    prefetch = asyncio.create_task(self._prefetch())
+                await self._deliver_beside(await self._infer_and_spool(batch))
+            await self._finish_deliveries()
         finally:
             heartbeats.cancel()
+            for task in (prefetch, *self._deliveries):  # only left running when the loop failed
+                if task is not None:
+                    task.cancel()
             self._pool.shutdown(wait=False)
+
+    def _beat(self, doing: str, within: float) -> None:
+        self.pulse.beat(doing, within, _LANE.get())
 
     async def _lease(self) -> list[LeasedTask]:
         key = f"{self.worker_id}:lease:{next(self._leases)}"
         for attempt in range(1, 1_000_000):
-            self.pulse.beat("polling the AI service for work", self.cfg.call_timeout_seconds)
+            if self.stopping.is_set():  # SIGTERM: nothing new
+                return []
+            self._beat("polling the AI service for work", self.cfg.call_timeout_seconds)
             try:
                 leased = await self.ai.fetch(Leases, "POST", "/v1/leases", key=key, json=self._lease_request)
                 items = leased.items
@@ -128,11 +192,24 @@ class Worker:
             QUEUE_WAIT.observe(max(0.0, (now - task.run_at).total_seconds()))
         return items
 
-    async def process(self, tasks: list[LeasedTask]) -> None:
+    async def _prefetch(self) -> Batch:
+        """The next batch, leased and fetched in a lane of its own while the loop infers."""
+        _LANE.set(_PREFETCH)
+        try:
+            return await self._gather()
+        finally:
+            self.pulse.rest(_PREFETCH)  # done: its batch waits for the loop, promising nothing
+
+    async def _gather(self) -> Batch:
+        """Lease a batch, then fetch and decode its inputs; a task whose input cannot be fetched
+        is handed back (retryable), one whose input is no image is failed."""
+        tasks = await self._lease()
+        if not tasks:
+            return Batch(0, {}, [])
         loop = asyncio.get_running_loop()
         # The stages of ours around inference are bounded by one lease: one that outlasts the
         # lease it runs under has stopped. Inference has the model's own budget.
-        self.pulse.beat(f"fetching {len(tasks)} input(s)", self.cfg.lease_seconds)
+        self._beat(f"fetching {len(tasks)} input(s)", self.cfg.lease_seconds)
         started = time.perf_counter()
         blobs = await asyncio.gather(*(self._fetch(t) for t in tasks), return_exceptions=True)
         STAGE_SECONDS.labels("fetch").observe((time.perf_counter() - started) / max(1, len(tasks)))
@@ -141,7 +218,7 @@ class Worker:
             if isinstance(blob, BaseException):
                 await self._give_back(task.id, f"could not fetch the input: {blob}", retryable=True)
                 continue
-            self.pulse.beat("decoding an input", self.cfg.lease_seconds)
+            self._beat("decoding an input", self.cfg.lease_seconds)
             t0 = time.perf_counter()
             try:
                 image = await loop.run_in_executor(self._pool, codec.decode, blob)
@@ -150,16 +227,54 @@ class Worker:
                 continue
             STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
             items.append(Item(task.id, task.pipeline, task.params, image))
-        if not items:
-            return
-        self.pulse.beat(f"running inference on {len(items)} image(s)", self.cfg.infer_budget_seconds)
+        return Batch(len(tasks), {task.id: task for task in tasks}, items)
+
+    async def _infer_and_spool(self, batch: Batch) -> list[Entry]:
+        """Run the batch, then encode and spool each result: the entries to deliver."""
+        self._beat(f"running inference on {len(batch.items)} image(s)", self.cfg.infer_budget_seconds)
         t0 = time.perf_counter()
-        await asyncio.to_thread(self.runner.run, items)
-        STAGE_SECONDS.labels("infer").observe((time.perf_counter() - t0) / len(items))
-        self.pulse.beat("encoding and storing results", self.cfg.lease_seconds)
-        by_id = {task.id: task for task in tasks}
-        spooled = await asyncio.gather(*(self._finish_item(item, by_id[item.key]) for item in items))
-        await self.deliver([entry for entry in spooled if entry is not None])
+        await asyncio.to_thread(self.runner.run, batch.items)
+        STAGE_SECONDS.labels("infer").observe((time.perf_counter() - t0) / len(batch.items))
+        self._beat("encoding and storing results", self.cfg.lease_seconds)
+        spooled = await asyncio.gather(
+            *(self._finish_item(item, batch.tasks[item.key]) for item in batch.items)
+        )
+        return [entry for entry in spooled if entry is not None]
+
+    async def _deliver_beside(self, entries: list[Entry]) -> None:
+        """Deliver these spooled results in the background; first, while the bound of deliveries
+        in flight is reached, wait for one to end (the back-pressure of a slow Storage)."""
+        if not entries:
+            return
+        while len(self._deliveries) >= self.cfg.deliveries_in_flight:
+            self._beat(f"waiting for one of {len(self._deliveries)} deliveries in flight to end", math.inf)
+            await asyncio.wait(self._deliveries, return_when=asyncio.FIRST_COMPLETED)
+            self._reap_deliveries()
+        lane = f"delivery {next(self._rounds)}"
+        self._deliveries.add(asyncio.create_task(self._delivery(entries, lane)))
+
+    async def _delivery(self, entries: list[Entry], lane: str) -> None:
+        _LANE.set(lane)
+        try:
+            await self.deliver(entries)
+        finally:
+            self.pulse.rest(lane)
+
+    def _reap_deliveries(self) -> None:
+        """Forget the deliveries that ended; one that failed unexpectedly stops the worker, as it
+        did when deliveries ran in the loop (its results stay in the spool)."""
+        for task in [task for task in self._deliveries if task.done()]:
+            self._deliveries.discard(task)
+            task.result()
+
+    async def _finish_deliveries(self) -> None:
+        """Once the loop has stopped: let the deliveries in flight end, retrying for at most the
+        shutdown's grace (what they give up on stays in the spool for the next start)."""
+        self._flush_by = time.monotonic() + self.cfg.shutdown_grace_seconds
+        while self._deliveries:
+            self._beat(f"finishing {len(self._deliveries)} deliveries before exit", math.inf)
+            await asyncio.wait(self._deliveries, return_when=asyncio.FIRST_COMPLETED)
+            self._reap_deliveries()
 
     async def _finish_item(self, item: Item, task: LeasedTask) -> Entry | None:
         """The item's result encoded and spooled (or its run reported failed: None)."""
@@ -178,25 +293,30 @@ class Worker:
         return entry
 
     # -- results ------------------------------------------------------------------------------
-    async def drain_spool(self, deadline: float | None = None) -> None:
+    async def drain_spool(self) -> None:
+        """Deliver what an earlier run left in the spool, before anything new is leased."""
         entries = self.spool.entries()
         if entries:
             log.info("spool holds %d finished result(s): uploading them first", len(entries))
         for entry in entries:
             self.held.setdefault(entry.task_id, Held(entry.task_id, entry.lease_token))
         for start in range(0, len(entries), _DRAIN_BATCH):
-            await self.deliver(entries[start : start + _DRAIN_BATCH], deadline)
+            await self.deliver(entries[start : start + _DRAIN_BATCH])
 
-    async def deliver(self, entries: list[Entry], deadline: float | None = None) -> None:
+    async def deliver(self, entries: list[Entry]) -> None:
         """Upload the spooled results (retrying while Storage is away), then complete the
         uploaded ones in one request."""
-        stored = await asyncio.gather(*(self._store(entry, deadline) for entry in entries))
+        stored = await asyncio.gather(*(self._store(entry) for entry in entries))
         await self._complete([(entry, obj) for entry, obj in zip(entries, stored, strict=True) if obj])
 
-    async def _store(self, entry: Entry, deadline: float | None) -> StoredObject | None:
+    def _flush_over(self) -> bool:
+        """Whether the shutdown's grace for delivering has run out."""
+        return self._flush_by is not None and time.monotonic() > self._flush_by
+
+    async def _store(self, entry: Entry) -> StoredObject | None:
         """The result uploaded; None when there is nothing to complete: the task was cancelled or
-        Storage refused the result (the run is reported and forgotten), or the ``deadline``
-        passed (the result stays in the spool for the next start)."""
+        Storage refused the result (the run is reported and forgotten), or the shutdown's grace
+        ran out (the result stays in the spool for the next start)."""
         held = self.held.get(entry.task_id)
         t0 = time.perf_counter()
         content = self.spool.content(entry)
@@ -207,14 +327,14 @@ class Worker:
                 await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
                 self._forget(entry)
                 return None
-            self.pulse.beat(f"uploading the result of {entry.task_id}", self.cfg.lease_seconds)
+            self._beat(f"uploading the result of {entry.task_id}", self.cfg.lease_seconds)
             try:
                 obj = await self._upload(entry, content)
                 STAGE_SECONDS.labels("upload").observe(time.perf_counter() - t0)
                 return obj
             except Ambiguous as exc:
                 UPLOAD_RETRIES.inc()
-                if deadline is not None and time.monotonic() > deadline:
+                if self._flush_over():
                     log.warning(
                         "storage still unreachable; %s stays in the spool for the next start", entry.task_id
                     )
@@ -253,7 +373,7 @@ class Worker:
         for attempt in itertools.count(1):
             if not pending:
                 return
-            self.pulse.beat(f"completing {len(pending)} task(s)", self.cfg.call_timeout_seconds)
+            self._beat(f"completing {len(pending)} task(s)", self.cfg.call_timeout_seconds)
             outcomes = await asyncio.gather(
                 *(self._complete_one(batcher, entry, completion) for entry, completion in pending),
                 return_exceptions=True,
@@ -276,6 +396,9 @@ class Worker:
                     raise outcome
                 self._forget(entry)
             pending = unknown
+            if pending and self._flush_over():
+                log.warning("%d completion(s) unknown at exit; they stay in the spool", len(pending))
+                return
             if pending:
                 retry_after = max(
                     (o.retry_after or 0.0 for o in outcomes if isinstance(o, Ambiguous)), default=0.0
@@ -331,8 +454,15 @@ class Worker:
                     pass  # try again next round; the lease has slack
 
     async def _sleep(self, seconds: float) -> None:
-        """A pause before a retry: the loop beats again after it and the call that follows."""
-        self.pulse.beat("pausing before a retry", seconds + self.cfg.call_timeout_seconds)
+        """A pause before a retry: the stage beats again after it and the call that follows.
+        SIGTERM ends it early (a lease poll then gives up); after that, pauses still space a
+        delivery's retries, but none outlasts the shutdown's grace."""
+        if self._flush_by is not None:
+            seconds = max(0.0, min(seconds, self._flush_by - time.monotonic()))
+        self._beat("pausing before a retry", seconds + self.cfg.call_timeout_seconds)
+        if self.stopping.is_set():
+            await asyncio.sleep(seconds)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
