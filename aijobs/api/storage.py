@@ -30,6 +30,7 @@ __all__ = [
     "JobObjects",
     "ObjectKind",
     "ObjectPage",
+    "ObjectPut",
     "ObjectState",
     "StoredObject",
 ]
@@ -121,3 +122,14 @@ class DownloadLinkRequest(Request):
     expires_at: Timestamp | None = Field(
         default=None, description="An exact expiry instead of a TTL: the same expiry gives the same link"
     )
+
+
+class ObjectPut(Request):
+    """One object of a bulk put (``POST /v1/bulk/objects``): what ``PUT /v1/objects/{key}`` takes
+    in its path and query, its bytes being the matching file part of the same request."""
+
+    key: str = Field(pattern=KEY, description="The key to store under, the caller's name")
+    account: str = Field(min_length=2, max_length=63, pattern=ACCOUNT_NAME)
+    job_id: str | None = Field(default=None, max_length=128)
+    kind: ImageKind = Field(default="input", description="A bulk put stores images only, never a manifest")
+    state: Literal["staging", "committed"] = "staging"

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from aijobs_services.kit.app import ServiceSpec
-from aijobs_services.storage import objects
+from aijobs_services.storage import bulk, objects
 from aijobs_services.storage.api import router
 from aijobs_services.storage.blobs import BlobStore
 from aijobs_services.storage.models import IdempotencyKeys
@@ -33,7 +33,7 @@ SPEC = ServiceSpec(
     name="storage",
     title="aijobs Storage",
     description="Content-addressed image objects: idempotent puts, staging and commit, signed links.",
-    routers=[router],
+    routers=[router, bulk.router],
     idempotency_table=IdempotencyKeys,
     migrations=Path(__file__).parent / "migrations",
     sweeps=[collect_garbage],

@@ -1,0 +1,156 @@
+"""Storage's bulk put: many images in one request, each stored exactly as its single put stores
+it and answered on its own; a request sent again whole (its answer lost) stores nothing twice."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from aijobs_services.kit.app import create_app
+from aijobs_services.registry import spec
+from aijobs_services.storage.settings import StorageSettings
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.services import images
+from tests.services.conftest import Api
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def storage(pg_url: str, secrets: dict[str, str], tmp_path: Path) -> Iterator[tuple[Api, sa.Engine]]:
+    config = StorageSettings(
+        service="storage",
+        database_url=pg_url,
+        callers=secrets,
+        storage_root=str(tmp_path / "volume"),
+        sweep_interval_seconds=0,
+        url_signing_key="k" * 32,
+        public_url="http://testserver",
+        account_quota_bytes=60_000,
+    )
+    app = create_app(spec("storage"), config)
+    with TestClient(app) as client:
+        yield Api(client, "storage", secrets), app.state.engine
+    app.state.engine.dispose()
+
+
+def _bulk(
+    api: Api, items: list[dict[str, Any]], contents: list[bytes], caller: str = "worker"
+) -> httpx.Response:
+    files = [
+        ("files", (f"f{n}.png", content, "application/octet-stream")) for n, content in enumerate(contents)
+    ]
+    return api.http.post(
+        "/v1/bulk/objects",
+        data={"items": json.dumps(items)},
+        files=files,
+        headers=api.headers(caller, None),
+    )
+
+
+def _noise() -> bytes:
+    """A PNG larger than the account's quota (noise does not compress)."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (200, 200), os.urandom(200 * 200 * 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _result(key: str, account: str = "acme") -> dict[str, Any]:
+    return {"key": key, "account": account, "jobId": "job-1", "kind": "result", "state": "committed"}
+
+
+def _live(engine: sa.Engine) -> list[tuple[str, str]]:
+    with engine.connect() as db:
+        rows = db.execute(sa.text("SELECT key, state FROM objects WHERE state <> 'deleted' ORDER BY key"))
+        return [(r.key, r.state) for r in rows]
+
+
+def test_each_image_is_stored_as_its_single_put_and_a_resent_request_stores_nothing_twice(
+    storage: tuple[Api, sa.Engine],
+) -> None:
+    api, engine = storage
+    red, blue = images.png(color=(200, 0, 0)), images.png(color=(0, 0, 200))
+    first = _bulk(api, [_result("result:job-1:0"), _result("result:job-1:1")], [red, blue])
+    assert first.status_code == 200, first.text
+    answers = first.json()["items"]
+    assert [(a["key"], a["status"], a["replayed"]) for a in answers] == [
+        ("result:job-1:0", 201, False),
+        ("result:job-1:1", 201, False),
+    ]
+    assert answers[0]["body"]["jobId"] == "job-1" and answers[0]["body"]["width"] == 64
+    again = _bulk(api, [_result("result:job-1:0"), _result("result:job-1:1")], [red, blue]).json()["items"]
+    assert [(a["status"], a["body"]["id"]) for a in again] == [
+        (200, answers[0]["body"]["id"]),
+        (200, answers[1]["body"]["id"]),
+    ]
+    single = api.http.get(f"/v1/by-key/{'result:job-1:1'}", headers=api.headers("worker", None)).json()
+    assert single["id"] == answers[1]["body"]["id"]  # the single routes see the same object
+    assert _live(engine) == [("result:job-1:0", "committed"), ("result:job-1:1", "committed")]
+
+
+def test_one_items_refusal_is_its_own_and_the_others_are_stored(storage: tuple[Api, sa.Engine]) -> None:
+    api, engine = storage
+    taken = _bulk(api, [_result("result:job-1:0")], [images.png()]).json()["items"][0]
+    assert taken["status"] == 201
+    items = [
+        _result("result:job-1:0"),  # other bytes under a key already used
+        _result("result:job-1:1"),  # fine
+        _result("result:job-1:2"),  # not an image
+        {"key": "bad key!", "account": "acme"},  # malformed
+        _result("result:job-1:4", account="big"),  # over its account's quota
+    ]
+    contents = [
+        images.jpeg(),
+        images.png(color=(1, 2, 3)),
+        b"not an image",
+        images.png(),
+        _noise(),
+    ]
+    answers = _bulk(api, items, contents).json()["items"]
+    assert [(a["key"], a["status"]) for a in answers] == [
+        ("result:job-1:0", 409),
+        ("result:job-1:1", 201),
+        ("result:job-1:2", 415),
+        ("bad key!", 422),
+        ("result:job-1:4", 507),
+    ]
+    assert answers[0]["body"]["type"].endswith("key-taken")
+    assert "key" in answers[3]["body"]["detail"]
+    assert _live(engine) == [("result:job-1:0", "committed"), ("result:job-1:1", "committed")]
+
+
+def test_items_and_files_that_do_not_match_are_refused_whole(storage: tuple[Api, sa.Engine]) -> None:
+    api, engine = storage
+    mismatched = _bulk(api, [_result("result:job-1:0"), _result("result:job-1:1")], [images.png()])
+    assert mismatched.status_code == 422
+    assert mismatched.headers["content-type"].startswith("application/problem+json")
+    assert "one file per item" in mismatched.json()["detail"]
+    assert _bulk(api, [], []).status_code == 422
+    not_json = api.http.post(
+        "/v1/bulk/objects",
+        data={"items": "[{"},
+        files=[("files", ("a.png", images.png(), "image/png"))],
+        headers=api.headers("worker", None),
+    )
+    assert not_json.status_code == 422 and "not JSON" in not_json.json()["detail"]
+    assert _live(engine) == []
+
+
+def test_only_the_services_callers_may_store(storage: tuple[Api, sa.Engine]) -> None:
+    api, engine = storage
+    anonymous = api.http.post(
+        "/v1/bulk/objects",
+        data={"items": json.dumps([_result("result:job-1:0")])},
+        files=[("files", ("a.png", images.png(), "image/png"))],
+    )
+    assert anonymous.status_code == 401
+    assert _live(engine) == []
