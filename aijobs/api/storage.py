@@ -20,6 +20,7 @@ from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL_PORTABLE
 __all__ = [
     "KEY",
     "MANIFEST_TYPE",
+    "MAX_BULK_OBJECTS",
     "CommitRequest",
     "DeletedObjects",
     "DownloadLink",
@@ -122,6 +123,9 @@ class DownloadLinkRequest(Request):
     expires_at: Timestamp | None = Field(
         default=None, description="An exact expiry instead of a TTL: the same expiry gives the same link"
     )
+
+
+MAX_BULK_OBJECTS = 100  # images in one bulk put: a worker's lease of results, with room
 
 
 class ObjectPut(Request):

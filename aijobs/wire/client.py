@@ -109,14 +109,20 @@ class ServiceClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         content: bytes | None = None,
+        data: dict[str, str] | None = None,
+        files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
+        """One request; ``data`` and ``files`` send a ``multipart/form-data`` body (form fields
+        and file parts as ``(field, (filename, bytes, content type))``)."""
         all_headers = {"Authorization": f"Bearer {self._signer.token_for(self.service)}", **(headers or {})}
         if key is not None:
             all_headers["Idempotency-Key"] = key
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
+            if files is not None:
+                extra.update(data=data, files=files)
             response = await self._http.request(
                 method, path, json=json, params=params, content=content, headers=all_headers, **extra
             )

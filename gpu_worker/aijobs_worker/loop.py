@@ -32,6 +32,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import itertools
+import json
 import logging
 import math
 import os
@@ -50,9 +51,10 @@ from aijobs.api.ai import (
     Task,
     TaskCompletion,
 )
-from aijobs.api.storage import StoredObject
+from aijobs.api.bulk import BulkAnswer, ItemAnswer
+from aijobs.api.storage import MAX_BULK_OBJECTS, ObjectPut, StoredObject
 from aijobs.wire.bulk import Batcher
-from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
+from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError, judge
 from aijobs_worker import codec
 from aijobs_worker.config import WorkerSettings
 from aijobs_worker.health import LOOP, Pulse
@@ -64,6 +66,8 @@ log = logging.getLogger("aijobs.worker")
 
 # Spooled results uploaded at once, and completed in one request, when the spool is drained.
 _DRAIN_BATCH = 64
+# The bytes of results sent in one bulk upload, well within Storage's body limit (40 MiB).
+_BULK_BYTES = 16 * 1024 * 1024
 
 _PREFETCH = "prefetch"
 # The lane (:mod:`aijobs_worker.health`) the running stage beats in: set where a stage's task
@@ -121,6 +125,7 @@ class Worker:
         self._deliveries: set[asyncio.Task[None]] = set()
         # Set when the loop has stopped: deliveries give up retrying past it (results stay spooled).
         self._flush_by: float | None = None
+        self._bulk_uploads = True  # until Storage says it has no bulk upload
         # Built once: settings AI would refuse stop the worker at start, not at its first poll.
         self._lease_request = LeaseRequest(
             worker=worker_id, max_tasks=cfg.max_tasks, lease_seconds=cfg.lease_seconds
@@ -304,64 +309,160 @@ class Worker:
             await self.deliver(entries[start : start + _DRAIN_BATCH])
 
     async def deliver(self, entries: list[Entry]) -> None:
-        """Upload the spooled results (retrying while Storage is away), then complete the
-        uploaded ones in one request."""
-        stored = await asyncio.gather(*(self._store(entry) for entry in entries))
+        """Upload the spooled results together (retrying while Storage is away), then complete
+        the uploaded ones in one request."""
+        stored = await self._store(entries)
         await self._complete([(entry, obj) for entry, obj in zip(entries, stored, strict=True) if obj])
 
     def _flush_over(self) -> bool:
         """Whether the shutdown's grace for delivering has run out."""
         return self._flush_by is not None and time.monotonic() > self._flush_by
 
-    async def _store(self, entry: Entry) -> StoredObject | None:
-        """The result uploaded; None when there is nothing to complete: the task was cancelled or
-        Storage refused the result (the run is reported and forgotten), or the shutdown's grace
-        ran out (the result stays in the spool for the next start)."""
-        held = self.held.get(entry.task_id)
+    async def _store(self, entries: list[Entry]) -> list[StoredObject | None]:
+        """Each result uploaded, in one request for all (those whose outcome is unknown sent
+        again together, under the same keys); None where there is nothing to complete: the task
+        was cancelled or Storage refused the result (the run is reported and forgotten), or the
+        shutdown's grace ran out (the result stays in the spool for the next start)."""
         t0 = time.perf_counter()
-        content = self.spool.content(entry)
-        attempt = 0
-        while True:
-            attempt += 1
-            if held is not None and held.cancelled:  # acknowledge, so the task ends cancelled now
-                await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
-                self._forget(entry)
-                return None
-            self._beat(f"uploading the result of {entry.task_id}", self.cfg.lease_seconds)
-            try:
-                obj = await self._upload(entry, content)
-                STAGE_SECONDS.labels("upload").observe(time.perf_counter() - t0)
-                return obj
-            except Ambiguous as exc:
-                UPLOAD_RETRIES.inc()
-                if self._flush_over():
-                    log.warning(
-                        "storage still unreachable; %s stays in the spool for the next start", entry.task_id
-                    )
-                    return None
-                if attempt in (1, 10) or attempt % 50 == 0:
-                    log.warning(
-                        "upload of %s failed (%s); result kept in the spool, retrying", entry.task_id, exc
-                    )
-                await self._sleep(_backoff(attempt, exc.retry_after, cap=10.0))
-            except Refused as exc:
-                log.error("storage refused the result of %s: %s", entry.task_id, exc)
-                await self._give_back(entry.task_id, str(exc), False, entry.lease_token)
-                self._forget(entry)
-                return None
+        contents = [self.spool.content(entry) for entry in entries]
+        stored: list[StoredObject | None] = [None] * len(entries)
+        pending = list(range(len(entries)))
+        for attempt in itertools.count(1):
+            for n in list(pending):
+                held = self.held.get(entries[n].task_id)
+                if held is not None and held.cancelled:  # acknowledge, so the task ends cancelled now
+                    entry = entries[n]
+                    await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
+                    self._forget(entry)
+                    pending.remove(n)
+            if not pending:
+                break
+            self._beat(f"uploading {len(pending)} result(s)", self.cfg.lease_seconds)
+            outcomes = await self._upload([entries[n] for n in pending], [contents[n] for n in pending])
+            unknown: list[tuple[int, Ambiguous]] = []
+            for n, outcome in zip(pending, outcomes, strict=True):
+                entry = entries[n]
+                if isinstance(outcome, StoredObject):
+                    stored[n] = outcome
+                    STAGE_SECONDS.labels("upload").observe(time.perf_counter() - t0)
+                elif isinstance(outcome, Ambiguous):
+                    unknown.append((n, outcome))
+                else:
+                    log.error("storage refused the result of %s: %s", entry.task_id, outcome)
+                    await self._give_back(entry.task_id, str(outcome), False, entry.lease_token)
+                    self._forget(entry)
+            pending = [n for n, _ in unknown]
+            if not pending:
+                break
+            UPLOAD_RETRIES.inc(len(pending))
+            if self._flush_over():
+                log.warning(
+                    "storage still unreachable; %d result(s) stay in the spool for the next start",
+                    len(pending),
+                )
+                break
+            if attempt in (1, 10) or attempt % 50 == 0:
+                log.warning(
+                    "upload of %d result(s) failed (%s); kept in the spool, retrying",
+                    len(pending),
+                    unknown[0][1],
+                )
+            retry_after = max((exc.retry_after or 0.0 for _, exc in unknown), default=0.0)
+            await self._sleep(_backoff(attempt, retry_after, cap=10.0))
+        return stored
 
-    async def _upload(self, entry: Entry, content: bytes) -> StoredObject:
+    async def _upload(self, entries: list[Entry], contents: list[bytes]) -> list[StoredObject | ServiceError]:
+        """:meth:`_upload_together` for requests of at most ``MAX_BULK_OBJECTS`` results and
+        about ``_BULK_BYTES`` (a larger result goes alone), sent one after the other."""
+        outcomes: list[StoredObject | ServiceError] = []
+        start = 0
+        while start < len(entries):
+            end, size = start, 0
+            while end < len(entries) and end - start < MAX_BULK_OBJECTS:
+                if end > start and size + len(contents[end]) > _BULK_BYTES:
+                    break
+                size += len(contents[end])
+                end += 1
+            outcomes += await self._upload_together(entries[start:end], contents[start:end])
+            start = end
+        return outcomes
+
+    async def _upload_together(
+        self, entries: list[Entry], contents: list[bytes]
+    ) -> list[StoredObject | ServiceError]:
+        """Upload these results in one request (``POST /v1/bulk/objects``, each item Storage's
+        single put under the result's key): each one's object, or what kept it from being stored.
+        A Storage without the route (older), or one that refuses the request whole, gets one
+        ``PUT`` per result instead."""
+        if self._bulk_uploads and len(entries) > 1:
+            items = [
+                ObjectPut(
+                    key=result_key(entry.job_id, entry.item),
+                    account=entry.account,
+                    job_id=entry.job_id,
+                    kind="result",
+                    state="committed",
+                ).wire()
+                for entry in entries
+            ]
+            files = [("files", (f"{n}.png", content, "image/png")) for n, content in enumerate(contents)]
+            try:
+                answer = await self.storage.fetch(
+                    BulkAnswer, "POST", "/v1/bulk/objects", data={"items": json.dumps(items)}, files=files
+                )
+            except Ambiguous as exc:
+                return [exc] * len(entries)
+            except Refused as exc:
+                if exc.status in (404, 405):
+                    log.info("storage has no bulk upload (%s): one request per result", exc.kind)
+                    self._bulk_uploads = False
+                else:
+                    log.warning("storage refused a bulk upload whole (%s): one request per result", exc)
+            else:
+                return list(
+                    await asyncio.gather(
+                        *(
+                            self._stored(entry, item)
+                            for entry, item in zip(entries, answer.items, strict=True)
+                        )
+                    )
+                )
+        return list(
+            await asyncio.gather(*(self._put_one(e, c) for e, c in zip(entries, contents, strict=True)))
+        )
+
+    async def _stored(self, entry: Entry, item: ItemAnswer) -> StoredObject | ServiceError:
+        """One item of a bulk upload's answer, read as the single put's would be."""
+        if 200 <= item.status < 300:
+            try:
+                return StoredObject.model_validate(item.body)
+            except ValueError as exc:
+                return Ambiguous("storage", f"contract-violation: a bulk upload's item is no object: {exc}")
+        outcome = judge("storage", f"bulk upload of {item.key}", item.status, item.body)
+        if isinstance(outcome, Refused) and outcome.kind == "key-taken":
+            return await self._earlier(entry)
+        return outcome
+
+    async def _put_one(self, entry: Entry, content: bytes) -> StoredObject | ServiceError:
         params = {"account": entry.account, "jobId": entry.job_id, "kind": "result", "state": "committed"}
         path = f"/v1/objects/{result_key(entry.job_id, entry.item)}"
         try:
             return await self.storage.fetch(StoredObject, "PUT", path, params=params, content=content)
         except Refused as exc:
             if exc.kind != "key-taken":
-                raise
-            # An earlier run of this job stored its result first: that one is the result.
+                return exc
+            return await self._earlier(entry)
+        except Ambiguous as exc:
+            return exc
+
+    async def _earlier(self, entry: Entry) -> StoredObject | ServiceError:
+        """An earlier run of this job stored its result first: that one is the result."""
+        try:
             return await self.storage.fetch(
                 StoredObject, "GET", f"/v1/by-key/{result_key(entry.job_id, entry.item)}"
             )
+        except ServiceError as exc:
+            return exc
 
     async def _complete(self, done: list[tuple[Entry, StoredObject]]) -> None:
         """Complete these uploaded results in one request, each under its own key (the one its

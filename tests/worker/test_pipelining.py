@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -129,29 +130,51 @@ class _Storage:
         return httpx.Response(200, content=_INPUT)
 
     async def fetch(self, into: type[M], method: str, path: str, **kw: Any) -> M:
-        assert method == "PUT", (method, path)
-        task_id = path.rsplit(":", 1)[-1].removeprefix("job-")
-        self.uploads.append(task_id)
+        """A single put (``PUT /v1/objects/{key}``) or a bulk one (``POST /v1/bulk/objects``):
+        each result counted as one upload attempt either way."""
+        if path == "/v1/bulk/objects":
+            items = json.loads(kw["data"]["items"])
+            keys = [item["key"] for item in items]
+            contents = [part[1][1] for part in kw["files"]]
+        else:
+            assert method == "PUT", (method, path)
+            keys, contents = [path.removeprefix("/v1/objects/")], [kw["content"]]
+        tasks = [key.rsplit(":", 1)[-1].removeprefix("job-") for key in keys]
+        self.uploads += tasks
         if self.hung.is_set():
             await self.unhung.wait()
         if self.down:
-            raise Ambiguous("storage", f"PUT {path}: connection reset", retry_after=0.0)
-        return into.model_validate(
-            {
-                "id": f"obj-{task_id}",
-                "key": path.rsplit("/", 1)[-1],
-                "account": "acme",
-                "jobId": f"job-{task_id}",
-                "kind": "result",
-                "sha256": "0" * 64,
-                "size": len(kw["content"]),
-                "contentType": "image/png",
-                "width": 6,
-                "height": 4,
-                "state": "committed",
-                "createdAt": _NOW,
-            }
-        )
+            raise Ambiguous("storage", f"{method} {path}: connection reset", retry_after=0.0)
+        stored = [
+            _stored(task, key, content) for task, key, content in zip(tasks, keys, contents, strict=True)
+        ]
+        if path == "/v1/bulk/objects":
+            return into.model_validate(
+                {
+                    "items": [
+                        {"key": key, "status": 201, "body": body}
+                        for key, body in zip(keys, stored, strict=True)
+                    ]
+                }
+            )
+        return into.model_validate(stored[0])
+
+
+def _stored(task_id: str, key: str, content: bytes) -> dict[str, Any]:
+    return {
+        "id": f"obj-{task_id}",
+        "key": key,
+        "account": "acme",
+        "jobId": f"job-{task_id}",
+        "kind": "result",
+        "sha256": "0" * 64,
+        "size": len(content),
+        "contentType": "image/png",
+        "width": 6,
+        "height": 4,
+        "state": "committed",
+        "createdAt": _NOW,
+    }
 
 
 class _Runner:
@@ -282,7 +305,7 @@ async def test_a_hung_delivery_fails_liveness_while_the_loop_goes_round(tmp_path
         )
         verdict = pulse.live()
         assert not verdict.ok
-        assert "delivery 1: wedged" in verdict.reason and "uploading the result of t0" in verdict.reason
+        assert "delivery 1: wedged" in verdict.reason and "uploading 2 result(s)" in verdict.reason
         storage.unhung.set()  # it answers: the delivery ends, its lane with it, and all is well
         await _eventually(lambda: sorted(ai.completed) == ai.all, "every task completed")
         await _eventually(lambda: "delivery 1" not in pulse.beats, "the delivery's lane dropped")

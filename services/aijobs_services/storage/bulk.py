@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from aijobs.api.bulk import BulkAnswer, ItemAnswer
-from aijobs.api.storage import ObjectPut
+from aijobs.api.storage import MAX_BULK_OBJECTS, ObjectPut
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.problems import Problem, Unprocessable, documented, read_item
 from aijobs_services.storage import objects
@@ -33,7 +33,7 @@ from aijobs_services.storage.api import public
 from aijobs_services.storage.blobs import BlobStore
 from aijobs_services.storage.settings import StorageSettings
 
-MAX_OBJECTS = 100  # a worker's lease of results, with room: the body stays within max_body_bytes
+MAX_OBJECTS = MAX_BULK_OBJECTS
 
 Writer = Annotated[Caller, Depends(allow("main-api", "operator", "worker", "admin"))]
 
