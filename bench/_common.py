@@ -126,9 +126,10 @@ def bench_stack(
                 }
                 for name in ("auth", "payment", "storage", "ai", "main")
             },
-            operator_env={
+            operator_env={  # the production intervals, not the test stack's quicker ones
                 "AIJOBS_LEASE_NAME": "aijobs-bench",
-                "AIJOBS_AUDIT_INTERVAL_SECONDS": "2",
+                "AIJOBS_FOLLOW_INTERVAL_SECONDS": "1",
+                "AIJOBS_AUDIT_INTERVAL_SECONDS": "30",
                 **(operator_env or {}),
             },
             worker_env={"AIJOBS_LEASE_SECONDS": "30"},
