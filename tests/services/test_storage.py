@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import io
 import subprocess
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from aijobs_services.kit.app import create_app
@@ -20,6 +22,7 @@ from aijobs_services.kit.db import make_engine
 from aijobs_services.registry import spec
 from aijobs_services.storage.settings import StorageSettings
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.services import images
 from tests.services.conftest import Api, snapshot
@@ -72,6 +75,69 @@ def test_a_put_is_idempotent_by_key(storage: tuple[Api, sa.Engine], tmp_path: Pa
     assert snapshot(engine) == before
     assert len(_files(tmp_path / "volume" / "blobs")) == 1
     assert _files(tmp_path / "volume" / "tmp") == []
+
+
+def test_a_key_already_taken_answers_for_its_object_before_the_new_bytes_are_checked(
+    storage: tuple[Api, sa.Engine],
+) -> None:
+    """A put does not read its key before checking the bytes; a taken key must still answer as if
+    it had: its own bytes again, 200; other bytes, 409, even bytes that are not an image."""
+    api, engine = storage
+    first = _put(api, "upload:bob:1", images.png()).json()
+    before = snapshot(engine)
+    assert _put(api, "upload:bob:1", b"not an image at all").status_code == 409
+    assert _put(api, "upload:bob:1", images.png(9000, 9000)).status_code == 409
+    assert _put(api, "upload:bob:1", images.png()).json() == first
+    assert snapshot(engine) == before
+
+
+def test_an_object_is_served_whole_or_streamed_with_the_same_bytes_and_headers(
+    storage: tuple[Api, sa.Engine],
+) -> None:
+    """A blob up to one streamed piece is read whole; a larger one is streamed: the caller sees
+    no difference."""
+    api, _ = storage
+    small = images.png()
+    noise = Image.frombytes("RGB", (700, 700), np.random.default_rng(7).bytes(700 * 700 * 3))
+    large = io.BytesIO()
+    noise.save(large, "PNG")
+    assert len(large.getvalue()) > 1024 * 1024
+    for key, picture in (("small", small), ("large", large.getvalue())):
+        obj = _put(api, key, picture, caller="worker", kind="result", state="committed").json()
+        served = api.http.get(f"/v1/objects/{obj['id']}/content", headers=api.headers("worker", None))
+        assert served.status_code == 200 and served.content == picture
+        assert served.headers["content-type"] == "image/png"
+        assert served.headers["content-length"] == str(len(picture))
+        assert served.headers["content-disposition"] == f'attachment; filename="{obj["id"]}.png"'
+        assert served.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_read_leaves_its_pooled_connection_as_writes_need_it(
+    pg_url: str, secrets: dict[str, str], tmp_path: Path
+) -> None:
+    """A read runs in autocommit on PostgreSQL; the one pooled connection a put takes next must
+    be back in transactions, or a refused put would keep its row."""
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    config = StorageSettings(
+        service="storage",
+        database_url=pg_url,
+        callers=secrets,
+        storage_root=str(tmp_path / "v"),
+        sweep_interval_seconds=0,
+        account_quota_bytes=len(images.png()) + 10,
+    )
+    app = create_app(spec("storage"), config, engine=engine)
+    with TestClient(app) as client:
+        api = Api(client, "storage", secrets)
+        obj = _put(api, "one", images.png()).json()
+        assert api.http.get(f"/v1/objects/{obj['id']}/content", headers=api.headers("worker", None)).content
+        before = snapshot(engine)
+        assert _put(api, "two", images.jpeg()).status_code == 507
+        assert snapshot(engine) == before
+        with engine.connect() as conn:
+            assert conn.connection.dbapi_connection is not None
+            assert conn.connection.dbapi_connection.autocommit is False
+    engine.dispose()
 
 
 def test_a_put_to_an_objects_action_is_refused_not_stored_under_a_key(

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from starlette.convertors import PathConvertor, register_url_convertor
 
@@ -31,7 +32,7 @@ from aijobs.api.storage import (
 )
 from aijobs_services.kit.app import IdemStoreDep, SessionDep
 from aijobs_services.kit.callers import Caller, allow
-from aijobs_services.kit.db import aware, utcnow
+from aijobs_services.kit.db import aware, is_postgres, utcnow
 from aijobs_services.kit.fields import MAX_ROW_ID, NO_NUL, PathText, Timestamp
 from aijobs_services.kit.idempotency import IdempotentRequestDep
 from aijobs_services.kit.outbound import BadUrl, DestinationRefused
@@ -114,14 +115,44 @@ class BlobResponse(FileResponse):
     chunk_size = 1024 * 1024
 
 
-async def _put(request: Request, chunks: AsyncIterator[bytes], **fields: Any) -> JSONResponse:
+def _reading(engine: Engine) -> Connection:
+    """A connection for one read: on PostgreSQL in autocommit, so a lone ``SELECT`` is one round
+    trip, with no ``BEGIN`` and ``COMMIT`` around it (the pool puts the connection back as it
+    was). SQLite's connections are the kit's own (it begins their transactions itself): as they
+    are."""
+    conn = engine.connect()
+    if is_postgres(engine):
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+    return conn
+
+
+def _serve(request: Request, object_id: str) -> Response:
+    """An object's bytes, on the endpoint's thread: its row in one read, then a blob no larger
+    than one of :class:`BlobResponse`'s pieces read whole here (the same memory a
+    :class:`BlobResponse` would hold), rather than by a :class:`BlobResponse`'s thread hops to
+    stat, open, read and close it (a batch reads one small image per task); a larger blob is
+    streamed."""
+    with _reading(request.app.state.engine) as conn:
+        content = objects.readable(conn, object_id)
+    path, headers = _blobs(request).path(content.sha256), _download_headers(object_id, content.content_type)
+    if content.size > BlobResponse.chunk_size:
+        return BlobResponse(path, media_type=content.content_type, headers=headers)
+    return Response(path.read_bytes(), media_type=content.content_type, headers=headers)
+
+
+async def _put(request: Request, chunks: AsyncIterator[bytes], **fields: Any) -> Response:
     settings, blobs = _settings(request), _blobs(request)
     limit = settings.max_manifest_bytes if fields.get("kind") == "manifest" else settings.max_object_bytes
     staged = await blobs.receive(chunks, limit)
     created, obj = await run_in_threadpool(
         objects.store_staged, request.app.state.sessions, blobs, settings, staged, **fields
     )
-    return JSONResponse(public(obj).model_dump(by_alias=True, mode="json"), 201 if created else 200)
+    return _answer(public(obj), 201 if created else 200)
+
+
+def _answer(obj: StoredObject, status: int) -> Response:
+    """An object as JSON, serialised by pydantic straight to bytes."""
+    return Response(obj.model_dump_json(by_alias=True), status, media_type="application/json")
 
 
 router = APIRouter(prefix="/v1", tags=["storage"])
@@ -149,7 +180,7 @@ async def put_object(
         ObjectKind, Query(description="manifest: a batch's results as JSON lines (operator, admin only)")
     ] = "input",
     state: Annotated[Literal["staging", "committed"], Query()] = "staging",
-) -> JSONResponse:
+) -> Response:
     """The same key with the same bytes returns the first object (200); with other bytes, 409.
     An image is sniffed from its bytes; a manifest must be UTF-8 text and is stored as
     ``application/x-ndjson`` with no pixels."""
@@ -169,10 +200,10 @@ async def put_object(
     response_model=StoredObject,
     responses={**EXISTING, **documented(*STORING, DestinationRefused, BadUrl, ingest.FetchFailed)},
 )
-async def ingest_url(request: Request, body: IngestRequest, _: Operator) -> JSONResponse:
+async def ingest_url(request: Request, body: IngestRequest, _: Operator) -> Response:
     existing = await run_in_threadpool(objects.find, request.app.state.sessions, body.key)
     if existing is not None:
-        return JSONResponse(public(existing).model_dump(by_alias=True, mode="json"), 200)
+        return _answer(public(existing), 200)
     settings = _settings(request)
     destination = await ingest.check_url(body.url, settings.ingest_allow_cidrs)
     chunks = ingest.fetch(destination, settings.ingest_timeout_seconds)
@@ -218,12 +249,8 @@ def get_by_key(key: PathText, _: Reader, session: SessionDep) -> StoredObject:
     response_class=BlobResponse,
     responses={**AN_OBJECT, **documented(UnknownObject, ObjectGone)},
 )
-def get_content(object_id: PathText, _: Reader, request: Request, session: SessionDep) -> BlobResponse:
-    with session.begin():
-        obj = objects.live(session, object_id)
-    return BlobResponse(
-        _blobs(request).path(obj.sha256), media_type=obj.content_type, headers=_download_headers(obj)
-    )
+def get_content(object_id: PathText, _: Reader, request: Request) -> Response:
+    return _serve(request, object_id)
 
 
 @router.post(
@@ -341,13 +368,13 @@ def list_objects(
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", MANIFEST_TYPE: "jsonl"}
 
 
-def _download_headers(obj: StoredRow) -> dict[str, str]:
+def _download_headers(object_id: str, content_type: str) -> dict[str, str]:
     """Served as what it was sniffed to be, and nothing else: no content sniffing, a download
     rather than a page, no scripts even if a polyglot file is opened directly."""
-    ext = _EXTENSIONS.get(obj.content_type, "bin")
+    ext = _EXTENSIONS.get(content_type, "bin")
     return {
         "X-Content-Type-Options": "nosniff",
-        "Content-Disposition": f'attachment; filename="{obj.id}.{ext}"',
+        "Content-Disposition": f'attachment; filename="{object_id}.{ext}"',
         "Content-Security-Policy": "default-src 'none'; sandbox",
     }
 
@@ -406,15 +433,10 @@ def download(
     expires: Annotated[int, Query(ge=0, le=MAX_ROW_ID)],
     signature: Annotated[str, Query(max_length=128)],
     request: Request,
-    session: SessionDep,
-) -> BlobResponse:
+) -> Response:
     expected = _signature(request.app.state.url_key, object_id, expires)
     if not signature.isascii() or not hmac.compare_digest(expected, signature):
         raise BadSignature("the link's signature is not valid")
     if expires < utcnow().timestamp():
         raise LinkExpired("the link has expired; ask for a new one")
-    with session.begin():
-        obj = objects.live(session, object_id)
-    return BlobResponse(
-        _blobs(request).path(obj.sha256), media_type=obj.content_type, headers=_download_headers(obj)
-    )
+    return _serve(request, object_id)

@@ -1,7 +1,8 @@
 """The blob volume: files named by their sha256, written so that a crash or a full disk never
 leaves a half blob under a real name.
 
-Write path: stream into ``tmp/`` while hashing -> fsync the file -> rename to ``blobs/aa/bb/<sha>``
+Write path: stream into ``tmp/`` while hashing (on the event loop) -> fsync the file (on the put's
+thread: an fsync would stall every request the loop serves) -> rename to ``blobs/aa/bb/<sha>``
 -> fsync the folder. Only then does the caller record the object in the database; a crash between
 the two leaves an unreferenced blob, which the collector removes.
 
@@ -77,7 +78,8 @@ class BlobStore:
         return self.blobs / sha256[:2] / sha256[2:4] / sha256
 
     async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int) -> Staged:
-        """Write a stream to a temporary file, hashing it; nothing is left behind on failure."""
+        """Write a stream to a temporary file, hashing it; nothing is left behind on failure. The
+        file is not yet durable: :meth:`sync` it, off the event loop, before keeping it."""
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         digest, size = hashlib.sha256(), 0
         try:
@@ -88,8 +90,6 @@ class BlobStore:
                         raise ObjectTooLarge(f"the object is larger than {max_bytes} bytes")
                     digest.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -99,6 +99,19 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
             raise
         return Staged(tmp, digest.hexdigest(), size)
+
+    def sync(self, staged: Staged) -> None:
+        """Make a received file's bytes durable (blocking: call it from a thread)."""
+        try:
+            fd = os.open(staged.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull("the storage volume is full; nothing was stored") from exc
+            raise
 
     def keep(self, staged: Staged) -> Path:
         """Move a received file under its content name (atomic; a no-op if the blob exists)."""

@@ -7,24 +7,30 @@ index scans in order, and a page's ``after`` means the same whatever the databas
 pattern would also make ``_`` and ``%`` wildcards; a range has none.
 
 Space is counted, never summed: each account's live bytes are one ``account_usage`` row that a
-put moves in the savepoint of the record it counts and a delete moves with the state it changes,
-so a put's checks read one keyed row and one row per account, however many objects are stored."""
+put moves in the transaction of the record it counts and a delete moves with the state it changes,
+so a put's checks read one keyed row and one row per account, however many objects are stored.
+
+The two calls a batch makes per image (the worker fetching its input, then putting its result)
+are written as Core statements, in as few round trips to the database as their guarantees allow:
+a put is one transaction of an insert and an update (:func:`store_staged`), a read of an object's
+bytes one statement (:func:`readable`). The ORM's unit of work, identity map and savepoints cost
+more there than the statements themselves (bench/batch.py, py-spy on Storage)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from aijobs_services.kit.db import utcnow
-from aijobs_services.kit.problems import Conflict, NotFound
+from aijobs_services.kit.problems import Conflict, NotFound, Problem
 from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged
 from aijobs_services.storage.images import ImageInfo, inspect_image
 from aijobs_services.storage.manifests import inspect_manifest
@@ -32,7 +38,26 @@ from aijobs_services.storage.models import AccountUsage, StoredObject
 from aijobs_services.storage.settings import StorageSettings
 
 LIVE = ("staging", "committed")
+OBJECTS = cast("sa.Table", StoredObject.__table__)
+USAGE = cast("sa.Table", AccountUsage.__table__)
 REFERENCE_CHUNK = 500  # sha256s per indexed lookup: within SQLite's and PostgreSQL's parameter limits
+
+# The statements of a read and a put, built once with bound parameters: building one per call (each
+# value coerced to a parameter, the cache key of its compiled form computed) cost as much Python
+# as executing it.
+_READ = sa.select(OBJECTS.c.sha256, OBJECTS.c.size, OBJECTS.c.content_type, OBJECTS.c.state).where(
+    OBJECTS.c.id == sa.bindparam("object_id")
+)
+_RECORD = {
+    dialect: insert(OBJECTS).on_conflict_do_nothing(index_elements=[OBJECTS.c.key]).returning(OBJECTS.c.id)
+    for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_TAKE = (
+    sa.update(USAGE)
+    .where(USAGE.c.account == sa.bindparam("owner"))
+    .values(bytes=USAGE.c.bytes + sa.bindparam("size"), objects=USAGE.c.objects + 1)
+)
+_TAKE_WITHIN_QUOTA = _TAKE.where(USAGE.c.bytes + sa.bindparam("size") <= sa.bindparam("quota"))
 
 
 class KeyTaken(Conflict):
@@ -84,6 +109,26 @@ def live(session: Session, object_id: str) -> StoredObject:
     return obj
 
 
+@dataclass(frozen=True)
+class Content:
+    """What serving an object's bytes needs of its row."""
+
+    sha256: str
+    size: int
+    content_type: str
+
+
+def readable(conn: sa.Connection, object_id: str) -> Content:
+    """An object whose bytes may still be read, in one statement: no ORM object is built, and
+    on a connection in autocommit no transaction is begun and committed around it."""
+    row = conn.execute(_READ, {"object_id": object_id}).one_or_none()
+    if row is None:
+        raise UnknownObject(f"no object {object_id!r}")
+    if row.state == "deleted":
+        raise ObjectGone(f"object {object_id} was deleted")
+    return Content(row.sha256, row.size, row.content_type)
+
+
 def same_or_conflict(existing: StoredObject, sha256: str) -> StoredObject:
     if existing.sha256 != sha256:
         raise KeyTaken(
@@ -94,9 +139,9 @@ def same_or_conflict(existing: StoredObject, sha256: str) -> StoredObject:
     return existing
 
 
-def _moved(session: Session, stmt: sa.Update) -> int:
+def _moved(session: Session, stmt: sa.Update, params: dict[str, Any] | None = None) -> int:
     """Rows a Core update changed; the ORM's identity map is left alone (callers fix it up)."""
-    result = session.execute(stmt.execution_options(synchronize_session=False))
+    result = session.execute(stmt, params, execution_options={"synchronize_session": False})
     return cast("sa.CursorResult[Any]", result).rowcount
 
 
@@ -104,7 +149,7 @@ def _open_account(session: Session, account: str) -> None:
     """The account's usage row, created at zero on its first put (a concurrent first put's row
     is waited for, then left as it is)."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(AccountUsage).values(account=account, bytes=0, objects=0).on_conflict_do_nothing())
+    session.execute(insert(USAGE).values(account=account, bytes=0, objects=0).on_conflict_do_nothing())
 
 
 def reserve(session: Session, account: str, size: int, capacity: int, quota: int) -> None:
@@ -112,23 +157,22 @@ def reserve(session: Session, account: str, size: int, capacity: int, quota: int
     or the account's ``quota`` would be exceeded (0: no limit). The quota is checked and taken in
     one keyed update, which row-locks the account's usage until the transaction ends: of two
     concurrent puts that only one fits, the second sees the first's bytes. The capacity is read
-    as it stands (one row per account), as it always was: a limit kept before the disk fills."""
-    used = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(AccountUsage.bytes), 0)))
-    if capacity and int(used or 0) + size > capacity:
-        raise DiskFull(
-            f"the storage volume's capacity ({capacity} bytes) would be exceeded; nothing was stored"
-        )
-    take = (
-        sa.update(AccountUsage)
-        .where(AccountUsage.account == account)
-        .values(bytes=AccountUsage.bytes + size, objects=AccountUsage.objects + 1)
-    )
+    as it stands (one row per account), as it always was: a limit kept before the disk fills;
+    with no capacity set, not read at all."""
+    if capacity:
+        used = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(USAGE.c.bytes), 0)))
+        if int(used or 0) + size > capacity:
+            raise DiskFull(
+                f"the storage volume's capacity ({capacity} bytes) would be exceeded; nothing was stored"
+            )
+    params: dict[str, Any] = {"owner": account, "size": size}
+    take = _TAKE
     if quota:
-        take = take.where(AccountUsage.bytes + size <= quota)
-    if _moved(session, take):
+        take, params["quota"] = _TAKE_WITHIN_QUOTA, quota
+    if _moved(session, take, params):
         return
     _open_account(session, account)  # nothing moved: a first put, or over the quota
-    if _moved(session, take):
+    if _moved(session, take, params):
         return
     raise DiskFull(f"account {account!r} would exceed its storage quota ({quota} bytes); nothing was stored")
 
@@ -137,9 +181,9 @@ def release(session: Session, account: str, size: int) -> None:
     """Uncount a live object's bytes (its row was made live by a put, so the account's row exists)."""
     _moved(
         session,
-        sa.update(AccountUsage)
-        .where(AccountUsage.account == account)
-        .values(bytes=AccountUsage.bytes - size, objects=AccountUsage.objects - 1),
+        sa.update(USAGE)
+        .where(USAGE.c.account == account)
+        .values(bytes=USAGE.c.bytes - size, objects=USAGE.c.objects - 1),
     )
 
 
@@ -156,42 +200,54 @@ def store_staged(
     state: str,
 ) -> tuple[bool, StoredObject]:
     """Check, keep and record a received file; idempotent by ``key``: whether it was created,
-    and the object (the first one when the key already held the same bytes). Runs on a thread."""
+    and the object (the first one when the key already held the same bytes). Runs on a thread.
+
+    One transaction: the record is inserted unless its key is taken, then counted, then its
+    blob kept, then all committed; a refusal (quota, capacity) rolls the record back, and the
+    blob is durable before the commit makes any record point at it. The key is not looked up
+    first: a put of a new key (nearly every put) pays no read for the rare retry, which finds its
+    key taken at the insert (waiting for a concurrent put of it to end) and is answered with the
+    first object. The checks of the bytes come first, out of any transaction; a key that already
+    holds an object still answers for it when they fail (its bytes, or a conflict), as when the
+    key was read first.
+
+    Every image is decoded in full, a worker's result as much as a user's upload: a result is
+    what a user downloads and a batch's manifest names, and a worker that wrote a truncated or
+    corrupt file must be refused here rather than deliver it (the decode of a result is a few
+    percent of Storage's time for a put, bench/batch.py with py-spy)."""
     try:
-        with sessions() as session:
-            existing = by_key(session, key)
-            if existing is not None:
-                return False, same_or_conflict(existing, staged.sha256)
-        if kind == "manifest":
-            info = inspect_manifest(staged.path)
-        else:
-            info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        try:
+            if kind == "manifest":
+                info = inspect_manifest(staged.path)
+            else:
+                info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        except Problem:
+            existing = find(sessions, key)
+            if existing is None:
+                raise
+            return False, same_or_conflict(existing, staged.sha256)
+        blobs.sync(staged)
+        # A manifest is the operator's receipt for a batch already charged: the account's
+        # quota, a definite no, must not strand it (the disk's capacity, which frees up, may).
+        quota = 0 if kind == "manifest" else settings.account_quota_bytes
         with blobs.sharing(), sessions() as session, session.begin():
-            # A manifest is the operator's receipt for a batch already charged: the account's
-            # quota, a definite no, must not strand it (the disk's capacity, which frees up, may).
-            quota = 0 if kind == "manifest" else settings.account_quota_bytes
-            try:
-                with session.begin_nested():
-                    # Counted in the savepoint of its record: a put that loses the key's race
-                    # below takes its bytes back with its row; a refusal keeps no blob.
-                    reserve(session, account, staged.size, settings.capacity_bytes, quota)
-                    blobs.keep(staged)  # durable under its content name before any record points at it
-                    obj = record(
-                        session,
-                        key=key,
-                        account=account,
-                        job_id=job_id,
-                        kind=kind,
-                        state=state,
-                        staged=staged,
-                        info=info,
-                    )
-                    return True, obj
-            except IntegrityError:
-                pass  # a concurrent put of the same key won the race: compare with it below
-        raced = find(sessions, key)
-        assert raced is not None
-        return False, same_or_conflict(raced, staged.sha256)
+            obj = record(
+                session,
+                key=key,
+                account=account,
+                job_id=job_id,
+                kind=kind,
+                state=state,
+                staged=staged,
+                info=info,
+            )
+            if obj is None:  # the key is taken: by a retry's first put, or a concurrent one
+                taken = by_key(session, key)
+                assert taken is not None
+                return False, same_or_conflict(taken, staged.sha256)
+            reserve(session, account, staged.size, settings.capacity_bytes, quota)
+            blobs.keep(staged)  # durable under its content name before the commit records it
+            return True, obj
     finally:
         blobs.discard(staged)
 
@@ -206,26 +262,30 @@ def record(
     state: str,
     staged: Staged,
     info: ImageInfo,
-) -> StoredObject:
+) -> StoredObject | None:
+    """Insert an object's row, or nothing if ``key`` is taken (None): a concurrent insert of the
+    key is waited for, and counts as taken once committed. The object returned is built from the
+    values inserted, outside the session: nothing loads it back."""
     now = utcnow()
-    obj = StoredObject(
-        id=f"obj-{uuid.uuid4().hex[:20]}",
-        key=key,
-        account=account,
-        job_id=job_id,
-        kind=kind,
-        sha256=staged.sha256,
-        size=staged.size,
-        content_type=info.content_type,
-        width=info.width,
-        height=info.height,
-        state=state,
-        created_at=now,
-        committed_at=now if state == "committed" else None,
-    )
-    session.add(obj)
-    session.flush()
-    return obj
+    values: dict[str, Any] = {
+        "id": f"obj-{uuid.uuid4().hex[:20]}",
+        "key": key,
+        "account": account,
+        "job_id": job_id,
+        "kind": kind,
+        "sha256": staged.sha256,
+        "size": staged.size,
+        "content_type": info.content_type,
+        "width": info.width,
+        "height": info.height,
+        "state": state,
+        "created_at": now,
+        "committed_at": now if state == "committed" else None,
+    }
+    insert = _RECORD[session.get_bind().dialect.name]
+    if session.execute(insert, values).scalar_one_or_none() is None:
+        return None
+    return StoredObject(**values)
 
 
 def commit(session: Session, object_id: str, job_id: str) -> StoredObject:
