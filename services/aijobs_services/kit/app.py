@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from aijobs_services.kit.callers import Allow, authenticated_caller
+from aijobs_services.kit.callers import Allow, VerifiedTokens, authenticated_caller
 from aijobs_services.kit.db import make_engine, make_sessionmaker, migrate
 from aijobs_services.kit.idempotency import MAX_KEY_LENGTH, Clock, IdempotencyStore, idempotent_request
 from aijobs_services.kit.observability import RequestMetrics, ServiceMetrics, health_router
@@ -89,6 +89,7 @@ def create_app(
     app.state.sessions = make_sessionmaker(engine)
     app.state.metrics = metrics
     app.state.clock = clock
+    app.state.verified_tokens = VerifiedTokens()
     app.state.idempotency = IdempotencyStore(
         spec.idempotency_table,
         dt.timedelta(seconds=settings.idempotency_retention_seconds),
