@@ -2,6 +2,7 @@
 it each job costs.
 
     .venv/bin/python bench/memory.py --jobs 10000 [--step 1000] [--size 192] [--timeout 3000]
+        [--operator-env AIJOBS_MALLOC_TRIM_SECONDS=0 --operator-env AIJOBS_MALLOC_ARENAS=0]
 
 The stack of bench/saga.py with no worker: every job is charged, uploaded and scheduled, then
 waits on a task that nobody leases, which is how jobs pile up in front of busy GPUs. Each job
@@ -17,6 +18,9 @@ Printed: one line per wave, the figures at the last wave, the operator's growth 
 one job (a real body as the watch delivers it, through the operator's own ``slim``, measured
 with tracemalloc in this process) split by part, and the AI task the follower keeps for it.
 Stopped by ``--timeout`` first, it reports the largest number of Scheduled jobs it reached.
+``--operator-env`` sets the operator's environment: the two above measure it without the upkeep
+of :mod:`aijobs_operator.memory` (glibc's arenas capped, free heap pages trimmed), and
+``AIJOBS_TRACEMALLOC=FILE`` has it write what Python and malloc hold, line by line.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import base64
 import concurrent.futures
 import datetime as dt
 import json
+import signal
 import sys
 import time
 import tracemalloc
@@ -111,10 +116,20 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=1_000, help="jobs applied per wave")
     parser.add_argument("--size", type=int, default=192, help="side of each job's photograph, px")
     parser.add_argument("--timeout", type=float, default=3000, help="seconds, then report what was reached")
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the operator's environment (AIJOBS_MALLOC_TRIM_SECONDS=0: no trimming)",
+    )
     args = parser.parse_args()
+    # Stopped (a bench started in the background ignores ^C), it still stops the stack it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     images = [base64.b64encode(i).decode() for i in photos(60, args.size)]
     quota = args.jobs * max(map(len, images)) + 10_000_000
     operator_env = {"AIJOBS_FOLLOW_INTERVAL_SECONDS": "1"}
+    operator_env.update(pair.split("=", 1) for pair in args.operator_env)
     with bench_stack("bench-memory-", workers=0, quota_bytes=quota, operator_env=operator_env) as (
         plane,
         _,
@@ -163,6 +178,9 @@ def main() -> None:
                 settled = counts["Scheduled"] + counts["Failed"]  # a failed job is said, not awaited
                 if settled >= wave_end or time.monotonic() - started > args.timeout:
                     break
+                if operator.proc.poll() is not None:  # its log goes with the stack: show its end
+                    tail = (operator.log_dir / f"{operator.name}.log").read_text().splitlines()[-20:]
+                    sys.exit("\n".join([f"the operator exited ({operator.proc.returncode}):", *tail]))
                 time.sleep(2.0)
             timed_out = counts["Scheduled"] + counts["Failed"] < wave_end
             reached = counts["Scheduled"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from aijobs_operator.engine import Reconciler, slim
 from aijobs_operator.health import Vitals, tap_watch_streams
 from aijobs_operator.kube import ApiKubeWriter
 from aijobs_operator.leader import LeaseElector
+from aijobs_operator.memory import MemorySettings, keep_small, prepare
 from aijobs_operator.metrics import METRICS
 from aijobs_operator.steps import Services
 from aijobs_operator.tenancy import AccountSyncer
@@ -100,6 +102,8 @@ def _die_loudly(task: asyncio.Task[Any]) -> None:
 
 def run(cfg: OperatorSettings | None = None) -> None:
     cfg = cfg or OperatorSettings()
+    memory = MemorySettings()
+    prepare(memory)  # before the first thread: the arena cap holds only for threads started later
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -118,6 +122,8 @@ def run(cfg: OperatorSettings | None = None) -> None:
     kube = ApiKubeWriter(api)  # one writer for the jobs, the auditor's verdicts and the accounts
     reconciler = Reconciler(cfg, build_services(cfg), kube)
     tasks: list[Any] = [elector.keep]
+    if memory.upkeep_seconds:
+        tasks.append(functools.partial(keep_small, memory))
     collector = TtlCollector(
         kube,
         lambda: list(reconciler.cache.values()),
