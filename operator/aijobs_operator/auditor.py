@@ -213,8 +213,14 @@ class Auditor:
         )
         verdict = "repaired" if stopped.cancelled or stopped.stopping else "consistent"
         for _ in range(2):  # the objects, then (nothing left) the holds
-            found = gone_job_leftovers(await fetch_records(svc, uid, batch=True), stopped.counts)
+            # Read afresh, not from the cancel's answer: that may be the replay of an earlier
+            # pass's, from before its worker stopped.
+            records = await fetch_records(svc, uid, batch=True)
+            assert records.counts is not None  # a batch-style read counts the tasks
+            found = gone_job_leftovers(records, records.counts)
             if not found:
+                if records.counts.running:
+                    verdict = "repaired"  # its task is stopping: the next pass goes on
                 break
             for finding in found:
                 await repair(svc, uid, finding)

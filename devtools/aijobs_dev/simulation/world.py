@@ -1019,8 +1019,10 @@ class World:
 
     def _late_commits(self) -> bool:
         """Requests that commit after their job is gone (delayed on the way, or sent by a pass that
-        did not know of the deletion): a hold, an input and a task appear for a job whose
-        finalizer went, whose saga will never run again. Only the auditor can undo them."""
+        did not know of the deletion): the first hold, input and task of a job whose compensation
+        found nothing to undo and whose finalizer went, so its saga will never run again. Only the
+        auditor can undo them. (A late request for a job that had committed its calls before
+        replays them under the same keys: nothing new.)"""
         gone = [
             job
             for job in self.jobs
@@ -1029,7 +1031,9 @@ class World:
                 (body := self.kube.objects.get((job.namespace, job.name))) is None
                 or body["metadata"]["uid"] != job.uid
             )
-            and not any(h.job_id == job.uid and h.state == "captured" for h in self.payment.holds.values())
+            and not any(h.job_id == job.uid for h in self.payment.holds.values())
+            and not any(o.job_id == job.uid for o in self.storage.objects.values())
+            and not any(t.job_id == job.uid for t in self.ai.tasks.values())
             and not any(d.uid == job.uid for d in self.damage)
         ]
         if not gone:
@@ -1052,22 +1056,19 @@ class World:
         self.payment.holds[hold.id] = hold
         account.available -= job.price
         account.held += job.price
-        reply = self.storage.store(f"job:{job.uid}:late", job.account, job.uid, "input", b"late-input")
-        placed = [("gone-hold", hold.id), ("gone-object", reply.body["id"])]
-        # A task is keyed by its job (or image): a late one is the job's only task.
-        if not any(t.job_id == job.uid for t in self.ai.tasks.values()):
-            task = Task(
-                self.ai.new_id("task"),
-                job.uid,
-                job.account,
-                "resize",
-                {},
-                reply.body["id"],
-                run_at=self.clock + dt.timedelta(days=365),
-                updated_at=self.clock,
-            )
-            self.ai.tasks[task.id] = task
-            placed.append(("gone-task", task.id))
+        reply = self.storage.store(f"job:{job.uid}:input", job.account, job.uid, "input", b"late-input")
+        task = Task(
+            self.ai.new_id("task"),
+            job.uid,
+            job.account,
+            "resize",
+            {},
+            reply.body["id"],
+            run_at=self.clock + dt.timedelta(days=365),
+            updated_at=self.clock,
+        )
+        self.ai.tasks[task.id] = task
+        placed = [("gone-hold", hold.id), ("gone-object", reply.body["id"]), ("gone-task", task.id)]
         for kind, target in placed:
             self.damage.append(Damage(job.uid, kind, target, self.clock))
         self.fire("late-commit-after-gone", f"{', '.join(t for _, t in placed)} of {job.name}")
@@ -1103,10 +1104,22 @@ class World:
         await self._audit_rounds()
 
     async def _audit_rounds(self) -> None:
-        for _ in range(3):
+        for _ in range(4):
             # A job gone before this process started is taken for gone on its second pass.
             if "repaired" not in await self._audit() and not self.auditor.suspects:
                 break
+            self._stop_cancelled()
+
+    def _stop_cancelled(self) -> None:
+        """A running task whose cancel was asked stops before the next pass, as a worker hears it
+        at its next heartbeat (it may store its result first)."""
+        for task in self.ai.tasks.values():
+            if task.state == "running" and task.cancel_requested:
+                if self.rng.random() < 0.5:
+                    key = f"job:{task.job_id}:result" + ("" if task.item is None else f":{task.item}")
+                    self.storage.store(key, task.account, task.job_id, "result", b"late")
+                    self.fire("late-result", task.id)
+                task.state, task.updated_at = "cancelled", self.clock
 
     async def _heal(self, heal_rounds: int) -> None:
         for _ in range(heal_rounds):
