@@ -17,7 +17,8 @@ from aijobs.wire.tokens import LEEWAY_SECONDS, TokenSigner
 SECRETS = {"worker": "w" * 32, "operator": "o" * 32}
 
 
-def test_a_token_sent_again_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens the service checks from now on, in order."""
     checked: list[str] = []
     verify = callers.verify_claims
 
@@ -26,6 +27,11 @@ def test_a_token_sent_again_is_not_verified_again(monkeypatch: pytest.MonkeyPatc
         return verify(token, audience, secrets)
 
     monkeypatch.setattr(callers, "verify_claims", counting)
+    return checked
+
+
+def test_a_token_sent_again_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = _count_checks(monkeypatch)
     known = VerifiedTokens()
     token = TokenSigner("worker", SECRETS["worker"]).token_for("storage")
     assert known.caller(token, "storage", SECRETS) == Caller("worker")
@@ -43,14 +49,7 @@ def test_a_forged_or_misdirected_token_is_refused_every_time() -> None:
 
 
 def test_a_remembered_token_past_its_expiry_is_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    checked: list[str] = []
-    verify = callers.verify_claims
-
-    def counting(token: str, audience: str, secrets: dict[str, str]) -> tuple[Caller, float]:
-        checked.append(token)
-        return verify(token, audience, secrets)
-
-    monkeypatch.setattr(callers, "verify_claims", counting)
+    checked = _count_checks(monkeypatch)
     now = time.time()
     claims = {"iss": "worker", "aud": "storage", "iat": int(now) - 60, "exp": int(now) + 1}
     token = jwt.encode(claims, SECRETS["worker"], algorithm="HS256")
