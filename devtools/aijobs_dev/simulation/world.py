@@ -978,19 +978,8 @@ class World:
         elif kind == "stray-hold":
             if account.available < job.price:
                 return
-            hold = Hold(
-                self.payment.new_id("hold"),
-                job.account,
-                job.uid,
-                job.price,
-                HoldState.ACTIVE,
-                self.clock + MAX_HOLD,  # only the auditor releases it within a schedule
-                self.clock,
-            )
-            self.payment.holds[hold.id] = hold
-            account.available -= job.price
-            account.held += job.price
-            target = hold.id
+            # Only the auditor releases it within a schedule.
+            target = self._place_hold(job, self.clock + MAX_HOLD).id
         elif kind == "orphan-object":
             n = len(self.damage)
             reply = self.storage.store(
@@ -1017,6 +1006,23 @@ class World:
         self.damage.append(Damage(job.uid, kind, target, self.clock))
         self.fire(f"damage:{kind}", f"{target} of {job.name}")
 
+    def _place_hold(self, job: SimJob, expires_at: dt.datetime) -> Hold:
+        """An active hold of the job's price on its account, made behind the operator's back."""
+        hold = Hold(
+            self.payment.new_id("hold"),
+            job.account,
+            job.uid,
+            job.price,
+            HoldState.ACTIVE,
+            expires_at,
+            self.clock,
+        )
+        self.payment.holds[hold.id] = hold
+        account = self.payment.accounts[job.account]
+        account.available -= job.price
+        account.held += job.price
+        return hold
+
     def _late_commits(self) -> bool:
         """Requests that commit after their job is gone (delayed on the way, or sent by a pass that
         did not know of the deletion): the first hold, input and task of a job whose compensation
@@ -1042,20 +1048,9 @@ class World:
         account = self.payment.accounts[job.account]
         if account.available < job.price:
             return False
-        hold = Hold(
-            self.payment.new_id("hold"),
-            job.account,
-            job.uid,
-            job.price,
-            HoldState.ACTIVE,
-            # Past any clock jump or skip to a far runAt, as a lost capture's: the auditor finds a late
-            # commit while its hold is active (an expired one gave the credits back by itself).
-            self.clock + dt.timedelta(days=3650),
-            self.clock,
-        )
-        self.payment.holds[hold.id] = hold
-        account.available -= job.price
-        account.held += job.price
+        # Past any clock jump or skip to a far runAt, as a lost capture's: the auditor finds a late
+        # commit while its hold is active (an expired one gave the credits back by itself).
+        hold = self._place_hold(job, self.clock + dt.timedelta(days=3650))
         reply = self.storage.store(f"job:{job.uid}:input", job.account, job.uid, "input", b"late-input")
         task = Task(
             self.ai.new_id("task"),
