@@ -2,14 +2,16 @@
 
 A stored object is an image under a caller-chosen key (idempotent by key), staged until its job
 commits it, deleted by the job's compensation. Its bytes travel outside JSON (``PUT`` and
-``GET .../content``, or a signed download link). A batch job's inputs are the committed images
-under a key prefix (:class:`ObjectPage`, listed page by page); its results are summed up in a
-manifest, an object of JSON lines (kind ``manifest``) only the operator stores.
+``GET .../content``, or a signed download link), but for the bulk read of a worker's leased
+inputs (:class:`ContentsRequest`), where they travel base64 in each item's answer. A batch job's
+inputs are the committed images under a key prefix (:class:`ObjectPage`, listed page by page);
+its results are summed up in a manifest, an object of JSON lines (kind ``manifest``) only the operator stores.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -20,8 +22,10 @@ from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL_PORTABLE
 __all__ = [
     "KEY",
     "MANIFEST_TYPE",
+    "MAX_BULK_CONTENT_BYTES",
     "MAX_BULK_OBJECTS",
     "CommitRequest",
+    "ContentsRequest",
     "DeletedObjects",
     "DownloadLink",
     "DownloadLinkRequest",
@@ -29,6 +33,7 @@ __all__ = [
     "IngestRequest",
     "Instant",
     "JobObjects",
+    "ObjectContent",
     "ObjectKind",
     "ObjectPage",
     "ObjectPut",
@@ -137,3 +142,31 @@ class ObjectPut(Request):
     job_id: str | None = Field(default=None, max_length=128)
     kind: ImageKind = Field(default="input", description="A bulk put stores images only, never a manifest")
     state: Literal["staging", "committed"] = "staging"
+
+
+# The bytes of one bulk read's answer, at most: an item past it is answered ``read-alone`` (fetch
+# it with ``GET /v1/objects/{id}/content``), so one answer never holds more than this in memory.
+MAX_BULK_CONTENT_BYTES = 32 * 1024 * 1024
+
+
+class ContentsRequest(Request):
+    """``POST /v1/bulk/contents``: the bytes of many objects in one request (a worker's leased
+    inputs), each answered as ``GET /v1/objects/{id}/content`` would be."""
+
+    ids: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]],
+        Field(min_length=1, max_length=MAX_BULK_OBJECTS, description="Object ids, answered in this order"),
+    ]
+
+
+class ObjectContent(Answer):
+    """One object's bytes in a bulk read's answer."""
+
+    id: str
+    sha256: str = Field(description="The content's SHA-256, hex")
+    size: int = Field(description="Bytes")
+    content_type: str
+    content: str = Field(description="The object's bytes, base64 (RFC 4648, padded)")
+
+    def data(self) -> bytes:
+        return base64.b64decode(self.content, validate=True)

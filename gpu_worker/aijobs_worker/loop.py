@@ -7,9 +7,10 @@
 The loop takes the batch prefetched meanwhile (or leases one itself when none is), starts leasing
 and fetching the next one beside it, infers, encodes and spools each result (durable before
 anything else), then hands the spooled results to a delivery that runs in the background and goes
-round. A delivery uploads each result under a key derived from the job (a re-run stores no second
-result) and completes the uploaded ones in one request (``POST /v1/bulk/completions``, each under
-the key its single completion has always had).
+round. A lease's inputs are read in one request (``POST /v1/bulk/contents``). A delivery uploads
+each result under a key derived from the job (a re-run stores no second result), all in one
+request (``POST /v1/bulk/objects``), and completes the uploaded ones in one request
+(``POST /v1/bulk/completions``, each under the key its single completion has always had).
 
 Bounds: at most ``2 x max_tasks`` tasks held and not yet inferred (the batch inferring and the one
 prefetched), at most ``deliveries_in_flight`` deliveries; at that bound the loop waits for one to
@@ -52,7 +53,7 @@ from aijobs.api.ai import (
     TaskCompletion,
 )
 from aijobs.api.bulk import BulkAnswer, ItemAnswer
-from aijobs.api.storage import MAX_BULK_OBJECTS, ObjectPut, StoredObject
+from aijobs.api.storage import MAX_BULK_OBJECTS, ContentsRequest, ObjectContent, ObjectPut, StoredObject
 from aijobs.wire.bulk import Batcher
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError, judge
 from aijobs_worker import codec
@@ -126,6 +127,7 @@ class Worker:
         # Set when the loop has stopped: deliveries give up retrying past it (results stay spooled).
         self._flush_by: float | None = None
         self._bulk_uploads = True  # until Storage says it has no bulk upload
+        self._bulk_reads = True  # nor bulk read
         # Built once: settings AI would refuse stop the worker at start, not at its first poll.
         self._lease_request = LeaseRequest(
             worker=worker_id, max_tasks=cfg.max_tasks, lease_seconds=cfg.lease_seconds
@@ -216,7 +218,7 @@ class Worker:
         # lease it runs under has stopped. Inference has the model's own budget.
         self._beat(f"fetching {len(tasks)} input(s)", self.cfg.lease_seconds)
         started = time.perf_counter()
-        blobs = await asyncio.gather(*(self._fetch(t) for t in tasks), return_exceptions=True)
+        blobs = await self._fetch_all(tasks)
         STAGE_SECONDS.labels("fetch").observe((time.perf_counter() - started) / max(1, len(tasks)))
         items: list[Item] = []
         for task, blob in zip(tasks, blobs, strict=True):
@@ -532,8 +534,49 @@ class Worker:
         self.spool.remove(entry)
         self.held.pop(entry.task_id, None)
 
-    async def _fetch(self, task: LeasedTask) -> bytes:
-        response = await self.storage.call("GET", f"/v1/objects/{task.input_object_id}/content")
+    async def _fetch_all(self, tasks: list[LeasedTask]) -> list[bytes | BaseException]:
+        """Each task's input, or what kept it from being fetched: read together
+        (``POST /v1/bulk/contents``, at most ``MAX_BULK_OBJECTS`` a request) when there are
+        several, and each one the bulk read did not give (an older Storage, a lost answer, an
+        item past the answer's bound or refused) fetched alone, whose answer is then the task's."""
+        ids = list(dict.fromkeys(task.input_object_id for task in tasks))
+        found: dict[str, bytes | BaseException] = {}
+        if self._bulk_reads and len(ids) > 1:
+            for start in range(0, len(ids), MAX_BULK_OBJECTS):
+                found.update(await self._read_together(ids[start : start + MAX_BULK_OBJECTS]))
+        alone = [object_id for object_id in ids if object_id not in found]
+        fetched = await asyncio.gather(*(self._fetch(one) for one in alone), return_exceptions=True)
+        found.update(zip(alone, fetched, strict=True))
+        return [found[task.input_object_id] for task in tasks]
+
+    async def _read_together(self, ids: list[str]) -> dict[str, bytes | BaseException]:
+        """The bytes of those of ``ids`` the bulk read gave."""
+        request = ContentsRequest(ids=ids).wire()
+        try:
+            answer = await self.storage.fetch(BulkAnswer, "POST", "/v1/bulk/contents", json=request)
+        except Ambiguous as exc:
+            log.info("bulk read of %d input(s) failed (%s): one request per input", len(ids), exc)
+            return {}
+        except Refused as exc:
+            if exc.status in (404, 405):
+                log.info("storage has no bulk read (%s): one request per input", exc.kind)
+                self._bulk_reads = False
+            else:
+                log.warning("storage refused a bulk read whole (%s): one request per input", exc)
+            return {}
+        found: dict[str, bytes | BaseException] = {}
+        for item in answer.items:
+            if item.status != 200:
+                continue  # read alone: its own answer says why
+            try:
+                content = ObjectContent.model_validate(item.body)
+                found[content.id] = content.data()
+            except ValueError as exc:
+                log.warning("a bulk read's item is no object's content (%s): read alone", exc)
+        return found
+
+    async def _fetch(self, object_id: str) -> bytes:
+        response = await self.storage.call("GET", f"/v1/objects/{object_id}/content")
         return response.content
 
     # -- leases ---------------------------------------------------------------------------------

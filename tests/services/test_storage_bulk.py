@@ -1,8 +1,10 @@
 """Storage's bulk put: many images in one request, each stored exactly as its single put stores
-it and answered on its own; a request sent again whole (its answer lost) stores nothing twice."""
+it and answered on its own; a request sent again whole (its answer lost) stores nothing twice.
+Its bulk read: many objects' bytes in one request, each as its single read answers it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,10 +17,12 @@ import pytest
 import sqlalchemy as sa
 from aijobs_services.kit.app import create_app
 from aijobs_services.registry import spec
+from aijobs_services.storage import bulk
 from aijobs_services.storage.settings import StorageSettings
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from aijobs.api.storage import ObjectContent
 from tests.services import images
 from tests.services.conftest import Api
 
@@ -154,3 +158,63 @@ def test_only_the_services_callers_may_store(storage: tuple[Api, sa.Engine]) -> 
     )
     assert anonymous.status_code == 401
     assert _live(engine) == []
+
+
+def _read(api: Api, ids: list[str], caller: str | None = "worker") -> httpx.Response:
+    return api.http.post("/v1/bulk/contents", json={"ids": ids}, headers=api.headers(caller, None))
+
+
+def _stored_ids(api: Api, contents: list[bytes]) -> list[str]:
+    items = [_result(f"result:job-1:{n}") for n in range(len(contents))]
+    return [a["body"]["id"] for a in _bulk(api, items, contents).json()["items"]]
+
+
+def test_a_bulk_read_answers_each_object_as_its_single_read_does(storage: tuple[Api, sa.Engine]) -> None:
+    api, _ = storage
+    red, jpeg = images.png(color=(200, 0, 0)), images.jpeg()
+    red_id, jpeg_id, gone_id = _stored_ids(api, [red, jpeg, images.png(color=(0, 9, 0))])
+    deleted = api.http.post(f"/v1/objects/{gone_id}/delete", headers=api.headers("operator", "del-1"))
+    assert deleted.status_code == 200, deleted.text
+    answer = _read(api, [jpeg_id, "obj-nothere", gone_id, red_id, jpeg_id])
+    assert answer.status_code == 200, answer.text
+    items = answer.json()["items"]
+    assert [(i["key"], i["status"]) for i in items] == [
+        (jpeg_id, 200),
+        ("obj-nothere", 404),
+        (gone_id, 404),
+        (red_id, 200),
+        (jpeg_id, 200),
+    ]
+    assert [i["body"]["type"].rsplit("/", 1)[-1] for i in items[1:3]] == ["unknown-object", "object-deleted"]
+    for item, content in ((items[0], jpeg), (items[3], red), (items[4], jpeg)):
+        read = ObjectContent.model_validate(item["body"])
+        single = api.http.get(f"/v1/objects/{read.id}/content", headers=api.headers("worker", None))
+        assert read.data() == single.content == content
+        assert (read.size, read.content_type) == (len(content), single.headers["content-type"])
+        assert read.sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_a_bulk_read_past_its_bound_of_bytes_sends_the_rest_to_the_single_read(
+    storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, _ = storage
+    small, large = images.png(color=(5, 5, 5)), images.jpeg(width=300, height=200)
+    small_id, large_id = _stored_ids(api, [small, large])
+    monkeypatch.setattr(bulk, "MAX_BULK_CONTENT_BYTES", len(small) + len(large) - 1)
+    items = _read(api, [small_id, large_id, small_id]).json()["items"]
+    assert [(i["status"], i["body"].get("type", "").rsplit("/", 1)[-1]) for i in items] == [
+        (200, ""),
+        (413, "read-alone"),
+        (200, ""),  # a smaller one still fits
+    ]
+    assert f"/v1/objects/{large_id}/content" in items[1]["body"]["detail"]
+
+
+def test_a_bulk_read_that_is_malformed_or_anonymous_is_refused_whole(storage: tuple[Api, sa.Engine]) -> None:
+    api, _ = storage
+    (some_id,) = _stored_ids(api, [images.png()])
+    for ids in ([], ["bad id!"], [some_id] * 101):
+        refused = _read(api, ids)
+        assert refused.status_code == 422, ids
+        assert refused.headers["content-type"].startswith("application/problem+json")
+    assert _read(api, [some_id], caller=None).status_code == 401

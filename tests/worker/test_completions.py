@@ -172,3 +172,58 @@ def test_a_lost_upload_answer_is_sent_again_and_stores_each_result_once(
     assert [key for key, _ in stored] == [f"result:job-{i}" for i in range(3)]
     assert sorted(s["resultObjectId"] for s in states) == sorted(oid for _, oid in stored)
     assert spool.entries() == []
+
+
+async def _fetching(
+    app: FastAPI, secrets: dict[str, str], storage_app: FastAPI, spool_dir: Path, lose: bool
+) -> tuple[Wire, list[str], list[tuple[str, torch.Tensor]], list[dict[str, Any]]]:
+    """Three tasks leased, two of whose inputs are stored (the third's object does not exist),
+    then gathered by the worker: the storage paths it called, the stored inputs' digests by task,
+    the images it decoded, and the tasks' states after."""
+    wire = Wire(app)
+    storage_wire = Wire(storage_app, "/v1/bulk/contents" if lose else None)
+    operator = ServiceClient("ai", "http://ai", TokenSigner("operator", secrets["operator"]), transport=wire)
+    ai = ServiceClient("ai", "http://ai", TokenSigner("worker", secrets["worker"]), transport=wire)
+    storage = ServiceClient(
+        "storage", "http://storage", TokenSigner("worker", secrets["worker"]), transport=storage_wire
+    )
+    uploader = ServiceClient(
+        "storage", "http://storage", TokenSigner("operator", secrets["operator"]), transport=storage_wire
+    )
+    inputs = []
+    for i in range(2):
+        params = {"account": "acme", "kind": "input", "state": "committed"}
+        stored = await uploader.call("PUT", f"/v1/objects/in-{i}", params=params, content=_result(i + 1))
+        inputs.append(stored.json()["id"])
+    inputs.append("obj-missing")
+    for i, object_id in enumerate(inputs):
+        body = {"jobId": f"job-{i}", "account": "acme", "pipeline": "grayscale", "inputObjectId": object_id}
+        await operator.call("POST", "/v1/tasks", key=f"job-{i}", json=body)
+    cfg = WorkerSettings(spool_dir=str(spool_dir), max_tasks=3, lease_seconds=30)
+    worker = Worker(cfg, ai, storage, Runner(torch.device("cpu")), Spool(spool_dir), "w1")
+    storage_wire.paths.clear()
+    batch = await worker._gather()
+    job_of = {task_id: task.job_id for task_id, task in batch.tasks.items()}
+    decoded = sorted((job_of[item.key], item.image) for item in batch.items)
+    states = [(await operator.call("GET", f"/v1/tasks/{t}")).json() for t in sorted(batch.tasks)]
+    for client in (operator, ai, storage, uploader):
+        await client.aclose()
+    return storage_wire, inputs, decoded, states
+
+
+@pytest.mark.parametrize("lose", [False, True], ids=["answered", "answer-lost"])
+def test_a_leases_inputs_are_read_in_one_request_and_each_unreadable_one_is_handed_back(
+    ai: AI, storage_app: FastAPI, tmp_path: Path, lose: bool
+) -> None:
+    """Each stored input is decoded as its bytes say; the one whose object does not exist is
+    handed back (retryable: it may be an input's late commit) and the others go on. A lost answer
+    to the bulk read costs one single read per input, not the batch."""
+    storage, inputs, decoded, states = asyncio.run(_fetching(*ai, storage_app, tmp_path / "spool", lose))
+    single = [f"/v1/objects/{object_id}/content" for object_id in inputs]
+    assert storage.paths == (["/v1/bulk/contents", *single] if lose else ["/v1/bulk/contents", single[2]])
+    assert [job for job, _ in decoded] == ["job-0", "job-1"]
+    for n, (_, image) in enumerate(decoded):
+        assert torch.equal(image, codec.decode(_result(n + 1)))
+    by_job = {state["jobId"]: state for state in states}
+    assert [by_job[f"job-{i}"]["state"] for i in range(3)] == ["running", "running", "scheduled"]
+    assert "could not fetch the input" in by_job["job-2"]["error"]

@@ -10,6 +10,7 @@ batch can be held on an event, so what happens meanwhile is seen without timing 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import threading
@@ -130,8 +131,31 @@ class _Storage:
         return httpx.Response(200, content=_INPUT)
 
     async def fetch(self, into: type[M], method: str, path: str, **kw: Any) -> M:
-        """A single put (``PUT /v1/objects/{key}``) or a bulk one (``POST /v1/bulk/objects``):
-        each result counted as one upload attempt either way."""
+        """A bulk read of inputs (``POST /v1/bulk/contents``), or a single put
+        (``PUT /v1/objects/{key}``) or a bulk one (``POST /v1/bulk/objects``): each result
+        counted as one upload attempt either way."""
+        if path == "/v1/bulk/contents":
+            ids = kw["json"]["ids"]
+            self.fetched += [object_id.removeprefix("in-") for object_id in ids]
+            content = base64.b64encode(_INPUT).decode()
+            return into.model_validate(
+                {
+                    "items": [
+                        {
+                            "key": object_id,
+                            "status": 200,
+                            "body": {
+                                "id": object_id,
+                                "sha256": "0" * 64,
+                                "size": len(_INPUT),
+                                "contentType": "image/png",
+                                "content": content,
+                            },
+                        }
+                        for object_id in ids
+                    ]
+                }
+            )
         if path == "/v1/bulk/objects":
             items = json.loads(kw["data"]["items"])
             keys = [item["key"] for item in items]

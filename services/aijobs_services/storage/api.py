@@ -115,7 +115,7 @@ class BlobResponse(FileResponse):
     chunk_size = 1024 * 1024
 
 
-def _reading(engine: Engine) -> Connection:
+def reading(engine: Engine) -> Connection:
     """A connection for one read: on PostgreSQL in autocommit, so a lone ``SELECT`` is one round
     trip, with no ``BEGIN`` and ``COMMIT`` around it (the pool puts the connection back as it
     was). SQLite's connections are the kit's own (it begins their transactions itself): as they
@@ -132,7 +132,7 @@ def _serve(request: Request, object_id: str) -> Response:
     :class:`BlobResponse` would hold), rather than by a :class:`BlobResponse`'s thread hops to
     stat, open, read and close it (a batch reads one small image per task); a larger blob is
     streamed."""
-    with _reading(request.app.state.engine) as conn:
+    with reading(request.app.state.engine) as conn:
         content = objects.readable(conn, object_id)
     path, headers = _blobs(request).path(content.sha256), _download_headers(object_id, content.content_type)
     if content.size > BlobResponse.chunk_size:

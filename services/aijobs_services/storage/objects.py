@@ -48,6 +48,9 @@ REFERENCE_CHUNK = 500  # sha256s per indexed lookup: within SQLite's and Postgre
 _READ = sa.select(OBJECTS.c.sha256, OBJECTS.c.size, OBJECTS.c.content_type, OBJECTS.c.state).where(
     OBJECTS.c.id == sa.bindparam("object_id")
 )
+_READ_MANY = sa.select(
+    OBJECTS.c.id, OBJECTS.c.sha256, OBJECTS.c.size, OBJECTS.c.content_type, OBJECTS.c.state
+).where(OBJECTS.c.id.in_(sa.bindparam("object_ids", expanding=True)))
 _RECORD = {
     dialect: insert(OBJECTS).on_conflict_do_nothing(index_elements=[OBJECTS.c.key]).returning(OBJECTS.c.id)
     for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
@@ -127,6 +130,22 @@ def readable(conn: sa.Connection, object_id: str) -> Content:
     if row.state == "deleted":
         raise ObjectGone(f"object {object_id} was deleted")
     return Content(row.sha256, row.size, row.content_type)
+
+
+def readable_many(conn: sa.Connection, object_ids: Sequence[str]) -> dict[str, Content | Problem]:
+    """:func:`readable` for many objects in one statement: each id's content, or the problem
+    reading it alone would raise (an id absent from the answer was not asked)."""
+    rows = {row.id: row for row in conn.execute(_READ_MANY, {"object_ids": sorted(set(object_ids))})}
+    found: dict[str, Content | Problem] = {}
+    for object_id in object_ids:
+        row = rows.get(object_id)
+        if row is None:
+            found[object_id] = UnknownObject(f"no object {object_id!r}")
+        elif row.state == "deleted":
+            found[object_id] = ObjectGone(f"object {object_id} was deleted")
+        else:
+            found[object_id] = Content(row.sha256, row.size, row.content_type)
+    return found
 
 
 def same_or_conflict(existing: StoredObject, sha256: str) -> StoredObject:
