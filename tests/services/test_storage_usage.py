@@ -1,11 +1,13 @@
 """Storage counts each account's live bytes in a row of its own: quotas hold under concurrent
 puts, deletes give the space back, the count never drifts from the objects it sums, and the
-collector spares a blob taken up again while it was deciding."""
+collector spares a blob taken up again while it was deciding and, between scans of the volume,
+looks only at what was deleted."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +209,62 @@ def test_the_upgrade_counts_the_objects_already_stored(pg_url: str, tmp_path: Pa
     migrate(url, migrations)
     assert _usage(engine) == {"acme": (120, 2), "globex": (3, 1)}
     engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_between_volume_scans_the_collector_looks_only_at_what_was_deleted(
+    pg_url: str, secrets: dict[str, str], tmp_path: Path, dialect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted job's blob goes at the next sweep past its grace without the volume being
+    listed, and one a live object shares stays; a blob no record names (a put that died after
+    keeping it) goes at the next scan of the whole volume: the first sweep's, then one every
+    ``scan_every`` seconds."""
+    listings: list[BlobStore] = []
+    whole = BlobStore.all_blobs
+
+    def listed(self: BlobStore) -> list[tuple[str, float]]:
+        listings.append(self)
+        return whole(self)
+
+    monkeypatch.setattr(BlobStore, "all_blobs", listed)
+    url = pg_url if dialect == "postgresql" else f"sqlite:///{tmp_path / 'storage.db'}"
+    for api, engine in _storage(url, secrets, tmp_path / "v"):
+        _sweeps_between_scans(api, engine, tmp_path, listings, whole)
+
+
+def _sweeps_between_scans(
+    api: Api, engine: sa.Engine, tmp_path: Path, listings: list[BlobStore], whole: Any
+) -> None:
+    blobs = BlobStore(tmp_path / "v")
+    clock = [0.0]
+    collector = objects.Collector(scan_every=3600, clock=lambda: clock[0])
+
+    def sweep() -> None:
+        with sa.orm.Session(engine) as session:
+            collector.sweep(session, blobs, staging_grace=3600, deleted_grace=0)
+
+    sweep()
+    assert len(listings) == 1  # a process's first sweep scans the volume
+    shared, alone, orphan = images.png(color=(1, 1, 1)), images.png(color=(2, 2, 2)), images.png()
+    _put(api, "kept", shared, state="committed", jobId="job-kept")
+    _put(api, "gone-shared", shared, state="committed", jobId="job-gone")
+    gone = _put(api, "gone-alone", alone, state="committed", jobId="job-gone").json()
+    staged = tmp_path / "v" / "tmp" / "died.part"
+    staged.write_bytes(orphan)
+    blobs.keep(Staged(staged, hashlib.sha256(orphan).hexdigest(), len(orphan)))
+    api.ok("POST", "/v1/jobs/job-gone/objects/delete", caller="operator")
+    for sha, _ in whole(blobs):
+        os.utime(blobs.path(sha), (1_000_000, 1_000_000))  # all past the grace
+
+    def present() -> list[bool]:
+        return [blobs.path(hashlib.sha256(c).hexdigest()).exists() for c in (shared, alone, orphan)]
+
+    assert present() == [True, True, True]
+    clock[0] = 10.0
+    sweep()
+    assert len(listings) == 1 and not blobs.path(gone["sha256"]).exists()
+    assert present() == [True, False, True]
+    clock[0] = 3600.0
+    sweep()
+    assert len(listings) == 2
+    assert present() == [True, False, False]

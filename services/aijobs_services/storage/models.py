@@ -59,5 +59,12 @@ sa.Index(
 ).ddl_if(dialect="postgresql")
 # A job's objects page by page (objects.for_job with a limit): in id order within the job.
 sa.Index("ix_objects_job_id_id", StoredObject.job_id, StoredObject.id)
+# The collector's sweep: the objects deleted since its last (objects.deleted_between).
+sa.Index(
+    "ix_objects_deleted_at",
+    StoredObject.deleted_at,
+    postgresql_where=StoredObject.state == "deleted",
+    sqlite_where=StoredObject.state == "deleted",
+)
 
 IdempotencyKeys = idempotency_table(StorageBase.metadata)

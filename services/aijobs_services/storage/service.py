@@ -20,11 +20,13 @@ def _setup(app: FastAPI) -> None:
     settings: StorageSettings = app.state.settings
     app.state.blobs = BlobStore(Path(settings.storage_root))
     app.state.url_key = (settings.url_signing_key or secrets.token_hex(32)).encode()
+    app.state.collector = objects.Collector(settings.blob_scan_interval_seconds)
 
 
 def collect_garbage(session: Session, app: FastAPI) -> int:
     settings: StorageSettings = app.state.settings
-    return objects.collect(
+    collector: objects.Collector = app.state.collector
+    return collector.sweep(
         session, app.state.blobs, settings.staging_grace_seconds, settings.deleted_grace_seconds
     )
 

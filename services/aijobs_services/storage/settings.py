@@ -25,6 +25,12 @@ class StorageSettings(ServiceSettings):
         default=24 * 3600, ge=0, description="Uncommitted uploads live this long"
     )
     deleted_grace_seconds: int = Field(default=600, ge=0, description="Unreferenced blobs live this long")
+    blob_scan_interval_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often the collector scans the whole volume for blobs no record names (a put "
+        "that died after keeping its blob); between scans it looks only at the blobs of objects deleted",
+    )
     url_signing_key: str = Field(default="", description="HMAC key for download links; empty: a random one")
     public_url: str = Field(
         default="",
