@@ -17,12 +17,11 @@ class WorkerSettings(BaseSettings):
     storage_url: str = SERVICE_URLS["storage"]
     worker_id: str = Field(default="", description="Empty: hostname-pid")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1 ...")
-    # 32 rather than 8: a lease's fetch, upload and completion are one request each, so four
-    # times fewer requests per image for Storage, AI and the worker (bench/batch.py, upscale-x2,
-    # N = 2,000: R 0.80 -> 0.93); inference on CPU is as fast in batches of 32 as of 8. At most
-    # 2 x max_tasks decoded inputs are held: 64 of the largest images allowed (40 Mpx) are
-    # ~7.7 GB, within the chart's memory limit.
-    max_tasks: int = Field(default=32, ge=1, le=256, description="Tasks leased (and batched) at once")
+    # 8, not 32: a lease of 32 makes a quarter of the requests per image, yet at N = 10,000
+    # (bench/batch.py, upscale-x2) the worker spent 88 CPU-ms an image end to end against 82
+    # alone (R 0.79), where with 8 it spent no more than alone (R 0.85): its 64 held tasks'
+    # heartbeats and the larger bodies cost more than the requests saved.
+    max_tasks: int = Field(default=8, ge=1, le=256, description="Tasks leased (and batched) at once")
     max_batch: int = Field(default=32, ge=1)
     deliveries_in_flight: int = Field(
         default=2,
