@@ -175,9 +175,9 @@ def test_a_lost_upload_answer_is_sent_again_and_stores_each_result_once(
 
 
 async def _fetching(
-    app: FastAPI, secrets: dict[str, str], storage_app: FastAPI, spool_dir: Path, lose: bool
+    app: FastAPI, secrets: dict[str, str], storage_app: FastAPI, spool_dir: Path, lose: bool, missing: str
 ) -> tuple[Wire, list[str], list[tuple[str, torch.Tensor]], list[dict[str, Any]]]:
-    """Three tasks leased, two of whose inputs are stored (the third's object does not exist),
+    """Three tasks leased, two of whose inputs are stored (the third's object, ``missing``, does not exist),
     then gathered by the worker: the storage paths it called, the stored inputs' digests by task,
     the images it decoded, and the tasks' states after."""
     wire = Wire(app)
@@ -195,7 +195,7 @@ async def _fetching(
         params = {"account": "acme", "kind": "input", "state": "committed"}
         stored = await uploader.call("PUT", f"/v1/objects/in-{i}", params=params, content=_result(i + 1))
         inputs.append(stored.json()["id"])
-    inputs.append("obj-missing")
+    inputs.append(missing)
     for i, object_id in enumerate(inputs):
         body = {"jobId": f"job-{i}", "account": "acme", "pipeline": "grayscale", "inputObjectId": object_id}
         await operator.call("POST", "/v1/tasks", key=f"job-{i}", json=body)
@@ -211,16 +211,31 @@ async def _fetching(
     return storage_wire, inputs, decoded, states
 
 
-@pytest.mark.parametrize("lose", [False, True], ids=["answered", "answer-lost"])
+@pytest.mark.parametrize(
+    ("lose", "missing", "read"),
+    [
+        pytest.param(False, "obj-missing", "together", id="answered"),
+        pytest.param(True, "obj-missing", "lost", id="answer-lost"),
+        pytest.param(False, "no such id!", "alone", id="an-id-no-object-has"),
+    ],
+)
 def test_a_leases_inputs_are_read_in_one_request_and_each_unreadable_one_is_handed_back(
-    ai: AI, storage_app: FastAPI, tmp_path: Path, lose: bool
+    ai: AI, storage_app: FastAPI, tmp_path: Path, lose: bool, missing: str, read: str
 ) -> None:
     """Each stored input is decoded as its bytes say; the one whose object does not exist is
     handed back (retryable: it may be an input's late commit) and the others go on. A lost answer
-    to the bulk read costs one single read per input, not the batch."""
-    storage, inputs, decoded, states = asyncio.run(_fetching(*ai, storage_app, tmp_path / "spool", lose))
+    to the bulk read costs one single read per input, not the batch; so does an id no object
+    could have (AI takes any), which the bulk read's request would refuse."""
+    storage, inputs, decoded, states = asyncio.run(
+        _fetching(*ai, storage_app, tmp_path / "spool", lose, missing)
+    )
     single = [f"/v1/objects/{object_id}/content" for object_id in inputs]
-    assert storage.paths == (["/v1/bulk/contents", *single] if lose else ["/v1/bulk/contents", single[2]])
+    expected = {
+        "together": ["/v1/bulk/contents", single[2]],
+        "lost": ["/v1/bulk/contents", *single],
+        "alone": single,
+    }
+    assert storage.paths == expected[read]
     assert [job for job, _ in decoded] == ["job-0", "job-1"]
     for n, (_, image) in enumerate(decoded):
         assert torch.equal(image, codec.decode(_result(n + 1)))
