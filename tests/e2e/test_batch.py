@@ -59,18 +59,29 @@ def test_a_batch_charges_exactly_the_images_it_delivers(stack: Stack) -> None:
     images = [png(20 + n, 12 + n, noise=True) for n in range(6)]
     inputs = upload(stack, tenant.account, prefix, images)
     # Two of the six rot on Storage's disk: the worker gets their bytes zeroed past the PNG
-    # signature, cannot decode them, and fails those two images alone.
+    # signature, cannot decode them, and fails those two images alone. The rot is done to the
+    # single read of each: the bulk read of a lease's inputs answers 503, so the worker reads
+    # each input alone (its fallback), where the rotten two are.
     rotten = {inputs[1]["id"], inputs[4]["id"]}
     stack.faults(
         "storage",
         [
             {
-                "action": "corrupt-body",
-                "method": "GET",
-                "path": f"^/v1/objects/{i}/content$",
-                "name": f"rot-{i}",
-            }
-            for i in sorted(rotten)
+                "action": "status",
+                "status": 503,
+                "method": "POST",
+                "path": "^/v1/bulk/contents$",
+                "name": "no-bulk-read",
+            },
+            *(
+                {
+                    "action": "corrupt-body",
+                    "method": "GET",
+                    "path": f"^/v1/objects/{i}/content$",
+                    "name": f"rot-{i}",
+                }
+                for i in sorted(rotten)
+            ),
         ],
     )
     try:
@@ -79,7 +90,7 @@ def test_a_batch_charges_exactly_the_images_it_delivers(stack: Stack) -> None:
     finally:
         stack.faults("storage", [])
     fired = {entry["rule"] for entry in stack.fault_log("storage")}
-    assert {f"rot-{i}" for i in rotten} <= fired  # the fault hit exactly where intended
+    assert {"no-bulk-read", *(f"rot-{i}" for i in rotten)} <= fired  # the faults hit where intended
 
     status = job["status"]
     assert status["phase"] == "Delivered", json.dumps(status)[-2000:]
