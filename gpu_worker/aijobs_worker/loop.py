@@ -415,11 +415,8 @@ class Worker:
             except Ambiguous as exc:
                 return [exc] * len(entries)
             except Refused as exc:
-                if exc.status in (404, 405):
-                    log.info("storage has no bulk upload (%s): one request per result", exc.kind)
+                if _refused_whole(exc, "bulk upload", "result"):
                     self._bulk_uploads = False
-                else:
-                    log.warning("storage refused a bulk upload whole (%s): one request per result", exc)
             else:
                 return list(
                     await asyncio.gather(
@@ -562,11 +559,8 @@ class Worker:
             log.info("bulk read of %d input(s) failed (%s): one request per input", len(ids), exc)
             return {}
         except Refused as exc:
-            if exc.status in (404, 405):
-                log.info("storage has no bulk read (%s): one request per input", exc.kind)
+            if _refused_whole(exc, "bulk read", "input"):
                 self._bulk_reads = False
-            else:
-                log.warning("storage refused a bulk read whole (%s): one request per input", exc)
             return {}
         found: dict[str, bytes | BaseException] = {}
         for item in answer.items:
@@ -630,6 +624,16 @@ def _completion(entry: Entry, obj: StoredObject) -> TaskCompletion:
         result_object_id=obj.id,
         result={"sha256": obj.sha256, "size": obj.size, "width": obj.width, "height": obj.height},
     )
+
+
+def _refused_whole(exc: Refused, what: str, each: str) -> bool:
+    """Log a bulk request Storage refused whole (its items then go one request per ``each``);
+    whether it has no such route at all (an older Storage), so that it is not sent again."""
+    if exc.status in (404, 405):
+        log.info("storage has no %s (%s): one request per %s", what, exc.kind, each)
+        return True
+    log.warning("storage refused a %s whole (%s): one request per %s", what, exc, each)
+    return False
 
 
 def _take(path: str) -> bool:
