@@ -223,14 +223,14 @@ class Worker:
         items: list[Item] = []
         for task, blob in zip(tasks, blobs, strict=True):
             if isinstance(blob, BaseException):
-                await self._give_back(task.id, f"could not fetch the input: {blob}", retryable=True)
+                await self._give_back(task.id, f"could not fetch the input: {blob}", True, task.lease_token)
                 continue
             self._beat("decoding an input", self.cfg.lease_seconds)
             t0 = time.perf_counter()
             try:
                 image = await loop.run_in_executor(self._pool, codec.decode, blob)
             except codec.BadImage as exc:
-                await self._give_back(task.id, str(exc), retryable=False)
+                await self._give_back(task.id, str(exc), False, task.lease_token)
                 continue
             STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
             items.append(Item(task.id, task.pipeline, task.params, image))
@@ -287,12 +287,15 @@ class Worker:
         """The item's result encoded and spooled (or its run reported failed: None)."""
         if item.error is not None or item.output is None:
             IMAGES.labels(task.pipeline, "failed").inc()
-            await self._give_back(item.key, item.error or "no output", retryable=False)
+            await self._give_back(item.key, item.error or "no output", False, task.lease_token)
             return None
         t0 = time.perf_counter()
         png = await asyncio.get_running_loop().run_in_executor(self._pool, codec.encode, item.output)
         STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
-        token = self.held[item.key].lease_token
+        # The lease this run was under, not the task's latest here: the task may have been leased
+        # to this worker again meanwhile (its lease ran out while it inferred) and that lease
+        # handed back or finished already. AI fences the completion by this token.
+        token = task.lease_token or ""
         meta = {"pipeline": task.pipeline, "inputObjectId": task.input_object_id}
         entry = Entry(task.id, task.job_id, task.account, token, meta, task.item)
         await asyncio.to_thread(self.spool.put, entry, png)  # durable before anything else
@@ -515,21 +518,26 @@ class Worker:
             lambda: self.ai.fetch(Task, "POST", f"/v1/tasks/{entry.task_id}/complete", key=key, json=body),
         )
 
-    async def _give_back(
-        self, task_id: str, reason: str, retryable: bool, lease_token: str | None = None
-    ) -> None:
+    async def _give_back(self, task_id: str, reason: str, retryable: bool, lease_token: str | None) -> None:
         """Report the run failed (``retryable`` or not) under its lease, and stop holding it."""
-        token = lease_token if lease_token is not None else self.held[task_id].lease_token
+        token = lease_token or ""
         body = Failure(lease_token=token, reason=reason[:3900] or "no reason given", retryable=retryable)
         with contextlib.suppress(ServiceError):
             await self.ai.fetch(
                 Task, "POST", f"/v1/tasks/{task_id}/fail", key=f"{task_id}:fail:{token}", json=body.wire()
             )
-        self.held.pop(task_id, None)
+        self._release(task_id, token)
 
     def _forget(self, entry: Entry) -> None:
         self.spool.remove(entry)
-        self.held.pop(entry.task_id, None)
+        self._release(entry.task_id, entry.lease_token)
+
+    def _release(self, task_id: str, token: str) -> None:
+        """Stop holding the task under this lease; a later lease of it (the same task leased
+        to this worker again) is still held, and still heartbeated."""
+        held = self.held.get(task_id)
+        if held is not None and held.lease_token == token:
+            del self.held[task_id]
 
     async def _fetch_all(self, tasks: list[LeasedTask]) -> list[bytes | BaseException]:
         """Each task's input, or what kept it from being fetched: read together

@@ -386,3 +386,56 @@ def test_liveness_asks_every_lane(beats: dict[str, Beat], ok: bool, says: str) -
     verdict = liveness_of_lanes(beats, 120.0, 10.0)
     assert verdict.ok is ok
     assert says in verdict.reason
+
+
+class _Releasing(_AI):
+    """AI that leases t00, then t00 again under a new lease (the first ran out while the worker
+    inferred, slowed down, and AI gave the task to the next poll: this worker's prefetch). The
+    lease tokens sent with each completion and failure are kept."""
+
+    def __init__(self) -> None:
+        super().__init__(tasks=1)
+        self.script = [["t00"], ["t00"]]
+        self.tokens: dict[str, list[str]] = {"complete": [], "fail": []}
+
+    async def fetch(self, into: type[M], method: str, path: str, **kw: Any) -> M:
+        body = kw.get("json") or {}
+        if path == "/v1/leases":
+            got = self.script.pop(0) if self.script else []
+            if not got:
+                return into.model_validate({"items": []})
+            self.leases.append(got)
+            n = len(self.leases) - 1
+            items = [_task(t, "running", leased=True) | {"leaseToken": f"lease-{t}-{n}"} for t in got]
+            return into.model_validate({"items": items})
+        if path == "/v1/bulk/completions":
+            self.tokens["complete"] += [item["request"]["leaseToken"] for item in body["items"]]
+        elif path.endswith("/fail"):
+            self.tokens["fail"].append(body["leaseToken"])
+        return await super().fetch(into, method, path, **kw)
+
+
+class _FetchOnce(_Storage):
+    """Storage whose second read of an input fails: the re-leased task's input cannot be fetched."""
+
+    async def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        if self.fetched:
+            raise Ambiguous("storage", f"{method} {path}: connection reset")
+        return await super().call(method, path, **kw)
+
+
+async def test_a_task_leased_again_while_it_infers_is_finished_under_the_lease_it_ran_under(
+    tmp_path: Path,
+) -> None:
+    ai, storage, runner = _Releasing(), _FetchOnce(), _Runner(hold_first=True)
+    async with _running(tmp_path, ai, storage, runner, max_tasks=1) as (worker, running):
+        await _eventually(lambda: runner.batches == [["t00"]], "the first lease in inference")
+        # The second lease of t00 cannot fetch its input: handed back under its own token.
+        await _eventually(lambda: ai.tokens["fail"] == ["lease-t00-1"], "the second lease handed back")
+        runner.release.set()
+        # The first run is spooled and completed under the lease it ran under (AI fences it by
+        # that token): the worker neither stops nor hands the task back twice.
+        await _eventually(lambda: ai.tokens["complete"] == ["lease-t00-0"], "the first run completed")
+        assert not running.done(), running
+        await _eventually(lambda: not worker.spool.entries() and not worker.held, "spool emptied")
+        assert ai.failed == ["t00"] and storage.uploads == ["t00"]
