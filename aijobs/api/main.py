@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 from aijobs.api.ai import Task
@@ -33,6 +33,7 @@ __all__ = [
     "DeliveryCreate",
     "DeliveryRecorded",
     "Disagreement",
+    "ImageListView",
     "JobAudit",
     "JobCondition",
     "JobPage",
@@ -217,6 +218,19 @@ class UploadedImage(Answer):
     created_at: str
 
 
+class ImageListView(Answer):
+    """An image list of yours (``PUT /v1/lists/{name}``), as Storage keeps it: name it in a batch
+    (``POST /v1/batches`` with ``list``, or a job's ``spec.input.batch.imageList: objectId``)."""
+
+    name: str
+    object_id: str = Field(description="Its Storage object id: what spec.input.batch.imageList names")
+    images: int = Field(description="The images it names (its lines that are not blank or comments)")
+    urls: int = Field(description="Of which URLs, fetched once a batch naming the list is paid for")
+    sha256: str
+    size: int
+    created_at: str
+
+
 class UploadPage(Answer):
     """A set's images in name order; ``next`` is the ``after`` of the next page (null on the last)."""
 
@@ -238,9 +252,23 @@ MaxFailedImages = Annotated[
 
 
 class BatchCreate(Request):
-    """One job over every image uploaded into ``set`` before it is created, ``price`` per image."""
+    """One job over every image uploaded into ``set`` before it is created, or over the images
+    an image list of yours names (``list``, uploaded with ``PUT /v1/lists/{name}``): exactly one
+    of the two. Charged per image delivered."""
 
-    set: str = Field(pattern=SET_NAME)
+    # Exactly one, said in the schema too, so that a request that fits it names one.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}} for name in ("set", "list")
+            ]
+        }
+    )
+
+    set: str | None = Field(default=None, pattern=SET_NAME)
+    image_list: str | None = Field(
+        default=None, alias="list", pattern=SET_NAME, description="An image list's name"
+    )
     pipeline: str = Field(json_schema_extra={"enum": list(PIPELINES)})
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_at: str | None = Field(
@@ -251,6 +279,12 @@ class BatchCreate(Request):
         json_schema_extra={"format": "date-time"},
     )
     max_failed_images: MaxFailedImages = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BatchCreate:
+        if (self.set is None) == (self.image_list is None):
+            raise ValueError("give exactly one of set or list")
+        return self
 
 
 class BatchResultLine(ManifestLine):

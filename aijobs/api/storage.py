@@ -6,6 +6,8 @@ commits it, deleted by the job's compensation. Its bytes travel outside JSON (``
 inputs (:class:`ContentsRequest`), where they travel base64 in each item's answer. A batch job's
 inputs are the committed images under a key prefix (:class:`ObjectPage`, listed page by page);
 its results are summed up in a manifest, an object of JSON lines (kind ``manifest``) only the operator stores.
+A batch may instead name its images in an image list (kind ``list``, :mod:`aijobs.api.imagelist`),
+a text object whose entries the operator looks up together (:class:`LookupRequest`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "MANIFEST_TYPE",
     "MAX_BULK_CONTENT_BYTES",
     "MAX_BULK_OBJECTS",
+    "MAX_LOOKUP_IDS",
     "CommitRequest",
     "ContentsRequest",
     "DeletedObjects",
@@ -33,6 +36,7 @@ __all__ = [
     "IngestRequest",
     "Instant",
     "JobObjects",
+    "LookupRequest",
     "ObjectContent",
     "ObjectKind",
     "ObjectPage",
@@ -44,8 +48,9 @@ __all__ = [
 # A key as callers name objects: the job's name and the input's, e.g. ``ns/job/input-0``.
 KEY = r"^[A-Za-z0-9._:/-]{1,255}$"
 ImageKind = Literal["input", "result"]
-# A manifest is a batch's results, one JSON line per input: text, never sniffed as an image.
-ObjectKind = Literal["input", "result", "manifest"]
+# A manifest is a batch's results, one JSON line per input; a list, a batch's inputs named one
+# per line (aijobs.api.imagelist): both text, never sniffed as images.
+ObjectKind = Literal["input", "result", "manifest", "list"]
 MANIFEST_TYPE = "application/x-ndjson"
 ObjectState = Literal["staging", "committed", "deleted"]
 
@@ -64,10 +69,10 @@ class StoredObject(Answer):
     size: int = Field(description="Bytes")
     content_type: str = Field(
         description="Sniffed from the bytes: image/png, image/jpeg or image/webp; "
-        "application/x-ndjson for a manifest"
+        "application/x-ndjson for a manifest, text/plain for an image list"
     )
-    width: int = Field(description="Pixels; 0 for a manifest")
-    height: int = Field(description="Pixels; 0 for a manifest")
+    width: int = Field(description="Pixels; 0 for a manifest or a list")
+    height: int = Field(description="Pixels; 0 for a manifest or a list")
     state: ObjectState
     created_at: Instant
 
@@ -156,6 +161,19 @@ class ContentsRequest(Request):
     ids: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]],
         Field(min_length=1, max_length=MAX_BULK_OBJECTS, description="Object ids, answered in this order"),
+    ]
+
+
+MAX_LOOKUP_IDS = 1000  # objects looked up in one request: an image list's ids, a page at a time
+
+
+class LookupRequest(Request):
+    """``POST /v1/bulk/lookup``: many objects' metadata in one request (the ids an image list
+    names), each answered as ``GET /v1/objects/{id}`` would be."""
+
+    ids: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]],
+        Field(min_length=1, max_length=MAX_LOOKUP_IDS, description="Object ids, answered in this order"),
     ]
 
 

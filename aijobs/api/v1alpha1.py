@@ -11,7 +11,7 @@ import datetime as dt
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from aijobs.api.rules import ACCOUNT_NAME, DEFAULT_BACKOFF, HTTP_URL, MAX_BATCH_IMAGES
@@ -66,10 +66,19 @@ class InlineImage(_Model):
 
 
 class BatchInput(_Model):
-    """Many images: the account's committed objects in Storage whose keys start with ``prefix``,
-    as they stood when the job was created (the set is frozen at acceptance)."""
+    """Many images, exactly one of: the account's committed objects in Storage whose keys start
+    with ``prefix``, as they stood when the job was created; or those an image list names
+    (``imageList``, a Storage object id: :mod:`aijobs.api.imagelist`). The set is frozen at
+    acceptance."""
 
-    prefix: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:/-]+$")
+    prefix: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:/-]+$")
+    image_list: str | None = Field(default=None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BatchInput:
+        if (self.prefix is None) == (self.image_list is None):
+            raise ValueError("batch needs exactly one of prefix or imageList")
+        return self
 
 
 class JobInput(_Model):
@@ -165,7 +174,9 @@ class ManifestLine(_Model):
     input, then its result and content hash, or why there is none. Main API pages through them
     and ``aijobs submit DIR/`` downloads by them."""
 
-    item: int = Field(description="The image's index in the frozen set (key order)")
+    item: int = Field(
+        description="The image's index in the frozen set (key order, or the image list's order)"
+    )
     key: str | None = Field(default=None, description="The input's Storage key")
     input: str = Field(description="The input's Storage object id")
     state: Literal["succeeded", "failed", "cancelled"]

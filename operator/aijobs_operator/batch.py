@@ -7,11 +7,19 @@ the function here instead of its single-image one, with the same promises:
   when the job was created (Storage lists them ``createdBefore`` the job's creationTimestamp, so
   a retry lists the very same set, whatever is uploaded since), counted and digested into the
   log, and holds ``count x price`` under the step's one key. An empty set, or one too large, is
-  refused before anything is held; too few credits, with the numbers.
-- **upload** has nothing to store: the images are in Storage already.
+  refused before anything is held; too few credits, with the numbers. A batch named by an image
+  list (``imageList``, :mod:`aijobs.api.imagelist`) is frozen by the list itself: a committed
+  object of the account, immutable, whose sha256 is the set's digest. Its lines are checked
+  before anything is held (each well formed; each object id a committed image of the account,
+  looked up together), and its count priced the same way.
+- **upload** has nothing to store for a prefix: the images are in Storage already. A list's
+  URLs are fetched by Storage now, once the batch is paid for, each stored under a key derived
+  from the job's uid and its index (a retry replays it); a URL Storage refuses fails the job,
+  naming its line, and compensation returns the hold and deletes what was fetched.
 - **schedule** lists the set again and refuses it if its digest changed (an image deleted or
-  replaced since acceptance), then creates one task per image in bulk, each under a key derived
-  from the job's uid and the image's index: a retry, a restart, a lost answer replay per image.
+  replaced since acceptance; for a list, an object it names no longer committed), then creates
+  one task per image in bulk, each under a key derived from the job's uid and the image's index:
+  a retry, a restart, a lost answer replay per image.
 - **process** follows the job's task counts (one read, whatever the size: the engine's follower
   passes them in). Past ``maxFailedImages`` it cancels the images not yet run. Once every task
   has ended it counts the images delivered: a succeeded task whose result Storage holds
@@ -31,10 +39,11 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from aijobs.api import ai, payment, storage
+from aijobs.api import ai, imagelist, payment, storage
 from aijobs.api.rules import MAX_BATCH_IMAGES
-from aijobs.api.v1alpha1 import BatchFailure, BatchStatus, ManifestLine
+from aijobs.api.v1alpha1 import BatchFailure, BatchInput, BatchStatus, ManifestLine
 from aijobs.wire.client import Ambiguous, Refused
+from aijobs.wire.lookup import lookup_objects
 from aijobs_operator import core
 from aijobs_operator.core import Done, Waiting, hold_expiry, idempotency_key, iso
 from aijobs_operator.steps import Call, StepFailed, authorize, bulk_call, record_delivery, refused, same_bytes
@@ -74,9 +83,11 @@ async def frozen_set(call: Call) -> list[storage.StoredObject]:
     created is in (the same one on every read), one uploaded later is not."""
     job, svc = call.job, call.svc
     assert job.created is not None
+    prefix = _source(call).prefix
+    assert prefix is not None
     params: dict[str, Any] = {
         "account": job.spec.account,
-        "prefix": _prefix(call),
+        "prefix": prefix,
         "createdBefore": iso(job.created + dt.timedelta(seconds=1)),
         "limit": call.cfg.batch_page_size,
     }
@@ -93,10 +104,88 @@ def _total(call: Call) -> int:
     return int(call.job.ids()["images"])
 
 
-def _prefix(call: Call) -> str:
+def _source(call: Call) -> BatchInput:
     batch = call.job.spec.input.batch
     assert batch is not None  # a batch step runs for a batch job only (steps.by_input)
-    return batch.prefix
+    return batch
+
+
+def _named(call: Call) -> str:
+    """The set as a message names it."""
+    source = _source(call)
+    return f"under {source.prefix!r}" if source.prefix is not None else f"of image list {source.image_list}"
+
+
+# ------------------------------------------------------------------------------ an image list
+def input_key(uid: str, item: int) -> str:
+    """Where a list's URL is stored once fetched: the job's and the image's, so a retry replays."""
+    return f"job:{uid}:input:{item}"
+
+
+async def read_list(call: Call) -> tuple[storage.StoredObject, list[imagelist.Entry]]:
+    """The job's image list and its entries, or the job fails naming what is wrong with it."""
+    job, svc = call.job, call.svc
+    list_id = _source(call).image_list
+    assert list_id is not None
+    try:
+        found = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/objects/{list_id}")
+    except Refused as exc:
+        if exc.status == 404:
+            raise StepFailed("ImageListMissing", f"Storage has no image list {list_id}") from exc
+        raise
+    if found.account != job.spec.account or found.kind != "list" or found.state != "committed":
+        raise StepFailed(
+            "ImageListNotUsable",
+            f"object {list_id} is not an image list of account {job.spec.account} "
+            f"(it is a {found.state} {found.kind} of account {found.account})",
+        )
+    response = await svc.storage.call("GET", f"/v1/objects/{list_id}/content")
+    try:
+        entries = imagelist.parse(response.content.decode("utf-8"))
+    except (imagelist.BadImageList, UnicodeDecodeError) as exc:
+        raise StepFailed("BadImageList", f"image list {list_id}: {exc}") from exc
+    return found, entries
+
+
+async def listed_images(call: Call, *, strict: bool) -> list[storage.StoredObject]:
+    """The images a list names, in its order: each object id's object, each URL's as fetched by
+    the upload step. ``strict``: an image no longer usable (deleted since acceptance) fails the
+    job; otherwise it is left out (the manifest's lines come from the tasks; this only gives
+    them their keys, so a delivery after capture never fails for it)."""
+    job = call.job
+    try:
+        _, entries = await read_list(call)
+    except StepFailed:
+        if strict:
+            raise
+        return []  # the list went since acceptance (an admin's doing): the lines lose their keys
+    named = await lookup_objects(call.svc.storage, (e.object_id for e in entries if e.object_id))
+    fetched = {o.key: o for o in await job_objects(call, "input")}
+    images: list[storage.StoredObject] = []
+    for entry in entries:
+        if entry.object_id is not None:
+            obj = named.get(entry.object_id)
+            ok = imagelist.usable(obj, job.spec.account)
+        else:
+            obj = fetched.get(input_key(job.uid, entry.item))
+            ok = obj is not None and obj.state == "committed"
+        if ok and obj is not None:
+            images.append(obj)
+        elif strict:
+            raise StepFailed(
+                "InputsChanged",
+                f"image {entry.item} (line {entry.line}, {entry.text}) is no longer in Storage: "
+                "nothing was run; create a new job",
+            )
+    return images
+
+
+async def images_of(call: Call, *, strict: bool) -> list[storage.StoredObject]:
+    return (
+        await frozen_set(call)
+        if _source(call).prefix is not None
+        else await listed_images(call, strict=strict)
+    )
 
 
 def progress(total: int, counts: ai.JobTaskCounts, digest_: str | None = None) -> BatchStatus:
@@ -113,24 +202,42 @@ def progress(total: int, counts: ai.JobTaskCounts, digest_: str | None = None) -
 
 
 # ----------------------------------------------------------------------------------- the steps
-async def charge(call: Call) -> Done | Waiting:
-    job, svc = call.job, call.svc
-    spec = job.spec
-    await authorize(call)
+async def _count_prefix(call: Call) -> tuple[int, str]:
+    spec = call.job.spec
     images = await frozen_set(call)
-    prefix = _prefix(call)
     if not images:
         raise StepFailed(
             "EmptyBatch",
-            f"no committed image of account {spec.account} under {prefix!r} was in Storage when the job "
+            f"no committed image of account {spec.account} {_named(call)} was in Storage when the job "
             "was created: upload the images first, then create the job",
         )
     if len(images) > MAX_BATCH_IMAGES:
         raise StepFailed(
-            "BatchTooLarge", f"more than {MAX_BATCH_IMAGES} images under {prefix!r}: split the batch"
+            "BatchTooLarge", f"more than {MAX_BATCH_IMAGES} images {_named(call)}: split the batch"
         )
-    count, amount = len(images), len(images) * spec.price
-    fingerprint = digest(images)
+    return len(images), digest(images)
+
+
+async def _count_list(call: Call) -> tuple[int, str]:
+    """An image list's count and digest (the list's own sha256: it cannot change), once every
+    object id it names is found to be a committed image of the account."""
+    found, entries = await read_list(call)
+    named = await lookup_objects(call.svc.storage, (e.object_id for e in entries if e.object_id))
+    try:
+        imagelist.check_objects(entries, named, call.job.spec.account)
+    except imagelist.BadImageList as exc:
+        raise StepFailed("ImageNotUsable", f"image list {found.id}: {exc}") from exc
+    return len(entries), found.sha256
+
+
+async def charge(call: Call) -> Done | Waiting:
+    job, svc = call.job, call.svc
+    spec = job.spec
+    await authorize(call)
+    count, fingerprint = await (
+        _count_prefix(call) if _source(call).prefix is not None else _count_list(call)
+    )
+    amount = count * spec.price
     expires = hold_expiry(job.status, job.policy)
     body = payment.HoldCreate(account=spec.account, job_id=job.uid, amount=amount, expires_at=expires)
     try:
@@ -156,19 +263,67 @@ async def charge(call: Call) -> Done | Waiting:
     )
 
 
+FETCHES = 8  # a list's URLs Storage is asked to fetch at once
+
+
 async def upload(call: Call) -> Done | Waiting:
-    prefix = _prefix(call)
-    return Done(f"the batch's {_total(call)} images are in Storage under {prefix!r}")
+    if _source(call).prefix is not None:
+        return Done(f"the batch's {_total(call)} images are in Storage {_named(call)}")
+    _, entries = await read_list(call)
+    urls = [e for e in entries if e.url is not None]
+    gate = asyncio.Semaphore(FETCHES)
+
+    async def fetch(entry: imagelist.Entry) -> storage.StoredObject:
+        async with gate:
+            return await _ingest(call, entry)
+
+    answers = await asyncio.gather(*(fetch(e) for e in urls), return_exceptions=True)
+    # An unknown outcome first: the step is retried, each URL under its key, before a refusal
+    # fails the job (and compensation deletes what was fetched, none of it still in flight).
+    _raise_first([a for a in answers if not isinstance(a, StepFailed)], "InputRefused")
+    for answer in answers:
+        if isinstance(answer, StepFailed):
+            raise answer
+    return Done(
+        f"the batch's {len(entries)} images are in Storage ({len(urls)} fetched from their URLs)",
+        {"fetched": str(len(urls))},
+    )
+
+
+async def _ingest(call: Call, entry: imagelist.Entry) -> storage.StoredObject:
+    job, cfg = call.job, call.cfg
+    assert entry.url is not None
+    body = storage.IngestRequest(
+        key=input_key(job.uid, entry.item),
+        url=entry.url,
+        account=job.spec.account,
+        job_id=job.uid,
+        state="committed",
+    )
+    try:
+        return await call.svc.storage.fetch(
+            storage.StoredObject,
+            "POST",
+            "/v1/ingest",
+            timeout=cfg.call_timeout_seconds * 6,
+            json=body.wire(),
+        )
+    except Refused as exc:
+        reason = "StorageFull" if exc.status == 507 else "InputRefused"
+        raise StepFailed(
+            reason,
+            f"image {entry.item} (line {entry.line}, {entry.url}): storage refused: {exc.detail or exc.kind}",
+        ) from exc
 
 
 async def schedule(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
     spec = job.spec
-    images = await frozen_set(call)
-    if digest(images) != job.ids()["digest"]:
+    images = await images_of(call, strict=True)
+    if _source(call).prefix is not None and digest(images) != job.ids()["digest"]:
         raise StepFailed(
             "InputsChanged",
-            f"the images under {_prefix(call)!r} changed after the job was accepted (one was "
+            f"the images {_named(call)} changed after the job was accepted (one was "
             "deleted or replaced): nothing was run; create a new job",
         )
     batcher = svc.ai.bulk("/v1/bulk/tasks", ai.Task)
@@ -288,6 +443,11 @@ def _final(status: BatchStatus, lines: list[ManifestLine]) -> BatchStatus:
 
 async def job_results(call: Call) -> list[storage.StoredObject]:
     """The job's live result objects, page by page."""
+    return await job_objects(call, "result")
+
+
+async def job_objects(call: Call, kind: str) -> list[storage.StoredObject]:
+    """The job's committed objects of one kind, page by page."""
     found: list[storage.StoredObject] = []
     cursor: str | None = None
     while True:
@@ -297,7 +457,7 @@ async def job_results(call: Call) -> list[storage.StoredObject]:
         page = await call.svc.storage.fetch(
             storage.JobObjects, "GET", f"/v1/jobs/{call.job.uid}/objects", params=params
         )
-        found.extend(o for o in page.items if o.kind == "result" and o.state == "committed")
+        found.extend(o for o in page.items if o.kind == kind and o.state == "committed")
         if page.next is None:
             return found
         cursor = page.next
@@ -307,7 +467,7 @@ async def outcomes(call: Call) -> list[ManifestLine]:
     """One line per image, in index order, from what AI and Storage hold once every task has
     ended: its input (key and object id), then its result object and sha256, or why not."""
     job, svc = call.job, call.svc
-    keys = {o.id: o.key for o in await frozen_set(call)}
+    keys = {o.id: o.key for o in await images_of(call, strict=False)}
     results = {o.id: o for o in await job_results(call)}
     lines: list[ManifestLine] = []
     after: int | None = None

@@ -33,7 +33,14 @@ def make_stack(
         tmp_path_factory.mktemp("stack"),
         control_plane.kubeconfig,
         urls.__getitem__,
-        service_env={"storage": {"AIJOBS_ACCOUNT_QUOTA_BYTES": str(QUOTA)}},
+        service_env={
+            "storage": {
+                "AIJOBS_ACCOUNT_QUOTA_BYTES": str(QUOTA),
+                # An image server of the tests' own (test_batch_list): the one loopback address
+                # Storage may fetch from. Every service listens on 127.0.0.1, which stays refused.
+                "AIJOBS_INGEST_ALLOW_CIDRS": '["127.0.0.2/32"]',
+            }
+        },
         operator_env={"AIJOBS_LEASE_NAME": f"aijobs-operator-{suffix}", **operator_env},
     )
     stack.start_services()

@@ -52,6 +52,11 @@ def test_kubectl_get_by_category_and_short_name(kubectl: Kubectl) -> None:
         ),
         pytest.param("aij.spec.input.batch", "Many images in one job (up to 100,000)", id="batch"),
         pytest.param("aij.spec.input.batch.prefix", "The Storage key prefix", id="batch-prefix"),
+        pytest.param(
+            "aij.spec.input.batch.imageList",
+            "one image per line, each an object id of the account's or an http(s) URL",
+            id="batch-image-list",
+        ),
         pytest.param("aij.spec.maxFailedImages", "how many of its images may fail", id="max-failed"),
         pytest.param("aij.status.batch", "A batch's counts", id="batch-status"),
         pytest.param("aij.status.batch.failures", "A sample of the failures (at most 10)", id="failures"),
@@ -295,6 +300,19 @@ BAD = [
     pytest.param(_with({"ttlSecondsAfterFinished": -1}), "spec.ttlSecondsAfterFinished", id="ttl-negative"),
     pytest.param(
         _with({"ttlSecondsAfterFinished": "1h"}), "spec.ttlSecondsAfterFinished", id="ttl-not-seconds"
+    ),
+    pytest.param(
+        _with({"input": {"batch": {"prefix": "acme/cat/", "imageList": "obj-1"}}}),
+        "batch needs exactly one of prefix or imageList",
+        id="batch-prefix-and-list",
+    ),
+    pytest.param(
+        _with({"input": {"batch": {}}}), "batch needs exactly one of prefix or imageList", id="batch-empty"
+    ),
+    pytest.param(
+        _with({"input": {"batch": {"imageList": "../etc/passwd"}}}),
+        "spec.input.batch.imageList",
+        id="batch-list-not-an-id",
     ),
 ]
 

@@ -98,6 +98,38 @@ def test_a_batch_is_one_job_over_the_set_priced_per_image_and_a_retry_finds_it(s
     assert (spec["account"], spec["price"], spec["maxFailedImages"]) == ("acme", 1, 1)
 
 
+def test_a_batch_over_an_image_list_names_the_lists_object_and_a_retry_finds_it(stand: Stand) -> None:
+    with stand.user("acme") as acme, stand.user("globex") as globex:
+        uploaded = _upload(acme, "cat", "a.png", PNG_A)
+        uploaded.raise_for_status()
+        with stand.storage() as storage:
+            image = storage.get(f"/v1/by-key/{uploaded.json()['key']}").json()["id"]
+        text = f"{image}\nhttps://img.example.com/b.png\n{image}\n"
+        listed = acme.put("/v1/lists/night", content=text, headers={"Content-Type": "text/plain"})
+        assert listed.status_code == 201, listed.text
+        view = listed.json()
+        assert (view["name"], view["images"], view["urls"], view["sha256"]) == (
+            "night",
+            3,
+            1,
+            sha256(text.encode()),
+        )
+        made = _batch(acme, "k1", list="night")
+        assert made.status_code == 201, made.text
+        assert _batch(acme, "k1", list="night").json()["id"] == made.json()["id"]
+        assert _problem(_batch(acme, "k1", list="other"), 422) == "idempotency-key-reused"
+        assert _problem(_batch(acme, "k2", list="nothing-here"), 422) == "unknown-list"
+        assert _problem(_batch(acme, "k3", list="night", set="cat"), 422) == "validation-error"
+        assert _problem(_batch(acme, "k4"), 422) == "validation-error"
+        # One account's list is no other's, by name or by the images it names.
+        assert _problem(_batch(globex, "k5", list="night"), 422) == "unknown-list"
+        refused = globex.put("/v1/lists/night", content=f"{image}\n", headers={"Content-Type": "text/plain"})
+        assert _problem(refused, 422) == "bad-image-list" and "line 1" in refused.json()["detail"]
+    assert stand.kube.created == 1
+    spec = stand.kube.jobs[made.json()["id"]]["spec"]
+    assert spec["input"] == {"batch": {"imageList": view["objectId"]}}
+
+
 def test_a_batchs_counts_show_in_its_view_and_its_results_page_through_its_manifest(stand: Stand) -> None:
     with stand.user("acme") as acme, stand.user("globex") as globex:
         for name, content in [("a.png", PNG_A), ("b.png", PNG_B), ("c.jpg", PNG_C)]:

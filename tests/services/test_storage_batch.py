@@ -259,3 +259,66 @@ def test_a_jobs_objects_page_by_id_and_all_at_once_without_a_limit(storage: tupl
             break
     assert seen == sorted(stored) and sizes == [3, 3, 1]
     assert api.get("/v1/jobs/batch-2/objects", caller="operator", params={"limit": 1001}).status_code == 422
+
+
+LIST = b"# caf\xc3\xa9 scans\nobj-a\nhttps://scans.example.com/1.png\n"
+
+
+def test_an_image_list_is_stored_as_text_and_a_worker_may_not_store_one(
+    storage: tuple[Api, sa.Engine], tmp_path: Path
+) -> None:
+    api, engine = storage
+    before = snapshot(engine)
+    refused = _put(api, "list:acme/night", LIST, caller="worker", kind="list", state="committed")
+    assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+    not_text = _put(api, "list:acme/night", b"obj-a\n\xff\n", kind="list", state="committed")
+    assert not_text.status_code == 415 and "an image list is UTF-8 text; byte 6" in not_text.json()["detail"]
+    assert snapshot(engine) == before and _files(tmp_path / "volume") == []
+
+    stored = _put(api, "list:acme/night", LIST, kind="list", state="committed")
+    assert stored.status_code == 201, stored.text
+    obj = stored.json()
+    assert (obj["kind"], obj["contentType"], obj["width"], obj["size"]) == (
+        "list",
+        "text/plain",
+        0,
+        len(LIST),
+    )
+    served = api.http.get(f"/v1/objects/{obj['id']}/content", headers=api.headers("operator", None))
+    assert served.content == LIST and served.headers["content-type"].startswith("text/plain")
+    # A list is not one of the account's images: a prefix batch never takes it.
+    assert _list(api, account="acme", prefix="list:").json()["items"] == []
+
+
+def test_a_lookup_answers_each_id_as_its_single_read_does(storage: tuple[Api, sa.Engine]) -> None:
+    api, _ = storage
+    kept, gone = (
+        _put(api, f"acme/cat/{n}", images.png(color=(n, 0, 0)), state="committed").json() for n in (1, 2)
+    )
+    deleted = api.http.post(
+        f"/v1/objects/{gone['id']}/delete", headers=api.headers("operator", f"del-{gone['id']}")
+    )
+    assert deleted.status_code == 200, deleted.text
+    ids = [gone["id"], "obj-nosuchobject0000000", kept["id"], kept["id"]]
+    answer = api.http.post("/v1/bulk/lookup", json={"ids": ids}, headers=api.headers("operator", None))
+    assert answer.status_code == 200, answer.text
+    items = answer.json()["items"]
+    assert [(i["key"], i["status"]) for i in items] == [
+        (ids[0], 200),
+        (ids[1], 404),
+        (ids[2], 200),
+        (ids[3], 200),
+    ]
+    for object_id, item in zip(ids, items, strict=True):
+        if item["status"] == 404:
+            assert item["body"]["type"].endswith("/unknown-object")
+            continue
+        single = api.http.get(f"/v1/objects/{object_id}", headers=api.headers("operator", None))
+        assert item["body"] == single.json()
+    assert items[0]["body"]["state"] == "deleted"
+
+    for bad in ({"ids": []}, {"ids": ["x"] * 1001}, {"ids": ["no spaces"]}, {"keys": ["x"]}):
+        refused = api.http.post("/v1/bulk/lookup", json=bad, headers=api.headers("operator", None))
+        assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+    anonymous = api.http.post("/v1/bulk/lookup", json={"ids": ids})
+    assert anonymous.status_code == 401

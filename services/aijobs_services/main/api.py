@@ -15,6 +15,7 @@ from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.orm import Session
 
 from aijobs.api.auth import Bindings, Principal
+from aijobs.api.imagelist import LIST_TYPE
 from aijobs.api.main import (
     IMAGE_NAME,
     SET_NAME,
@@ -24,6 +25,7 @@ from aijobs.api.main import (
     CancelledJob,
     DeliveryCreate,
     DeliveryRecorded,
+    ImageListView,
     JobPage,
     JobView,
     UploadedImage,
@@ -54,6 +56,7 @@ JobName = Annotated[str, Path(max_length=253, pattern=OBJECT_NAME, description="
 Namespace = Annotated[str, Path(max_length=63, pattern=NAMESPACE_NAME)]
 SetName = Annotated[str, Path(alias="set", pattern=SET_NAME, description="A set of your uploads")]
 ImageName = Annotated[str, Path(pattern=IMAGE_NAME, description="The image's name in its set")]
+ListName = Annotated[str, Path(pattern=SET_NAME, description="The image list's name")]
 IMAGES = ("image/png", "image/jpeg", "image/webp")
 M = TypeVar("M", bound=BaseModel)
 
@@ -255,6 +258,35 @@ async def upload_image(request: Request, set_name: SetName, name: ImageName, use
     return JSONResponse(image.model_dump(by_alias=True, mode="json"), status)
 
 
+@router.put(
+    "/lists/{name}",
+    status_code=201,
+    summary="Upload an image list: a batch's images named one per line, by object id or URL",
+    response_model=ImageListView,
+    openapi_extra={"requestBody": {"required": True, "content": {LIST_TYPE: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"model": ImageListView, "description": "You held this very list under this name already"},
+        **documented(
+            *AS_A_USER[:2],
+            Unavailable,
+            (409, "key-taken", "you hold another list under this name"),
+            (413, "object-too-large", "the list is over Storage's limit"),
+            (422, "bad-image-list", "a line is neither one of your images' object ids nor an http(s) URL"),
+            (507, "insufficient-storage", "Storage is full (or the account's quota is spent)"),
+        ),
+    },
+)
+async def upload_list(request: Request, name: ListName, user: UserDep) -> JSONResponse:
+    """One image per line (blank lines and lines starting with ``#`` are skipped): an object id
+    of one of your images (an upload, or a result) or an http(s) URL, which Storage fetches once
+    a batch naming the list is paid for. Submit it with ``POST /v1/batches`` (``list``), or name
+    its ``objectId`` in a job's ``spec.input.batch.imageList``. Every line is checked now: a bad
+    one is refused naming its line, and nothing is stored."""
+    content = await request.body()
+    status, view = await batches.put_list(_clients(request)["storage"], user.tenant, name, content)
+    return JSONResponse(view.model_dump(by_alias=True, mode="json"), status)
+
+
 @router.get(
     "/uploads/{set}",
     summary="The images of one of your sets, by name (paginated)",
@@ -274,7 +306,7 @@ async def list_uploads(
 @router.post(
     "/batches",
     status_code=201,
-    summary="Submit a batch: every image uploaded into a set, one pipeline, a price per image",
+    summary="Submit a batch: every image uploaded into a set, or an image list's, one pipeline",
     response_model=JobView,
     response_model_exclude_unset=True,
     responses={
@@ -284,6 +316,7 @@ async def list_uploads(
             (422, "bad-pipeline", "an unknown pipeline, or parameters it does not take"),
             (422, "bad-run-at", "runAt is in the past, or further ahead than credits can be held"),
             (422, "empty-set", "no image was uploaded into the set"),
+            (422, "unknown-list", "you have no image list of that name (PUT /v1/lists/{name})"),
             (422, "idempotency-key-reused", "the key was first used for another job request"),
             (422, "invalid-job", "the Kubernetes API refused the job"),
             RateLimited,
@@ -296,9 +329,10 @@ async def submit_batch(
     user: UserDep,
     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
 ) -> JSONResponse:
-    """One job for the set's images as they stand now (images uploaded later are not in it),
-    charged the pipeline's price for each image delivered, none for one that failed. Follow it
-    with ``GET /v1/jobs/{id}`` (its ``batch`` counts) and read it with ``GET /v1/jobs/{id}/results``."""
+    """One job for the set's images as they stand now (images uploaded later are not in it), or
+    for those your image list names (``list``, in its order), charged the pipeline's price for
+    each image delivered, none for one that failed. Follow it with ``GET /v1/jobs/{id}`` (its
+    ``batch`` counts) and read it with ``GET /v1/jobs/{id}/results``."""
     order, batch = submission.parse_batch(body, user.tenant)
     namespace = await _namespace_of(request, user.tenant)
     status, view = await submission.submit(

@@ -22,12 +22,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from aijobs.api.main import BatchResultLine, BatchResults, UploadedImage, UploadPage
+from aijobs.api import imagelist
+from aijobs.api.main import BatchResultLine, BatchResults, ImageListView, UploadedImage, UploadPage
 from aijobs.api.storage import DownloadLink, DownloadLinkRequest, ObjectPage, StoredObject
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
+from aijobs.wire.lookup import lookup_objects
 from aijobs_services.kit.db import utcnow
-from aijobs_services.kit.problems import Conflict, Problem
-from aijobs_services.main.submission import Unavailable, set_prefix
+from aijobs_services.kit.problems import Conflict, Problem, Unprocessable
+from aijobs_services.main.submission import Unavailable, list_key, set_prefix
 
 __all__ = [
     "RESERVED_NAMES",
@@ -36,6 +38,7 @@ __all__ = [
     "list_set",
     "page_of",
     "put_image",
+    "put_list",
     "read_results",
 ]
 
@@ -51,6 +54,10 @@ class NotDelivered(Conflict):
 
 class ReservedName(Problem):
     status, slug, title = 422, "reserved-name", "Reserved image name"
+
+
+class BadImageList(Unprocessable):
+    slug, title = "bad-image-list", "Invalid image list"
 
 
 def _unavailable(exc: Ambiguous) -> Unavailable:
@@ -93,6 +100,49 @@ async def put_image(
     except Refused as exc:
         raise Problem(exc.detail, status=exc.status, slug=exc.kind, title="The image was refused") from exc
     return response.status_code, uploaded(StoredObject.model_validate_json(response.content), set_name)
+
+
+async def put_list(
+    storage: ServiceClient, account: str, name: str, content: bytes
+) -> tuple[int, ImageListView]:
+    """Store an image list of the account's under its name, once every line is found to be an
+    image a batch can take (:mod:`aijobs.api.imagelist`: an object id of the account's committed
+    images, or an http(s) URL): (201, it), or (200, the first one) for the same bytes again. A
+    bad line is refused (422 ``bad-image-list``, naming the line) and nothing is stored."""
+    try:
+        entries = imagelist.parse(content.decode("utf-8"))
+        found = await lookup_objects(storage, (e.object_id for e in entries if e.object_id))
+        imagelist.check_objects(entries, found, account)
+    except UnicodeDecodeError as exc:
+        raise BadImageList(f"an image list is UTF-8 text; byte {exc.start} is not UTF-8") from exc
+    except imagelist.BadImageList as exc:
+        raise BadImageList(str(exc), line=exc.line) from exc
+    except Ambiguous as exc:
+        raise _unavailable(exc) from exc
+    try:
+        response = await storage.call(
+            "PUT",
+            f"/v1/objects/{list_key(account, name)}",
+            params={"account": account, "kind": "list", "state": "committed"},
+            content=content,
+            headers={"Content-Type": imagelist.LIST_TYPE},
+            timeout=60,
+        )
+    except Ambiguous as exc:
+        raise _unavailable(exc) from exc
+    except Refused as exc:
+        raise Problem(exc.detail, status=exc.status, slug=exc.kind, title="The list was refused") from exc
+    obj = StoredObject.model_validate_json(response.content)
+    view = ImageListView(
+        name=name,
+        object_id=obj.id,
+        images=len(entries),
+        urls=sum(1 for e in entries if e.url is not None),
+        sha256=obj.sha256,
+        size=obj.size,
+        created_at=obj.created_at.isoformat().replace("+00:00", "Z"),
+    )
+    return response.status_code, view
 
 
 async def list_set(

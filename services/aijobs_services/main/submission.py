@@ -80,11 +80,13 @@ class Order:
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch's input: the account's images under ``prefix`` (its set), and its failure policy."""
+    """A batch's input: the account's images under ``prefix`` (its set), or those the image list
+    named ``image_list`` names; and its failure policy."""
 
-    set: str
-    prefix: str
+    set: str | None
+    prefix: str | None
     max_failed_images: int | None
+    image_list: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,14 @@ def parse_batch(body: BatchCreate, account: str) -> tuple[Order, Batch]:
     params = _pipeline_parameters(body.pipeline, body.parameters)
     start = parse_run_at(body.run_at, utcnow()) if body.run_at else None
     order = Order(body.pipeline, params, start, body.run_at, None)
+    if body.set is None:
+        return order, Batch(None, None, body.max_failed_images, image_list=body.image_list)
     return order, Batch(body.set, set_prefix(account, body.set), body.max_failed_images)
+
+
+def list_key(account: str, name: str) -> str:
+    """Where an image list of the account's is in Storage: apart from its sets' images."""
+    return f"list:{account}/{name}"
 
 
 async def read_job(kube: k8s.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:
@@ -319,6 +328,8 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, JobView]:
     }
     if sub.batch is not None:  # only then: a single job's digest stays what it always was
         fields["batch"] = {"set": sub.batch.set, "maxFailedImages": sub.batch.max_failed_images}
+        if sub.batch.image_list is not None:  # and a set's stays what it was
+            fields["batch"]["list"] = sub.batch.image_list
     digest = jobs.request_digest(fields)
     existing = await read_job(edges.kube, sub.namespace, name)
     if existing is not None:
@@ -331,6 +342,35 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, JobView]:
         return await _stage_and_create(sub, name, digest, edges)
     finally:
         await _release(slots, slot)  # the job exists (the listing counts it), or was refused
+
+
+async def _batch_input(sub: Submission, batch: Batch, edges: Edges) -> dict[str, Any]:
+    if batch.prefix is not None:
+        await _refuse_an_empty_set(sub, batch, edges)
+        return {"batch": {"prefix": batch.prefix}}
+    assert batch.image_list is not None
+    return {"batch": {"imageList": await _list_id(sub.account, batch.image_list, edges)}}
+
+
+async def _list_id(account: str, name: str, edges: Edges) -> str:
+    """The object id of the account's image list ``name``, or a 422 saying to upload it."""
+    try:
+        found = await edges.storage.fetch(StoredObject, "GET", f"/v1/by-key/{list_key(account, name)}")
+    except Ambiguous as exc:
+        raise Unavailable(
+            f"{exc}; retry with the same Idempotency-Key", headers={"Retry-After": "2"}
+        ) from exc
+    except Refused as exc:
+        if exc.status != 404:
+            raise
+        found = None
+    if found is None or found.state != "committed" or found.kind != "list":
+        raise Unprocessable(
+            f"you have no image list {name!r}: upload it first (PUT /v1/lists/{name})",
+            slug="unknown-list",
+            title="Unknown image list",
+        )
+    return found.id
 
 
 async def _refuse_an_empty_set(sub: Submission, batch: Batch, edges: Edges) -> None:
@@ -378,8 +418,7 @@ async def _stage_and_create(sub: Submission, name: str, digest: str, edges: Edge
         staged = stored.id
         job_input: dict[str, Any] = {"storageRef": {"objectId": stored.id}}
     elif sub.batch is not None:
-        await _refuse_an_empty_set(sub, sub.batch, edges)
-        job_input = {"batch": {"prefix": sub.batch.prefix}}
+        job_input = await _batch_input(sub, sub.batch, edges)
     else:
         job_input = {"url": order.url}
     deadline = (order.run_at or utcnow()) + dt.timedelta(seconds=edges.settings.job_deadline_seconds)

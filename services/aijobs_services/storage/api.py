@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from starlette.convertors import PathConvertor, register_url_convertor
 
+from aijobs.api.imagelist import LIST_TYPE
 from aijobs.api.rules import ACCOUNT_NAME
 from aijobs.api.storage import (
     KEY,
@@ -80,8 +81,9 @@ EXISTING: dict[int | str, dict[str, Any]] = {
     200: {"model": StoredObject, "description": "The key already held these bytes: its object"}
 }
 IMAGES = ("image/png", "image/jpeg", "image/webp")
-# What an object may be stored as and is served as: an image, or a batch's manifest (JSON lines).
-CONTENT_TYPES = (*IMAGES, MANIFEST_TYPE)
+# What an object may be stored as and is served as: an image, a batch's manifest (JSON lines), or
+# an image list (text).
+CONTENT_TYPES = (*IMAGES, MANIFEST_TYPE, LIST_TYPE)
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 AN_OBJECT: dict[int | str, dict[str, Any]] = {
     200: {
@@ -142,7 +144,8 @@ def _serve(request: Request, object_id: str) -> Response:
 
 async def _put(request: Request, chunks: AsyncIterator[bytes], **fields: Any) -> Response:
     settings, blobs = _settings(request), _blobs(request)
-    limit = settings.max_manifest_bytes if fields.get("kind") == "manifest" else settings.max_object_bytes
+    text = fields.get("kind") in ("manifest", "list")
+    limit = settings.max_manifest_bytes if text else settings.max_object_bytes
     staged = await blobs.receive(chunks, limit)
     created, obj = await run_in_threadpool(
         objects.store_staged, request.app.state.sessions, blobs, settings, staged, **fields
@@ -163,7 +166,7 @@ router = APIRouter(prefix="/v1", tags=["storage"])
 @router.put(
     "/objects/{object_id:storage_key}",
     status_code=201,
-    summary="Store an image, or a batch's manifest, under a key (idempotent by key)",
+    summary="Store an image, a batch's manifest or an image list under a key (idempotent by key)",
     response_model=StoredObject,
     responses={**EXISTING, **documented(*STORING, UnsupportedManifest)},
     openapi_extra={"requestBody": {"required": True, "content": dict.fromkeys(CONTENT_TYPES, BINARY)}},
@@ -177,17 +180,24 @@ async def put_object(
     account: Annotated[str, Query(min_length=2, max_length=63, pattern=ACCOUNT_NAME)],
     job_id: Annotated[str | None, Query(alias="jobId", max_length=128)] = None,
     kind: Annotated[
-        ObjectKind, Query(description="manifest: a batch's results as JSON lines (operator, admin only)")
+        ObjectKind,
+        Query(
+            description="manifest: a batch's results as JSON lines (operator, admin only); "
+            "list: a batch's images named one per line (not a worker)"
+        ),
     ] = "input",
     state: Annotated[Literal["staging", "committed"], Query()] = "staging",
 ) -> Response:
     """The same key with the same bytes returns the first object (200); with other bytes, 409.
     An image is sniffed from its bytes; a manifest must be UTF-8 text and is stored as
-    ``application/x-ndjson`` with no pixels."""
+    ``application/x-ndjson`` with no pixels, an image list as ``text/plain``."""
     # A manifest is what a user's signed link to a batch's results serves: only the operator
-    # (or an admin) writes one, never a worker or Main API on a user's behalf.
+    # (or an admin) writes one, never a worker or Main API on a user's behalf. A list is what a
+    # user names a batch's images with: Main API stores it for them; a worker never does.
     if kind == "manifest" and caller.name not in ("operator", "admin"):
         raise Forbidden(f"{caller.name} may not store a manifest; only the operator does")
+    if kind == "list" and caller.name == "worker":
+        raise Forbidden("a worker may not store an image list")
     return await _put(
         request, request.stream(), key=key, account=account, job_id=job_id, kind=kind, state=state
     )
@@ -365,7 +375,13 @@ def list_objects(
         )
 
 
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", MANIFEST_TYPE: "jsonl"}
+_EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    MANIFEST_TYPE: "jsonl",
+    LIST_TYPE: "txt",
+}
 
 
 def _download_headers(object_id: str, content_type: str) -> dict[str, str]:

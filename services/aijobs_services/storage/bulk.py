@@ -1,7 +1,9 @@
 """``POST /v1/bulk/objects``: many images stored in one request, each exactly as
 ``PUT /v1/objects/{key}`` stores it and answered on its own (:mod:`aijobs.api.bulk`'s answer);
 ``POST /v1/bulk/contents``: many objects' bytes read in one request, each as
-``GET /v1/objects/{id}/content`` reads it.
+``GET /v1/objects/{id}/content`` reads it; ``POST /v1/bulk/lookup``: many objects' metadata, each
+as ``GET /v1/objects/{id}`` answers it (the ids of an image list, checked by the operator before
+it prices the batch).
 
 A worker finishes its leased images together; storing each with a request of its own cost both
 sides an HTTP exchange, an authentication and a thread hop per image, which at a GPU's pace (a few
@@ -35,7 +37,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from aijobs.api.bulk import BulkAnswer, ItemAnswer
-from aijobs.api.storage import MAX_BULK_CONTENT_BYTES, MAX_BULK_OBJECTS, ContentsRequest, ObjectPut
+from aijobs.api.storage import (
+    MAX_BULK_CONTENT_BYTES,
+    MAX_BULK_OBJECTS,
+    ContentsRequest,
+    LookupRequest,
+    ObjectPut,
+)
+from aijobs_services.kit.app import SessionDep
 from aijobs_services.kit.callers import Caller, allow
 from aijobs_services.kit.problems import Problem, Unprocessable, documented, read_item
 from aijobs_services.storage import objects
@@ -169,3 +178,27 @@ def read_contents(body: ContentsRequest, _: Reader, request: Request) -> Respons
     # Written straight to JSON: validating megabytes of base64 back through the models would
     # cost more than reading the blobs.
     return Response(json.dumps({"items": answers}), media_type="application/json")
+
+
+@router.post(
+    "/bulk/lookup",
+    summary="Many objects' metadata, each as GET /v1/objects/{id} answers it (answered one by one)",
+    response_model=BulkAnswer,
+)
+def lookup(body: LookupRequest, _: Reader, session: SessionDep) -> BulkAnswer:
+    """Each item's answer, keyed by the object's id: 200 with its ``StoredObject`` (a deleted one
+    too, as its single read answers it), or 404 ``unknown-object``. One statement for them all."""
+    with session.begin():
+        found = objects.get_many(session, body.ids)
+        answers = []
+        for object_id in body.ids:
+            obj = found.get(object_id)
+            if obj is None:
+                problem = objects.UnknownObject(f"no object {object_id!r}")
+                answers.append(
+                    ItemAnswer(key=object_id, status=problem.status, body=problem.body("/v1/bulk/lookup"))
+                )
+                continue
+            wire = public(obj).model_dump(by_alias=True, mode="json")
+            answers.append(ItemAnswer(key=object_id, status=200, body=wire))
+    return BulkAnswer(items=answers)

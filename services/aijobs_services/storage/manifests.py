@@ -1,12 +1,16 @@
 """Is it a manifest we accept? A batch's results, one JSON line per input, written by the operator
-and read by the user: stored as text, so it must be UTF-8 (checked over the received file in
-pieces, never held whole in memory). It is never sniffed as an image and has no pixels."""
+and read by the user; or an image list, a batch's inputs one per line, written by the user
+(:mod:`aijobs.api.imagelist`). Both are stored as text, so each must be UTF-8 (checked over the
+received file in pieces, never held whole in memory); neither is sniffed as an image nor has
+pixels. What a list's lines say is checked by Main API when it is uploaded and by the operator
+when a batch names it, not here: Storage keeps bytes."""
 
 from __future__ import annotations
 
 import codecs
 from pathlib import Path
 
+from aijobs.api.imagelist import LIST_TYPE
 from aijobs.api.storage import MANIFEST_TYPE
 from aijobs_services.kit.problems import Problem
 from aijobs_services.storage.images import ImageInfo
@@ -18,9 +22,9 @@ class UnsupportedManifest(Problem):
     status, slug, title = 415, "unsupported-manifest", "Not a UTF-8 manifest"
 
 
-def inspect_manifest(path: Path) -> ImageInfo:
-    """The manifest's description (its type, no pixels), or :class:`UnsupportedManifest` naming
-    the first byte that is not UTF-8."""
+def inspect_manifest(path: Path, kind: str = "manifest") -> ImageInfo:
+    """The manifest's (or the image list's) description (its type, no pixels), or
+    :class:`UnsupportedManifest` naming the first byte that is not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     read = start = 0  # bytes read; where the decoder's input (held bytes, then a piece) starts
     with path.open("rb") as content:
@@ -32,8 +36,8 @@ def inspect_manifest(path: Path) -> ImageInfo:
             start = read - len(decoder.getstate()[0])
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:
+            what = "an image list is UTF-8 text" if kind == "list" else "a manifest is UTF-8 text"
             raise UnsupportedManifest(
-                f"a manifest is UTF-8 text (JSON lines); byte {start + exc.start} is not UTF-8",
-                byte=start + exc.start,
+                f"{what}; byte {start + exc.start} is not UTF-8", byte=start + exc.start
             ) from exc
-    return ImageInfo(MANIFEST_TYPE, 0, 0)
+    return ImageInfo(LIST_TYPE if kind == "list" else MANIFEST_TYPE, 0, 0)

@@ -149,6 +149,13 @@ def readable_many(conn: sa.Connection, object_ids: Sequence[str]) -> dict[str, C
     return found
 
 
+def get_many(session: Session, object_ids: Sequence[str]) -> dict[str, StoredObject]:
+    """:func:`get` for many objects in one statement: each id found, by id (an unknown id is
+    absent)."""
+    stmt = sa.select(StoredObject).where(StoredObject.id.in_(sorted(set(object_ids))))
+    return {obj.id: obj for obj in session.scalars(stmt)}
+
+
 def same_or_conflict(existing: StoredObject, sha256: str) -> StoredObject:
     if existing.sha256 != sha256:
         raise KeyTaken(
@@ -239,8 +246,8 @@ def store_staged(
     encoded, checked here, would guard the same bytes for less."""
     try:
         try:
-            if kind == "manifest":
-                info = inspect_manifest(staged.path)
+            if kind in ("manifest", "list"):
+                info = inspect_manifest(staged.path, kind)
             else:
                 info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
         except Problem:
