@@ -18,19 +18,23 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from aijobs.api import imagelist
 from aijobs.api.main import (
     BatchResultLine,
     BatchResults,
     BatchView,
     CancelledJob,
+    ImageListView,
     JobPage,
     JobView,
     UploadedImage,
@@ -71,6 +75,8 @@ def _run_at(text: str) -> str:
 
 
 def submit(args: argparse.Namespace, cfg: Config) -> int:
+    if args.list:
+        return submit_list(args, cfg)
     if Path(args.image).is_dir():
         return submit_folder(args, cfg)
     params = dict(args.param or [])
@@ -228,7 +234,15 @@ def add_user_parsers(sub: Any) -> None:
     p = sub.add_parser("submit", help="submit an image job, or a folder of images as a batch (idempotent)")
     common(p)
     p.add_argument(
-        "image", help="an image file, an http(s) URL Storage fetches, or a folder (a batch of its images)"
+        "image",
+        help="an image file, an http(s) URL Storage fetches, a folder (a batch of its images), "
+        "or with --list an image list file",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="IMAGE is a text file naming a batch's images, one per line: an object id of one of "
+        "your images or an http(s) URL (# comments and blank lines skipped)",
     )
     p.add_argument("--pipeline", required=True, choices=PIPELINES)
     p.add_argument("--param", action="append", type=_param, metavar="NAME=VALUE", help="a pipeline parameter")
@@ -430,7 +444,24 @@ def result_stems(lines: Iterable[BatchResultLine], images: list[Image]) -> dict[
     """Each succeeded image's file name in OUTDIR without its suffix: its input's stem, or its
     input's whole name where two inputs share a stem (a.png and a.jpg)."""
     local = {image.name: image.path.name for image in images}
-    names = {line.item: local.get(_input_name(line), _input_name(line)) for line in lines}
+    return _stems({line.item: local.get(_input_name(line), _input_name(line)) for line in lines})
+
+
+def list_names(lines: Iterable[BatchResultLine], entries: list[imagelist.Entry]) -> dict[int, str]:
+    """Each image of a list's batch by the name its line gives it: a URL's last path segment, an
+    object id's key (its name in its set), numbered where two lines give the same name."""
+    names: dict[int, str] = {}
+    for line in lines:
+        entry = entries[line.item] if 0 <= line.item < len(entries) else None
+        name = _input_name(line)
+        if entry is not None and entry.url is not None:
+            name = unquote(urlsplit(entry.url).path.rsplit("/", 1)[-1]) or f"item-{line.item}"
+        names[line.item] = set_member_name(name)
+    counts = Counter(names.values())
+    return {item: name if counts[name] == 1 else f"{item:06d}-{name}" for item, name in names.items()}
+
+
+def _stems(names: dict[int, str]) -> dict[int, str]:
     stems = [Path(name).stem for name in names.values()]
     return {
         item: Path(name).stem if stems.count(Path(name).stem) == 1 else name for item, name in names.items()
@@ -468,8 +499,13 @@ def download_results(lines: list[BatchResultLine], stems: dict[int, str], folder
     return downloaded, len(wanted) - downloaded
 
 
-def batch_summary(job: JobView, lines: list[BatchResultLine] | None, images: list[Image]) -> str:
-    batch = job.batch or BatchView(total=len(images))
+def batch_summary(
+    job: JobView,
+    lines: list[BatchResultLine] | None,
+    images: list[Image],
+    names: dict[int, str] | None = None,
+) -> str:
+    batch = job.batch or BatchView(total=len(images) if names is None else len(names))
     delivered = batch.succeeded if job.result_url else 0
     text = [
         f"batch job {job.id}: {job.phase}" + (f" - {job.message}" if job.message else ""),
@@ -478,7 +514,10 @@ def batch_summary(job: JobView, lines: list[BatchResultLine] | None, images: lis
         f"  charged {job.price * delivered} credits ({job.price} an image delivered)",
     ]
     if lines is not None:
-        failures = [(_input_name(x), x.reason or x.state) for x in lines if x.state != "succeeded"]
+        named = names or {}
+        failures = [
+            (named.get(x.item, _input_name(x)), x.reason or x.state) for x in lines if x.state != "succeeded"
+        ]
     else:
         failures = [(f.input.rsplit("/", 1)[-1], f.reason) for f in batch.failures]
     text += [f"  {name}: {reason}" for name, reason in failures]
@@ -488,11 +527,7 @@ def batch_summary(job: JobView, lines: list[BatchResultLine] | None, images: lis
 def submit_folder(args: argparse.Namespace, cfg: Config) -> int:
     folder = Path(args.image)
     images = folder_images(folder)
-    body: dict[str, Any] = {"pipeline": args.pipeline, "parameters": dict(args.param or [])}
-    if args.run_at:
-        body["runAt"] = _run_at(args.run_at)
-    if args.max_failed is not None:
-        body["maxFailedImages"] = args.max_failed
+    body = _batch_body(args)
     # The job follows the folder and the order; the set the folder alone (or your key): another
     # pipeline, or --again, makes another job of the images sent once.
     key = args.idempotency_key or (new_key() if args.again else batch_key(folder, images, body))
@@ -500,27 +535,80 @@ def submit_folder(args: argparse.Namespace, cfg: Config) -> int:
     with _main(cfg) as main:
         sent, there = upload_folder(main, set_name, images)
         print(f"uploaded {sent} images into set {set_name} ({there} there already)", file=sys.stderr)
-        response = main.request("POST", "/v1/batches", key=key, json={"set": set_name, **body})
-        job = answer(response, JobView)
-        if response.headers.get("Idempotent-Replayed") == "true":
-            print(
-                f"already submitted: this is batch job {job.id} (use --again for another job)",
-                file=sys.stderr,
-            )
-        else:
-            print(
-                f"submitted batch job {job.id} ({len(images)} images, {job.price} credits each)",
-                file=sys.stderr,
-            )
-        if not (args.wait or args.output_file):
-            emit(args, wire(job), lambda _: job.id)
-            return EXIT_DELIVERED
-        job = follow_batch(main, job.id, args.timeout, sys.stderr)
-        lines = batch_results(main, job.id) if job.result_url else None
+        job, lines = _run_batch(args, main, key, {"set": set_name, **body}, len(images))
+    if job is None:
+        return EXIT_DELIVERED
     if lines is not None and args.output_file:
         got, kept = download_results(lines, result_stems(lines, images), Path(args.output_file))
         print(f"results in {args.output_file}: {got} downloaded, {kept} there already", file=sys.stderr)
     emit(args, wire(job), lambda _: batch_summary(job, lines, images))
+    return _batch_exit(job)
+
+
+def submit_list(args: argparse.Namespace, cfg: Config) -> int:
+    """``aijobs submit LIST.txt --list``: the list uploaded as an image list of yours (named from
+    its content, so the same list is the same one), one batch over it, followed and downloaded
+    as a folder's is. The list is checked here first, naming a bad line, before anything is sent."""
+    path = Path(args.image)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        entries = imagelist.parse(text)
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+    except (UnicodeDecodeError, imagelist.BadImageList) as exc:
+        raise CommandError(f"{path}: {exc}") from exc
+    body = _batch_body(args)
+    name = set_of(hashlib.sha256(text.encode()).hexdigest())
+    key = args.idempotency_key or (new_key() if args.again else f"list-{_digest(name, body)}")
+    with _main(cfg) as main:
+        response = main.request(
+            "PUT", f"/v1/lists/{name}", content=text.encode(), headers={"Content-Type": imagelist.LIST_TYPE}
+        )
+        listed = answer(response, ImageListView)
+        print(f"image list {name}: {listed.images} images ({listed.urls} URLs)", file=sys.stderr)
+        job, lines = _run_batch(args, main, key, {"list": name, **body}, listed.images)
+    if job is None:
+        return EXIT_DELIVERED
+    names = list_names(lines, entries) if lines is not None else None
+    if lines is not None and names is not None and args.output_file:
+        got, kept = download_results(lines, _stems(names), Path(args.output_file))
+        print(f"results in {args.output_file}: {got} downloaded, {kept} there already", file=sys.stderr)
+    emit(args, wire(job), lambda _: batch_summary(job, lines, [], names or {}))
+    return _batch_exit(job)
+
+
+def _batch_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"pipeline": args.pipeline, "parameters": dict(args.param or [])}
+    if args.run_at:
+        body["runAt"] = _run_at(args.run_at)
+    if args.max_failed is not None:
+        body["maxFailedImages"] = args.max_failed
+    return body
+
+
+def _digest(name: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{name}\0{json.dumps(body, sort_keys=True)}".encode()).hexdigest()[:40]
+
+
+def _run_batch(
+    args: argparse.Namespace, main: Api, key: str, request: dict[str, Any], count: int
+) -> tuple[JobView | None, list[BatchResultLine] | None]:
+    """Submit the batch and, asked to wait, follow it to its end and read its results: (the job,
+    its result lines once delivered); (None, None) when not asked to wait (the job is printed)."""
+    response = main.request("POST", "/v1/batches", key=key, json=request)
+    job = answer(response, JobView)
+    if response.headers.get("Idempotent-Replayed") == "true":
+        print(f"already submitted: this is batch job {job.id} (use --again for another job)", file=sys.stderr)
+    else:
+        print(f"submitted batch job {job.id} ({count} images, {job.price} credits each)", file=sys.stderr)
+    if not (args.wait or args.output_file):
+        emit(args, wire(job), lambda _: job.id)
+        return None, None
+    job = follow_batch(main, job.id, args.timeout, sys.stderr)
+    return job, batch_results(main, job.id) if job.result_url else None
+
+
+def _batch_exit(job: JobView) -> int:
     if job.phase not in TERMINAL_PHASES:
         print(f"job {job.id} has not ended yet; run the same command again to follow it", file=sys.stderr)
         return EXIT_STILL_RUNNING

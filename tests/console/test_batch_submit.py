@@ -101,6 +101,48 @@ def test_a_folder_is_submitted_as_a_batch_and_a_second_run_resumes_without_repea
     assert len(stand.puts) == 3 and stand.kube.created == 2
 
 
+def test_an_image_list_is_submitted_as_a_batch_named_by_its_lines_and_a_second_run_repeats_nothing(
+    stand: Stand, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(stand.tokens["acme"] + "\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[services]\nmain = "{stand.main_url}"\n[user]\ntoken_file = "{token}"\n')
+    monkeypatch.setenv("AIJOBS_CONFIG", str(config))
+    with stand.user("acme") as acme:
+        acme.put("/v1/uploads/album/kept.png", content=images.png(color=(3, 3, 3))).raise_for_status()
+    with stand.storage() as storage:
+        kept = storage.get("/v1/by-key/acme/album/kept.png").json()["id"]
+    listing, out = tmp_path / "night.txt", tmp_path / "out"
+    listing.write_text(
+        f"# last night\n{kept}\nhttps://scans.example.com/a/0001.png\n"
+        "https://scans.example.com/b/0001.png\nhttps://scans.example.com/broken.png\n"
+    )
+    command = ["submit", str(listing), "--list", "--pipeline", "grayscale", "-o", str(out)]
+
+    operator = _operator(stand, fail=frozenset({"broken.png"}))
+    assert aijobs(command) == 1  # an image failed
+    operator.join()
+    first = capsys.readouterr()
+    assert "4 images (3 URLs)" in first.err and "images 4/4 done (1 failed)" in first.err
+    assert "delivered 3 of 4 images" in first.out and "broken.png: the pipeline failed" in first.out
+    # Named by their lines, in OUTDIR: two URLs with one file name are told apart by their item.
+    assert sorted(p.name for p in out.iterdir()) == ["000001-0001.png", "000002-0001.png", "kept.png"]
+    lines = {line.item: line for line in _results(stand)}
+    assert _sha(out / "kept.png") == lines[0].sha256 and _sha(out / "000002-0001.png") == lines[2].sha256
+    spec = next(iter(stand.kube.jobs.values()))["spec"]
+    assert set(spec["input"]["batch"]) == {"imageList"}
+
+    assert aijobs(command) == 1  # again: the same list, the same job, nothing downloaded twice
+    second = capsys.readouterr()
+    assert "already submitted" in second.err and "0 downloaded, 3 there already" in second.err
+    assert stand.kube.created == 1
+
+    listing.write_text(f"{kept}\nftp://scans.example.com/0002.png\n")
+    assert aijobs(command) == user.EXIT_ERROR  # checked before anything is sent
+    assert "line 2" in capsys.readouterr().err and stand.kube.created == 1
+
+
 def _set(stand: Stand) -> str:
     job = next(iter(stand.kube.jobs.values()))
     return str(job["spec"]["input"]["batch"]["prefix"]).split("/")[1]

@@ -29,6 +29,7 @@ from aijobs_services.registry import spec
 from aijobs_services.storage.settings import StorageSettings
 from kubernetes.client.exceptions import ApiException
 
+from aijobs.api import imagelist
 from aijobs.wire.client import ServiceClient
 from aijobs.wire.tokens import TokenSigner
 from tests.services import images
@@ -127,25 +128,48 @@ class Stand:
             base_url=self.storage_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
 
+    def _inputs(
+        self, http: httpx.Client, uid: str, account: str, source: dict[str, str]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The batch's images, each with the name ``fail`` knows it by: a set's by key, in key
+        order; an image list's in its order, each URL stored as the operator's upload step
+        would have Storage fetch it (an image of the stand's, under the job's key for it)."""
+        if "prefix" in source:
+            params = {"account": account, "prefix": source["prefix"], "limit": 1000}
+            found = http.get("/v1/objects", params=params).json()["items"]
+            return [(obj["key"].rsplit("/", 1)[-1], obj) for obj in found]
+        text = http.get(f"/v1/objects/{source['imageList']}/content").text
+        inputs = []
+        for entry in imagelist.parse(text):
+            if entry.object_id is not None:
+                obj = http.get(f"/v1/objects/{entry.object_id}").json()
+                inputs.append((obj["key"].rsplit("/", 1)[-1], obj))
+                continue
+            fetched = http.put(
+                f"/v1/objects/job:{uid}:input:{entry.item}",
+                params={"account": account, "state": "committed", "jobId": uid},
+                content=images.png(9, 9, (entry.item % 256, 1, 1)),
+            ).json()
+            inputs.append((str(entry.url).rsplit("/", 1)[-1], fetched))
+        return inputs
+
     def deliver(
         self, name: str, *, fail: frozenset[str] = frozenset(), max_failed: int | None = None
     ) -> None:
         """Do what the operator does for the batch job ``name``: one task per image of its set
         (those named in ``fail`` fail), results stored, the manifest stored and linked."""
         job = self.kube.jobs[name]
-        uid, account, prefix = (
+        uid, account, source = (
             job["metadata"]["uid"],
             job["spec"]["account"],
-            job["spec"]["input"]["batch"]["prefix"],
+            job["spec"]["input"]["batch"],
         )
         with self.storage() as http:
-            found = http.get(
-                "/v1/objects", params={"account": account, "prefix": prefix, "limit": 1000}
-            ).json()
+            inputs = self._inputs(http, uid, account, source)
             lines: list[dict[str, Any]] = []
-            for item, obj in enumerate(found["items"]):
+            for item, (named, obj) in enumerate(inputs):
                 line: dict[str, Any] = {"item": item, "key": obj["key"], "input": obj["id"]}
-                if obj["key"].rsplit("/", 1)[-1] in fail:
+                if named in fail:
                     line |= {"state": "failed", "reason": "the pipeline failed: broken image"}
                 else:
                     result = images.png(8, 8, (item % 256, 7, 7))
