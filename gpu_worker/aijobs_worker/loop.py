@@ -223,14 +223,16 @@ class Worker:
         items: list[Item] = []
         for task, blob in zip(tasks, blobs, strict=True):
             if isinstance(blob, BaseException):
-                await self._give_back(task.id, f"could not fetch the input: {blob}", True, task.lease_token)
+                await self._give_back(
+                    task.id, f"could not fetch the input: {blob}", task.lease_token, retryable=True
+                )
                 continue
             self._beat("decoding an input", self.cfg.lease_seconds)
             t0 = time.perf_counter()
             try:
                 image = await loop.run_in_executor(self._pool, codec.decode, blob)
             except codec.BadImage as exc:
-                await self._give_back(task.id, str(exc), False, task.lease_token)
+                await self._give_back(task.id, str(exc), task.lease_token, retryable=False)
                 continue
             STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
             items.append(Item(task.id, task.pipeline, task.params, image))
@@ -287,7 +289,7 @@ class Worker:
         """The item's result encoded and spooled (or its run reported failed: None)."""
         if item.error is not None or item.output is None:
             IMAGES.labels(task.pipeline, "failed").inc()
-            await self._give_back(item.key, item.error or "no output", False, task.lease_token)
+            await self._give_back(item.key, item.error or "no output", task.lease_token, retryable=False)
             return None
         t0 = time.perf_counter()
         png = await asyncio.get_running_loop().run_in_executor(self._pool, codec.encode, item.output)
@@ -337,7 +339,7 @@ class Worker:
                 held = self.held.get(entries[n].task_id)
                 if held is not None and held.cancelled:  # acknowledge, so the task ends cancelled now
                     entry = entries[n]
-                    await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
+                    await self._give_back(entry.task_id, "cancelled", entry.lease_token, retryable=False)
                     self._forget(entry)
                     pending.remove(n)
             if not pending:
@@ -354,7 +356,7 @@ class Worker:
                     unknown.append((n, outcome))
                 else:
                     log.error("storage refused the result of %s: %s", entry.task_id, outcome)
-                    await self._give_back(entry.task_id, str(outcome), False, entry.lease_token)
+                    await self._give_back(entry.task_id, str(outcome), entry.lease_token, retryable=False)
                     self._forget(entry)
             pending = [n for n, _ in unknown]
             if not pending:
@@ -494,7 +496,7 @@ class Worker:
                         outcome.kind,
                     )
                     if outcome.kind == "task-cancelled":  # acknowledge, so the task ends (and its job can go)
-                        await self._give_back(entry.task_id, "cancelled", False, entry.lease_token)
+                        await self._give_back(entry.task_id, "cancelled", entry.lease_token, retryable=False)
                 elif isinstance(outcome, BaseException):
                     raise outcome
                 self._forget(entry)
@@ -518,7 +520,9 @@ class Worker:
             lambda: self.ai.fetch(Task, "POST", f"/v1/tasks/{entry.task_id}/complete", key=key, json=body),
         )
 
-    async def _give_back(self, task_id: str, reason: str, retryable: bool, lease_token: str | None) -> None:
+    async def _give_back(
+        self, task_id: str, reason: str, lease_token: str | None, *, retryable: bool
+    ) -> None:
         """Report the run failed (``retryable`` or not) under its lease, and stop holding it."""
         token = lease_token or ""
         body = Failure(lease_token=token, reason=reason[:3900] or "no reason given", retryable=retryable)

@@ -1,10 +1,15 @@
 """The local spool: a finished result is on disk (fsynced) before anything else happens to it, so
-Storage being down costs a delay, never the work. One ``<task>.png`` plus a ``<task>.json``
-describing the task; written to temporary names and renamed, so a crash leaves whole entries
-only. On start the worker uploads what its spool holds before it leases anything new."""
+Storage being down costs a delay, never the work. One ``<task>.<lease>.png`` plus a
+``<task>.<lease>.json`` describing the task (``<lease>``: a digest of the lease token the run
+was under, so two runs of one task, the same task leased to this worker again after its first
+lease ran out, are two entries and removing one leaves the other); written to temporary names
+and renamed, so a crash leaves whole entries only. An entry an older worker spooled as
+``<task>.png`` is still read and removed. On start the worker uploads what its spool holds
+before it leases anything new."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -36,11 +41,22 @@ class Spool:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
+    def _stem(self, entry: Entry) -> Path:
+        lease = hashlib.sha256(entry.lease_token.encode()).hexdigest()[:16]
+        return self.root / f"{entry.task_id}.{lease}"
+
+    def _files(self, entry: Entry) -> tuple[Path, Path]:
+        """The entry's .png and .json: under its lease's name, or as an older worker named them."""
+        stem = self._stem(entry)
+        png = stem.with_name(stem.name + ".png")
+        if png.exists() or not (self.root / f"{entry.task_id}.png").exists():
+            return png, stem.with_name(stem.name + ".json")
+        return self.root / f"{entry.task_id}.png", self.root / f"{entry.task_id}.json"
+
     def put(self, entry: Entry, content: bytes) -> None:
-        _durable_write(self.root / f"{entry.task_id}.png", content)
-        _durable_write(
-            self.root / f"{entry.task_id}.json", json.dumps(asdict(entry)).encode()
-        )  # last: commits
+        stem = self._stem(entry)
+        _durable_write(stem.with_name(stem.name + ".png"), content)
+        _durable_write(stem.with_name(stem.name + ".json"), json.dumps(asdict(entry)).encode())  # commits
         fd = os.open(self.root, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -55,8 +71,9 @@ class Spool:
         return found
 
     def content(self, entry: Entry) -> bytes:
-        return (self.root / f"{entry.task_id}.png").read_bytes()
+        return self._files(entry)[0].read_bytes()
 
     def remove(self, entry: Entry) -> None:
-        (self.root / f"{entry.task_id}.json").unlink(missing_ok=True)
-        (self.root / f"{entry.task_id}.png").unlink(missing_ok=True)
+        png, meta = self._files(entry)
+        meta.unlink(missing_ok=True)
+        png.unlink(missing_ok=True)
