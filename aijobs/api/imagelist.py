@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import get_args
 from urllib.parse import urlsplit
 
-from aijobs.api.rules import HTTP_URL, MAX_BATCH_IMAGES
-from aijobs.api.storage import StoredObject
+from aijobs.api.rules import HTTP_URL_PORTABLE, MAX_BATCH_IMAGES
+from aijobs.api.storage import ImageKind, StoredObject
 
 __all__ = ["LIST_TYPE", "MAX_URL", "BadImageList", "Entry", "check_objects", "parse", "usable"]
 
 LIST_TYPE = "text/plain"
 MAX_URL = 2048  # as the CRD's spec.input.url
 OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
-_URL = re.compile(HTTP_URL)
+_URL = re.compile(HTTP_URL_PORTABLE)  # what Storage's ingest takes: no control characters
 
 
 class BadImageList(ValueError):
@@ -57,6 +58,7 @@ class Entry:
 
 def parse(text: str, *, limit: int = MAX_BATCH_IMAGES) -> list[Entry]:
     entries: list[Entry] = []
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors save UTF-8
     for number, raw in enumerate(text.splitlines(), start=1):
         entry = raw.strip()
         if not entry or entry.startswith("#"):
@@ -94,7 +96,7 @@ def usable(obj: StoredObject | None, account: str) -> bool:
     return (
         obj is not None
         and obj.account == account
-        and obj.kind in ("input", "result")
+        and obj.kind in get_args(ImageKind)
         and obj.state == "committed"
     )
 
@@ -106,7 +108,8 @@ def check_objects(entries: list[Entry], found: dict[str, StoredObject], account:
         if entry.object_id is None or usable(found.get(entry.object_id), account):
             continue
         obj = found.get(entry.object_id)
-        what = "no such object" if obj is None else f"a {obj.state} {obj.kind} of account {obj.account}"
+        # Another account's object is no object to this one: its owner and state stay unsaid.
+        what = "no such object" if obj is None or obj.account != account else f"a {obj.state} {obj.kind}"
         raise BadImageList(
             entry.line, f"object {entry.object_id} is not a committed image of account {account} ({what})"
         )

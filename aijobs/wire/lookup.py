@@ -8,14 +8,15 @@ from collections.abc import Iterable
 
 from aijobs.api.bulk import BulkAnswer
 from aijobs.api.storage import MAX_LOOKUP_IDS, LookupRequest, StoredObject
-from aijobs.wire.client import ServiceClient
+from aijobs.wire.client import ServiceClient, judge
 
 __all__ = ["lookup_objects"]
 
 
 async def lookup_objects(storage: ServiceClient, object_ids: Iterable[str]) -> dict[str, StoredObject]:
-    """The objects of these ids that Storage knows (deleted ones too), by id; an unknown id is
-    absent. A request's refusal or unknown outcome is raised as the client raises it."""
+    """The objects of these ids that Storage knows (deleted ones too), by id; an unknown id (its
+    item answered 404) is absent. A request's refusal or unknown outcome is raised as the client
+    raises it, and so is an item's other answer (a 503 of one item is no "unknown object")."""
     unique = list(dict.fromkeys(object_ids))
     found: dict[str, StoredObject] = {}
     for start in range(0, len(unique), MAX_LOOKUP_IDS):
@@ -25,4 +26,6 @@ async def lookup_objects(storage: ServiceClient, object_ids: Iterable[str]) -> d
             if item.status == 200:
                 obj = StoredObject.model_validate(item.body)
                 found[obj.id] = obj
+            elif item.status != 404:
+                raise judge(storage.service, f"looking up {item.key}", item.status, item.body)
     return found

@@ -46,7 +46,16 @@ from aijobs.wire.client import Ambiguous, Refused
 from aijobs.wire.lookup import lookup_objects
 from aijobs_operator import core
 from aijobs_operator.core import Done, Waiting, hold_expiry, idempotency_key, iso
-from aijobs_operator.steps import Call, StepFailed, authorize, bulk_call, record_delivery, refused, same_bytes
+from aijobs_operator.steps import (
+    Call,
+    Job,
+    StepFailed,
+    authorize,
+    bulk_call,
+    record_delivery,
+    refused,
+    same_bytes,
+)
 
 __all__ = [
     "cancel_tasks",
@@ -290,16 +299,22 @@ async def upload(call: Call) -> Done | Waiting:
     )
 
 
-async def _ingest(call: Call, entry: imagelist.Entry) -> storage.StoredObject:
-    job, cfg = call.job, call.cfg
+def fetch_request(job: Job, entry: imagelist.Entry) -> storage.IngestRequest:
+    """A list's URL as Storage is asked to fetch it: into an input of the job's (its compensation
+    deletes it), under the image's key (a retry fetches nothing twice)."""
     assert entry.url is not None
-    body = storage.IngestRequest(
+    return storage.IngestRequest(
         key=input_key(job.uid, entry.item),
         url=entry.url,
         account=job.spec.account,
         job_id=job.uid,
         state="committed",
     )
+
+
+async def _ingest(call: Call, entry: imagelist.Entry) -> storage.StoredObject:
+    cfg = call.cfg
+    body = fetch_request(call.job, entry)
     try:
         return await call.svc.storage.fetch(
             storage.StoredObject,
@@ -446,7 +461,7 @@ async def job_results(call: Call) -> list[storage.StoredObject]:
     return await job_objects(call, "result")
 
 
-async def job_objects(call: Call, kind: str) -> list[storage.StoredObject]:
+async def job_objects(call: Call, kind: storage.ObjectKind) -> list[storage.StoredObject]:
     """The job's committed objects of one kind, page by page."""
     found: list[storage.StoredObject] = []
     cursor: str | None = None

@@ -177,6 +177,9 @@ async def upload(call: Call) -> Done | Waiting:
             obj = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/objects/{object_id}")
             if obj.account != account:
                 raise StepFailed("InputNotYours", f"object {object_id} belongs to another account")
+            if obj.kind != "input":  # a result, a manifest or an image list is not an upload
+                what = f"object {object_id} is a {obj.kind}, not an uploaded image"
+                raise StepFailed("InputNotAnImage", what)
             obj = await svc.storage.fetch(
                 storage.StoredObject,
                 "POST",

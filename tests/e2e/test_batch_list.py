@@ -156,8 +156,15 @@ def test_a_list_of_ids_and_urls_runs_in_its_order_and_each_url_is_fetched_once(
     assert (balance["available"], balance["held"]) == (100 - 4 * PRICE, 0)
 
 
+@pytest.mark.parametrize(
+    ("refused", "says"),
+    [
+        pytest.param("http://10.1.2.3/private.png", "10.1.2.3", id="private-address"),  # never fetched
+        pytest.param("{base}/scans/gone.png", "answered 404", id="gone"),  # a definite no: no retry
+    ],
+)
 def test_a_url_storage_refuses_fails_the_batch_naming_its_line_and_costs_nothing(
-    stack: Stack, server: ImageServer
+    stack: Stack, server: ImageServer, refused: str, says: str
 ) -> None:
     tenant = stack.tenant(f"l{uuid.uuid4().hex[:8]}", credits=100)
     jobs = Jobs(stack, tenant.namespace)
@@ -165,14 +172,14 @@ def test_a_url_storage_refuses_fails_the_batch_naming_its_line_and_costs_nothing
     text = (
         f"{object_id(stack, upload['key'])}\n"
         f"{server.base}/scans/0001.png\n"
-        "http://10.1.2.3/private.png\n"  # a private address: Storage never fetches from there
+        f"{refused.format(base=server.base)}\n"
     )
     response = put_list(stack, tenant, "mixed", text)
     assert response.status_code == 201, response.text
     jobs.apply(list_batch("mixed", tenant.account, response.json()["objectId"]))
     job = jobs.wait("mixed", timeout=180)
     assert job["status"]["phase"] == "Failed" and reason(job) == "InputRefused", job["status"]
-    assert "line 3" in job["status"]["message"] and "10.1.2.3" in job["status"]["message"]
+    assert "line 3" in job["status"]["message"] and says in job["status"]["message"], job["status"]
 
     uid = job["metadata"]["uid"]
     charges = stack.call("payment", "GET", f"/v1/jobs/{uid}/charges")

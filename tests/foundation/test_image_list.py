@@ -29,6 +29,7 @@ def test_entries_keep_the_lists_order_and_their_line_numbers() -> None:
     [
         ("obj-a\nfile:///etc/passwd\n", 2, "neither an object id nor an http(s) URL"),
         ("obj-a\n\nhttps://exa mple.com/a.png\n", 3, "not a well-formed http(s) URL"),
+        ("https://example.com/a\x00b.png\n", 1, "not a well-formed http(s) URL"),
         ("https://example.com:70000/a.png\n", 1, "Port out of range"),
         ("https://[zz]/a.png\n", 1, "not a well-formed"),
         ("https://example.com/" + "a" * imagelist.MAX_URL + "\n", 1, "at most 2048 characters"),
@@ -41,6 +42,10 @@ def test_a_bad_line_is_named(text: str, line: int, says: str) -> None:
         imagelist.parse(text)
     assert refused.value.line == line and says in str(refused.value)
     assert str(refused.value).startswith(f"line {line}: ") == bool(line)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line() -> None:
+    assert [e.text for e in imagelist.parse("\ufeffobj-a\nobj-b\n")] == ["obj-a", "obj-b"]
 
 
 def test_a_list_longer_than_a_batch_is_refused_whole() -> None:
@@ -71,7 +76,7 @@ def _obj(object_id: str, account: str = "acme", kind: str = "input", state: str 
     ("found", "says"),
     [
         ({}, "no such object"),
-        ({"o2": _obj("o2", account="globex")}, "a committed input of account globex"),
+        ({"o2": _obj("o2", account="globex")}, "(no such object)"),  # whose it is stays unsaid
         ({"o2": _obj("o2", state="deleted")}, "a deleted input"),
         ({"o2": _obj("o2", state="staging")}, "a staging input"),
         ({"o2": _obj("o2", kind="manifest")}, "a committed manifest"),

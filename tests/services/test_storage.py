@@ -327,6 +327,12 @@ def image_server(tmp_path: Path) -> Iterator[str]:
         def log_message(self, *_: Any) -> None:
             pass
 
+        def do_GET(self) -> None:
+            if self.path == "/busy.png":
+                self.send_error(503)
+                return
+            super().do_GET()
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -362,7 +368,20 @@ def test_ingest_refuses_private_addresses_unless_allow_listed(
             caller="operator",
             key=None,
         )
-        assert missing.status_code == 502 and missing.json()["upstreamStatus"] == 404
+        # A definite no from the URL's server is one (it fails the job, naming the URL); a
+        # server that cannot answer now is worth another try (502). Nothing is stored for either.
+        assert missing.status_code == 422 and missing.json()["type"].endswith("/fetch-refused")
+        assert missing.json()["upstreamStatus"] == 404
+        busy = api.post(
+            "/v1/ingest",
+            {**body, "key": "ingest:3", "url": f"{image_server}/busy.png"},
+            caller="operator",
+            key=None,
+        )
+        assert busy.status_code == 502 and busy.json()["type"].endswith("/fetch-failed")
+        assert busy.json()["upstreamStatus"] == 503
+        keys = [api.get(f"/v1/by-key/ingest:{n}", caller="operator").status_code for n in (2, 3)]
+        assert keys == [404, 404]
 
 
 def test_concurrent_puts_of_one_key_store_one_object(

@@ -119,6 +119,8 @@ async def put_list(
         raise BadImageList(str(exc), line=exc.line) from exc
     except Ambiguous as exc:
         raise _unavailable(exc) from exc
+    except Refused as exc:  # Storage refused the lookup itself: pass its problem on
+        raise Problem(exc.detail, status=exc.status, slug=exc.kind, title="The list was refused") from exc
     try:
         response = await storage.call(
             "PUT",

@@ -237,6 +237,10 @@ def parse_batch(body: BatchCreate, account: str) -> tuple[Order, Batch]:
     return order, Batch(body.set, set_prefix(account, body.set), body.max_failed_images)
 
 
+class UnknownList(Unprocessable):
+    slug, title = "unknown-list", "Unknown image list"
+
+
 def list_key(account: str, name: str) -> str:
     """Where an image list of the account's is in Storage: apart from its sets' images."""
     return f"list:{account}/{name}"
@@ -361,15 +365,11 @@ async def _list_id(account: str, name: str, edges: Edges) -> str:
             f"{exc}; retry with the same Idempotency-Key", headers={"Retry-After": "2"}
         ) from exc
     except Refused as exc:
-        if exc.status != 404:
-            raise
+        if exc.status != 404:  # Storage refused the read itself: its problem, passed on
+            raise Problem(exc.detail, status=exc.status, slug=exc.kind, title="Storage refused") from exc
         found = None
     if found is None or found.state != "committed" or found.kind != "list":
-        raise Unprocessable(
-            f"you have no image list {name!r}: upload it first (PUT /v1/lists/{name})",
-            slug="unknown-list",
-            title="Unknown image list",
-        )
+        raise UnknownList(f"you have no image list {name!r}: upload it first (PUT /v1/lists/{name})")
     return found.id
 
 

@@ -208,7 +208,10 @@ async def put_object(
     summary="Fetch an image from an http(s) URL and store it (SSRF-safe)",
     status_code=201,
     response_model=StoredObject,
-    responses={**EXISTING, **documented(*STORING, DestinationRefused, BadUrl, ingest.FetchFailed)},
+    responses={
+        **EXISTING,
+        **documented(*STORING, DestinationRefused, BadUrl, ingest.FetchRefused, ingest.FetchFailed),
+    },
 )
 async def ingest_url(request: Request, body: IngestRequest, _: Operator) -> Response:
     existing = await run_in_threadpool(objects.find, request.app.state.sessions, body.key)

@@ -184,6 +184,7 @@ def read_contents(body: ContentsRequest, _: Reader, request: Request) -> Respons
     "/bulk/lookup",
     summary="Many objects' metadata, each as GET /v1/objects/{id} answers it (answered one by one)",
     response_model=BulkAnswer,
+    responses=documented(objects.UnknownObject),
 )
 def lookup(body: LookupRequest, _: Reader, session: SessionDep) -> BulkAnswer:
     """Each item's answer, keyed by the object's id: 200 with its ``StoredObject`` (a deleted one

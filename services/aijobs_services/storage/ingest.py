@@ -15,7 +15,20 @@ from aijobs_services.kit.problems import Problem
 
 
 class FetchFailed(Problem):
+    """The URL's server could not answer now (a 5xx, 408 or 429, or no answer): worth a retry."""
+
     status, slug, title = 502, "fetch-failed", "Could not fetch the URL"
+
+
+class FetchRefused(Problem):
+    """The URL's server answered a definite no (a 4xx: gone, forbidden...) or a redirect, which
+    ingest never follows: asking again will not change it."""
+
+    status, slug, title = 422, "fetch-refused", "The URL gave no image"
+
+
+# What the URL's server may answer that a later try may not: the rest of 3xx and 4xx is final.
+TRANSIENT = frozenset({408, 425, 429})
 
 
 async def check_url(url: str, allow: list[str]) -> outbound.Destination:
@@ -31,7 +44,8 @@ async def fetch(destination: outbound.Destination, timeout: float) -> AsyncItera
             client.stream("GET", url, headers=headers, extensions=extensions) as response,
         ):
             if response.status_code != 200:
-                raise FetchFailed(
+                final = 300 <= response.status_code < 500 and response.status_code not in TRANSIENT
+                raise (FetchRefused if final else FetchFailed)(
                     f"GET {destination.url} answered {response.status_code}",
                     upstreamStatus=response.status_code,
                 )
