@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aijobs_dev.simulation import world
 from aijobs_dev.simulation.run import Campaign, run_range
 from aijobs_operator import batch, core
 
@@ -45,6 +46,25 @@ def test_keeping_the_results_of_cancelled_images_is_found(monkeypatch: pytest.Mo
         return None
 
     monkeypatch.setattr(batch, "delete_strays", keep_all)
-    campaign = run_range(0, 2 * SCHEDULES)  # a cancelled image's late result is rare: two batches here
+    # A cancelled image's late result is rare: prefix batches alone (their images fail more
+    # often, so more of them pass maxFailedImages), where these seeds give two.
+    monkeypatch.setattr(world, "LIST_BATCHES", 0.0)
+    campaign = run_range(0, 2 * SCHEDULES)
     found = _violations(campaign, "I3")
     assert any("(result) left committed" in line for line in found), found[:5]
+
+
+def test_fetching_a_lists_urls_into_objects_not_of_the_job_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload step has Storage fetch an image list's URLs into objects not attached to the
+    job: a batch that fails after its upload (a URL refused, credits or a deadline past) is
+    compensated, but what was fetched for it stays behind."""
+    attached = batch.fetch_request
+
+    def unattached(job: Any, entry: Any) -> Any:
+        return attached(job, entry).model_copy(update={"job_id": None})
+
+    monkeypatch.setattr(batch, "fetch_request", unattached)
+    campaign = run_range(0, SCHEDULES)
+    assert campaign.outcomes["list-batch:url-refused"] > 0, campaign.outcomes
+    found = _violations(campaign, "I3")
+    assert any("(input) left committed" in line for line in found), found[:5]

@@ -63,6 +63,9 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
     # Batch jobs ran among them and ended every way a batch can (I1 judged per image).
     for ending in ("delivered-all", "delivered-some", "failed-delivered-some", "failed-nothing", "gone"):
         assert campaign.outcomes[f"batch:{ending}"] >= 10, campaign.outcomes
+    # Half of them named by an image list (ids and URLs), some failed by a URL Storage refused.
+    for ending in ("delivered-all", "delivered-some", "failed-nothing", "gone", "url-refused"):
+        assert campaign.outcomes[f"list-batch:{ending}"] >= 10, campaign.outcomes
 
 
 def test_the_same_seed_tells_the_same_story() -> None:

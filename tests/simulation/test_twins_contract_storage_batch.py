@@ -1,10 +1,15 @@
 """The storage twin answers a batch job's calls as Storage does: the listing of an account's
 inputs under a key prefix (pages, order, what is left out, the batch's creation time), the
-manifest (stored, replayed, refused) and a job's objects paged. See test_twins_contract.py."""
+manifest (stored, replayed, refused), a job's objects paged, and an image list's calls (the list
+stored and read back, its ids looked up together, its URLs fetched or refused). See
+test_twins_contract.py."""
 
 from __future__ import annotations
 
 import datetime as dt
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,11 @@ class Both:
             f"/v1/objects/{key}", params=query, content=content, headers=self.real.headers("operator", None)
         )
         reply = self.twin.handle("PUT", f"/v1/objects/{key}", None, None, query, content)
+        return self._same(response.status_code, response.json(), reply.status, reply.body)
+
+    def post(self, path: str, body: Any) -> tuple[Any, Any]:
+        response = self.real.post(path, body, caller="operator", key=None)
+        reply = self.twin.handle("POST", path, None, body, {}, b"")
         return self._same(response.status_code, response.json(), reply.status, reply.body)
 
     def get(self, path: str, **params: Any) -> tuple[Any, Any]:
@@ -135,3 +145,72 @@ def test_the_storage_twin_lists_and_stores_a_batch_as_storage_does(
                     break
         assert sorted(seen["real"]) == sorted(seen["twin"]) == sorted(_keys(whole))
         assert sizes["real"] == sizes["twin"] == [3, 1]
+
+
+@pytest.fixture
+def origin() -> Iterator[str]:
+    """An image server on 127.0.0.2, the one private address both sides are allowed to fetch from."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = images.png(12, 12)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.2:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+LIST = b"# scans\nobj-a\nhttps://img.example/1.png\n"
+
+
+def test_the_storage_twin_answers_an_image_lists_calls_as_storage_does(
+    pg_url: str, secrets: dict[str, str], tmp_path: Path, origin: str
+) -> None:
+    twin = StorageTwin(_now)
+    twin.ingest_allow = (origin,)
+    for api, _ in _storage(pg_url, secrets, tmp_path / "volume", ingest_allow_cidrs=["127.0.0.2/32"]):
+        both = Both(api, twin)
+        # The list: stored as text, read back byte for byte, refused when it is not UTF-8.
+        listed = {"account": "acme", "kind": "list", "state": "committed"}
+        stored, stored_twin = both.put("list:acme/night", LIST, **listed)
+        for answer in (stored, stored_twin):
+            assert (answer["contentType"], answer["width"]) == ("text/plain", 0)
+        both.put("list:acme/night", LIST, **listed)  # the same bytes: 200
+        both.put("list:acme/other", b"obj-a\n\xff\n", **listed)  # not UTF-8: 415
+        real = api.get(f"/v1/objects/{stored['id']}/content", caller="operator")
+        mirrored = twin.handle("GET", f"/v1/objects/{stored_twin['id']}/content", None, None, {}, b"")
+        assert (real.status_code, real.content) == (mirrored.status, mirrored.body) == (200, LIST)
+
+        # Its ids, looked up together: each answered as its single read, unknown ones 404.
+        image, image_twin = both.put("acme/cat/a", images.png(), account="acme", state="committed")
+        for ids in ([image["id"], "obj-nosuchobject000000"], []):
+            real_ids = ids
+            twin_ids = [image_twin["id"] if i == image["id"] else i for i in ids]
+            response = api.post("/v1/bulk/lookup", {"ids": real_ids}, caller="operator", key=None)
+            reply = twin.handle("POST", "/v1/bulk/lookup", None, {"ids": twin_ids}, {}, b"")
+            assert response.status_code == reply.status
+            if response.status_code != 200:
+                assert _slug(reply.body) == _slug(response.json())
+                continue
+            for item, item_twin in zip(response.json()["items"], reply.body["items"], strict=True):
+                assert item["status"] == item_twin["status"]
+                assert _observable(item_twin["status"], item_twin["body"], PICKED) == _observable(
+                    item["status"], item["body"], PICKED
+                )
+
+        # Its URLs: fetched into the job's input under the image's key, the same key again is
+        # that object, a private address refused.
+        fetch = {"key": "job:u1:input:1", "url": f"{origin}/1.png", "account": "acme", "jobId": "u1"}
+        both.post("/v1/ingest", {**fetch, "state": "committed"})
+        both.post("/v1/ingest", {**fetch, "state": "committed"})  # replayed: 200
+        both.post("/v1/ingest", {**fetch, "key": "job:u1:input:2", "url": "http://10.0.0.7/x.png"})

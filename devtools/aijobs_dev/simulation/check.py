@@ -129,7 +129,14 @@ def _batch(world: World, job: SimJob) -> list[Violation]:
     holds = [h for h in world.payment.holds.values() if h.job_id == job.uid]
     captured = [h for h in holds if h.state == "captured"]
     charged = sum(h.captured_amount for h in captured)
-    live = [o for o in world.storage.objects.values() if o.job_id == job.uid and o.state != "deleted"]
+    # The job's objects: those it is attached to, and those stored under its keys whatever they
+    # are attached to (a fetched input left unattached would outlive the compensation).
+    mine = f"job:{job.uid}:"
+    live = [
+        o
+        for o in world.storage.objects.values()
+        if (o.job_id == job.uid or o.key.startswith(mine)) and o.state != "deleted"
+    ]
     manifests = [o for o in live if o.kind == "manifest"]
     shipped = job.uid in world.main.deliveries and len(manifests) == 1
     received: dict[int, str] = {}  # image index -> its result, as the manifest names it
@@ -166,6 +173,10 @@ def _batch(world: World, job: SimJob) -> list[Violation]:
         if hold.state == "active":
             bad("I3", f"hold {hold.id} still active")
     kept = set(received.values()) | {m.id for m in manifests if shipped}
+    # An image list's URLs, fetched into the job's own inputs, stay with a delivered batch (as a
+    # single job's input does) and go with an undelivered one's compensation.
+    fetched = {f"job:{job.uid}:input:{item}" for item in range(job.images)}  # one key per image
+    kept |= {o.id for o in live if shipped and o.kind == "input" and o.key in fetched}
     for obj in live:
         if obj.id not in kept:
             bad("I3", f"object {obj.id} ({obj.kind}) left {obj.state}")

@@ -54,10 +54,20 @@ def run_range(start: int, count: int) -> Campaign:
             phase = (body.get("status") or {}).get("phase") if body else "gone"
             campaign.outcomes[str(phase)] += 1
             if job.images:
-                campaign.outcomes[f"batch:{_batch_ending(body)}"] += 1
+                ending = _batch_ending(body)
+                campaign.outcomes[f"batch:{ending}"] += 1
+                if "imageList" in job.spec["input"]["batch"]:  # named by an image list
+                    campaign.outcomes[f"list-batch:{ending}"] += 1
+                    if _reason(body) == "InputRefused":
+                        campaign.outcomes["list-batch:url-refused"] += 1
         if violations:
             campaign.failing[seed] = [str(v) for v in violations]
     return campaign
+
+
+def _reason(body: dict[str, Any] | None) -> str | None:
+    conditions = ((body or {}).get("status") or {}).get("conditions", [])
+    return next((c.get("reason") for c in conditions if c["type"] == "Failed"), None)
 
 
 def _batch_ending(body: dict[str, Any] | None) -> str:

@@ -126,6 +126,10 @@ class Faults:
         )
 
 
+# The share of batch jobs that name their images in an image list rather than by a key prefix.
+LIST_BATCHES = 0.5
+
+
 @dataclass
 class SimJob:
     uid: str
@@ -546,10 +550,35 @@ class World:
                 # The user uploaded the set before creating the job; one image in five is one
                 # the pipeline will refuse (the task fails: it costs nothing).
                 prefix = f"{account}/set-{i}/"
+                stored = []
                 for k in range(images):
                     name = f"img-{k}-bad.png" if self.rng.random() < 0.2 else f"img-{k}.png"
-                    self.storage.store(f"{prefix}{name}", account, None, "input", f"img-{uid}-{k}".encode())
+                    reply = self.storage.store(
+                        f"{prefix}{name}", account, None, "input", f"img-{uid}-{k}".encode()
+                    )
+                    stored.append(reply.body["id"])
                 source = {"batch": {"prefix": prefix}}
+                # Half the batches name their images in an image list instead: some by object id,
+                # some by URL (fetched by Storage once the batch is paid for; now and then one it
+                # refuses, which fails the batch and compensates what was fetched). Drawn from a
+                # generator of their own, so the schedules' other draws stay what they were.
+                named = random.Random(f"{self.seed}-list-{i}")
+                if named.random() < LIST_BATCHES:
+                    lines = [
+                        (
+                            f"http://10.0.0.{k}/scan.png"
+                            if named.random() < 0.15
+                            else f"https://img.example/{uid}/{k}.png"
+                        )
+                        if named.random() < 0.3
+                        else object_id
+                        for k, object_id in enumerate(stored)
+                    ]
+                    text = "# the user's list\n" + "".join(line + "\n" for line in lines)
+                    listed = self.storage.store(
+                        f"list:{account}/set-{i}", account, None, "list", text.encode()
+                    )
+                    source = {"batch": {"imageList": listed.body["id"]}}
             spec: dict[str, Any] = {
                 "account": account,
                 "input": source,
@@ -614,7 +643,8 @@ class World:
             audited = self._audited_hold(service, key, request.url.path)
             before = audited.state if audited is not None else None
             skipped: dict[int, str] = {}  # bulk items (by place: key) never carried to the service
-            if request.url.path.startswith("/v1/bulk/") and isinstance(body, dict) and self.chance(error):
+            bulk = request.url.path.startswith("/v1/bulk/") and isinstance(body, dict)
+            if bulk and isinstance(body, dict) and "items" in body and self.chance(error):  # a write
                 # Some items fail before the service commits them, or after: each of those
                 # callers sees its own unknown outcome and retries under its key.
                 items = body["items"]
@@ -644,6 +674,8 @@ class World:
             if self.chance(error):
                 self.fire("error-after", where)
                 return httpx.Response(503, json={"detail": "simulated"})
+            if isinstance(reply.body, bytes):  # an object's content
+                return httpx.Response(reply.status, content=reply.body)
             return httpx.Response(reply.status, json=reply.body)
 
         return httpx.MockTransport(handle)

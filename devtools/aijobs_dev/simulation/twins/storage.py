@@ -1,7 +1,9 @@
 """The storage service's twin: its answers are Storage's wire models (:mod:`aijobs.api.storage`).
 
-It keeps no bytes and sniffs no image (every image is a 4x4 PNG to it), but a manifest is
-checked as Storage checks it (UTF-8), and listings page as Storage's do: an account's
+It keeps no image's bytes and sniffs no image (every image is a 4x4 PNG to it), but a manifest
+or an image list is checked as Storage checks it (UTF-8), an image list's bytes are kept and
+served (the operator reads them), ingest refuses the private addresses Storage refuses (any
+other URL is an image to it), and listings page as Storage's do: an account's
 committed inputs under a key prefix in key order (Python compares text by code point, which
 for UTF-8 is Storage's bytewise order), a job's objects in id order (the twin's ids are
 zero-padded, so that is the order they were stored in)."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from aijobs.api import storage as wire
+from aijobs.api.bulk import BulkAnswer, ItemAnswer
 from aijobs.api.fields import Timestamp
+from aijobs.api.imagelist import LIST_TYPE
 from aijobs.api.rules import ACCOUNT_NAME, MAX_HOLD
 from aijobs_dev.simulation.twins.base import Reply, Twin, _parts
 
@@ -37,7 +42,7 @@ class StoredObject:
 
     def wire(self) -> wire.StoredObject:
         """As Storage answers it; every twin image is a 4x4 PNG (the twin keeps no bytes)."""
-        manifest = self.kind == "manifest"
+        text = self.kind in ("manifest", "list")
         return wire.StoredObject(
             id=self.id,
             key=self.key,
@@ -46,15 +51,21 @@ class StoredObject:
             kind=self.kind,
             sha256=self.sha256,
             size=self.size,
-            content_type=wire.MANIFEST_TYPE if manifest else "image/png",
-            width=0 if manifest else 4,
-            height=0 if manifest else 4,
+            content_type=_TEXT_TYPES.get(self.kind, "image/png"),
+            width=0 if text else 4,
+            height=0 if text else 4,
             state=self.state,
             created_at=self.created_at,
         )
 
     def public(self) -> dict[str, Any]:
         return _body(self.wire())
+
+
+_TEXT_TYPES = {"manifest": wire.MANIFEST_TYPE, "list": LIST_TYPE}
+# Where Storage's ingest never fetches from (unless allow-listed, which the twin never is): the
+# private, loopback and link-local ranges, as the world's URLs use them.
+_PRIVATE = re.compile(r"^https?://(10\.|127\.|169\.254\.|192\.168\.|localhost)")
 
 
 def _body(
@@ -103,6 +114,8 @@ class StorageTwin(Twin):
     def __init__(self, clock: Callable[[], dt.datetime]) -> None:
         super().__init__(clock)
         self.objects: dict[str, StoredObject] = {}
+        self.lists: dict[str, bytes] = {}  # an image list's bytes, by object id
+        self.ingest_allow: tuple[str, ...] = ()  # URL prefixes fetched though private (allow-listed)
         self.disk_full = False
 
     def route(self, method: str, path: str) -> tuple[Callable[..., Reply], tuple[str, ...]] | None:
@@ -113,6 +126,12 @@ class StorageTwin(Twin):
             return self.list_objects, ()
         if method == "GET" and len(p) == 2 and p[0] == "objects":
             return self.get, (p[1],)
+        if method == "GET" and len(p) == 3 and p[0] == "objects" and p[2] == "content":
+            return self.content, (p[1],)
+        if method == "POST" and p == ["bulk", "lookup"]:
+            return self.lookup, ()
+        if method == "POST" and p == ["ingest"]:
+            return self.ingest, ()
         if method == "POST" and len(p) == 3 and p[0] == "objects" and p[2] == "commit":
             return self.commit, (p[1],)
         if method == "POST" and len(p) == 3 and p[0] == "objects" and p[2] == "download-url":
@@ -138,7 +157,7 @@ class StorageTwin(Twin):
             if existing.sha256 != sha:
                 return Reply.problem(409, "key-taken", f"key {key!r} holds other content")
             return Reply(200, existing.public())
-        if kind == "manifest":
+        if kind in ("manifest", "list"):
             try:
                 content.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -149,6 +168,8 @@ class StorageTwin(Twin):
             self.new_id("obj"), key, account, job_id, kind, sha, len(content), state, self.clock()
         )
         self.objects[obj.id] = obj
+        if kind == "list":
+            self.lists[obj.id] = content
         return Reply(201, obj.public())
 
     def put(self, key: str, *, params: dict[str, str], content: bytes, **_: Any) -> Reply:
@@ -188,6 +209,41 @@ class StorageTwin(Twin):
         if obj is None:
             return Reply.problem(404, "unknown-object", f"no object {object_id!r}")
         return Reply(200, obj.public())
+
+    def content(self, object_id: str, **_: Any) -> Reply:
+        """An image list's bytes (the twin keeps no image's: the world's worker needs none)."""
+        obj = self.objects.get(object_id)
+        if obj is None:
+            return Reply.problem(404, "unknown-object", f"no object {object_id!r}")
+        if obj.state == "deleted":
+            return Reply.problem(404, "object-deleted", f"object {object_id} was deleted")
+        return Reply(200, self.lists.get(object_id, b""))
+
+    def lookup(self, *, body: Any, **_: Any) -> Reply:
+        try:
+            asked = wire.LookupRequest.model_validate(body)
+        except ValidationError as exc:
+            return _invalid(exc)
+        items = []
+        for object_id in asked.ids:
+            found = self.get(object_id)
+            items.append(ItemAnswer(key=object_id, status=found.status, body=found.body))
+        return Reply(200, BulkAnswer(items=items).model_dump(by_alias=True, mode="json"))
+
+    def ingest(self, *, body: Any, **_: Any) -> Reply:
+        """As the operator calls it: a URL into an object under the caller's key (the same key
+        again: its object), or refused when its address is private."""
+        try:
+            asked = wire.IngestRequest.model_validate(body)
+        except ValidationError as exc:
+            return _invalid(exc)
+        existing = next((o for o in self.objects.values() if o.key == asked.key), None)
+        if existing is not None:
+            return Reply(200, existing.public())
+        if _PRIVATE.match(asked.url) and not asked.url.startswith(self.ingest_allow):
+            return Reply.problem(422, "destination-refused", f"url: {asked.url} is a private address")
+        content = f"fetched from {asked.url}".encode()
+        return self.store(asked.key, asked.account, asked.job_id, asked.kind, content, asked.state)
 
     def commit(self, object_id: str, *, body: Any, **_: Any) -> Reply:
         obj = self.objects.get(object_id)
