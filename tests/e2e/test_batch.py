@@ -37,7 +37,11 @@ def upload(stack: Stack, account: str, prefix: str, images: list[bytes]) -> list
     return stored
 
 
-def batch(name: str, account: str, prefix: str, **spec: Any) -> dict[str, Any]:
+def batch(
+    name: str, account: str, prefix: str | None = None, *, image_list: str | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A batch job over the images under ``prefix``, or over those image list ``image_list`` names."""
+    source = {"prefix": prefix} if prefix is not None else {"imageList": image_list}
     return {
         "apiVersion": "aijobs.io/v1alpha1",
         "kind": "AIImageJob",
@@ -46,7 +50,7 @@ def batch(name: str, account: str, prefix: str, **spec: Any) -> dict[str, Any]:
             "account": account,
             "pipeline": "grayscale",
             "price": PRICE,
-            "input": {"batch": {"prefix": prefix}},
+            "input": {"batch": source},
             **spec,
         },
     }

@@ -21,8 +21,7 @@ import pytest
 from aijobs_dev.testbed.stack import Stack, Tenant
 
 from tests.e2e.conftest import Jobs, live, png, reason
-
-PRICE = 2
+from tests.e2e.test_batch import PRICE, batch
 
 
 class ImageServer:
@@ -93,20 +92,6 @@ def put_list(stack: Stack, tenant: Tenant, name: str, text: str) -> httpx.Respon
     )
 
 
-def list_batch(name: str, account: str, list_id: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "aijobs.io/v1alpha1",
-        "kind": "AIImageJob",
-        "metadata": {"name": name},
-        "spec": {
-            "account": account,
-            "pipeline": "grayscale",
-            "price": PRICE,
-            "input": {"batch": {"imageList": list_id}},
-        },
-    }
-
-
 def test_a_list_of_ids_and_urls_runs_in_its_order_and_each_url_is_fetched_once(
     stack: Stack, server: ImageServer
 ) -> None:
@@ -128,7 +113,7 @@ def test_a_list_of_ids_and_urls_runs_in_its_order_and_each_url_is_fetched_once(
     assert (listed["images"], listed["urls"]) == (4, 2)
     assert put_list(stack, tenant, "night", text).status_code == 200  # the same list again: the same one
 
-    jobs.apply(list_batch("night", tenant.account, listed["objectId"]))
+    jobs.apply(batch("night", tenant.account, image_list=listed["objectId"]))
     job = jobs.wait("night", timeout=240)
     status = job["status"]
     assert status["phase"] == "Delivered", json.dumps(status)[-2000:]
@@ -176,7 +161,7 @@ def test_a_url_storage_refuses_fails_the_batch_naming_its_line_and_costs_nothing
     )
     response = put_list(stack, tenant, "mixed", text)
     assert response.status_code == 201, response.text
-    jobs.apply(list_batch("mixed", tenant.account, response.json()["objectId"]))
+    jobs.apply(batch("mixed", tenant.account, image_list=response.json()["objectId"]))
     job = jobs.wait("mixed", timeout=180)
     assert job["status"]["phase"] == "Failed" and reason(job) == "InputRefused", job["status"]
     assert "line 3" in job["status"]["message"] and says in job["status"]["message"], job["status"]
@@ -235,7 +220,7 @@ def test_a_list_cannot_name_another_accounts_image(stack: Stack) -> None:
         )
         assert stored.status_code == 201, stored.text
     jobs = Jobs(stack, other.namespace)
-    jobs.apply(list_batch("sneaky", other.account, stored.json()["id"]))
+    jobs.apply(batch("sneaky", other.account, image_list=stored.json()["id"]))
     job = jobs.wait("sneaky", timeout=120)
     assert job["status"]["phase"] == "Failed" and reason(job) == "ImageNotUsable", job["status"]
     assert stack.call("payment", "GET", f"/v1/jobs/{job['metadata']['uid']}/charges")["holds"] == []

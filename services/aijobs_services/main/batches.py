@@ -86,20 +86,32 @@ async def put_image(
     image, other bytes under the key, full) are passed on as its problems."""
     if name in RESERVED_NAMES:
         raise ReservedName(f"name: {name!r} is reserved; give the image another name")
-    key = set_prefix(account, set_name) + name
+    status, obj = await _store(storage, account, set_prefix(account, set_name) + name, "input", content)
+    return status, uploaded(obj, set_name)
+
+
+async def _store(
+    storage: ServiceClient, account: str, key: str, kind: str, content: bytes
+) -> tuple[int, StoredObject]:
+    """``content`` stored as a committed object of the account's under ``key``: (201, it), or
+    (200, the first one) for the same bytes again; Storage's refusals passed on as its problems,
+    a lost answer as 503 (send it again: the key makes it safe)."""
+    headers = {"Content-Type": imagelist.LIST_TYPE} if kind == "list" else {}
     try:
         response = await storage.call(
             "PUT",
             f"/v1/objects/{key}",
-            params={"account": account, "kind": "input", "state": "committed"},
+            params={"account": account, "kind": kind, "state": "committed"},
             content=content,
+            headers=headers,
             timeout=60,
         )
     except Ambiguous as exc:
         raise _unavailable(exc) from exc
     except Refused as exc:
-        raise Problem(exc.detail, status=exc.status, slug=exc.kind, title="The image was refused") from exc
-    return response.status_code, uploaded(StoredObject.model_validate_json(response.content), set_name)
+        what = "list" if kind == "list" else "image"
+        raise Problem(exc.detail, status=exc.status, slug=exc.kind, title=f"The {what} was refused") from exc
+    return response.status_code, StoredObject.model_validate_json(response.content)
 
 
 async def put_list(
@@ -121,20 +133,7 @@ async def put_list(
         raise _unavailable(exc) from exc
     except Refused as exc:  # Storage refused the lookup itself: pass its problem on
         raise Problem(exc.detail, status=exc.status, slug=exc.kind, title="The list was refused") from exc
-    try:
-        response = await storage.call(
-            "PUT",
-            f"/v1/objects/{list_key(account, name)}",
-            params={"account": account, "kind": "list", "state": "committed"},
-            content=content,
-            headers={"Content-Type": imagelist.LIST_TYPE},
-            timeout=60,
-        )
-    except Ambiguous as exc:
-        raise _unavailable(exc) from exc
-    except Refused as exc:
-        raise Problem(exc.detail, status=exc.status, slug=exc.kind, title="The list was refused") from exc
-    obj = StoredObject.model_validate_json(response.content)
+    status, obj = await _store(storage, account, list_key(account, name), "list", content)
     view = ImageListView(
         name=name,
         object_id=obj.id,
@@ -144,7 +143,7 @@ async def put_list(
         size=obj.size,
         created_at=obj.created_at.isoformat().replace("+00:00", "Z"),
     )
-    return response.status_code, view
+    return status, view
 
 
 async def list_set(
