@@ -14,10 +14,11 @@ active``, as many holds as jobs in flight, in pages), and a finished job with an
 audited on that pass, since no finished job may hold credits. A hold of a job that is gone from
 Kubernetes (a request that committed after the job's compensation looked, or after its finalizer
 went: no saga will ever run for it again) is undone in full on that pass too: its tasks stopped,
-its objects deleted, then its holds released (:func:`gone_jobs`, :meth:`Auditor.clean_up_gone`).
-When
-nothing disagrees, nothing is written: a job with no ``status.audit`` has nothing to report, and
-the verdict is in :meth:`Auditor.audit_pass`'s answer and the operator's log.
+its objects deleted, then its holds released (:func:`gone_jobs`, :meth:`Auditor.clean_up_gone`),
+once a fresh LIST from the API server confirms it is gone (:meth:`Auditor.confirm_gone`: the
+cache of a process that has just started is not proof of absence). When nothing disagrees,
+nothing is written: a job with no ``status.audit`` has nothing to report, and the verdict is in
+:meth:`Auditor.audit_pass`'s answer and the operator's log.
 
 It writes through the job reconciler's :class:`~aijobs_operator.kube.KubeWriter` and reads its
 cache and clock, so the deterministic simulator runs it unchanged (:meth:`Auditor.audit_pass` is
@@ -117,11 +118,12 @@ def audit_due(
 def gone_jobs(
     held: set[str], known: set[str], deleted: set[str], suspects: set[str]
 ) -> tuple[set[str], set[str]]:
-    """Which jobs Payment holds credits for are gone from Kubernetes: the jobs this process saw
-    deleted, and those it has not known for two passes in a row (deleted before it started).
-    ``known`` must be read after ``held``: the operator charges only a job it knows, and knows
-    it until its deletion, so a hold read first cannot be of a job about to be known. Returns
-    (gone, suspects for the next pass)."""
+    """Which jobs Payment holds credits for this process believes gone from Kubernetes: the jobs
+    it saw deleted, and those it has not known for two passes in a row (deleted before it
+    started, or not yet in the cache of a process that has just started). ``known`` must be read
+    after ``held``: the operator charges only a job it knows. A belief, from the cache:
+    :meth:`Auditor.confirm_gone` asks the API server before anything is undone. Returns (gone,
+    suspects for the next pass)."""
     unknown = held - known
     gone = {uid for uid in unknown if uid in deleted or uid in suspects}
     return gone, unknown - gone
@@ -189,12 +191,31 @@ class Auditor:
             del self.audited[uid]
         now_known = {body["metadata"]["uid"] for body in list(self.reconciler.cache.values())}
         gone, self._suspects = gone_jobs(held, now_known, self.reconciler.gone, self._suspects)
+        gone = await self.confirm_gone(gone)
         for uid in sorted(gone):
             try:
                 verdicts[uid] = await self.clean_up_gone(uid)
             except ServiceError as exc:
                 log.warning("clean-up of gone job %s deferred: %s", uid, exc)
         return verdicts
+
+    async def confirm_gone(self, gone: set[str]) -> set[str]:
+        """Those of ``gone`` that the API server does not store either. The cache is not proof of
+        absence: a process that has just started is still filling it (10,000 jobs take a while to
+        list and observe), and undoing a job in flight would delete what its saga goes on to
+        deliver. Read after the holds, so a job missing from this LIST was deleted after it
+        was charged. Kubernetes not answering defers the clean-up to a later pass."""
+        if not gone:
+            return gone
+        try:
+            stored = await self.reconciler.kube.job_uids()
+        except ApiException as exc:
+            log.warning("clean-up of %d gone job(s) deferred: Kubernetes answered %s", len(gone), exc.status)
+            return set()
+        alive = gone & stored
+        if alive:
+            log.info("%d job(s) Payment holds for are not in the cache yet but exist: not gone", len(alive))
+        return gone - stored
 
     async def clean_up_gone(self, uid: str) -> str:
         """Undo what a job that is gone left while Payment still holds credits for it (its

@@ -1,5 +1,6 @@
 """The operator's writes to Kubernetes: a status patch, a finalizer added or removed, an Event,
-a finished job deleted when its TTL is up.
+a finished job deleted when its TTL is up; and the one read that must not come from the
+operator's cache: which jobs exist now (:meth:`KubeWriter.job_uids`).
 
 Few and explicit, each counted (the target is a handful of writes per delivered job). One writer
 serves both kinds the operator owns: namespaced AIImageJobs (the job reconciler, the auditor) and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -50,6 +52,12 @@ ACCOUNTS = Resource(ACCOUNT_KIND, ACCOUNT_PLURAL, namespaced=False, status_metri
 class KubeWriter(Protocol):
     """Every write the operator makes. ``namespace`` is None for a cluster-scoped object; each
     method writes an AIImageJob unless ``resource`` names another kind."""
+
+    async def job_uids(self) -> set[str]:
+        """The uids of every AIImageJob the operator may run that the API server stores now, read
+        from it (a consistent LIST, in pages), not from a cache: a job being deleted is still
+        there. What the auditor confirms before it undoes a job it believes gone."""
+        ...
 
     async def patch_status(
         self,
@@ -92,10 +100,40 @@ class KubeWriter(Protocol):
 class ApiKubeWriter:
     """:class:`KubeWriter` over the API server."""
 
-    def __init__(self, api: k8s.ApiClient, component: str = "aijobs-operator") -> None:
+    # Objects per page of a LIST: pages keep each answer (and the API server's work) bounded.
+    PAGE = 500
+
+    def __init__(
+        self, api: k8s.ApiClient, component: str = "aijobs-operator", namespaces: Sequence[str] = ()
+    ) -> None:
         self._custom = k8s.CustomObjectsApi(api)
         self._core = k8s.CoreV1Api(api)
         self._component = component
+        self._namespaces = list(namespaces)  # those it watches; empty: the whole cluster
+
+    async def job_uids(self) -> set[str]:
+        uids: set[str] = set()
+        scopes: list[str | None] = [*self._namespaces] or [None]
+        for namespace in scopes:
+            token: str | None = None
+            while True:
+                # No resourceVersion: the API server reads etcd (a quorum read), never its cache.
+                page = await asyncio.to_thread(self._list_jobs, namespace, token)
+                uids.update(item["metadata"]["uid"] for item in page.get("items", []))
+                token = (page.get("metadata") or {}).get("continue") or None
+                if token is None:
+                    break
+        return uids
+
+    def _list_jobs(self, namespace: str | None, token: str | None) -> dict[str, Any]:
+        paging: dict[str, Any] = {"limit": self.PAGE}
+        if token:
+            paging["_continue"] = token
+        if namespace is None:
+            page = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **paging)
+        else:
+            page = self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **paging)
+        return cast(dict[str, Any], page)
 
     async def patch_status(
         self,

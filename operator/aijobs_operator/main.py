@@ -119,7 +119,8 @@ def run(cfg: OperatorSettings | None = None) -> None:
         )
     elector = LeaseElector(api, cfg.lease_name, cfg.lease_namespace, identity, cfg.lease_seconds, vitals)
     elector.acquire()
-    kube = ApiKubeWriter(api)  # one writer for the jobs, the auditor's verdicts and the accounts
+    # One writer for the jobs, the auditor's verdicts and the accounts.
+    kube = ApiKubeWriter(api, namespaces=cfg.namespaces)
     reconciler = Reconciler(cfg, build_services(cfg), kube)
     tasks: list[Any] = [elector.keep]
     if memory.upkeep_seconds:

@@ -468,6 +468,33 @@ def test_a_deletion_names_the_job_by_uid_and_spares_a_namesake(kubectl: Kubectl,
     assert asyncio.run(writer.delete(kubectl.namespace, "resize-from-url", new_uid)) is False  # gone
 
 
+def test_the_jobs_stored_now_are_listed_from_the_api_server(kubectl: Kubectl, kube_api: Any) -> None:
+    """``KubeWriter.job_uids``: what the auditor asks before it undoes a job it believes gone.
+    Every job stored now, page after page, in the namespaces the operator watches (or all); one
+    being deleted is still there until its finalizer goes; one deleted is not."""
+    import asyncio
+
+    from aijobs_operator.kube import ApiKubeWriter
+
+    uids: dict[str, str] = {}
+    for name in ("listed-a", "listed-b", "listed-c"):
+        job = _example("resize-url.yaml")
+        job["metadata"] = {"name": name, "finalizers": ["aijobs.io/test"] if name == "listed-b" else []}
+        kubectl.run("apply", "-f", "-", stdin=json.dumps(job), check=True)
+        uids[name] = kubectl.json("get", "aij", name)["metadata"]["uid"]
+    watched = ApiKubeWriter(kube_api, namespaces=[kubectl.namespace])
+    watched.PAGE = 2  # three jobs: two pages
+    assert asyncio.run(watched.job_uids()) == set(uids.values())
+    assert set(uids.values()) <= asyncio.run(ApiKubeWriter(kube_api).job_uids())  # the whole cluster
+    assert asyncio.run(ApiKubeWriter(kube_api, namespaces=[f"{kubectl.namespace}-other"]).job_uids()) == set()
+
+    kubectl.run("delete", "aij", "listed-a", "listed-b", "--wait=false", check=True)
+    assert asyncio.run(watched.job_uids()) == {uids["listed-b"], uids["listed-c"]}  # b: its finalizer
+    unblock = '{"metadata":{"finalizers":null}}'
+    kubectl.run("patch", "aij", "listed-b", "--type=merge", "-p", unblock, check=True)
+    assert asyncio.run(watched.job_uids()) == {uids["listed-c"]}
+
+
 FULL_STATUS = {
     "phase": "Delivered",
     "observedGeneration": 1,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aijobs_dev.simulation import world
 from aijobs_dev.simulation.run import Campaign, run_range
 from aijobs_dev.simulation.twins import AuthTwin, Reply
 from aijobs_operator import auditor
@@ -102,3 +103,35 @@ def test_an_auditor_that_leaves_a_gone_jobs_late_commits_is_found(monkeypatch: p
     for kind in ("gone-hold", "gone-object", "gone-task"):
         assert any(f"{kind} " in line and "not repaired" in line for line in found), kind
     assert any("gone-hold " in line and "waited for the daily recheck" in line for line in found)
+
+
+def _cold_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every restart is cold, and its list hands the new process nothing more until faults heal:
+    the jobs it missed stay out of its cache through every pass before."""
+    monkeypatch.setattr(world, "COLD_RESTARTS", 1.0)
+    monkeypatch.setattr(world, "COLD_LISTING", 0.0)
+
+
+def test_an_auditor_that_takes_its_cold_cache_for_kubernetes_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The auditor undoes every held job its new process's cache does not hold yet, without
+    asking the API server: it releases the hold of a job still in flight (what the 10,000-job
+    campaign met as objects deleted under jobs that went on to deliver)."""
+
+    async def trust_the_cache(self: auditor.Auditor, gone: set[str]) -> set[str]:
+        return gone
+
+    _cold_restarts(monkeypatch)
+    monkeypatch.setattr(auditor.Auditor, "confirm_gone", trust_the_cache)
+    found = _violations(run_range(0, SCHEDULES), "A2")
+    assert any("the auditor released" in line and "evidence False" in line for line in found), found
+
+
+def test_cold_restarts_keep_every_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same schedules as above, the auditor as built: it confirms a job is gone with a fresh
+    LIST before undoing anything, and no schedule breaks an invariant."""
+    _cold_restarts(monkeypatch)
+    campaign = run_range(0, SCHEDULES)
+    assert campaign.faults["cold-restart"] >= 50, campaign.faults
+    assert not campaign.failing, list(campaign.failing.items())[:3]

@@ -54,6 +54,7 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
         "late-result",
         "bulk-items-unknown",
         "late-commit-after-gone",
+        "cold-restart",
     ):
         assert campaign.faults[kind] >= 10, f"fault {kind} fired {campaign.faults[kind]} times"
     # The auditor moved money (and the checker judged each move) under the same faults.

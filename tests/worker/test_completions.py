@@ -162,9 +162,7 @@ def test_a_lost_upload_answer_is_sent_again_and_stores_each_result_once(
 ) -> None:
     """Storage stored the batch's results but the worker never heard: the same request again
     finds each key holding these bytes (200, the first object), and each task completes with it."""
-    _, storage, states, spool = asyncio.run(
-        _scenario(*ai, storage_app, tmp_path / "spool", lose_upload=True)
-    )
+    _, storage, states, spool = asyncio.run(_scenario(*ai, storage_app, tmp_path / "spool", lose_upload=True))
     assert storage.paths == ["/v1/bulk/objects", "/v1/bulk/objects"]
     assert [s["state"] for s in states] == ["succeeded"] * 3
     with storage_app.state.engine.connect() as db:

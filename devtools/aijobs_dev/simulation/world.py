@@ -129,6 +129,13 @@ class Faults:
 # The share of batch jobs that name their images in an image list rather than by a key prefix.
 LIST_BATCHES = 0.5
 
+# The share of operator restarts after which the new process's cache fills slowly: half its jobs
+# reach it only later, through the watch, so its first passes (the auditor's too) run without
+# them. Drawn from a random stream of its own, so the schedules' other draws stay as they were.
+COLD_RESTARTS = 0.3
+# After a cold restart, the chance at each step that its list hands over the next job it owes.
+COLD_LISTING = 0.02
+
 
 @dataclass
 class SimJob:
@@ -427,6 +434,9 @@ class KubeTwin:
     ) -> None:
         self.events.append((body["metadata"]["name"], reason, message))
 
+    async def job_uids(self) -> set[str]:
+        return {body["metadata"]["uid"] for body in self.objects.values()}
+
 
 @functools.cache
 def _base_settings() -> OperatorSettings:
@@ -446,6 +456,10 @@ class World:
     def __init__(self, seed: int, faults: Faults | None = None, jobs: int | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
+        self.cold = random.Random(f"{seed}-cold")  # which restarts are cold (COLD_RESTARTS)
+        self._restarts = 0
+        # The jobs a cold restart's list has yet to hand the new process: (key, uid).
+        self.unlisted: list[tuple[tuple[str, str], str]] = []
         self.faults = faults if faults is not None else Faults.draw(self.rng)
         self.clock = T0 + dt.timedelta(seconds=self.rng.randrange(0, 86400))
         self.healed = False
@@ -740,9 +754,19 @@ class World:
         )
         kube: KubeWriter = self.kube
         operator = Reconciler(self.cfg, services, kube, clock=self.now)
-        for body in self.kube.objects.values():  # a new process lists before it watches
-            operator.observe("ADDED", _clone(body))
         self.kube.watch.clear()
+        # A new process lists before it watches; with many jobs that takes a while, and its
+        # passes (the auditor's too) may run before every job is in its cache (a cold restart).
+        cold = self._restarts > 0 and not self.healed and self.cold.random() < COLD_RESTARTS
+        self.unlisted = []
+        for key, body in self.kube.objects.items():
+            if cold and self.cold.random() < 0.5:
+                self.unlisted.append((key, body["metadata"]["uid"]))
+            else:
+                operator.observe("ADDED", _clone(body))
+        if self.unlisted:
+            self.fire("cold-restart", f"{len(self.unlisted)} job(s) reach the new process's cache later")
+        self._restarts += 1
         syncer = AccountSyncer(
             services,
             kube,
@@ -852,6 +876,8 @@ class World:
                 task.updated_at = self.clock
 
     async def step(self) -> None:
+        if self.unlisted and self.cold.random() < COLD_LISTING:
+            self._list_late()
         r = self.rng.random()
         keys = list(self.kube.objects)
         if r < 0.3 and keys:
@@ -1148,7 +1174,19 @@ class World:
                     self.fire("late-result", task.id)
                 task.state, task.updated_at = "cancelled", self.clock
 
+    def _list_late(self, everything: bool = False) -> None:
+        """A cold restart's list goes on: the next job it owes reaches the cache now (as the
+        API server stores it now, if it is still there), or every one it owes."""
+        while self.unlisted:
+            key, uid = self.unlisted.pop(0)
+            body = self.kube.objects.get(key)
+            if body is not None and body["metadata"]["uid"] == uid:
+                self.operator.observe("ADDED", _clone(body))
+            if not everything:
+                return
+
     async def _heal(self, heal_rounds: int) -> None:
+        self._list_late(everything=True)
         for _ in range(heal_rounds):
             if self.settled():
                 return
