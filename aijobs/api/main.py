@@ -15,7 +15,14 @@ from aijobs.api.ai import Task
 from aijobs.api.base import Answer, Request
 from aijobs.api.fields import Int, Text
 from aijobs.api.payment import Charges
-from aijobs.api.rules import ACCOUNT_NAME, HTTP_URL_PORTABLE, MAX_BATCH_IMAGES, NAMESPACE_NAME, OBJECT_NAME
+from aijobs.api.rules import (
+    ACCOUNT_NAME,
+    HTTP_URL_PORTABLE,
+    MAX_BATCH_IMAGES,
+    NAMESPACE_NAME,
+    OBJECT_NAME,
+    RUN_AHEAD,
+)
 from aijobs.api.storage import StoredObject
 from aijobs.api.v1alpha1 import PIPELINES, ManifestLine
 
@@ -251,6 +258,25 @@ MaxFailedImages = Annotated[
 ]
 
 
+# A delay instead of a time: the job runs this long after Main API first accepts the request, and
+# a replay of it (the same Idempotency-Key and body, sent again after a lost answer) is the same
+# job at the same time. A client that turned "+2h" into a time itself would send another body on
+# each try, and be refused as a reused key or, under a new key, charged twice.
+DelaySeconds = Annotated[
+    Int | None,
+    Field(ge=0, le=int(RUN_AHEAD.total_seconds())),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": int(RUN_AHEAD.total_seconds())},
+                {"type": "null"},
+            ],
+            "description": "Run this many seconds after the request is first accepted (not with runAt)",
+        }
+    ),
+]
+
+
 class BatchCreate(Request):
     """One job over every image uploaded into ``set`` before it is created, or over the images
     an image list of yours names (``list``, uploaded with ``PUT /v1/lists/{name}``): exactly one
@@ -261,7 +287,8 @@ class BatchCreate(Request):
         json_schema_extra={
             "oneOf": [
                 {"required": [name], "properties": {name: {"type": "string"}}} for name in ("set", "list")
-            ]
+            ],
+            "not": {"required": ["runAt", "delaySeconds"]},
         }
     )
 
@@ -278,12 +305,15 @@ class BatchCreate(Request):
         description="When to run it (RFC 3339, within 30 days); now if absent",
         json_schema_extra={"format": "date-time"},
     )
+    delay_seconds: DelaySeconds = None
     max_failed_images: MaxFailedImages = None
 
     @model_validator(mode="after")
     def _one_source(self) -> BatchCreate:
         if (self.set is None) == (self.image_list is None):
             raise ValueError("give exactly one of set or list")
+        if self.run_at is not None and self.delay_seconds is not None:
+            raise ValueError("give at most one of runAt and delaySeconds")
         return self
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "MAX_HOLD",
     "NAMESPACE_NAME",
     "OBJECT_NAME",
+    "RUN_AHEAD",
     "SERVICE_URLS",
     "TERMINAL_PHASES",
 ]
@@ -37,6 +38,9 @@ HTTP_URL_PORTABLE = HTTP_URL.replace("\\S", "[^\\x00\\t\\n\\f\\r ]")
 
 # Payment's longest hold: credits can't be reserved for longer, so neither can a job wait longer.
 MAX_HOLD = dt.timedelta(days=30)
+# How far ahead Main API lets a job be asked to run: its hold must cover the wait, the run and
+# the deadline after it.
+RUN_AHEAD = MAX_HOLD - dt.timedelta(hours=2)
 
 # The most images one batch job may name (DESIGN.md §6): its tasks, its manifest's lines.
 MAX_BATCH_IMAGES = 100_000

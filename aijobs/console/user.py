@@ -10,7 +10,6 @@ right sha256 are kept.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import mimetypes
@@ -65,13 +64,15 @@ def _param(text: str) -> tuple[str, Any]:
         return name, value
 
 
-def _run_at(text: str) -> str:
-    """RFC 3339, or a delay from now: +90s, +10m, +2h, +1d."""
+def _run_at(text: str) -> dict[str, Any]:
+    """``--run-at`` as the request says it: RFC 3339 as ``runAt``, or a delay (+90s, +10m, +2h,
+    +1d) as ``delaySeconds``, which Main API counts from when it first accepts the job. So the
+    same command run again after a lost answer sends the same request and finds the same job,
+    where a time worked out here would differ on each run, and make a second job."""
     if m := re.fullmatch(r"\+(\d+)([smhd])", text):
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(**{unit: int(m[1])})
-        return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    return text  # Main API checks it (RFC 3339, in the future, within a hold's life) and says why not
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+        return {"delaySeconds": int(m[1]) * unit}
+    return {"runAt": text}  # Main API checks it (RFC 3339, in the future, within a hold's life)
 
 
 def submit(args: argparse.Namespace, cfg: Config) -> int:
@@ -82,7 +83,7 @@ def submit(args: argparse.Namespace, cfg: Config) -> int:
     params = dict(args.param or [])
     form: dict[str, str] = {"pipeline": args.pipeline, "parameters": json.dumps(params, sort_keys=True)}
     if args.run_at:
-        form["runAt"] = _run_at(args.run_at)
+        form.update({name: str(value) for name, value in _run_at(args.run_at).items()})
     files = None
     digest = hashlib.sha256()
     if re.match(r"https?://", args.image):
@@ -580,7 +581,7 @@ def submit_list(args: argparse.Namespace, cfg: Config) -> int:
 def _batch_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"pipeline": args.pipeline, "parameters": dict(args.param or [])}
     if args.run_at:
-        body["runAt"] = _run_at(args.run_at)
+        body.update(_run_at(args.run_at))
     if args.max_failed is not None:
         body["maxFailedImages"] = args.max_failed
     return body

@@ -192,3 +192,60 @@ def test_results_are_paged_by_item(after: int, limit: int, items: list[int], nex
     lines = [{"item": i, "state": "succeeded"} for i in (3, 1, 0, 2)]
     page, following = page_of(lines, after, limit)
     assert [x["item"] for x in page] == items and following == next_after
+
+
+def test_a_delay_is_counted_from_the_first_acceptance_and_a_replay_keeps_its_time(stand: Stand) -> None:
+    """``delaySeconds`` (what ``aijobs submit --run-at +2h`` sends): the job runs that long after
+    Main API first accepted it, and the same request again, however much later, is the same
+    job at the same time, not a second job charged again."""
+    import datetime as dt
+
+    from aijobs.api.rules import RUN_AHEAD
+
+    def job_run_at(view: dict[str, Any]) -> dt.datetime:
+        return dt.datetime.fromisoformat(stand.kube.jobs[view["id"]]["spec"]["runAt"].replace("Z", "+00:00"))
+
+    with stand.user("acme") as acme:
+        _upload(acme, "cat", "a.png", PNG_A).raise_for_status()
+        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        made = _batch(acme, "later", set="cat", delaySeconds=7200)
+        after = dt.datetime.now(dt.UTC)
+        assert made.status_code == 201, made.text
+        run_at = job_run_at(made.json())
+        assert before + dt.timedelta(hours=2) <= run_at <= after + dt.timedelta(hours=2)
+        again = _batch(acme, "later", set="cat", delaySeconds=7200)
+        assert again.status_code == 200 and again.json()["id"] == made.json()["id"]
+        assert job_run_at(again.json()) == run_at
+        assert _problem(_batch(acme, "later", set="cat", delaySeconds=60), 422) == "idempotency-key-reused"
+        both = _batch(acme, "both", set="cat", delaySeconds=60, runAt="2030-01-01T00:00:00Z")
+        assert (
+            _problem(both, 422) == "validation-error" and "at most one of runAt and delaySeconds" in both.text
+        )
+        too_far = int(RUN_AHEAD.total_seconds()) + 1
+        assert _problem(_batch(acme, "far", set="cat", delaySeconds=too_far), 422) == "validation-error"
+        assert _problem(_batch(acme, "neg", set="cat", delaySeconds=-1), 422) == "validation-error"
+
+        single = {"pipeline": "grayscale", "delaySeconds": "600"}
+        first = acme.post(
+            "/v1/jobs",
+            data=single,
+            files={"file": ("a.png", PNG_A, "image/png")},
+            headers={"Idempotency-Key": "s"},
+        )
+        assert first.status_code == 201, first.text
+        replay = acme.post(
+            "/v1/jobs",
+            data=single,
+            files={"file": ("a.png", PNG_A, "image/png")},
+            headers={"Idempotency-Key": "s"},
+        )
+        assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+        assert job_run_at(replay.json()) == job_run_at(first.json())
+        refused = acme.post(
+            "/v1/jobs",
+            data={**single, "runAt": "2030-01-01T00:00:00Z"},
+            files={"file": ("a.png", PNG_A, "image/png")},
+            headers={"Idempotency-Key": "s2"},
+        )
+        assert _problem(refused, 422) == "validation-error"
+    assert stand.kube.created == 2

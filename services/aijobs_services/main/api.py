@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kubernetes import client as k8s
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,7 @@ from aijobs.api.main import (
     Webhook,
     WebhookSet,
 )
-from aijobs.api.rules import HTTP_URL_PORTABLE, NAMESPACE_NAME, OBJECT_NAME, TERMINAL_PHASES
+from aijobs.api.rules import HTTP_URL_PORTABLE, NAMESPACE_NAME, OBJECT_NAME, RUN_AHEAD, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import PIPELINES, AIImageJobStatus
 from aijobs.consistency import fetch_records, findings
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
@@ -173,8 +173,14 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     summary="Submit a job: an image (file or URL), a pipeline, a time",
     response_model=JobView,
     response_model_exclude_unset=True,
-    # Exactly one image, said in the schema too, so that a request that fits it has one.
-    openapi_extra={BODY_SCHEMA: {"oneOf": [{"required": ["file"]}, {"required": ["url"]}]}},
+    # Exactly one image, and a time as one of runAt and delaySeconds at most, said in the schema
+    # too, so that a request that fits it has them.
+    openapi_extra={
+        BODY_SCHEMA: {
+            "oneOf": [{"required": ["file"]}, {"required": ["url"]}],
+            "not": {"required": ["runAt", "delaySeconds"]},
+        }
+    },
     responses={
         200: {"model": JobView, "description": "An earlier request with this Idempotency-Key made the job"},
         **documented(
@@ -205,6 +211,14 @@ async def submit_job(
             json_schema_extra={"format": "date-time"},
         ),
     ] = None,
+    delay_seconds: Annotated[
+        Annotated[int, Field(ge=0, le=int(RUN_AHEAD.total_seconds()))] | SkipJsonSchema[None],
+        Form(
+            alias="delaySeconds",
+            description="Run this many seconds after the request is first accepted (a replay keeps "
+            "that time); not with runAt",
+        ),
+    ] = None,
     url: Annotated[
         Annotated[str, StringConstraints(max_length=2048, pattern=HTTP_URL_PORTABLE)] | SkipJsonSchema[None],
         Form(description="The image's http(s) URL, or give a file"),
@@ -212,7 +226,12 @@ async def submit_job(
     file: Annotated[UploadFile | SkipJsonSchema[None], File(description="The image, or give a url")] = None,
 ) -> JSONResponse:
     order = submission.parse(
-        pipeline=pipeline, parameters=parameters, run_at=run_at, url=url, has_file=file is not None
+        pipeline=pipeline,
+        parameters=parameters,
+        run_at=run_at,
+        url=url,
+        has_file=file is not None,
+        delay_seconds=delay_seconds,
     )
     content = await file.read() if file is not None else None
     namespace = await _namespace_of(request, user.tenant)

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aijobs.api.main import RFC3339_TIME, BatchCreate, JobPage, JobView
 from aijobs.api.pipelines import PipelineError, validate_parameters
-from aijobs.api.rules import MAX_HOLD
+from aijobs.api.rules import MAX_HOLD, RUN_AHEAD
 from aijobs.api.storage import ObjectPage, StoredObject
 from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
@@ -76,6 +76,7 @@ class Order:
     run_at: dt.datetime | None
     run_at_text: str | None
     url: str | None
+    delay_seconds: int | None = None  # asked as a delay: run_at is when it was first accepted + it
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
         ) from exc
     if when < now - dt.timedelta(minutes=1):
         raise Unprocessable(f"runAt: {text} is in the past", slug=BAD_RUN_AT, title=BAD_RUN_AT_TITLE)
-    if when > now + MAX_HOLD - dt.timedelta(hours=2):
+    if when > now + RUN_AHEAD:
         raise Unprocessable(
             f"runAt: {text} is too far ahead: credits can be held for {MAX_HOLD.days} days at most",
             slug=BAD_RUN_AT,
@@ -205,7 +206,24 @@ def _pipeline_parameters(pipeline: str, params: object) -> dict[str, Any]:
         raise Unprocessable(str(exc), slug="bad-pipeline", title="Invalid pipeline or parameters") from exc
 
 
-def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None, has_file: bool) -> Order:
+def start_of(run_at: str | None, delay_seconds: int | None) -> dt.datetime | None:
+    """When a job is to run: at ``run_at``, ``delay_seconds`` from now, or now (None)."""
+    if run_at is not None and delay_seconds is not None:
+        raise Unprocessable("give at most one of runAt and delaySeconds", slug="validation-error")
+    if delay_seconds is not None:
+        return utcnow().replace(microsecond=0) + dt.timedelta(seconds=delay_seconds)
+    return parse_run_at(run_at, utcnow()) if run_at else None
+
+
+def parse(
+    *,
+    pipeline: str,
+    parameters: str,
+    run_at: str | None,
+    url: str | None,
+    has_file: bool,
+    delay_seconds: int | None = None,
+) -> Order:
     try:
         decoded = json.loads(parameters)
     except (ValueError, RecursionError) as exc:
@@ -218,8 +236,8 @@ def parse(*, pipeline: str, parameters: str, run_at: str | None, url: str | None
         raise Unprocessable("give exactly one of file (an upload) or url", slug="validation-error")
     if url is not None:
         outbound.parse(url, "url")  # well formed, or refused before anything is stored
-    start = parse_run_at(run_at, utcnow()) if run_at else None
-    return Order(pipeline, params, start, run_at, url)
+    start = start_of(run_at, delay_seconds)
+    return Order(pipeline, params, start, run_at, url, delay_seconds)
 
 
 def set_prefix(account: str, set_name: str) -> str:
@@ -230,8 +248,8 @@ def set_prefix(account: str, set_name: str) -> str:
 def parse_batch(body: BatchCreate, account: str) -> tuple[Order, Batch]:
     """A batch order, checked as a single one is (pipeline, parameters, time)."""
     params = _pipeline_parameters(body.pipeline, body.parameters)
-    start = parse_run_at(body.run_at, utcnow()) if body.run_at else None
-    order = Order(body.pipeline, params, start, body.run_at, None)
+    start = start_of(body.run_at, body.delay_seconds)
+    order = Order(body.pipeline, params, start, body.run_at, None, body.delay_seconds)
     if body.set is None:
         return order, Batch(None, None, body.max_failed_images, image_list=body.image_list)
     return order, Batch(body.set, set_prefix(account, body.set), body.max_failed_images)
@@ -330,6 +348,8 @@ async def submit(sub: Submission, edges: Edges) -> tuple[int, JobView]:
         "url": order.url,
         "file": hashlib.sha256(sub.content).hexdigest() if sub.content is not None else None,
     }
+    if order.delay_seconds is not None:  # only then: a runAt's digest stays what it always was
+        fields["delaySeconds"] = order.delay_seconds
     if sub.batch is not None:  # only then: a single job's digest stays what it always was
         fields["batch"] = {"set": sub.batch.set, "maxFailedImages": sub.batch.max_failed_images}
         if sub.batch.image_list is not None:  # and a set's stays what it was
