@@ -31,6 +31,9 @@ from aijobs_operator.metrics import METRICS
 
 __all__ = ["ACCOUNTS", "JOBS", "ApiException", "ApiKubeWriter", "KubeWriter", "Resource"]
 
+# A LIST answered with each object's metadata alone.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
 # Where an Event about a cluster-scoped object goes (an Event itself is always namespaced).
 CLUSTER_EVENTS_NAMESPACE = "default"
 
@@ -119,14 +122,16 @@ class ApiKubeWriter:
             while True:
                 # No resourceVersion: the API server reads etcd (a quorum read), never its cache.
                 page = await asyncio.to_thread(self._list_jobs, namespace, token)
-                uids.update(item["metadata"]["uid"] for item in page.get("items", []))
+                uids.update(item["metadata"]["uid"] for item in page.get("items") or [])  # null: none
                 token = (page.get("metadata") or {}).get("continue") or None
                 if token is None:
                     break
         return uids
 
     def _list_jobs(self, namespace: str | None, token: str | None) -> dict[str, Any]:
-        paging: dict[str, Any] = {"limit": self.PAGE}
+        # Metadata only (the API server's PartialObjectMetadataList): a uid is all that is
+        # read, and a job's status (its saga log) is most of its bytes.
+        paging: dict[str, Any] = {"limit": self.PAGE, "_headers": {"Accept": METADATA_ONLY}}
         if token:
             paging["_continue"] = token
         if namespace is None:
