@@ -247,7 +247,11 @@ def add_user_parsers(sub: Any) -> None:
     )
     p.add_argument("--pipeline", required=True, choices=PIPELINES)
     p.add_argument("--param", action="append", type=_param, metavar="NAME=VALUE", help="a pipeline parameter")
-    p.add_argument("--run-at", help="when: RFC 3339 (2026-12-01T09:00:00Z) or a delay (+10m, +2h)")
+    p.add_argument(
+        "--run-at",
+        help="when: RFC 3339 (2026-12-01T09:00:00Z) or a delay (+10m, +2h) from the job's first "
+        "acceptance (the same command again is the same job)",
+    )
     p.add_argument(
         "--again", action="store_true", help="a new job even if this very order was submitted before"
     )
