@@ -262,13 +262,14 @@ MaxFailedImages = Annotated[
 # a replay of it (the same Idempotency-Key and body, sent again after a lost answer) is the same
 # job at the same time. A client that turned "+2h" into a time itself would send another body on
 # each try, and be refused as a reused key or, under a new key, charged twice.
+MAX_DELAY_SECONDS = int(RUN_AHEAD.total_seconds())
 DelaySeconds = Annotated[
     Int | None,
-    Field(ge=0, le=int(RUN_AHEAD.total_seconds())),
+    Field(ge=0, le=MAX_DELAY_SECONDS),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 0, "maximum": int(RUN_AHEAD.total_seconds())},
+                {"type": "integer", "minimum": 0, "maximum": MAX_DELAY_SECONDS},
                 {"type": "null"},
             ],
             "description": "Run this many seconds after the request is first accepted (not with runAt)",

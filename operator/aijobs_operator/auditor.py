@@ -33,6 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import urllib3
 from pydantic import ValidationError
 
 from aijobs import consistency
@@ -203,14 +204,18 @@ class Auditor:
         """Those of ``gone`` that the API server does not store either. The cache is not proof of
         absence: a process that has just started is still filling it (10,000 jobs take a while to
         list and observe), and undoing a job in flight would delete what its saga goes on to
-        deliver. Read after the holds, so a job missing from this LIST was deleted after it
-        was charged. Kubernetes not answering defers the clean-up to a later pass."""
+        deliver. Read after the holds: a job Payment held for existed before they were read, so
+        one missing from this LIST no longer exists. Kubernetes not answering (an error, a
+        refused or broken connection, a timeout) defers the clean-up to a later pass."""
         if not gone:
             return gone
         try:
             stored = await self.reconciler.kube.job_uids()
         except ApiException as exc:
             log.warning("clean-up of %d gone job(s) deferred: Kubernetes answered %s", len(gone), exc.status)
+            return set()
+        except urllib3.exceptions.HTTPError as exc:  # the client wraps no transport error
+            log.warning("clean-up of %d gone job(s) deferred: Kubernetes unreachable: %s", len(gone), exc)
             return set()
         alive = gone & stored
         if alive:

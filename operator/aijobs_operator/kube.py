@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -31,8 +30,10 @@ from aijobs_operator.metrics import METRICS
 
 __all__ = ["ACCOUNTS", "JOBS", "ApiException", "ApiKubeWriter", "KubeWriter", "Resource"]
 
-# A LIST answered with each object's metadata alone.
-METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+# A LIST answered with each object's metadata alone, or whole by a server that cannot.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
+# How long one page of a LIST may take before the auditor gives up on it for this pass.
+LIST_TIMEOUT_SECONDS = 60
 
 # Where an Event about a cluster-scoped object goes (an Event itself is always namespaced).
 CLUSTER_EVENTS_NAMESPACE = "default"
@@ -57,9 +58,9 @@ class KubeWriter(Protocol):
     method writes an AIImageJob unless ``resource`` names another kind."""
 
     async def job_uids(self) -> set[str]:
-        """The uids of every AIImageJob the operator may run that the API server stores now, read
-        from it (a consistent LIST, in pages), not from a cache: a job being deleted is still
-        there. What the auditor confirms before it undoes a job it believes gone."""
+        """The uids of every AIImageJob the API server stores now, in any namespace, read from it
+        (a consistent LIST, in pages), not from the operator's cache: a job being deleted is
+        still there. What the auditor confirms before it undoes a job it believes gone."""
         ...
 
     async def patch_status(
@@ -106,39 +107,37 @@ class ApiKubeWriter:
     # Objects per page of a LIST: pages keep each answer (and the API server's work) bounded.
     PAGE = 500
 
-    def __init__(
-        self, api: k8s.ApiClient, component: str = "aijobs-operator", namespaces: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, api: k8s.ApiClient, component: str = "aijobs-operator") -> None:
         self._custom = k8s.CustomObjectsApi(api)
         self._core = k8s.CoreV1Api(api)
         self._component = component
-        self._namespaces = list(namespaces)  # those it watches; empty: the whole cluster
 
     async def job_uids(self) -> set[str]:
+        # The whole cluster, whatever the operator watches: a watch list may hold globs (kopf's
+        # ``team-*``) or have changed since a job was charged, and a job found anywhere is not
+        # gone (uids are unique cluster-wide; the chart's ClusterRole lists every namespace).
         uids: set[str] = set()
-        scopes: list[str | None] = [*self._namespaces] or [None]
-        for namespace in scopes:
-            token: str | None = None
-            while True:
-                # No resourceVersion: the API server reads etcd (a quorum read), never its cache.
-                page = await asyncio.to_thread(self._list_jobs, namespace, token)
-                uids.update(item["metadata"]["uid"] for item in page.get("items") or [])  # null: none
-                token = (page.get("metadata") or {}).get("continue") or None
-                if token is None:
-                    break
-        return uids
+        token: str | None = None
+        while True:
+            # No resourceVersion: a consistent read (of etcd, or of a watch cache the API
+            # server has proven current), never a stale one.
+            page = await asyncio.to_thread(self._list_jobs, token)
+            uids.update(item["metadata"]["uid"] for item in page.get("items") or [])  # null: none
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return uids
 
-    def _list_jobs(self, namespace: str | None, token: str | None) -> dict[str, Any]:
-        # Metadata only (the API server's PartialObjectMetadataList): a uid is all that is
-        # read, and a job's status (its saga log) is most of its bytes.
-        paging: dict[str, Any] = {"limit": self.PAGE, "_headers": {"Accept": METADATA_ONLY}}
+    def _list_jobs(self, token: str | None) -> dict[str, Any]:
+        # Metadata only (the API server's PartialObjectMetadataList) where the server can: a uid
+        # is all that is read, and a job's status (its saga log) is most of its bytes.
+        paging: dict[str, Any] = {
+            "limit": self.PAGE,
+            "_headers": {"Accept": METADATA_ONLY},
+            "_request_timeout": LIST_TIMEOUT_SECONDS,
+        }
         if token:
             paging["_continue"] = token
-        if namespace is None:
-            page = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **paging)
-        else:
-            page = self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **paging)
-        return cast(dict[str, Any], page)
+        return cast(dict[str, Any], self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **paging))
 
     async def patch_status(
         self,

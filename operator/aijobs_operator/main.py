@@ -120,7 +120,7 @@ def run(cfg: OperatorSettings | None = None) -> None:
     elector = LeaseElector(api, cfg.lease_name, cfg.lease_namespace, identity, cfg.lease_seconds, vitals)
     elector.acquire()
     # One writer for the jobs, the auditor's verdicts and the accounts.
-    kube = ApiKubeWriter(api, namespaces=cfg.namespaces)
+    kube = ApiKubeWriter(api)
     reconciler = Reconciler(cfg, build_services(cfg), kube)
     tasks: list[Any] = [elector.keep]
     if memory.upkeep_seconds:

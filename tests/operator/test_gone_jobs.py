@@ -4,12 +4,19 @@ against late commits in ``tests/simulation``)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from types import SimpleNamespace
+from typing import Any
 
-from aijobs_operator.auditor import gone_jobs
+import pytest
+import urllib3
+from aijobs_operator.auditor import Auditor, gone_jobs
+from aijobs_operator.config import OperatorSettings
+from aijobs_operator.kube import ApiException
 
 from aijobs.api.ai import JobTaskCounts
-from aijobs.api.payment import Hold
+from aijobs.api.payment import Hold, HoldPage
 from aijobs.api.storage import StoredObject
 from aijobs.consistency import JobRecords, gone_job_leftovers
 
@@ -67,3 +74,70 @@ def test_the_holds_go_last_after_the_tasks_stopped_and_the_objects_went() -> Non
     assert [f.repair for f in gone_job_leftovers(cleaned, _counts())] == ["release-hold:h1"]
     settled = JobRecords([_hold("released")], [], None)
     assert gone_job_leftovers(settled, _counts()) == []
+
+
+class _Operator:
+    """What an auditor pass reads: the reconciler's cache (here still empty, as a process's that
+    has just started), the holds Payment answers, and the API server's LIST; in call order."""
+
+    def __init__(self, stored: set[str] | Exception) -> None:
+        self.calls: list[str] = []
+        self.cache: dict[Any, Any] = {}
+        self.gone: set[str] = set()
+        self.stored = stored
+        self.svc = SimpleNamespace(payment=self)
+        self.kube = self
+
+    def clock(self) -> dt.datetime:
+        return T
+
+    async def fetch(self, model: type[HoldPage], method: str, path: str, **_: Any) -> HoldPage:
+        self.calls.append(f"{method} {path}")
+        return HoldPage(items=[_hold()], next=None)  # a hold of job j1
+
+    async def job_uids(self) -> set[str]:
+        self.calls.append("LIST aiimagejobs")
+        if isinstance(self.stored, Exception):
+            raise self.stored
+        return self.stored
+
+
+def _two_passes(operator: _Operator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    cleaned: list[str] = []
+
+    async def clean_up(self: Auditor, uid: str) -> str:
+        cleaned.append(uid)
+        return "repaired"
+
+    monkeypatch.setattr(Auditor, "clean_up_gone", clean_up)
+    auditor = Auditor(OperatorSettings(), operator)  # type: ignore[arg-type]
+    assert asyncio.run(auditor.audit_pass()) == {} and operator.calls == ["GET /v1/holds"]
+    asyncio.run(auditor.audit_pass())  # j1 unknown for the second pass in a row: gone?
+    return cleaned
+
+
+def test_a_held_job_missing_from_a_new_processs_cache_but_stored_is_not_undone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    operator = _Operator(stored={"j1", "another"})
+    assert _two_passes(operator, monkeypatch) == []
+    # The holds first, then the LIST: a job held for existed before the holds were read.
+    assert operator.calls == ["GET /v1/holds", "GET /v1/holds", "LIST aiimagejobs"]
+
+
+def test_a_held_job_the_api_server_does_not_store_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _two_passes(_Operator(stored={"another"}), monkeypatch) == ["j1"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(ApiException(status=503), id="api-server-error"),
+        pytest.param(urllib3.exceptions.ProtocolError("connection reset"), id="connection-reset"),
+        pytest.param(urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"), id="timeout"),
+    ],
+)
+def test_kubernetes_not_answering_defers_the_clean_up(
+    failure: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _two_passes(_Operator(stored=failure), monkeypatch) == []

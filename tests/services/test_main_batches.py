@@ -194,58 +194,57 @@ def test_results_are_paged_by_item(after: int, limit: int, items: list[int], nex
     assert [x["item"] for x in page] == items and following == next_after
 
 
-def test_a_delay_is_counted_from_the_first_acceptance_and_a_replay_keeps_its_time(stand: Stand) -> None:
+def test_a_delay_is_counted_from_the_first_acceptance_and_a_replay_keeps_its_time(
+    stand: Stand, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``delaySeconds`` (what ``aijobs submit --run-at +2h`` sends): the job runs that long after
-    Main API first accepted it, and the same request again, however much later, is the same
-    job at the same time, not a second job charged again."""
+    Main API first accepted it, and the same request an hour later (its answer lost, the
+    command run again) is the same job at the same time, not a second job charged again."""
     import datetime as dt
 
+    from aijobs_services.main import submission
+
     from aijobs.api.rules import RUN_AHEAD
+
+    clock = [dt.datetime.now(dt.UTC).replace(microsecond=0)]
+    monkeypatch.setattr(submission, "utcnow", lambda: clock[0])
+    first_seen = clock[0]
 
     def job_run_at(view: dict[str, Any]) -> dt.datetime:
         return dt.datetime.fromisoformat(stand.kube.jobs[view["id"]]["spec"]["runAt"].replace("Z", "+00:00"))
 
+    def submit_single(key: str, **form: str) -> httpx.Response:
+        return acme.post(
+            "/v1/jobs",
+            data={"pipeline": "grayscale", **form},
+            files={"file": ("a.png", PNG_A, "image/png")},
+            headers={"Idempotency-Key": key},
+        )
+
     with stand.user("acme") as acme:
         _upload(acme, "cat", "a.png", PNG_A).raise_for_status()
-        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
         made = _batch(acme, "later", set="cat", delaySeconds=7200)
-        after = dt.datetime.now(dt.UTC)
         assert made.status_code == 201, made.text
-        run_at = job_run_at(made.json())
-        assert before + dt.timedelta(hours=2) <= run_at <= after + dt.timedelta(hours=2)
+        assert job_run_at(made.json()) == first_seen + dt.timedelta(hours=2)
+        single = submit_single("s", delaySeconds="600")
+        assert single.status_code == 201, single.text
+        assert job_run_at(single.json()) == first_seen + dt.timedelta(minutes=10)
+
+        clock[0] += dt.timedelta(hours=1)  # the same requests again, an hour on
         again = _batch(acme, "later", set="cat", delaySeconds=7200)
         assert again.status_code == 200 and again.json()["id"] == made.json()["id"]
-        assert job_run_at(again.json()) == run_at
+        assert job_run_at(again.json()) == first_seen + dt.timedelta(hours=2)
+        replay = submit_single("s", delaySeconds="600")
+        assert replay.status_code == 200 and replay.json()["id"] == single.json()["id"]
+
         assert _problem(_batch(acme, "later", set="cat", delaySeconds=60), 422) == "idempotency-key-reused"
         both = _batch(acme, "both", set="cat", delaySeconds=60, runAt="2030-01-01T00:00:00Z")
-        assert (
-            _problem(both, 422) == "validation-error" and "at most one of runAt and delaySeconds" in both.text
-        )
+        assert _problem(both, 422) == "validation-error"
+        assert "at most one of runAt and delaySeconds" in both.text
+        refused = submit_single("s2", delaySeconds="60", runAt="2030-01-01T00:00:00Z")
+        assert _problem(refused, 422) == "validation-error"
+        assert "at most one of runAt and delaySeconds" in refused.text
         too_far = int(RUN_AHEAD.total_seconds()) + 1
         assert _problem(_batch(acme, "far", set="cat", delaySeconds=too_far), 422) == "validation-error"
         assert _problem(_batch(acme, "neg", set="cat", delaySeconds=-1), 422) == "validation-error"
-
-        single = {"pipeline": "grayscale", "delaySeconds": "600"}
-        first = acme.post(
-            "/v1/jobs",
-            data=single,
-            files={"file": ("a.png", PNG_A, "image/png")},
-            headers={"Idempotency-Key": "s"},
-        )
-        assert first.status_code == 201, first.text
-        replay = acme.post(
-            "/v1/jobs",
-            data=single,
-            files={"file": ("a.png", PNG_A, "image/png")},
-            headers={"Idempotency-Key": "s"},
-        )
-        assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
-        assert job_run_at(replay.json()) == job_run_at(first.json())
-        refused = acme.post(
-            "/v1/jobs",
-            data={**single, "runAt": "2030-01-01T00:00:00Z"},
-            files={"file": ("a.png", PNG_A, "image/png")},
-            headers={"Idempotency-Key": "s2"},
-        )
-        assert _problem(refused, 422) == "validation-error"
     assert stand.kube.created == 2

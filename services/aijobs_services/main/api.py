@@ -18,6 +18,7 @@ from aijobs.api.auth import Bindings, Principal
 from aijobs.api.imagelist import LIST_TYPE
 from aijobs.api.main import (
     IMAGE_NAME,
+    MAX_DELAY_SECONDS,
     SET_NAME,
     AdminJob,
     BatchCreate,
@@ -33,7 +34,7 @@ from aijobs.api.main import (
     Webhook,
     WebhookSet,
 )
-from aijobs.api.rules import HTTP_URL_PORTABLE, NAMESPACE_NAME, OBJECT_NAME, RUN_AHEAD, TERMINAL_PHASES
+from aijobs.api.rules import HTTP_URL_PORTABLE, NAMESPACE_NAME, OBJECT_NAME, TERMINAL_PHASES
 from aijobs.api.v1alpha1 import PIPELINES, AIImageJobStatus
 from aijobs.consistency import fetch_records, findings
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient
@@ -212,7 +213,7 @@ async def submit_job(
         ),
     ] = None,
     delay_seconds: Annotated[
-        Annotated[int, Field(ge=0, le=int(RUN_AHEAD.total_seconds()))] | SkipJsonSchema[None],
+        Annotated[int, Field(ge=0, le=MAX_DELAY_SECONDS)] | SkipJsonSchema[None],
         Form(
             alias="delaySeconds",
             description="Run this many seconds after the request is first accepted (a replay keeps "
