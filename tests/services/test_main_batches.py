@@ -243,6 +243,8 @@ def test_a_delay_is_counted_from_the_first_acceptance_and_a_replay_keeps_its_tim
         assert "at most one of runAt and delaySeconds" in both.text
         refused = submit_single("s2", delaySeconds="60", runAt="2030-01-01T00:00:00Z")
         assert _problem(refused, 422) == "validation-error"
+        # One problem type, one title, whichever check refused it (the model's or Main API's own).
+        assert refused.json()["title"] == both.json()["title"] == "Request validation failed"
         assert "at most one of runAt and delaySeconds" in refused.text
         too_far = int(RUN_AHEAD.total_seconds()) + 1
         assert _problem(_batch(acme, "far", set="cat", delaySeconds=too_far), 422) == "validation-error"

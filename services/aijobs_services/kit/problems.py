@@ -117,6 +117,13 @@ class Unprocessable(Problem):
     status, slug, title = 422, "unprocessable", "Invalid request"
 
 
+class InvalidRequest(Unprocessable):
+    """A request its route's models admit but a rule across its fields does not (one field of
+    two, a time's exact form): refused as the models' own refusals are, same type and title."""
+
+    slug, title = "validation-error", "Request validation failed"
+
+
 PROBLEM_SCHEMA = ProblemDetails.model_json_schema()
 
 
@@ -152,7 +159,7 @@ def invalid(found: Sequence[Any]) -> Problem:
     errors as FastAPI reports them (``loc`` from ``body``, ``query`` ...)."""
     errors = [{"field": _field(e["loc"]), "message": e["msg"], "kind": e["type"]} for e in found]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    slug, title = "validation-error", "Request validation failed"
+    slug, title = InvalidRequest.slug, InvalidRequest.title
     if any(e["kind"] == "json_invalid" for e in errors):
         slug, title = "malformed-json", "Malformed JSON body"
     elif errors and all(e["kind"] == OUT_OF_RANGE for e in errors):

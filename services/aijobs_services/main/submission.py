@@ -39,7 +39,7 @@ from aijobs.api.v1alpha1 import GROUP, PLURAL, VERSION
 from aijobs.wire.client import Ambiguous, Refused, ServiceClient, ServiceError
 from aijobs_services.kit import outbound
 from aijobs_services.kit.db import utcnow
-from aijobs_services.kit.problems import Problem, Unprocessable
+from aijobs_services.kit.problems import InvalidRequest, Problem, Unprocessable
 from aijobs_services.main import jobs
 from aijobs_services.main.limits import AtLimit, Slot, SubmissionLimiter, SubmissionSlots
 from aijobs_services.main.settings import MainSettings
@@ -172,9 +172,8 @@ async def _release(slots: SubmissionSlots | None, slot: Slot | None) -> None:
 def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
     """runAt as the CRD accepts it, in the future, and within what a hold can cover."""
     if not RFC3339.fullmatch(text):
-        raise Unprocessable(
-            f"runAt: {text!r} is not an RFC 3339 time with a zone (e.g. 2030-01-01T02:00:00Z)",
-            slug="validation-error",
+        raise InvalidRequest(
+            f"runAt: {text!r} is not an RFC 3339 time with a zone (e.g. 2030-01-01T02:00:00Z)"
         )
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -209,7 +208,7 @@ def _pipeline_parameters(pipeline: str, params: object) -> dict[str, Any]:
 def start_of(run_at: str | None, delay_seconds: int | None) -> dt.datetime | None:
     """When a job is to run: at ``run_at``, ``delay_seconds`` from now, or now (None)."""
     if run_at is not None and delay_seconds is not None:
-        raise Unprocessable("give at most one of runAt and delaySeconds", slug="validation-error")
+        raise InvalidRequest("give at most one of runAt and delaySeconds")
     if delay_seconds is not None:
         return utcnow().replace(microsecond=0) + dt.timedelta(seconds=delay_seconds)
     return parse_run_at(run_at, utcnow()) if run_at else None
@@ -233,7 +232,7 @@ def parse(
     params = _pipeline_parameters(pipeline, decoded)
     if has_file == (url is not None):
         # The schema says it too (``oneOf``): a request that fits it never meets this.
-        raise Unprocessable("give exactly one of file (an upload) or url", slug="validation-error")
+        raise InvalidRequest("give exactly one of file (an upload) or url")
     if url is not None:
         outbound.parse(url, "url")  # well formed, or refused before anything is stored
     start = start_of(run_at, delay_seconds)
