@@ -92,15 +92,20 @@ class Finding:
 
 def gone_job_leftovers(records: JobRecords, tasks: JobTaskCounts) -> list[Finding]:
     """What to undo for a job that is gone from Kubernetes while Payment still holds credits for
-    it (a request that committed after its compensation looked, or after its finalizer went):
-    it was never captured, so nothing was delivered or charged, and everything it left goes, as
-    compensation would have done. ``tasks`` are its tasks' counts after they were asked to stop.
-    The holds are released last, once no task runs and no object is left: an active hold is
-    the mark that the clean-up is not finished, so a pass that stops half way is taken up by the
-    next one."""
+    it (a request that committed after its compensation looked, or after its finalizer went).
+    ``tasks`` are its tasks' counts after they were asked to stop.
+
+    A job none of whose holds was captured delivered nothing and was charged nothing: everything
+    it left goes, as compensation would have done. A job with a captured hold was charged, so it
+    delivered (its finalizer captured and delivered before it let the job go, after the holds
+    were read): its objects are the user's result, and only a hold still active beside the
+    captured one is released. The holds are released last, once no task runs and no object is
+    left to delete: an active hold is the mark that the clean-up is not finished, so a pass that
+    stops half way is taken up by the next one."""
     if tasks.running:
         return []  # a worker may still store a result: wait for it to stop
-    live = sorted(o.id for o in records.objects if o.state != "deleted")
+    charged = any(h.state == "captured" for h in records.holds)
+    live = [] if charged else sorted(o.id for o in records.objects if o.state != "deleted")
     if live:  # one call for all of them (a batch's may be many), keyed by the set it deletes
         digest = hashlib.sha256(",".join(live).encode()).hexdigest()[:16]
         shown = ", ".join(live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
@@ -229,7 +234,15 @@ def findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[
             found.append(
                 Finding("orphan-task", "ai", f"task {task.id} is {task.state}", f"cancel-task:{task.id}")
             )
-    return found
+    return _releases_last(found)
+
+
+def _releases_last(found: list[Finding]) -> list[Finding]:
+    """The findings in the order their repairs run, releases of holds last (the others' order
+    kept): the auditor stops at a repair that fails, and an active hold is what brings a job
+    back to it, even once the job is gone from Kubernetes (:func:`gone_job_leftovers`). Released
+    first, a failed object delete after it would leave the object to no one."""
+    return sorted(found, key=lambda f: (f.repair or "").startswith("release-hold:"))
 
 
 def _batch_findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[Finding]:
@@ -296,4 +309,4 @@ def _batch_findings(status: AIImageJobStatus, price: int, records: JobRecords) -
                 f"cancel-job-tasks:{counts.job_id}/{counts.total}/{counts.scheduled + counts.running}",
             )
         )
-    return found
+    return _releases_last(found)

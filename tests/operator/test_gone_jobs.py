@@ -18,7 +18,8 @@ from aijobs_operator.kube import ApiException
 from aijobs.api.ai import JobTaskCounts
 from aijobs.api.payment import Hold, HoldPage
 from aijobs.api.storage import StoredObject
-from aijobs.consistency import JobRecords, gone_job_leftovers
+from aijobs.api.v1alpha1 import AIImageJobStatus
+from aijobs.consistency import JobRecords, findings, gone_job_leftovers
 
 T = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
 
@@ -36,9 +37,9 @@ def test_a_suspect_that_turns_up_known_is_not_gone() -> None:
     assert (gone, suspects) == (set(), set())
 
 
-def _hold(state: str = "active") -> Hold:
+def _hold(state: str = "active", hold_id: str = "h1") -> Hold:
     return Hold.model_validate(
-        {"id": "h1", "account": "acme", "jobId": "j1", "amount": 3, "state": state,
+        {"id": hold_id, "account": "acme", "jobId": "j1", "amount": 3, "state": state,
          "expiresAt": T.isoformat(), "createdAt": T.isoformat(), "settledAt": None}
     )  # fmt: skip
 
@@ -74,6 +75,26 @@ def test_the_holds_go_last_after_the_tasks_stopped_and_the_objects_went() -> Non
     assert [f.repair for f in gone_job_leftovers(cleaned, _counts())] == ["release-hold:h1"]
     settled = JobRecords([_hold("released")], [], None)
     assert gone_job_leftovers(settled, _counts()) == []
+
+
+def test_a_charged_job_keeps_its_result_and_only_a_stray_hold_is_released() -> None:
+    """A job whose hold was active when the auditor read the holds, and which its deletion then
+    captured, delivered and let go: it was charged, so its result is the user's and stays (the
+    50-job campaign once met this as "charged, but the result is gone")."""
+    objects = [_object("in"), _object("result")]
+    charged = JobRecords([_hold("captured")], objects, None)
+    assert gone_job_leftovers(charged, _counts()) == []
+    beside = JobRecords([_hold("captured"), _hold("active", "h2")], objects, None)
+    assert [f.repair for f in gone_job_leftovers(beside, _counts())] == ["release-hold:h2"]
+
+
+def test_a_failed_jobs_hold_is_released_after_its_objects_are_deleted() -> None:
+    """The auditor stops at a repair that fails: the hold released first, a failed delete after
+    it would leave the object to no one once the job is gone (no active hold brings it back)."""
+    failed = AIImageJobStatus.model_validate({"phase": "Failed"})
+    records = JobRecords([_hold()], [_object("in"), _object("result")], None)
+    repairs = [f.repair for f in findings(failed, 3, records)]
+    assert repairs == ["delete-object:in", "delete-object:result", "release-hold:h1"]
 
 
 class _Operator:

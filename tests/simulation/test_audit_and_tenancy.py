@@ -4,12 +4,16 @@ without it (the 20,000 schedules of ``test_simulation.py``)."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
 from aijobs_dev.simulation import world
+from aijobs_dev.simulation.check import check
 from aijobs_dev.simulation.run import Campaign, run_range
 from aijobs_dev.simulation.twins import AuthTwin, Reply
+from aijobs_dev.simulation.world import Faults, SimJob, World
 from aijobs_operator import auditor
 
 from aijobs.consistency import Finding, JobRecords
@@ -135,3 +139,88 @@ def test_cold_restarts_keep_every_invariant(monkeypatch: pytest.MonkeyPatch) -> 
     campaign = run_range(0, SCHEDULES)
     assert campaign.faults["cold-restart"] >= 50, campaign.faults
     assert not campaign.failing, list(campaign.failing.items())[:3]
+
+
+def _awaiting_capture() -> tuple[World, SimJob]:
+    """A schedule with no faults and one single-image job, run until its task succeeded while
+    its hold is still active: the saga's next pass captures and delivers it."""
+    for seed in range(100):
+        world = World(seed, Faults(), jobs=1)
+        (job,) = world.jobs
+        if job.images or job.namespace not in ("team", "ops"):  # one the account may charge
+            continue
+
+        async def drive(world: World = world, job: SimJob = job) -> bool:
+            for _ in range(200):
+                world._work()
+                if any(t.job_id == job.uid and t.state == "succeeded" for t in world.ai.tasks.values()):
+                    return True
+                await world.operator.follow()
+                while world.kube.watch:
+                    await world._watch_and_drain()
+                for key in list(world.kube.objects):
+                    await world._pass(key)
+                world.clock += dt.timedelta(seconds=30)
+            return False
+
+        if asyncio.run(drive()):
+            holds = [h.state for h in world.payment.holds.values() if h.job_id == job.uid]
+            assert holds == ["active"], holds
+            return world, job
+    raise AssertionError("no seed of 100 brings a single job to its capture")
+
+
+async def _deliver_then_delete(world: World, auditor_: auditor.Auditor) -> None:
+    """Beside the auditor, between its read of the holds and its look at its cache: the saga
+    captures and delivers the job, its user deletes it, and its finalizer lets it go."""
+    (job,) = world.jobs
+    for _ in range(20):
+        await world.operator.follow()
+        while world.kube.watch:
+            await world._watch_and_drain()
+        for key in list(world.kube.objects):
+            await world._pass(key)
+        body = world.kube.objects.get((job.namespace, job.name))
+        if body is None:
+            break
+        if body.get("status", {}).get("phase") == "Delivered":
+            world._delete(job.namespace, job.name, "delete")
+    while world.kube.watch:
+        await world._watch_and_drain()
+    assert job.uid in world.operator.gone  # the cache saw it go, while Payment's hold was active
+
+
+def _deleted_mid_audit(monkeypatch: pytest.MonkeyPatch) -> tuple[World, SimJob]:
+    world, job = _awaiting_capture()
+    monkeypatch.setattr(World, "meanwhile", _deliver_then_delete)
+    verdicts = asyncio.run(world.auditor.audit_pass())
+    assert job.uid in verdicts  # the auditor took it for gone, and cleaned up after it
+    return world, job
+
+
+def test_a_job_delivered_and_deleted_while_the_auditor_awaits_keeps_its_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race the 50-job campaign met once: the holds read while the job's was active, the job
+    delivered and gone before the auditor looked for it. It was charged, so its result stays."""
+    world, job = _deleted_mid_audit(monkeypatch)
+    (hold,) = [h for h in world.payment.holds.values() if h.job_id == job.uid]
+    assert hold.state == "captured"
+    results = [o for o in world.storage.objects.values() if o.job_id == job.uid and o.kind == "result"]
+    assert [o.state for o in results] == ["committed"]
+    assert not [str(v) for v in check(world) if v.invariant == "I1"]
+
+
+def test_an_auditor_that_cleans_up_after_a_charged_job_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auditor undoes a gone job without looking at whether it was charged: the result the
+    user paid for is deleted."""
+    undo = auditor.gone_job_leftovers
+
+    def regardless(records: JobRecords, tasks: Any) -> list[Finding]:
+        uncharged = [h for h in records.holds if h.state != "captured"]
+        return undo(JobRecords(uncharged, records.objects, None, records.charges, records.counts), tasks)
+
+    monkeypatch.setattr(auditor, "gone_job_leftovers", regardless)
+    world, job = _deleted_mid_audit(monkeypatch)
+    found = [str(v) for v in check(world) if v.invariant == "I1"]
+    assert any(f"{job.name}: charged {job.price} for no delivered result" in line for line in found), found

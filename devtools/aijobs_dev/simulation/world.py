@@ -26,7 +26,10 @@ Faults a schedule may draw (each with a probability the seed also draws):
   accounts list (only its holder's may charge), and in one no account lists;
 - a finished job's records are **damaged** behind the operator's back (a stray hold, a capture
   undone, an orphan object or task, a capture undone while AI disowns the task), and the auditor
-  runs its pass at random moments, under the same crashes and lost answers as the steps.
+  runs its pass at random moments, under the same crashes and lost answers as the steps;
+- a restarted operator's cache fills **slowly** (a cold restart: some jobs reach it only later),
+  and the operator's passes over jobs being deleted run **while the auditor's pass awaits** (a
+  deletion captures, delivers and lets its job go after the auditor read the holds).
 
 After the schedule, faults heal and the world runs until every job is terminal or gone, the
 auditor makes one more pass, and an independent checker (:mod:`aijobs_dev.simulation.check`)
@@ -135,6 +138,11 @@ LIST_BATCHES = 0.5
 COLD_RESTARTS = 0.3
 # After a cold restart, the chance at each step that its list hands over the next job it owes.
 COLD_LISTING = 0.02
+# The share of audit passes (before faults heal) during which the operator's other work goes on:
+# between the auditor's read of the holds and its look at its cache, the passes over jobs being
+# deleted run to their end (a deletion's capture and delivery, the finalizer let go), as they do
+# beside the auditor in one process. Its own random stream, as the cold restarts'.
+AUDIT_INTERLEAVED = 0.3
 
 
 @dataclass
@@ -450,6 +458,19 @@ def _base_settings() -> OperatorSettings:
     )
 
 
+class _Auditor(Auditor):
+    """The operator's auditor, with the world's other work going on while it awaits Payment."""
+
+    def __init__(self, cfg: OperatorSettings, operator: Reconciler, world: World) -> None:
+        super().__init__(cfg, operator)
+        self.world = world
+
+    async def held_jobs(self) -> set[str]:
+        held = await super().held_jobs()
+        await self.world.meanwhile(self)
+        return held
+
+
 class World:
     """One schedule: a few jobs, the twins, the operator, and the seeded fault injector."""
 
@@ -457,6 +478,7 @@ class World:
         self.seed = seed
         self.rng = random.Random(seed)
         self.cold = random.Random(f"{seed}-cold")  # which restarts are cold (COLD_RESTARTS)
+        self.interleave = random.Random(f"{seed}-interleave")  # AUDIT_INTERLEAVED
         self._restarts = 0
         # The jobs a cold restart's list has yet to hand the new process: (key, uid).
         self.unlisted: list[tuple[tuple[str, str], str]] = []
@@ -777,7 +799,7 @@ class World:
         )
         for body in self.kube.accounts.values():
             syncer.observe("ADDED", _clone(body))
-        return operator, Auditor(self.cfg, operator), syncer
+        return operator, _Auditor(self.cfg, operator, self), syncer
 
     def _restart(self) -> None:
         """A new operator process; often after a while down (past a deadline, a hold's expiry)."""
@@ -875,6 +897,18 @@ class World:
                 self.say(f"worker ends {task.id}: {task.state}")
                 task.updated_at = self.clock
 
+    async def _watch_and_drain(self) -> None:
+        self._deliver_watch()
+        while keys := self.operator.drain():  # what the watch queued runs now
+            for key in keys:
+                await self._pass(key)
+
+    def _delete_one(self, keys: list[tuple[str, str]]) -> None:
+        damaged = {d.uid for d in self.damage}  # a person is looking into those: left alone
+        keys = [k for k in keys if self.kube.objects[k]["metadata"]["uid"] not in damaged]
+        if keys:
+            self._delete(*self.rng.choice(keys), "delete")
+
     async def step(self) -> None:
         if self.unlisted and self.cold.random() < COLD_LISTING:
             self._list_late()
@@ -883,10 +917,7 @@ class World:
         if r < 0.3 and keys:
             await self._pass(self.rng.choice(keys))
         elif r < 0.5:
-            self._deliver_watch()
-            while keys := self.operator.drain():  # what the watch queued runs now
-                for key in keys:
-                    await self._pass(key)
+            await self._watch_and_drain()
         elif r < 0.65:
             self._work()
         elif r < 0.72:
@@ -897,11 +928,7 @@ class World:
             except Exception as exc:
                 self.say(f"follow failed: {exc}")
         elif r < 0.76 and keys and self.chance(self.faults.delete):
-            damaged = {d.uid for d in self.damage}  # a person is looking into those: left alone
-            keys = [k for k in keys if self.kube.objects[k]["metadata"]["uid"] not in damaged]
-            if not keys:
-                return
-            self._delete(*self.rng.choice(keys), "delete")
+            self._delete_one(keys)
         elif r < 0.78 and self.chance(self.faults.jump):
             jump = self.rng.choice([30, 300, 3600, 86400, 40 * 86400])
             self.fire("clock-jump", f"+{jump}s")
@@ -965,13 +992,36 @@ class World:
             self.kube.request_deletion(None, name)
         await self._sync(name)
 
+    async def meanwhile(self, auditor: Auditor) -> None:
+        """While ``auditor`` awaits Payment, the rest of its process and the world go on for a
+        few rounds (see AUDIT_INTERLEAVED): the worker, a user's deletion, the watch, and passes
+        over the jobs. A crash among them is the whole process's: it ends the auditor's pass too."""
+        if self.healed or auditor is not self.auditor or self.interleave.random() >= AUDIT_INTERLEAVED:
+            return
+        rounds = self.interleave.randint(1, 4)
+        self.fire("audit-interleaved", f"{rounds} round(s)")
+        for _ in range(rounds):
+            self._work()
+            keys = list(self.kube.objects)
+            if keys and self.chance(self.faults.delete):
+                self._delete_one(keys)
+            while self.kube.watch:
+                await self._watch_and_drain()
+            for key in list(self.kube.objects):
+                if self.rng.random() < 0.5:
+                    await self._pass(key)
+            if self.auditor is not auditor:
+                raise Crash("beside the auditor")  # already restarted: the pass dies with its process
+
     async def _audit(self) -> set[str]:
         """One pass of the auditor; the verdicts it reached."""
         self.say("audit pass")
+        auditor = self.auditor
         try:
-            verdicts = await self.auditor.audit_pass()
+            verdicts = await auditor.audit_pass()
         except Crash:
-            self._restart()
+            if self.auditor is auditor:  # else its process already restarted, beside it
+                self._restart()
             return set()
         for uid, verdict in sorted(verdicts.items()):
             self.say(f"audit {uid}: {verdict}")
