@@ -104,6 +104,7 @@ class Campaign:
     )  # -> uid, account, price
     commit_kills: list[tuple[str, str]] = field(default_factory=list)  # (service, rule) waiting to fire
     crashes: list[str] = field(default_factory=list)  # processes that exited with no fault active
+    worker_kills: int = 0  # the workers take the kills in turn (the schedule names no worker)
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
@@ -199,6 +200,8 @@ class Campaign:
             self.stack.faults(fault.target, [fault.detail["rule"]])
             return lambda: self.stack.faults(fault.target, [])
         proc = self._process(fault.target)
+        if fault.target == "worker":
+            entry["worker"] = self.stack.workers.index(proc)
         proc.kill()
 
         def restart() -> None:
@@ -210,7 +213,8 @@ class Campaign:
         if target == "operator":
             return self.stack.operators[-1]
         if target == "worker":
-            return self.stack.workers[0]
+            self.worker_kills += 1
+            return self.stack.workers[(self.worker_kills - 1) % len(self.stack.workers)]
         return self.stack.services[target]
 
     def heal_all(self) -> None:
