@@ -92,14 +92,17 @@ class Finding:
 
 def gone_job_leftovers(records: JobRecords, tasks: JobTaskCounts) -> list[Finding]:
     """What to undo for a job that is gone from Kubernetes while Payment still holds credits for
-    it (a request that committed after its compensation looked, or after its finalizer went).
-    ``tasks`` are its tasks' counts after they were asked to stop.
+    it (a request that committed after its compensation looked, or after its finalizer went, or
+    a job that finished and went after the holds were read). ``tasks`` are its tasks' counts
+    after they were asked to stop.
 
     A job none of whose holds was captured delivered nothing and was charged nothing: everything
-    it left goes, as compensation would have done. A job with a captured hold was charged, so it
-    delivered (its finalizer captured and delivered before it let the job go, after the holds
-    were read): its objects are the user's result, and only a hold still active beside the
-    captured one is released. The holds are released last, once no task runs and no object is
+    it left goes, as compensation would have done. A job with a captured hold was charged: the
+    saga captures only for a result it then delivers (its finalizer delivers before it lets the
+    job go), so its objects are what the user paid for and stay, and only a hold still active
+    beside the captured one is released. Without its saga log the auditor cannot tell which of
+    them was delivered: an extra result such a job kept (one whose delete failed before the job
+    went) stays with it. The holds are released last, once no task runs and no object is
     left to delete: an active hold is the mark that the clean-up is not finished, so a pass that
     stops half way is taken up by the next one."""
     if tasks.running:
@@ -240,8 +243,11 @@ def findings(status: AIImageJobStatus, price: int, records: JobRecords) -> list[
 def _releases_last(found: list[Finding]) -> list[Finding]:
     """The findings in the order their repairs run, releases of holds last (the others' order
     kept): the auditor stops at a repair that fails, and an active hold is what brings a job
-    back to it, even once the job is gone from Kubernetes (:func:`gone_job_leftovers`). Released
-    first, a failed object delete after it would leave the object to no one."""
+    back to it, even once the job is gone from Kubernetes (:func:`gone_job_leftovers`, for a job
+    that was not charged). Released first, a failed object delete after it would leave the
+    object to no one once its job is deleted. The price: while Storage or AI cannot delete or
+    cancel, a failed job's credits stay held, until they can (the next passes) or the hold
+    expires by itself."""
     return sorted(found, key=lambda f: (f.repair or "").startswith("release-hold:"))
 
 

@@ -13,16 +13,19 @@ is not left to that bound: each pass reads what Payment holds right now (``GET /
 active``, as many holds as jobs in flight, in pages), and a finished job with an active hold is
 audited on that pass, since no finished job may hold credits. A hold of a job that is gone from
 Kubernetes (a request that committed after the job's compensation looked, or after its finalizer
-went: no saga will ever run for it again) is undone in full on that pass too: its tasks stopped,
-its objects deleted, then its holds released (:func:`gone_jobs`, :meth:`Auditor.clean_up_gone`),
-once a fresh LIST from the API server confirms it is gone (:meth:`Auditor.confirm_gone`: the
-cache of a process that has just started is not proof of absence). When nothing disagrees,
-nothing is written: a job with no ``status.audit`` has nothing to report, and the verdict is in
+went: no saga will ever run for it again) is undone on that pass too: its tasks stopped, its
+objects deleted unless it was charged (then they are the result its user paid for), then its
+active holds released (:func:`gone_jobs`, :meth:`Auditor.clean_up_gone`), once a fresh LIST
+from the API server confirms it is gone (:meth:`Auditor.confirm_gone`: the cache of a process
+that has just started is not proof of absence). When nothing disagrees, nothing is written: a
+job with no ``status.audit`` has nothing to report, and the verdict is in
 :meth:`Auditor.audit_pass`'s answer and the operator's log.
 
 It writes through the job reconciler's :class:`~aijobs_operator.kube.KubeWriter` and reads its
-cache and clock, so the deterministic simulator runs it unchanged (:meth:`Auditor.audit_pass` is
-one round over the finished jobs due; :meth:`Auditor.run` repeats it in production).
+cache and clock, so the deterministic simulator runs it against its twins
+(:meth:`Auditor.audit_pass` is one round over the finished jobs due; :meth:`Auditor.run` repeats
+it in production); the simulator only hooks :meth:`Auditor.held_jobs` to run the operator's other
+work while a pass awaits Payment, as it does in one process.
 """
 
 from __future__ import annotations
@@ -224,8 +227,9 @@ class Auditor:
 
     async def clean_up_gone(self, uid: str) -> str:
         """Undo what a job that is gone left while Payment still holds credits for it (its
-        finalizer is gone, so its saga never will): stop its tasks, delete its objects, then
-        release its holds (:func:`~aijobs.consistency.gone_job_leftovers`). A task still running
+        finalizer is gone, so its saga never will): stop its tasks, delete its objects unless a
+        hold was captured, then release its active holds
+        (:func:`~aijobs.consistency.gone_job_leftovers`). A task still running
         is waited for on the next pass. Said in the log and the metrics: the job has no status
         left to say it in."""
         svc = self.reconciler.svc

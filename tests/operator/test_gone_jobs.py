@@ -15,7 +15,7 @@ from aijobs_operator.auditor import Auditor, gone_jobs
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.kube import ApiException
 
-from aijobs.api.ai import JobTaskCounts
+from aijobs.api.ai import JobTaskCounts, Task
 from aijobs.api.payment import Hold, HoldPage
 from aijobs.api.storage import StoredObject
 from aijobs.api.v1alpha1 import AIImageJobStatus
@@ -88,13 +88,43 @@ def test_a_charged_job_keeps_its_result_and_only_a_stray_hold_is_released() -> N
     assert [f.repair for f in gone_job_leftovers(beside, _counts())] == ["release-hold:h2"]
 
 
-def test_a_failed_jobs_hold_is_released_after_its_objects_are_deleted() -> None:
-    """The auditor stops at a repair that fails: the hold released first, a failed delete after
-    it would leave the object to no one once the job is gone (no active hold brings it back)."""
-    failed = AIImageJobStatus.model_validate({"phase": "Failed"})
-    records = JobRecords([_hold()], [_object("in"), _object("result")], None)
-    repairs = [f.repair for f in findings(failed, 3, records)]
-    assert repairs == ["delete-object:in", "delete-object:result", "release-hold:h1"]
+def _succeeded(result: str) -> Task:
+    return Task.model_validate(
+        {"id": "t1", "jobId": "j1", "account": "acme", "pipeline": "grayscale", "params": {},
+         "inputObjectId": "in", "runAt": T.isoformat(), "state": "succeeded", "attempts": 1,
+         "maxAttempts": 3, "reruns": 0, "cancelRequested": False, "resultObjectId": result,
+         "result": None, "error": None, "updatedAt": T.isoformat()}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "records", "repairs"),
+    [
+        pytest.param(
+            {"phase": "Failed"},
+            JobRecords([_hold()], [_object("in"), _object("result")], None),
+            ["delete-object:in", "delete-object:result", "release-hold:h1"],
+            id="failed: its objects, then its hold",
+        ),
+        pytest.param(
+            {"phase": "Delivered", "result": {"objectId": "result"}},
+            JobRecords(
+                [_hold(hold_id="h1"), _hold(hold_id="h2")],
+                [_object("in"), _object("result"), _object("extra").model_copy(update={"kind": "result"})],
+                _succeeded("result"),
+            ),
+            ["capture-hold:h1", "delete-object:extra", "release-hold:h2"],
+            id="delivered: the capture first, the stray hold last",
+        ),
+    ],
+)
+def test_a_finished_jobs_holds_are_released_after_its_other_repairs(
+    status: dict[str, Any], records: JobRecords, repairs: list[str]
+) -> None:
+    """The auditor stops at a repair that fails: a hold released first, a failed delete after it
+    would leave the object to no one once the job is gone (no active hold brings it back)."""
+    found = findings(AIImageJobStatus.model_validate(status), 3, records)
+    assert [f.repair for f in found] == repairs
 
 
 class _Operator:

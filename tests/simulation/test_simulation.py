@@ -56,6 +56,8 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
         "late-commit-after-gone",
         "cold-restart",
         "audit-interleaved",
+        "delete-when-finished",
+        "gone-charged",
     ):
         assert campaign.faults[kind] >= 10, f"fault {kind} fired {campaign.faults[kind]} times"
     # The auditor moved money (and the checker judged each move) under the same faults.

@@ -139,9 +139,11 @@ COLD_RESTARTS = 0.3
 # After a cold restart, the chance at each step that its list hands over the next job it owes.
 COLD_LISTING = 0.02
 # The share of audit passes (before faults heal) during which the operator's other work goes on:
-# between the auditor's read of the holds and its look at its cache, the passes over jobs being
-# deleted run to their end (a deletion's capture and delivery, the finalizer let go), as they do
-# beside the auditor in one process. Its own random stream, as the cold restarts'.
+# between the auditor's read of the holds and its look at its cache, a few rounds of passes,
+# watch events and the worker run, as they do beside the auditor in one process, and a user who
+# waits for a job to finish deletes it (a job can capture, deliver and go within one audit pass).
+# Whether a pass is interleaved, and for how long, is drawn from a stream of its own; what runs
+# meanwhile draws from the schedule's, so a schedule with an interleave goes on differently.
 AUDIT_INTERLEAVED = 0.3
 
 
@@ -458,6 +460,12 @@ def _base_settings() -> OperatorSettings:
     )
 
 
+def _finished(body: dict[str, Any]) -> bool:
+    return (body.get("status") or {}).get("phase") in TERMINAL_PHASES and not body["metadata"].get(
+        "deletionTimestamp"
+    )
+
+
 class _Auditor(Auditor):
     """The operator's auditor, with the world's other work going on while it awaits Payment."""
 
@@ -469,6 +477,11 @@ class _Auditor(Auditor):
         held = await super().held_jobs()
         await self.world.meanwhile(self)
         return held
+
+    async def clean_up_gone(self, uid: str) -> str:
+        if any(h.job_id == uid and h.state == "captured" for h in self.world.payment.holds.values()):
+            self.world.fire("gone-charged", uid)  # charged, then gone before the auditor looked
+        return await super().clean_up_gone(uid)
 
 
 class World:
@@ -994,12 +1007,14 @@ class World:
 
     async def meanwhile(self, auditor: Auditor) -> None:
         """While ``auditor`` awaits Payment, the rest of its process and the world go on for a
-        few rounds (see AUDIT_INTERLEAVED): the worker, a user's deletion, the watch, and passes
-        over the jobs. A crash among them is the whole process's: it ends the auditor's pass too."""
+        few rounds (see AUDIT_INTERLEAVED): the worker, a user's deletion, the watch, passes over
+        the jobs, and a user who waited for a job deleting it once it finished. A crash among
+        them is the whole process's: it ends the auditor's pass too."""
         if self.healed or auditor is not self.auditor or self.interleave.random() >= AUDIT_INTERLEAVED:
             return
         rounds = self.interleave.randint(1, 4)
         self.fire("audit-interleaved", f"{rounds} round(s)")
+        unfinished = {key for key, body in self.kube.objects.items() if not _finished(body)}
         for _ in range(rounds):
             self._work()
             keys = list(self.kube.objects)
@@ -1010,8 +1025,16 @@ class World:
             for key in list(self.kube.objects):
                 if self.rng.random() < 0.5:
                     await self._pass(key)
+            for key in sorted(unfinished & set(self.kube.objects)):
+                if _finished(self.kube.objects[key]) and self.interleave.random() < 0.5:
+                    unfinished.discard(key)
+                    self._delete(*key, "delete-when-finished")  # `kubectl wait`, then delete
             if self.auditor is not auditor:
                 raise Crash("beside the auditor")  # already restarted: the pass dies with its process
+        while self.kube.watch:  # what the last round's passes changed reaches the cache
+            await self._watch_and_drain()
+        if self.auditor is not auditor:
+            raise Crash("beside the auditor")
 
     async def _audit(self) -> set[str]:
         """One pass of the auditor; the verdicts it reached."""
