@@ -221,17 +221,22 @@ class Campaign:
         self.commit_kills.clear()
         for name in SERVICES:
             self.stack.faults(name, [])
-        for proc in [*self.stack.services.values(), self.stack.operators[-1], *self.stack.workers]:
-            if not proc.running:
+        self.supervise()
+        for proc in self._processes():
+            if not proc.running:  # killed by a fault whose heal is still to come
                 proc.start()
 
-    def _supervise(self) -> None:
-        """What Kubernetes does for a pod whose process exits: start it again. No fault is
-        active any more, so an exit now is the process's own doing: it is recorded (and fails
-        the campaign) as well as restarted, so the jobs can still end and be checked."""
-        for proc in [*self.stack.services.values(), self.stack.operators[-1], *self.stack.workers]:
-            if not proc.running:
-                code = proc.proc.returncode if proc.proc is not None else None
+    def _processes(self) -> list[ManagedProcess]:
+        return [*self.stack.services.values(), self.stack.operators[-1], *self.stack.workers]
+
+    def supervise(self) -> None:
+        """What Kubernetes does for a pod whose process exits: start it again. A process a fault
+        killed is left to that fault's heal (a kill forgets the process); one that exited by
+        itself, under faults or after them, is recorded (and fails the campaign) as well as
+        started again, so the jobs can still end and be checked."""
+        for proc in self._processes():
+            if proc.proc is not None and not proc.running:
+                code = proc.proc.returncode
                 self.crashes.append(f"{proc.name} exited by itself (code {code}); see its log")
                 proc.start()
 
@@ -248,7 +253,7 @@ class Campaign:
         started = time.monotonic()
         expected = len(self.submitted) - len(self.deleted)
         while time.monotonic() - started < timeout:
-            self._supervise()
+            self.supervise()
             jobs = self.jobs()
             phases = [(j.get("status") or {}).get("phase") for j in jobs]
             if len(jobs) == expected and all(p in TERMINAL_PHASES for p in phases):
@@ -433,6 +438,7 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
             for due, heal in [h for h in pending_heals if h[0] <= now]:
                 heal()
                 pending_heals.remove((due, heal))
+            campaign.supervise()
             if time.monotonic() - t0 >= at:
                 break
             time.sleep(0.05)
@@ -454,6 +460,7 @@ def run_random(campaign: Campaign, jobs: int, kinds: set[str], rng: random.Rando
         fault = plan[next_fault]
         wait = fault.at - (time.monotonic() - t0)
         if wait > 0:
+            campaign.supervise()
             time.sleep(min(wait, 0.05))
             continue
         heal = campaign.inject(fault)

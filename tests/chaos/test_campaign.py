@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,6 +29,42 @@ def chaos_stack(
         yield stack
     finally:
         stack.stop()
+
+
+class _Process:
+    """A managed process as the campaign sees it: ``proc`` None once a fault killed it, a
+    finished ``proc`` once it exited by itself."""
+
+    def __init__(self, name: str, state: str) -> None:
+        self.name, self.starts = name, 0
+        code = 3 if state == "exited" else None
+        self.proc = None if state == "killed" else SimpleNamespace(returncode=code)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def start(self) -> _Process:
+        self.starts += 1
+        self.proc = SimpleNamespace(returncode=None)
+        return self
+
+
+def test_a_process_that_exits_by_itself_under_faults_is_a_crash_and_is_started_again() -> None:
+    """Only a process no fault killed counts: the killed one waits for its fault's heal (or the
+    campaign's), and is then started without a word."""
+    killed, exited, fine = _Process("payment", "killed"), _Process("worker-1", "exited"), _Process("ai", "up")
+    stack = SimpleNamespace(
+        services={"payment": killed, "ai": fine}, operators=[_Process("operator", "up")], workers=[exited],
+        faults=lambda name, rules: None,
+    )  # fmt: skip
+    campaign = Campaign(stack, seed=1)
+    campaign.supervise()
+    assert campaign.crashes == ["worker-1 exited by itself (code 3); see its log"]
+    assert (killed.starts, exited.starts, fine.starts) == (0, 1, 0)
+    campaign.heal_all()
+    assert (killed.starts, exited.starts, fine.starts) == (1, 1, 0)
+    assert len(campaign.crashes) == 1
 
 
 def test_a_seed_always_gives_the_same_fault_schedule() -> None:
