@@ -25,6 +25,7 @@ tools: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: tools lint
@@ -36,6 +37,7 @@ test: tools lint
 FAST := not postgres and not controlplane and not cluster and not slow
 check: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q -m '$(FAST)'
 
 demo: tools
