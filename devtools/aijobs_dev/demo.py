@@ -235,9 +235,10 @@ def run_demo(*, keep: bool = False) -> int:
         demo.follow("too-expensive")
         print(f"   balance unchanged: {stack.balance('acme')}")
 
-        _say("the story of the first job, as kubectl describe tells it (events)")
+        # A job that went well posts no Event (they are for warnings): its story is its saga log.
+        _say("the story of the first job, as kubectl describe tells it (its saga log)")
         described = demo.kubectl("describe", "aij", "upscale-demo", show=False)
-        print(described[described.find("Events:") :])
+        print(described[described.find("  Steps:") : described.find("Events:")])
         if keep:
             _say(
                 f"left running: export KUBECONFIG={plane.kubeconfig}; logs in {stack.logs} "

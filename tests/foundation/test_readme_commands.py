@@ -98,6 +98,9 @@ def test_the_demo_runs_the_main_job_and_leaves_only_its_result(tmp_path: Path) -
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "upscale-demo: Delivered" in proc.stdout, attempt
         assert "too-expensive: Failed" in proc.stdout
+        story = proc.stdout[proc.stdout.index("the story of the first job") :]
+        steps = re.findall(r"^\s+Name:\s+(\w+)$", story, re.MULTILINE)
+        assert steps == ["charge", "upload", "schedule", "process", "capture", "deliver"], story
         home = state / "aijobs" / "demo"
         assert sorted(p.name for p in home.iterdir()) == ["compare.png", "upscaled.png"]
         compare = Image.open(home / "compare.png")
