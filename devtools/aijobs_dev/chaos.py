@@ -104,7 +104,7 @@ class Campaign:
     )  # -> uid, account, price
     commit_kills: list[tuple[str, str]] = field(default_factory=list)  # (service, rule) waiting to fire
     crashes: list[str] = field(default_factory=list)  # processes that exited with no fault active
-    worker_kills: int = 0  # the workers take the kills in turn (the schedule names no worker)
+    worker_kills: int = 0  # kills of a worker so far (the schedule names no worker: they take turns)
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
@@ -199,9 +199,12 @@ class Campaign:
         if fault.kind == "net":
             self.stack.faults(fault.target, [fault.detail["rule"]])
             return lambda: self.stack.faults(fault.target, [])
-        proc = self._process(fault.target)
-        if fault.target == "worker":
-            entry["worker"] = self.stack.workers.index(proc)
+        if fault.target == "worker":  # the workers take the kills in turn
+            entry["worker"] = self.worker_kills % len(self.stack.workers)
+            self.worker_kills += 1
+            proc = self.stack.workers[entry["worker"]]
+        else:
+            proc = self._process(fault.target)
         proc.kill()
 
         def restart() -> None:
@@ -212,9 +215,6 @@ class Campaign:
     def _process(self, target: str) -> ManagedProcess:
         if target == "operator":
             return self.stack.operators[-1]
-        if target == "worker":
-            self.worker_kills += 1
-            return self.stack.workers[(self.worker_kills - 1) % len(self.stack.workers)]
         return self.stack.services[target]
 
     def heal_all(self) -> None:

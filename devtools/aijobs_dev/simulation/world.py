@@ -28,8 +28,8 @@ Faults a schedule may draw (each with a probability the seed also draws):
   undone, an orphan object or task, a capture undone while AI disowns the task), and the auditor
   runs its pass at random moments, under the same crashes and lost answers as the steps;
 - a restarted operator's cache fills **slowly** (a cold restart: some jobs reach it only later),
-  and the operator's passes over jobs being deleted run **while the auditor's pass awaits** (a
-  deletion captures, delivers and lets its job go after the auditor read the holds).
+  and the operator's other work goes on **while the auditor's pass awaits** Payment (a job may
+  capture, deliver, be deleted and go after the auditor read the holds).
 
 After the schedule, faults heal and the world runs until every job is terminal or gone, the
 auditor makes one more pass, and an independent checker (:mod:`aijobs_dev.simulation.check`)
