@@ -27,6 +27,7 @@ __all__ = [
     "MAX_BULK_CONTENT_BYTES",
     "MAX_BULK_OBJECTS",
     "MAX_LOOKUP_IDS",
+    "SHA256",
     "CommitRequest",
     "ContentsRequest",
     "DeletedObjects",
@@ -138,6 +139,9 @@ class DownloadLinkRequest(Request):
 MAX_BULK_OBJECTS = 100  # images in one bulk put: a worker's lease of results, with room
 
 
+SHA256 = r"^[0-9a-f]{64}$"  # a SHA-256 digest, lowercase hex
+
+
 class ObjectPut(Request):
     """One object of a bulk put (``POST /v1/bulk/objects``): what ``PUT /v1/objects/{key}`` takes
     in its path and query, its bytes being the matching file part of the same request."""
@@ -147,6 +151,12 @@ class ObjectPut(Request):
     job_id: str | None = Field(default=None, max_length=128)
     kind: ImageKind = Field(default="input", description="A bulk put stores images only, never a manifest")
     state: Literal["staging", "committed"] = "staging"
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256,
+        description="The file's digest, as its sender computed it: bytes that hash otherwise are refused "
+        "(422 digest-mismatch); a result so vouched for has its header checked, not its pixels decoded",
+    )
 
 
 # The bytes of one bulk read's answer, at most: an item past it is answered ``read-alone`` (fetch

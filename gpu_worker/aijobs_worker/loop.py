@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import hashlib
 import itertools
 import json
 import logging
@@ -299,7 +300,8 @@ class Worker:
         # handed back or finished already. AI fences the completion by this token.
         token = task.lease_token or ""
         meta = {"pipeline": task.pipeline, "inputObjectId": task.input_object_id}
-        entry = Entry(task.id, task.job_id, task.account, token, meta, task.item)
+        digest = hashlib.sha256(png).hexdigest()
+        entry = Entry(task.id, task.job_id, task.account, token, meta, task.item, digest)
         await asyncio.to_thread(self.spool.put, entry, png)  # durable before anything else
         IMAGES.labels(task.pipeline, "ok").inc()
         return entry
@@ -356,7 +358,9 @@ class Worker:
                     unknown.append((n, outcome))
                 else:
                     log.error("storage refused the result of %s: %s", entry.task_id, outcome)
-                    await self._give_back(entry.task_id, str(outcome), entry.lease_token, retryable=False)
+                    # Bytes that are not those encoded (the spool file damaged): run it again.
+                    damaged = isinstance(outcome, Refused) and outcome.kind == "digest-mismatch"
+                    await self._give_back(entry.task_id, str(outcome), entry.lease_token, retryable=damaged)
                     self._forget(entry)
             pending = [n for n, _ in unknown]
             if not pending:
@@ -409,6 +413,7 @@ class Worker:
                     job_id=entry.job_id,
                     kind="result",
                     state="committed",
+                    sha256=entry.sha256,
                 ).wire()
                 for entry in entries
             ]
@@ -449,6 +454,8 @@ class Worker:
 
     async def _put_one(self, entry: Entry, content: bytes) -> StoredObject | ServiceError:
         params = {"account": entry.account, "jobId": entry.job_id, "kind": "result", "state": "committed"}
+        if entry.sha256 is not None:
+            params["sha256"] = entry.sha256
         path = f"/v1/objects/{result_key(entry.job_id, entry.item)}"
         try:
             return await self.storage.fetch(StoredObject, "PUT", path, params=params, content=content)

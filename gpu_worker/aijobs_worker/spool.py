@@ -25,6 +25,10 @@ class Entry:
     lease_token: str
     meta: dict[str, Any]
     item: int | None = None  # the image's index in a batch job (an entry spooled before: None)
+    # The result's digest, taken from the encoder's bytes in memory before they were spooled:
+    # Storage refuses bytes that hash otherwise (a spool file damaged on this disk), and need not
+    # decode a result so vouched for (an entry spooled before: None).
+    sha256: str | None = None
 
 
 def _durable_write(path: Path, data: bytes) -> None:

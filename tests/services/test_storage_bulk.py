@@ -132,6 +132,58 @@ def test_one_items_refusal_is_its_own_and_the_others_are_stored(storage: tuple[A
     assert _live(engine) == [("result:job-1:0", "committed"), ("result:job-1:1", "committed")]
 
 
+def test_a_key_twice_in_one_request_is_stored_once(storage: tuple[Api, sa.Engine]) -> None:
+    """Stored together, items are still answered as puts one after the other: the second put of a
+    key in the same request replays the first (same bytes) or is refused (other bytes)."""
+    api, engine = storage
+    red = images.png(color=(200, 0, 0))
+    items = [_result("result:job-1:0"), _result("result:job-1:0"), _result("result:job-1:0")]
+    answers = _bulk(api, items, [red, red, images.jpeg()]).json()["items"]
+    assert [(a["status"], a.get("replayed")) for a in answers] == [(201, False), (200, True), (409, False)]
+    assert answers[1]["body"]["id"] == answers[0]["body"]["id"]
+    assert answers[2]["body"]["type"].endswith("key-taken")
+    assert _live(engine) == [("result:job-1:0", "committed")]
+    with engine.connect() as db:
+        usage = db.execute(sa.text("SELECT bytes, objects FROM account_usage WHERE account = 'acme'")).one()
+    assert (usage.bytes, usage.objects) == (len(red), 1)  # counted once
+
+
+def _truncated() -> bytes:
+    """A PNG whose header is whole and whose pixels are cut short: only a decode finds it out."""
+    whole = images.png(width=64, height=64, color=(10, 20, 30))
+    return whole[: len(whole) // 2]
+
+
+def test_a_declared_digest_must_match_the_bytes_and_vouches_only_for_a_result(
+    storage: tuple[Api, sa.Engine],
+) -> None:
+    """A worker declares the digest of the bytes its encoder made: a result that arrives damaged
+    is refused (and run again), by the bulk route and the single one alike; a user's upload is
+    decoded whatever it declares."""
+    api, engine = storage
+    red = images.png(color=(200, 0, 0))
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    answers = _bulk(api, [{**_result("result:job-1:0"), "sha256": wrong}], [red]).json()["items"]
+    assert answers[0]["status"] == 422 and answers[0]["body"]["type"].endswith("digest-mismatch")
+    single = api.http.put(
+        "/v1/objects/result:job-1:0",
+        params={"account": "acme", "jobId": "job-1", "kind": "result", "state": "committed", "sha256": wrong},
+        content=red,
+        headers=api.headers("worker", None),
+    )
+    assert single.status_code == 422 and single.json()["type"].endswith("digest-mismatch")
+    assert _live(engine) == []
+
+    broken = _truncated()
+    upload = {"key": "in/0", "account": "acme", "sha256": hashlib.sha256(broken).hexdigest()}
+    refused = _bulk(api, [upload], [broken], caller="main-api").json()["items"][0]
+    assert refused["status"] == 415 and "corrupt or truncated" in refused["body"]["detail"]
+    right = {**_result("result:job-1:1"), "sha256": hashlib.sha256(red).hexdigest()}
+    stored = _bulk(api, [right], [red]).json()["items"][0]
+    assert stored["status"] == 201 and stored["body"]["sha256"] == right["sha256"]
+    assert _live(engine) == [("result:job-1:1", "committed")]
+
+
 def test_items_and_files_that_do_not_match_are_refused_whole(storage: tuple[Api, sa.Engine]) -> None:
     api, engine = storage
     mismatched = _bulk(api, [_result("result:job-1:0"), _result("result:job-1:1")], [images.png()])

@@ -21,6 +21,7 @@ from aijobs.api.rules import ACCOUNT_NAME
 from aijobs.api.storage import (
     KEY,
     MANIFEST_TYPE,
+    SHA256,
     CommitRequest,
     DeletedObjects,
     DownloadLink,
@@ -43,7 +44,14 @@ from aijobs_services.storage.blobs import BlobStore, DiskFull, ObjectTooLarge
 from aijobs_services.storage.images import ImageTooLarge, UnsupportedImage
 from aijobs_services.storage.manifests import UnsupportedManifest
 from aijobs_services.storage.models import StoredObject as StoredRow
-from aijobs_services.storage.objects import KeyTaken, ObjectDeleted, ObjectGone, ObjectTaken, UnknownObject
+from aijobs_services.storage.objects import (
+    DigestMismatch,
+    KeyTaken,
+    ObjectDeleted,
+    ObjectGone,
+    ObjectTaken,
+    UnknownObject,
+)
 from aijobs_services.storage.settings import StorageSettings
 
 
@@ -76,7 +84,7 @@ class LinkExpired(Forbidden):
 
 
 # What storing bytes may answer, whether they were uploaded or fetched.
-STORING = (KeyTaken, ObjectTooLarge, ImageTooLarge, UnsupportedImage, DiskFull)
+STORING = (KeyTaken, ObjectTooLarge, ImageTooLarge, UnsupportedImage, DiskFull, DigestMismatch)
 EXISTING: dict[int | str, dict[str, Any]] = {
     200: {"model": StoredObject, "description": "The key already held these bytes: its object"}
 }
@@ -187,6 +195,15 @@ async def put_object(
         ),
     ] = "input",
     state: Annotated[Literal["staging", "committed"], Query()] = "staging",
+    sha256: Annotated[
+        str | None,
+        Query(
+            pattern=SHA256,
+            description="The bytes' digest, as the sender computed it: bytes that hash otherwise are "
+            "refused (422 digest-mismatch); a result so vouched for has its header checked, not its "
+            "pixels decoded",
+        ),
+    ] = None,
 ) -> Response:
     """The same key with the same bytes returns the first object (200); with other bytes, 409.
     An image is sniffed from its bytes; a manifest must be UTF-8 text and is stored as
@@ -199,7 +216,14 @@ async def put_object(
     if kind == "list" and caller.name == "worker":
         raise Forbidden("a worker may not store an image list")
     return await _put(
-        request, request.stream(), key=key, account=account, job_id=job_id, kind=kind, state=state
+        request,
+        request.stream(),
+        key=key,
+        account=account,
+        job_id=job_id,
+        kind=kind,
+        state=state,
+        sha256=sha256,
     )
 
 

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from sqlalchemy.orm import Session, sessionmaker
 
 from aijobs.api.bulk import BulkAnswer, ItemAnswer
 from aijobs.api.storage import (
@@ -67,11 +67,6 @@ class ReadAlone(Problem):
     """An item of a bulk read past the answer's bound of bytes: fetch it by the single route."""
 
     status, slug, title = 413, "read-alone", "Read this object alone"
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(1024 * 1024):
-        yield chunk
 
 
 def _items(items: str, files: int) -> list[Any]:
@@ -110,34 +105,56 @@ async def put_objects(
     or its problem (409, 413, 415, 422, 507)."""
     settings: StorageSettings = request.app.state.settings
     blobs: BlobStore = request.app.state.blobs
-    answers = []
+    answers: dict[int, ItemAnswer] = {}
+    accepted: list[tuple[int, str, ObjectPut, UploadFile]] = []
     for n, (raw, upload) in enumerate(zip(_items(items, len(files)), files, strict=True)):
         named = raw.get("key") if isinstance(raw, dict) else None
         key = named if isinstance(named, str) else f"#{n}"
         item = read_item(ObjectPut, raw) if isinstance(raw, dict) else BadBundle(f"item {n} is not an object")
         if isinstance(item, Problem):
-            answers.append(ItemAnswer(key=key, status=item.status, body=item.body(request.url.path)))
+            answers[n] = ItemAnswer(key=key, status=item.status, body=item.body(request.url.path))
+        else:
+            accepted.append((n, key, item, upload))
+    stored = await run_in_threadpool(_store, request.app.state.sessions, blobs, settings, accepted)
+    for (n, key, _, _), outcome in zip(accepted, stored, strict=True):
+        if isinstance(outcome, Problem):
+            answers[n] = ItemAnswer(key=key, status=outcome.status, body=outcome.body(request.url.path))
             continue
-        try:
-            staged = await blobs.receive(_chunks(upload), settings.max_object_bytes)
-            created, obj = await run_in_threadpool(
-                objects.store_staged,
-                request.app.state.sessions,
-                blobs,
-                settings,
-                staged,
-                key=item.key,
-                account=item.account,
-                job_id=item.job_id,
-                kind=item.kind,
-                state=item.state,
-            )
-        except Problem as refusal:
-            answers.append(ItemAnswer(key=key, status=refusal.status, body=refusal.body(request.url.path)))
-            continue
+        created, obj = outcome
         body = public(obj).model_dump(by_alias=True, mode="json")
-        answers.append(ItemAnswer(key=key, status=201 if created else 200, replayed=not created, body=body))
-    return BulkAnswer(items=answers)
+        answers[n] = ItemAnswer(key=key, status=201 if created else 200, replayed=not created, body=body)
+    return BulkAnswer(items=[answers[n] for n in range(len(files))])
+
+
+def _store(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: StorageSettings,
+    accepted: list[tuple[int, str, ObjectPut, UploadFile]],
+) -> list[objects.Stored | Problem]:
+    """The accepted items' files received and stored together (:func:`objects.store_many`), on
+    the one thread: each item's outcome, in order."""
+    received: list[objects.Stored | Problem | None] = []
+    incoming: list[objects.Incoming] = []
+    try:
+        for _, _, item, upload in accepted:
+            try:
+                staged = blobs.receive_file(upload.file, settings.max_object_bytes)
+            except Problem as refusal:
+                received.append(refusal)
+                continue
+            received.append(None)
+            incoming.append(
+                objects.Incoming(
+                    staged, item.key, item.account, item.job_id, item.kind, item.state, item.sha256
+                )
+            )
+    except BaseException:
+        for each in incoming:
+            blobs.discard(each.staged)
+        raise
+    outcomes = iter(objects.store_many(sessions, blobs, settings, incoming))
+    return [outcome if outcome is not None else next(outcomes) for outcome in received]
 
 
 @router.post(

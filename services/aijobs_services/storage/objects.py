@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from aijobs_services.kit.db import utcnow
-from aijobs_services.kit.problems import Conflict, NotFound, Problem
+from aijobs_services.kit.problems import Conflict, NotFound, Problem, Unprocessable
 from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged
 from aijobs_services.storage.images import ImageInfo, inspect_image
 from aijobs_services.storage.manifests import inspect_manifest
@@ -214,6 +214,50 @@ def release(session: Session, account: str, size: int) -> None:
     )
 
 
+class DigestMismatch(Unprocessable):
+    slug, title = "digest-mismatch", "The bytes received are not the bytes declared"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A received file and what to store it as (a put's key, account, job, kind and state), with
+    the sha256 its sender declared, if it did."""
+
+    staged: Staged
+    key: str
+    account: str
+    job_id: str | None
+    kind: str
+    state: str
+    sha256: str | None = None
+
+
+Stored = tuple[bool, StoredObject]  # whether it was created, and the object
+
+
+def _check(item: Incoming, settings: StorageSettings) -> ImageInfo:
+    """What the bytes are, or why they are refused (out of any transaction).
+
+    Every image is decoded in full but one: a worker's result whose sender declared the digest
+    its encoder computed, and whose bytes hash to it, has its header read (type, size, the
+    pixel limits) and not its pixels. Its soundness is the encoder's: the digest, taken in
+    memory before the worker spooled it, proves these are the bytes encoded, so a spool file
+    truncated or damaged on the worker's disk is refused here, as a decode would refuse it. The
+    decode was a sixth of Storage's busy samples for upscale-x2's 384-px results (bench/batch.py
+    with py-spy). A user's upload is always decoded: nothing vouches for it."""
+    if item.sha256 is not None and item.sha256 != item.staged.sha256:
+        raise DigestMismatch(
+            f"the bytes received hash to {item.staged.sha256}, not to the declared {item.sha256}; "
+            "nothing was stored"
+        )
+    if item.kind in ("manifest", "list"):
+        return inspect_manifest(item.staged.path, item.kind)
+    vouched = item.kind == "result" and item.sha256 is not None
+    return inspect_image(
+        item.staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side, decode=not vouched
+    )
+
+
 def store_staged(
     sessions: sessionmaker[Session],
     blobs: BlobStore,
@@ -225,7 +269,8 @@ def store_staged(
     job_id: str | None,
     kind: str,
     state: str,
-) -> tuple[bool, StoredObject]:
+    sha256: str | None = None,
+) -> Stored:
     """Check, keep and record a received file; idempotent by ``key``: whether it was created,
     and the object (the first one when the key already held the same bytes). Runs on a thread.
 
@@ -234,87 +279,198 @@ def store_staged(
     blob is durable before the commit makes any record point at it. The key is not looked up
     first: a put of a new key (nearly every put) pays no read for the rare retry, which finds its
     key taken at the insert (waiting for a concurrent put of it to end) and is answered with the
-    first object. The checks of the bytes come first, out of any transaction; a key that already
-    holds an object still answers for it when they fail (its bytes, or a conflict), as when the
-    key was read first.
-
-    Every image is decoded in full, a worker's result as much as a user's upload: a result is
-    what a user downloads and a batch's manifest names, and a worker that wrote a truncated or
-    corrupt file must be refused here rather than deliver it. That decode is a few percent of
-    Storage's time for grayscale's small results, but about a sixth of its busy samples for
-    upscale-x2's 384-px ones (bench/batch.py with py-spy): a digest the worker computed when it
-    encoded, checked here, would guard the same bytes for less."""
+    first object. The checks of the bytes (:func:`_check`) come first, out of any transaction; a
+    key that already holds an object still answers for it when they fail (its bytes, or a
+    conflict), as when the key was read first."""
+    item = Incoming(staged, key, account, job_id, kind, state, sha256)
     try:
         try:
-            if kind in ("manifest", "list"):
-                info = inspect_manifest(staged.path, kind)
-            else:
-                info = inspect_image(staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side)
+            info = _check(item, settings)
         except Problem:
             existing = find(sessions, key)
             if existing is None:
                 raise
             return False, same_or_conflict(existing, staged.sha256)
         blobs.sync(staged)
-        # A manifest is the operator's receipt for a batch already charged: the account's
-        # quota, a definite no, must not strand it (the disk's capacity, which frees up, may).
-        quota = 0 if kind == "manifest" else settings.account_quota_bytes
-        with blobs.sharing(), sessions() as session, session.begin():
-            obj = record(
-                session,
-                key=key,
-                account=account,
-                job_id=job_id,
-                kind=kind,
-                state=state,
-                staged=staged,
-                info=info,
-            )
-            if obj is None:  # the key is taken: by a retry's first put, or a concurrent one
-                taken = by_key(session, key)
-                assert taken is not None
-                return False, same_or_conflict(taken, staged.sha256)
-            reserve(session, account, staged.size, settings.capacity_bytes, quota)
-            blobs.keep(staged)  # durable under its content name before the commit records it
-            return True, obj
+        return _keep_one(sessions, blobs, settings, item, info)
     finally:
         blobs.discard(staged)
 
 
-def record(
-    session: Session,
-    *,
-    key: str,
-    account: str,
-    job_id: str | None,
-    kind: str,
-    state: str,
-    staged: Staged,
+def _keep_one(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: StorageSettings,
+    item: Incoming,
     info: ImageInfo,
-) -> StoredObject | None:
-    """Insert an object's row, or nothing if ``key`` is taken (None): a concurrent insert of the
-    key is waited for, and counts as taken once committed. The object returned is built from the
-    values inserted, outside the session: nothing loads it back."""
-    now = utcnow()
-    values: dict[str, Any] = {
+) -> Stored:
+    """A checked, durable file recorded, counted and kept, in a transaction of its own."""
+    # A manifest is the operator's receipt for a batch already charged: the account's quota, a
+    # definite no, must not strand it (the disk's capacity, which frees up, may).
+    quota = 0 if item.kind == "manifest" else settings.account_quota_bytes
+    with blobs.sharing(), sessions() as session, session.begin():
+        obj = record(session, item, info)
+        if obj is None:  # the key is taken: by a retry's first put, or a concurrent one
+            taken = by_key(session, item.key)
+            assert taken is not None
+            return False, same_or_conflict(taken, item.staged.sha256)
+        reserve(session, item.account, item.staged.size, settings.capacity_bytes, quota)
+        blobs.keep(item.staged)  # durable under its content name before the commit records it
+        return True, obj
+
+
+class _OverLimit(Exception):
+    """A bulk put's counted bytes went past an account's quota or the volume's capacity."""
+
+
+def store_many(
+    sessions: sessionmaker[Session], blobs: BlobStore, settings: StorageSettings, incoming: Sequence[Incoming]
+) -> list[Stored | Problem]:
+    """Several received images, each stored as :func:`store_staged` would store it alone and
+    answered on its own (its object, or the problem its single put would raise), in one
+    transaction for all. Runs on a thread; every staged file is gone when it returns.
+
+    Each file is checked and made durable first, as a single put does it. Then one transaction:
+    the records inserted in one statement (a key taken, by an earlier put or by an item before
+    it in this request, answers with its holder), the bytes each account gained counted in one
+    update, each blob kept, one commit. A worker's lease of results cost a transaction, three
+    round trips and a thread hop each before. When the sum of the request would pass an
+    account's quota or the volume's capacity, the transaction is rolled back and the items are
+    stored one by one instead, so those that fit are stored and the others refused, as their
+    single puts would be (rare: the limits' edge)."""
+    answers: dict[int, Stored | Problem] = {}
+    refused: dict[int, Problem] = {}  # refused by their checks: a key that holds an object answers for it
+    checked: list[tuple[int, ImageInfo]] = []
+    try:
+        for n, item in enumerate(incoming):
+            try:
+                info = _check(item, settings)
+            except Problem as refusal:
+                refused[n] = refusal
+                continue
+            try:
+                blobs.sync(item.staged)
+            except Problem as refusal:
+                answers[n] = refusal
+                continue
+            checked.append((n, info))
+        try:
+            answers.update(_store_together(sessions, blobs, settings, incoming, checked, refused))
+        except _OverLimit:
+            answers.update(_store_together(sessions, blobs, settings, incoming, [], refused))
+            for n, info in checked:
+                try:
+                    answers[n] = _keep_one(sessions, blobs, settings, incoming[n], info)
+                except Problem as refusal:
+                    answers[n] = refusal
+    finally:
+        for item in incoming:
+            blobs.discard(item.staged)
+    return [answers[n] for n in range(len(incoming))]
+
+
+def _store_together(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: StorageSettings,
+    incoming: Sequence[Incoming],
+    checked: Sequence[tuple[int, ImageInfo]],
+    refused: dict[int, Problem],
+) -> dict[int, Stored | Problem]:
+    """:func:`store_many`'s transaction: the answers of the items ``checked`` (their files
+    durable) and of those ``refused`` by their checks; :class:`_OverLimit` (nothing committed)
+    if the bytes gained would pass a limit."""
+    answers: dict[int, Stored | Problem] = {}
+    with blobs.sharing(), sessions() as session, session.begin():
+        created = record_many(session, [(incoming[n], info) for n, info in checked])
+        taken = [incoming[n].key for n, _ in checked if incoming[n].key not in created]
+        holders = by_keys(session, [incoming[n].key for n in refused] + taken)
+        for n, refusal in refused.items():
+            holder = holders.get(incoming[n].key)
+            answers[n] = refusal if holder is None else _same(holder, incoming[n].staged.sha256)
+        gained: dict[str, int] = {}
+        kept: list[Incoming] = []
+        for n, _ in checked:
+            item = incoming[n]
+            obj = created.pop(item.key, None)  # the first item of a key is the one created
+            if obj is not None:
+                answers[n] = (True, obj)
+                holders[item.key] = obj  # a later item of the key, in this request, finds it
+                gained[item.account] = gained.get(item.account, 0) + item.staged.size
+                kept.append(item)
+                continue
+            holder = holders.get(item.key)
+            assert holder is not None  # the insert found the key taken: its holder is there
+            answers[n] = _same(holder, item.staged.sha256)
+        capacity, quota = settings.capacity_bytes, settings.account_quota_bytes
+        for account in sorted(gained):  # usage rows locked in one order, as every sweep takes them
+            try:
+                reserve(session, account, gained[account], capacity, quota)
+            except DiskFull as exc:
+                raise _OverLimit from exc
+        for item in kept:
+            blobs.keep(item.staged)  # durable under its content name before the commit records it
+    return answers
+
+
+def _same(holder: StoredObject, sha256: str) -> Stored | Problem:
+    try:
+        return False, same_or_conflict(holder, sha256)
+    except KeyTaken as conflict:
+        return conflict
+
+
+def by_keys(session: Session, keys: Sequence[str]) -> dict[str, StoredObject]:
+    """The objects under these keys, in one statement (a key that holds none is absent)."""
+    if not keys:
+        return {}
+    stmt = sa.select(StoredObject).where(StoredObject.key.in_(sorted(set(keys))))
+    return {obj.key: obj for obj in session.scalars(stmt)}
+
+
+def _values(item: Incoming, info: ImageInfo, now: dt.datetime) -> dict[str, Any]:
+    return {
         "id": f"obj-{uuid.uuid4().hex[:20]}",
-        "key": key,
-        "account": account,
-        "job_id": job_id,
-        "kind": kind,
-        "sha256": staged.sha256,
-        "size": staged.size,
+        "key": item.key,
+        "account": item.account,
+        "job_id": item.job_id,
+        "kind": item.kind,
+        "sha256": item.staged.sha256,
+        "size": item.staged.size,
         "content_type": info.content_type,
         "width": info.width,
         "height": info.height,
-        "state": state,
+        "state": item.state,
         "created_at": now,
-        "committed_at": now if state == "committed" else None,
+        "committed_at": now if item.state == "committed" else None,
     }
+
+
+def record(session: Session, item: Incoming, info: ImageInfo) -> StoredObject | None:
+    """Insert an object's row, or nothing if its key is taken (None): a concurrent insert of the
+    key is waited for, and counts as taken once committed. The object returned is built from the
+    values inserted, outside the session: nothing loads it back."""
+    values = _values(item, info, utcnow())
     insert = _RECORD[session.get_bind().dialect.name]
     if session.execute(insert, values).scalar_one_or_none() is None:
         return None
     return StoredObject(**values)
+
+
+def record_many(session: Session, items: Sequence[tuple[Incoming, ImageInfo]]) -> dict[str, StoredObject]:
+    """:func:`record` for many rows in one statement: the objects inserted, by key. A key taken
+    already, or by an item before it here, inserts nothing."""
+    if not items:
+        return {}
+    now = utcnow()
+    rows = [_values(item, info, now) for item, info in items]
+    insert = _RECORD[session.get_bind().dialect.name]
+    inserted = {row.id for row in session.execute(insert, rows)}  # insertmanyvalues: one statement
+    created: dict[str, StoredObject] = {}
+    for values in rows:
+        if values["id"] in inserted:
+            created[values["key"]] = StoredObject(**values)
+    return created
 
 
 def commit(session: Session, object_id: str, job_id: str) -> StoredObject:
