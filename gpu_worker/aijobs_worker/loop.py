@@ -246,10 +246,14 @@ class Worker:
         await asyncio.to_thread(self.runner.run, batch.items)
         STAGE_SECONDS.labels("infer").observe((time.perf_counter() - t0) / len(batch.items))
         self._beat("encoding and storing results", self.cfg.lease_seconds)
-        spooled = await asyncio.gather(
-            *(self._finish_item(item, batch.tasks[item.key]) for item in batch.items)
+        encoded = await asyncio.gather(
+            *(self._encode_item(item, batch.tasks[item.key]) for item in batch.items)
         )
-        return [entry for entry in spooled if entry is not None]
+        results = [pair for pair in encoded if pair is not None]
+        await asyncio.to_thread(self.spool.put_many, results)  # durable before anything else
+        for entry, _ in results:
+            IMAGES.labels(entry.meta["pipeline"], "ok").inc()
+        return [entry for entry, _ in results]
 
     async def _deliver_beside(self, entries: list[Entry]) -> None:
         """Deliver these spooled results in the background; first, while the bound of deliveries
@@ -286,8 +290,9 @@ class Worker:
             await asyncio.wait(self._deliveries, return_when=asyncio.FIRST_COMPLETED)
             self._reap_deliveries()
 
-    async def _finish_item(self, item: Item, task: LeasedTask) -> Entry | None:
-        """The item's result encoded and spooled (or its run reported failed: None)."""
+    async def _encode_item(self, item: Item, task: LeasedTask) -> tuple[Entry, bytes] | None:
+        """The item's result encoded, as its spool entry and bytes (or its run reported failed:
+        None)."""
         if item.error is not None or item.output is None:
             IMAGES.labels(task.pipeline, "failed").inc()
             await self._give_back(item.key, item.error or "no output", task.lease_token, retryable=False)
@@ -301,10 +306,7 @@ class Worker:
         token = task.lease_token or ""
         meta = {"pipeline": task.pipeline, "inputObjectId": task.input_object_id}
         digest = hashlib.sha256(png).hexdigest()
-        entry = Entry(task.id, task.job_id, task.account, token, meta, task.item, digest)
-        await asyncio.to_thread(self.spool.put, entry, png)  # durable before anything else
-        IMAGES.labels(task.pipeline, "ok").inc()
-        return entry
+        return Entry(task.id, task.job_id, task.account, token, meta, task.item, digest), png
 
     # -- results ------------------------------------------------------------------------------
     async def drain_spool(self) -> None:

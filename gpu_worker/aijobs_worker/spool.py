@@ -1,17 +1,34 @@
 """The local spool: a finished result is on disk (fsynced) before anything else happens to it, so
-Storage being down costs a delay, never the work. One ``<task>.<lease>.png`` plus a
-``<task>.<lease>.json`` describing the task (``<lease>``: a digest of the lease token the run
-was under, so two runs of one task, the same task leased to this worker again after its first
-lease ran out, are two entries and removing one leaves the other); written to temporary names
-and renamed, so a crash leaves whole entries only. An entry an older worker spooled as
-``<task>.png`` is still read and removed. On start the worker uploads what its spool holds
-before it leases anything new."""
+Storage being down costs a delay, never the work.
+
+A batch's results are spooled together, as one file: ``<segment>.batch``, a line of JSON naming
+each entry (the task, the lease it ran under, where its bytes lie) and then the results' bytes,
+written under a temporary name, fsynced and renamed, then the folder fsynced. One file and two
+fsyncs a batch: a file of its own for each result and its description (two files, three fsyncs,
+four creations and removals an image) cost the worker ~1.7 ms of CPU an image on this project's
+ext4, a third of what it spends on grayscale's whole run, against ~0.06 ms for a batch of 8 in
+one file. A crash leaves whole segments only.
+
+An entry is removed once its result is delivered or its run forgotten. The segment goes when
+all its entries have; until then each removal is a line appended to ``<segment>.done``, not
+fsynced: a crash that loses one means that entry is delivered again at the next start, which
+is safe (its upload replays by key, its completion by key) and is what a crash between a
+delivery and its removal has always meant.
+
+Each entry is one run of a task, named by the task and a digest of the lease token it ran under:
+the same task leased to this worker again after its first lease ran out is a second entry, and
+removing one leaves the other. An entry an older worker spooled as ``<task>[.<lease>].png`` with
+its ``.json`` is still read and removed. On start the worker uploads what its spool holds before
+it leases anything new."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
+import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,53 +48,135 @@ class Entry:
     sha256: str | None = None
 
 
-def _durable_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class _Place:
+    """Where an entry's bytes lie in its segment."""
+
+    segment: Path
+    offset: int  # from the file's start
+    size: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        for partial in root.glob("*.tmp"):  # a write that a crash cut short: never a whole entry
+            partial.unlink(missing_ok=True)
+        # Results are spooled on a thread while the loop removes others: the index is shared.
+        self._lock = threading.Lock()
+        self._places: dict[str, _Place] = {}  # entry's name -> where its bytes lie
+        self._open: dict[Path, set[str]] = {}  # segment -> its entries not yet removed
 
-    def _stem(self, entry: Entry) -> Path:
+    def _name(self, entry: Entry) -> str:
         lease = hashlib.sha256(entry.lease_token.encode()).hexdigest()[:16]
-        return self.root / f"{entry.task_id}.{lease}"
+        return f"{entry.task_id}.{lease}"
 
-    def _files(self, entry: Entry) -> tuple[Path, Path]:
-        """The entry's .png and .json: under its lease's name, or as an older worker named them."""
-        stem = self._stem(entry)
+    def put(self, entry: Entry, content: bytes) -> None:
+        self.put_many([(entry, content)])
+
+    def put_many(self, results: Sequence[tuple[Entry, bytes]]) -> None:
+        """Spool these results as one segment, durable when this returns."""
+        if not results:
+            return
+        described, offset = [], 0
+        for entry, content in results:
+            described.append({"entry": asdict(entry), "offset": offset, "size": len(content)})
+            offset += len(content)
+        header = json.dumps(described).encode() + b"\n"
+        segment = self.root / f"{uuid.uuid4().hex}.batch"
+        tmp = segment.with_suffix(".tmp")
+        with tmp.open("wb") as out:
+            out.write(header)
+            for _, content in results:
+                out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, segment)
+        _fsync_dir(self.root)
+        self._index(segment, len(header), described)
+
+    def _index(self, segment: Path, start: int, described: list[dict[str, Any]]) -> list[Entry]:
+        """Remember where a segment's entries lie; its entries not yet removed."""
+        with self._lock:
+            done = self._done(segment)
+            entries, names = [], set()
+            for each in described:
+                entry = Entry(**each["entry"])
+                name = self._name(entry)
+                if name in done:
+                    continue
+                self._places[name] = _Place(segment, start + each["offset"], each["size"])
+                names.add(name)
+                entries.append(entry)
+            self._open[segment] = names
+            return entries
+
+    @staticmethod
+    def _done(segment: Path) -> set[str]:
+        try:
+            return set(segment.with_suffix(".done").read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def entries(self) -> list[Entry]:
+        """Every entry not yet removed, by task: those of segments, and an older worker's."""
+        found: list[tuple[str, Entry]] = []
+        for segment in self.root.glob("*.batch"):
+            with segment.open("rb") as source:
+                header = source.readline()
+            entries = self._index(segment, len(header), json.loads(header))
+            if not entries:
+                self._drop(segment)
+            found += [(self._name(entry), entry) for entry in entries]
+        for meta in self.root.glob("*.json"):
+            if (self.root / f"{meta.stem}.png").exists():
+                found.append((meta.stem, Entry(**json.loads(meta.read_text()))))
+        return [entry for _, entry in sorted(found, key=lambda pair: pair[0])]
+
+    def content(self, entry: Entry) -> bytes:
+        place = self._places.get(self._name(entry))
+        if place is None:
+            return self._legacy(entry)[0].read_bytes()
+        with place.segment.open("rb") as source:
+            source.seek(place.offset)
+            return source.read(place.size)
+
+    def remove(self, entry: Entry) -> None:
+        name = self._name(entry)
+        with self._lock:
+            place = self._places.pop(name, None)
+            if place is None:
+                png, meta = self._legacy(entry)
+                meta.unlink(missing_ok=True)
+                png.unlink(missing_ok=True)
+                return
+            left = self._open.get(place.segment, set())
+            left.discard(name)
+            if left:
+                with place.segment.with_suffix(".done").open("a") as done:
+                    done.write(name + "\n")
+                return
+        self._drop(place.segment)
+
+    def _drop(self, segment: Path) -> None:
+        with self._lock:
+            segment.unlink(missing_ok=True)
+            segment.with_suffix(".done").unlink(missing_ok=True)
+            self._open.pop(segment, None)
+
+    def _legacy(self, entry: Entry) -> tuple[Path, Path]:
+        """An older worker's entry: its .png and .json, under its lease's name or its task's."""
+        stem = self.root / self._name(entry)
         png = stem.with_name(stem.name + ".png")
         if png.exists() or not (self.root / f"{entry.task_id}.png").exists():
             return png, stem.with_name(stem.name + ".json")
         return self.root / f"{entry.task_id}.png", self.root / f"{entry.task_id}.json"
-
-    def put(self, entry: Entry, content: bytes) -> None:
-        stem = self._stem(entry)
-        _durable_write(stem.with_name(stem.name + ".png"), content)
-        _durable_write(stem.with_name(stem.name + ".json"), json.dumps(asdict(entry)).encode())  # commits
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def entries(self) -> list[Entry]:
-        found = []
-        for meta in sorted(self.root.glob("*.json")):
-            if (self.root / f"{meta.stem}.png").exists():
-                found.append(Entry(**json.loads(meta.read_text())))
-        return found
-
-    def content(self, entry: Entry) -> bytes:
-        return self._files(entry)[0].read_bytes()
-
-    def remove(self, entry: Entry) -> None:
-        png, meta = self._files(entry)
-        meta.unlink(missing_ok=True)
-        png.unlink(missing_ok=True)

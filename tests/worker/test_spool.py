@@ -1,7 +1,7 @@
-"""The worker's spool keeps each run of a task apart: the same task leased to this worker again
-(its first lease ran out while it inferred) and run twice is two entries, and removing the one
-AI refused leaves the other's result on disk. An entry an older worker spooled by task id alone
-is still read and removed."""
+"""The worker's spool keeps a batch's results in one file, and each run of a task apart: the
+same task leased to this worker again (its first lease ran out while it inferred) and run twice
+is two entries, and removing the one AI refused leaves the other's result on disk. An entry an
+older worker spooled by task id alone is still read and removed."""
 
 from __future__ import annotations
 
@@ -37,3 +37,29 @@ def test_an_entry_spooled_by_an_older_worker_is_read_and_removed(tmp_path: Path)
     assert spool.entries() == [old] and spool.content(old) == b"spooled before the upgrade"
     spool.remove(old)
     assert list(tmp_path.iterdir()) == []
+
+
+def _run(task: str) -> Entry:
+    return Entry(task, "job-1", "acme", "lease-a", {"pipeline": "grayscale"}, int(task[-1]), "0" * 64)
+
+
+def test_a_batch_is_one_file_and_what_is_left_of_it_survives_a_restart(tmp_path: Path) -> None:
+    """A batch's results are spooled as one file; an entry removed (delivered) stays removed
+    for the next start, and the file goes with the batch's last entry."""
+    spool = Spool(tmp_path)
+    runs = [_run(f"task-{n}") for n in range(3)]
+    spool.put_many([(run, f"result {n}".encode()) for n, run in enumerate(runs)])
+    assert [p.suffix for p in tmp_path.iterdir()] == [".batch"]
+    spool.remove(runs[1])  # delivered
+    restarted = Spool(tmp_path)  # the worker starts again
+    assert restarted.entries() == [runs[0], runs[2]]
+    assert [restarted.content(run) for run in (runs[0], runs[2])] == [b"result 0", b"result 2"]
+    restarted.remove(runs[0])
+    restarted.remove(runs[2])
+    assert restarted.entries() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_spool_write_cut_short_by_a_crash_is_no_entry(tmp_path: Path) -> None:
+    (tmp_path / "0123.tmp").write_bytes(b'[{"entry": {"task_id": "task-1"')  # died mid-write
+    spool = Spool(tmp_path)
+    assert spool.entries() == [] and list(tmp_path.iterdir()) == []

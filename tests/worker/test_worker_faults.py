@@ -66,7 +66,7 @@ def test_a_result_waits_in_the_spool_while_storage_is_down_then_is_delivered(
     worker = stack.start_worker(AIJOBS_SPOOL_DIR=str(spool))
     try:
         task = _task(stack)
-        eventually(lambda: list(spool.glob("*.json")), 60, "the result spooled")
+        eventually(lambda: list(spool.glob("*.batch")), 60, "the result spooled")
         assert _state(stack, task)["state"] == "running"  # heartbeats keep the lease
         stack.faults("storage", [])
         done = eventually(lambda: (s := _state(stack, task))["state"] == "succeeded" and s, 60, "completion")
@@ -84,7 +84,7 @@ def test_a_worker_killed_after_spooling_uploads_its_spool_on_restart(services: S
     stack.faults("storage", [{"action": "reset", "method": "PUT", "path": "^/v1/objects/result:"}])
     worker = stack.start_worker(AIJOBS_SPOOL_DIR=str(spool))
     task = _task(stack)
-    eventually(lambda: list(spool.glob("*.json")), 60, "the result spooled")
+    eventually(lambda: list(spool.glob("*.batch")), 60, "the result spooled")
     worker.kill()  # the finished result exists only in the spool now
     stack.faults("storage", [])
     restarted = stack.start_worker(AIJOBS_SPOOL_DIR=str(spool))
