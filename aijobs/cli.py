@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="run an inference worker (settings: AIJOBS_* environment variables)")
     wk.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     wk.add_argument("--spool-dir", help="where finished results wait for Storage")
-    wk.add_argument("--max-tasks", type=int, help="tasks leased and batched at once")
+    wk.add_argument("--max-tasks", type=int, help="tasks leased and batched at once, at most (default 64)")
     wk.add_argument("--model-dir", help="folder of users' models (TorchScript)")
     wk.set_defaults(func=_worker)
 

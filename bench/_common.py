@@ -300,22 +300,26 @@ def job_writes(audit_log: Path, name: str, namespace: str) -> Counter[str]:
 # ------------------------------------------------------------------------------------- the worker alone
 def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
     """(seconds, CPU seconds) for ``images`` through the worker's own stages, in this process:
-    decode on a 4-thread pool, ``Runner.run`` on batches of the worker's ``max_tasks``, encode
-    on the pool, as the worker's ``_gather`` and ``_infer_and_spool`` do between fetch and upload;
-    after one warm-up lease (the model loads, the allocator warms up). bench/e2e.py measures
-    upscale-x2 the same way; this one takes the pipeline."""
+    decode on a 4-thread pool, ``Runner.run``, encode on the pool, as the worker's ``_gather``
+    and ``_infer_and_spool`` do between fetch and upload, on batches sized as the worker sizes
+    its leases (:class:`~aijobs_worker.sizing.LeaseSizer`, fed the same stages' timings: ~8
+    for upscale-x2 on this project's CPU, its most for grayscale); after one warm-up batch (the
+    model loads, the allocator warms up)."""
     import torch
     from aijobs_worker import codec
     from aijobs_worker.config import WorkerSettings
     from aijobs_worker.runner import Item, Runner, pick_device
+    from aijobs_worker.sizing import FIRST_LEASE, LeaseSizer
 
     cfg = WorkerSettings(device="cpu")
     runner = Runner(pick_device(cfg.device), None, cfg.max_batch)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
+    sizer = LeaseSizer(cfg.max_tasks, cfg.lease_work_seconds)
 
     def one_lease(batch: list[bytes]) -> None:
         decoded = list(pool.map(codec.decode, batch))
         items = [Item(f"t{i}", pipeline, {}, image) for i, image in enumerate(decoded)]
+        t0 = time.perf_counter()
         runner.run(items)
         outputs: list[torch.Tensor] = []
         for item in items:
@@ -323,11 +327,15 @@ def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
                 raise RuntimeError(f"the runner failed an image: {item.error}")
             outputs.append(item.output)
         list(pool.map(codec.encode, outputs))
+        sizer.observe(time.perf_counter() - t0, len(items))  # what the worker's loop times
 
-    one_lease(images[: cfg.max_tasks])
+    one_lease(images[:FIRST_LEASE])
     started, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(images), cfg.max_tasks):
-        one_lease(images[start : start + cfg.max_tasks])
+    start = 0
+    while start < len(images):
+        size = sizer.size()
+        one_lease(images[start : start + size])
+        start += size
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     pool.shutdown()
     return seconds, cpu_seconds

@@ -58,6 +58,7 @@ from bench._common import (
     photos,
     postmaster_pid,
     summary,
+    worker_alone,
 )
 
 PIPELINE = "upscale-x2"
@@ -159,39 +160,6 @@ def end_to_end(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
         }
 
 
-def worker_alone(images: list[bytes]) -> tuple[float, float]:
-    """(seconds, CPU seconds) for ``images`` through the worker's own stages, in this process:
-    decode on a 4-thread pool, ``Runner.run`` on batches of the worker's ``max_tasks``, encode
-    on the pool, as the worker's ``_gather`` and ``_infer_and_spool`` do between fetch and upload."""
-    import torch
-    from aijobs_worker import codec
-    from aijobs_worker.config import WorkerSettings
-    from aijobs_worker.runner import Item, Runner, pick_device
-
-    cfg = WorkerSettings(device="cpu")
-    runner = Runner(pick_device(cfg.device), None, cfg.max_batch)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
-
-    def one_lease(batch: list[bytes]) -> None:
-        decoded = list(pool.map(codec.decode, batch))
-        items = [Item(f"t{i}", PIPELINE, {}, image) for i, image in enumerate(decoded)]
-        runner.run(items)
-        outputs: list[torch.Tensor] = []
-        for item in items:
-            if item.output is None:
-                raise RuntimeError(f"the runner failed an image: {item.error}")
-            outputs.append(item.output)
-        list(pool.map(codec.encode, outputs))
-
-    one_lease(images[: cfg.max_tasks])  # the model loads, the allocator warms up
-    started, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(images), cfg.max_tasks):
-        one_lease(images[start : start + cfg.max_tasks])
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-    pool.shutdown()
-    return seconds, cpu_seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=120)
@@ -201,7 +169,7 @@ def main() -> None:
     images = photos(args.jobs, args.size)
     n = len(images)
     e2e = end_to_end(args, images)
-    alone_s, alone_cpu = worker_alone(images)
+    alone_s, alone_cpu = worker_alone(images, PIPELINE)
     e2e_rate, alone_rate = e2e["delivered"] / e2e["seconds"], n / alone_s
     print(
         f"e2e ratio: {e2e_rate / alone_rate:.3f}  ({args.jobs} x {PIPELINE} of a {args.size}px JPEG "

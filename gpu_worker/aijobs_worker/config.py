@@ -17,11 +17,18 @@ class WorkerSettings(BaseSettings):
     storage_url: str = SERVICE_URLS["storage"]
     worker_id: str = Field(default="", description="Empty: hostname-pid")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1 ...")
-    # 8, not 32: a lease of 32 makes a quarter of the requests per image, yet at N = 10,000
-    # (bench/batch.py, upscale-x2) the worker spent 88 CPU-ms an image end to end against 82
-    # alone (R 0.79), where with 8 it spent no more than alone (R 0.85): its 64 held tasks'
-    # heartbeats and the larger bodies cost more than the requests saved.
-    max_tasks: int = Field(default=8, ge=1, le=256, description="Tasks leased (and batched) at once")
+    # At most: a lease asks for about ``lease_work_seconds`` of this worker's measured work
+    # (aijobs_worker.sizing). A fixed 8 was right for upscale-x2 on a CPU (a lease of 32 there:
+    # R 0.79 against 0.85 at N = 10,000, bench/batch.py) and four times too few for grayscale.
+    max_tasks: int = Field(
+        default=64, ge=1, le=256, description="Tasks leased (and batched) at once, at most"
+    )
+    lease_work_seconds: float = Field(
+        default=0.6,
+        gt=0,
+        description="A lease asks for about this much of the worker's own work (inference, encoding, "
+        "spooling), measured per image: 1 to max_tasks tasks",
+    )
     max_batch: int = Field(default=32, ge=1)
     deliveries_in_flight: int = Field(
         default=2,

@@ -61,6 +61,7 @@ from aijobs_worker import codec
 from aijobs_worker.config import WorkerSettings
 from aijobs_worker.health import LOOP, Pulse
 from aijobs_worker.runner import Item, Runner
+from aijobs_worker.sizing import LeaseSizer
 from aijobs_worker.spool import Entry, Spool
 from aijobs_worker.telemetry import IMAGES, QUEUE_WAIT, STAGE_SECONDS, UPLOAD_RETRIES
 
@@ -129,6 +130,7 @@ class Worker:
         self._flush_by: float | None = None
         self._bulk_uploads = True  # until Storage says it has no bulk upload
         self._bulk_reads = True  # nor bulk read
+        self.sizer = LeaseSizer(cfg.max_tasks, cfg.lease_work_seconds)
         # Built once: settings AI would refuse stop the worker at start, not at its first poll.
         self._lease_request = LeaseRequest(
             worker=worker_id, max_tasks=cfg.max_tasks, lease_seconds=cfg.lease_seconds
@@ -180,12 +182,15 @@ class Worker:
 
     async def _lease(self) -> list[LeasedTask]:
         key = f"{self.worker_id}:lease:{next(self._leases)}"
+        asked: dict[str, object] | None = None
         for attempt in range(1, 1_000_000):
             if self.stopping.is_set():  # SIGTERM: nothing new
                 return []
             self._beat("polling the AI service for work", self.cfg.call_timeout_seconds)
             try:
-                leased = await self.ai.fetch(Leases, "POST", "/v1/leases", key=key, json=self._lease_request)
+                # The size is fixed with the key: a retry asks for what the first try asked.
+                asked = asked or {**self._lease_request, "maxTasks": self.sizer.size()}
+                leased = await self.ai.fetch(Leases, "POST", "/v1/leases", key=key, json=asked)
                 items = leased.items
                 self.pulse.polled(True)
                 break
@@ -251,6 +256,7 @@ class Worker:
         )
         results = [pair for pair in encoded if pair is not None]
         await asyncio.to_thread(self.spool.put_many, results)  # durable before anything else
+        self.sizer.observe(time.perf_counter() - t0, len(batch.items))
         for entry, _ in results:
             IMAGES.labels(entry.meta["pipeline"], "ok").inc()
         return [entry for entry, _ in results]
