@@ -302,7 +302,7 @@ def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
     """(seconds, CPU seconds) for ``images`` through the worker's own stages, in this process:
     decode on a 4-thread pool, ``Runner.run``, encode on the pool, as the worker's ``_gather``
     and ``_infer_and_spool`` do between fetch and upload, on batches sized as the worker sizes
-    its leases (:class:`~aijobs_worker.sizing.LeaseSizer`, fed the same stages' timings: ~8
+    its leases (:class:`~aijobs_worker.sizing.LeaseSizer`, fed the same stages' timings: ~7
     for upscale-x2 on this project's CPU, its most for grayscale); after one warm-up batch (the
     model loads, the allocator warms up)."""
     import torch

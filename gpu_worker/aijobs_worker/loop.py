@@ -15,7 +15,7 @@ request (``POST /v1/bulk/objects``), and completes the uploaded ones in one requ
 Bounds: at most ``2 x max_tasks`` tasks held and not yet inferred (the batch inferring and the one
 prefetched), at most ``deliveries_in_flight`` deliveries; at that bound the loop waits for one to
 end, so Storage being slow or away backs up into the loop (no inference, no lease) instead of into
-memory. Every held task is heartbeated meanwhile. Each stage beats in a lane of its own
+memory. Every held lease is extended once a third of it has gone by. Each stage beats in a lane of its own
 (:mod:`aijobs_worker.health`), so a stage that hangs fails ``/healthz`` while the others go round.
 
 Storage down after inference: the results wait in the spool while uploads retry with backoff and
@@ -132,10 +132,8 @@ class Worker:
         self._bulk_uploads = True  # until Storage says it has no bulk upload
         self._bulk_reads = True  # nor bulk read
         self.sizer = LeaseSizer(cfg.max_tasks, cfg.lease_work_seconds)
-        # Built once: settings AI would refuse stop the worker at start, not at its first poll.
-        self._lease_request = LeaseRequest(
-            worker=worker_id, max_tasks=cfg.max_tasks, lease_seconds=cfg.lease_seconds
-        ).wire()
+        # Settings AI would refuse stop the worker at start, not at its first poll.
+        LeaseRequest(worker=worker_id, max_tasks=cfg.max_tasks, lease_seconds=cfg.lease_seconds)
 
     # -- the loop -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -183,14 +181,17 @@ class Worker:
 
     async def _lease(self) -> list[LeasedTask]:
         key = f"{self.worker_id}:lease:{next(self._leases)}"
-        asked: dict[str, object] | None = None
+        # The size is fixed with the key: a retry asks for what the first try asked (and a lost
+        # answer's replay hands over leases granted then: their clock started at the first try).
+        asked = LeaseRequest(
+            worker=self.worker_id, max_tasks=self.sizer.size(), lease_seconds=self.cfg.lease_seconds
+        ).wire()
+        first_try = time.monotonic()
         for attempt in range(1, 1_000_000):
             if self.stopping.is_set():  # SIGTERM: nothing new
                 return []
             self._beat("polling the AI service for work", self.cfg.call_timeout_seconds)
             try:
-                # The size is fixed with the key: a retry asks for what the first try asked.
-                asked = asked or {**self._lease_request, "maxTasks": self.sizer.size()}
                 leased = await self.ai.fetch(Leases, "POST", "/v1/leases", key=key, json=asked)
                 items = leased.items
                 self.pulse.polled(True)
@@ -200,9 +201,9 @@ class Worker:
                 if self.stopping.is_set():
                     return []
                 await self._sleep(_backoff(attempt, exc.retry_after))
-        now, leased_at = dt.datetime.now(dt.UTC), time.monotonic()
+        now = dt.datetime.now(dt.UTC)
         for task in items:
-            self.held[task.id] = Held(task.id, task.lease_token or "", renewed=leased_at)
+            self.held[task.id] = Held(task.id, task.lease_token or "", renewed=first_try)
             QUEUE_WAIT.observe(max(0.0, (now - task.run_at).total_seconds()))
         return items
 

@@ -94,13 +94,17 @@ class Spool:
         header = json.dumps(described).encode() + b"\n"
         segment = self.root / f"{uuid.uuid4().hex}.batch"
         tmp = segment.with_suffix(".tmp")
-        with tmp.open("wb") as out:
-            out.write(header)
-            for _, content in results:
-                out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, segment)
+        try:
+            with tmp.open("wb") as out:
+                out.write(header)
+                for _, content in results:
+                    out.write(content)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, segment)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.root)
         self._index(segment, len(header), described)
 

@@ -143,9 +143,32 @@ def test_a_key_twice_in_one_request_is_stored_once(storage: tuple[Api, sa.Engine
     assert answers[1]["body"]["id"] == answers[0]["body"]["id"]
     assert answers[2]["body"]["type"].endswith("key-taken")
     assert _live(engine) == [("result:job-1:0", "committed")]
+    assert _usage(engine, "acme") == (len(red), 1)  # counted once
+
+
+def _usage(engine: sa.Engine, account: str) -> tuple[int, int]:
     with engine.connect() as db:
-        usage = db.execute(sa.text("SELECT bytes, objects FROM account_usage WHERE account = 'acme'")).one()
-    assert (usage.bytes, usage.objects) == (len(red), 1)  # counted once
+        row = db.execute(
+            sa.text("SELECT bytes, objects FROM account_usage WHERE account = :a"), {"a": account}
+        ).one()
+    return row.bytes, row.objects
+
+
+def test_what_a_bulk_put_stores_is_counted_object_by_object(storage: tuple[Api, sa.Engine]) -> None:
+    """An account's usage is what its live objects add up to, stored together or alone: deleting
+    them all brings it back to zero."""
+    api, engine = storage
+    contents = [images.png(color=(n, 0, 0)) for n in range(3)]
+    answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(3)], contents).json()["items"]
+    assert [a["status"] for a in answers] == [201, 201, 201]
+    assert _usage(engine, "acme") == (sum(map(len, contents)), 3)
+    for answer in answers:
+        object_id = answer["body"]["id"]
+        gone = api.http.post(
+            f"/v1/objects/{object_id}/delete", headers=api.headers("operator", f"delete-{object_id}")
+        )
+        assert gone.status_code == 200, gone.text
+    assert _usage(engine, "acme") == (0, 0)
 
 
 def _truncated() -> bytes:
@@ -181,7 +204,13 @@ def test_a_declared_digest_must_match_the_bytes_and_vouches_only_for_a_result(
     right = {**_result("result:job-1:1"), "sha256": hashlib.sha256(red).hexdigest()}
     stored = _bulk(api, [right], [red]).json()["items"][0]
     assert stored["status"] == 201 and stored["body"]["sha256"] == right["sha256"]
-    assert _live(engine) == [("result:job-1:1", "committed")]
+    # What a worker's digest vouches for: its encoder made these bytes, so the header is read and
+    # the pixels are not decoded again (a damaged spool file is caught by the digest above).
+    vouched = {**_result("result:job-1:2"), "sha256": hashlib.sha256(broken).hexdigest()}
+    assert _bulk(api, [vouched], [broken]).json()["items"][0]["status"] == 201
+    not_a_worker = {**vouched, "key": "result:job-1:3"}
+    assert _bulk(api, [not_a_worker], [broken], caller="admin").json()["items"][0]["status"] == 415
+    assert _live(engine) == [("result:job-1:1", "committed"), ("result:job-1:2", "committed")]
 
 
 def test_items_and_files_that_do_not_match_are_refused_whole(storage: tuple[Api, sa.Engine]) -> None:

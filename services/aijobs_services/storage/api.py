@@ -224,6 +224,7 @@ async def put_object(
         kind=kind,
         state=state,
         sha256=sha256,
+        from_worker=caller.name == "worker",
     )
 
 

@@ -1,10 +1,11 @@
 """The blob volume: files named by their sha256, written so that a crash or a full disk never
 leaves a half blob under a real name.
 
-Write path: stream into ``tmp/`` while hashing (on the event loop) -> fsync the file (on the put's
-thread: an fsync would stall every request the loop serves) -> rename to ``blobs/aa/bb/<sha>``
--> fsync the folder. Only then does the caller record the object in the database; a crash between
-the two leaves an unreferenced blob, which the collector removes.
+Write path: stream into ``tmp/`` while hashing (on the event loop for a single put, on its
+thread for a bulk put's parts) -> fsync the file (on the put's thread: an fsync would stall every
+request the loop serves) -> rename to ``blobs/aa/bb/<sha>`` -> fsync the folder. Only then does
+the caller record the object in the database; a crash between the two leaves an unreferenced
+blob, which the collector removes.
 
 Blobs are shared by content, so a new object may re-use a blob whose last object was deleted
 while the collector is deciding to remove it. Three things rule that out. Keeping a blob that

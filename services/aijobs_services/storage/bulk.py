@@ -115,7 +115,10 @@ async def put_objects(
             answers[n] = ItemAnswer(key=key, status=item.status, body=item.body(request.url.path))
         else:
             accepted.append((n, key, item, upload))
-    stored = await run_in_threadpool(_store, request.app.state.sessions, blobs, settings, accepted)
+    from_worker = caller.name == "worker"
+    stored = await run_in_threadpool(
+        _store, request.app.state.sessions, blobs, settings, accepted, from_worker
+    )
     for (n, key, _, _), outcome in zip(accepted, stored, strict=True):
         if isinstance(outcome, Problem):
             answers[n] = ItemAnswer(key=key, status=outcome.status, body=outcome.body(request.url.path))
@@ -131,6 +134,7 @@ def _store(
     blobs: BlobStore,
     settings: StorageSettings,
     accepted: list[tuple[int, str, ObjectPut, UploadFile]],
+    from_worker: bool,
 ) -> list[objects.Stored | Problem]:
     """The accepted items' files received and stored together (:func:`objects.store_many`), on
     the one thread: each item's outcome, in order."""
@@ -146,7 +150,14 @@ def _store(
             received.append(None)
             incoming.append(
                 objects.Incoming(
-                    staged, item.key, item.account, item.job_id, item.kind, item.state, item.sha256
+                    staged,
+                    item.key,
+                    item.account,
+                    item.job_id,
+                    item.kind,
+                    item.state,
+                    item.sha256,
+                    from_worker,
                 )
             )
     except BaseException:

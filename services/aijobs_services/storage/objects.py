@@ -59,7 +59,7 @@ _RECORD = {
 _TAKE = (
     sa.update(USAGE)
     .where(USAGE.c.account == sa.bindparam("owner"))
-    .values(bytes=USAGE.c.bytes + sa.bindparam("size"), objects=USAGE.c.objects + 1)
+    .values(bytes=USAGE.c.bytes + sa.bindparam("size"), objects=USAGE.c.objects + sa.bindparam("count"))
 )
 _TAKE_WITHIN_QUOTA = _TAKE.where(USAGE.c.bytes + sa.bindparam("size") <= sa.bindparam("quota"))
 
@@ -179,20 +179,20 @@ def _open_account(session: Session, account: str) -> None:
     session.execute(insert(USAGE).values(account=account, bytes=0, objects=0).on_conflict_do_nothing())
 
 
-def reserve(session: Session, account: str, size: int, capacity: int, quota: int) -> None:
-    """Count ``size`` more bytes for ``account``, or refuse (507) if the volume's ``capacity``
-    or the account's ``quota`` would be exceeded (0: no limit). The quota is checked and taken in
-    one keyed update, which row-locks the account's usage until the transaction ends: of two
-    concurrent puts that only one fits, the second sees the first's bytes. The capacity is read
-    as it stands (one row per account), as it always was: a limit kept before the disk fills;
-    with no capacity set, not read at all."""
+def reserve(session: Session, account: str, size: int, capacity: int, quota: int, count: int = 1) -> None:
+    """Count ``size`` more bytes (and ``count`` more objects) for ``account``, or refuse (507)
+    if the volume's ``capacity`` or the account's ``quota`` would be exceeded (0: no limit). The
+    quota is checked and taken in one keyed update, which row-locks the account's usage until
+    the transaction ends: of two concurrent puts that only one fits, the second sees the first's
+    bytes. The capacity is read as it stands (one row per account), as it always was: a limit
+    kept before the disk fills; with no capacity set, not read at all."""
     if capacity:
         used = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(USAGE.c.bytes), 0)))
         if int(used or 0) + size > capacity:
             raise DiskFull(
                 f"the storage volume's capacity ({capacity} bytes) would be exceeded; nothing was stored"
             )
-    params: dict[str, Any] = {"owner": account, "size": size}
+    params: dict[str, Any] = {"owner": account, "size": size, "count": count}
     take = _TAKE
     if quota:
         take, params["quota"] = _TAKE_WITHIN_QUOTA, quota
@@ -230,6 +230,7 @@ class Incoming:
     kind: str
     state: str
     sha256: str | None = None
+    from_worker: bool = False  # sent by a worker: a result's declared digest vouches for it
 
 
 Stored = tuple[bool, StoredObject]  # whether it was created, and the object
@@ -252,7 +253,7 @@ def _check(item: Incoming, settings: StorageSettings) -> ImageInfo:
         )
     if item.kind in ("manifest", "list"):
         return inspect_manifest(item.staged.path, item.kind)
-    vouched = item.kind == "result" and item.sha256 is not None
+    vouched = item.kind == "result" and item.sha256 is not None and item.from_worker
     return inspect_image(
         item.staged.path, max_pixels=settings.max_pixels, max_side=settings.max_side, decode=not vouched
     )
@@ -270,6 +271,7 @@ def store_staged(
     kind: str,
     state: str,
     sha256: str | None = None,
+    from_worker: bool = False,
 ) -> Stored:
     """Check, keep and record a received file; idempotent by ``key``: whether it was created,
     and the object (the first one when the key already held the same bytes). Runs on a thread.
@@ -282,7 +284,7 @@ def store_staged(
     first object. The checks of the bytes (:func:`_check`) come first, out of any transaction; a
     key that already holds an object still answers for it when they fail (its bytes, or a
     conflict), as when the key was read first."""
-    item = Incoming(staged, key, account, job_id, kind, state, sha256)
+    item = Incoming(staged, key, account, job_id, kind, state, sha256, from_worker)
     try:
         try:
             info = _check(item, settings)
@@ -327,46 +329,44 @@ def store_many(
     sessions: sessionmaker[Session], blobs: BlobStore, settings: StorageSettings, incoming: Sequence[Incoming]
 ) -> list[Stored | Problem]:
     """Several received images, each stored as :func:`store_staged` would store it alone and
-    answered on its own (its object, or the problem its single put would raise), in one
-    transaction for all. Runs on a thread; every staged file is gone when it returns.
+    answered as if the items' single puts had been made one after the other (its object, or
+    the problem its single put would raise), in one transaction for all. Runs on a thread;
+    every staged file is gone when it returns.
 
     Each file is checked and made durable first, as a single put does it. Then one transaction:
-    the records inserted in one statement (a key taken, by an earlier put or by an item before
-    it in this request, answers with its holder), the bytes each account gained counted in one
-    update, each blob kept, one commit. A worker's lease of results cost a transaction, three
-    round trips and a thread hop each before. When the sum of the request would pass an
-    account's quota or the volume's capacity, the transaction is rolled back and the items are
-    stored one by one instead, so those that fit are stored and the others refused, as their
-    single puts would be (rare: the limits' edge)."""
-    answers: dict[int, Stored | Problem] = {}
-    refused: dict[int, Problem] = {}  # refused by their checks: a key that holds an object answers for it
-    checked: list[tuple[int, ImageInfo]] = []
+    the keys looked up in one statement, the records of the new ones inserted in one (in key
+    order, so two requests never wait on each other's keys crosswise), each blob kept, then the
+    bytes and objects each account gained counted in one update, one commit. A worker's lease
+    of results cost a transaction, three round trips and a thread hop each before. When the
+    sum would pass an account's quota or the volume's capacity, the transaction is rolled back
+    and the items are stored one by one instead, so those that fit are stored and the others
+    refused, as their single puts would be (rare: the limits' edge)."""
+    checks: dict[int, ImageInfo | Problem] = {}
     try:
         for n, item in enumerate(incoming):
             try:
-                info = _check(item, settings)
-            except Problem as refusal:
-                refused[n] = refusal
-                continue
-            try:
+                checks[n] = _check(item, settings)
                 blobs.sync(item.staged)
             except Problem as refusal:
-                answers[n] = refusal
-                continue
-            checked.append((n, info))
+                checks[n] = refusal
         try:
-            answers.update(_store_together(sessions, blobs, settings, incoming, checked, refused))
+            return _store_together(sessions, blobs, settings, incoming, checks)
         except _OverLimit:
-            answers.update(_store_together(sessions, blobs, settings, incoming, [], refused))
-            for n, info in checked:
+            answers: list[Stored | Problem] = []
+            for n, item in enumerate(incoming):
+                check = checks[n]
+                if isinstance(check, Problem):  # its key's holder, as the single put looks it up
+                    existing = find(sessions, item.key)
+                    answers.append(check if existing is None else _same(existing, item.staged.sha256))
+                    continue
                 try:
-                    answers[n] = _keep_one(sessions, blobs, settings, incoming[n], info)
+                    answers.append(_keep_one(sessions, blobs, settings, item, check))
                 except Problem as refusal:
-                    answers[n] = refusal
+                    answers.append(refusal)
+            return answers
     finally:
         for item in incoming:
             blobs.discard(item.staged)
-    return [answers[n] for n in range(len(incoming))]
 
 
 def _store_together(
@@ -374,42 +374,47 @@ def _store_together(
     blobs: BlobStore,
     settings: StorageSettings,
     incoming: Sequence[Incoming],
-    checked: Sequence[tuple[int, ImageInfo]],
-    refused: dict[int, Problem],
-) -> dict[int, Stored | Problem]:
-    """:func:`store_many`'s transaction: the answers of the items ``checked`` (their files
-    durable) and of those ``refused`` by their checks; :class:`_OverLimit` (nothing committed)
-    if the bytes gained would pass a limit."""
-    answers: dict[int, Stored | Problem] = {}
+    checks: dict[int, ImageInfo | Problem],
+) -> list[Stored | Problem]:
+    """:func:`store_many`'s transaction: each item's answer, in order; :class:`_OverLimit`
+    (nothing committed) if the bytes gained would pass a limit."""
     with blobs.sharing(), sessions() as session, session.begin():
-        created = record_many(session, [(incoming[n], info) for n, info in checked])
-        taken = [incoming[n].key for n, _ in checked if incoming[n].key not in created]
-        holders = by_keys(session, [incoming[n].key for n in refused] + taken)
-        for n, refusal in refused.items():
-            holder = holders.get(incoming[n].key)
-            answers[n] = refusal if holder is None else _same(holder, incoming[n].staged.sha256)
-        gained: dict[str, int] = {}
-        kept: list[Incoming] = []
-        for n, _ in checked:
-            item = incoming[n]
-            obj = created.pop(item.key, None)  # the first item of a key is the one created
-            if obj is not None:
-                answers[n] = (True, obj)
-                holders[item.key] = obj  # a later item of the key, in this request, finds it
-                gained[item.account] = gained.get(item.account, 0) + item.staged.size
-                kept.append(item)
+        held = by_keys(session, [item.key for item in incoming])  # before this request
+        new: dict[str, int] = {}  # key -> the item that creates it: the first sound one
+        for n, item in enumerate(incoming):
+            if not isinstance(checks[n], Problem) and item.key not in held:
+                new.setdefault(item.key, n)
+        rows = {n: _values(incoming[n], cast("ImageInfo", checks[n]), utcnow()) for n in sorted(new.values())}
+        inserted = record_many(session, sorted(rows.values(), key=lambda values: values["key"]))
+        late = by_keys(session, [key for key, n in new.items() if rows[n]["id"] not in inserted])
+        answers: list[Stored | Problem] = []
+        seen = dict(held)  # each key's holder as the items before this one left it
+        gained: dict[str, tuple[int, int]] = {}  # account -> (bytes, objects)
+        for n, item in enumerate(incoming):
+            check = checks[n]
+            values = rows.get(n)
+            if values is not None and values["id"] in inserted:
+                obj = StoredObject(**values)
+                answers.append((True, obj))
+                seen[item.key] = obj
+                size, count = gained.get(item.account, (0, 0))
+                gained[item.account] = (size + item.staged.size, count + 1)
+                blobs.keep(item.staged)  # durable under its content name before the commit
                 continue
-            holder = holders.get(item.key)
-            assert holder is not None  # the insert found the key taken: its holder is there
-            answers[n] = _same(holder, item.staged.sha256)
+            holder = seen.get(item.key) or late.get(item.key)  # late: a concurrent put's
+            if isinstance(check, Problem):
+                answers.append(check if holder is None else _same(holder, item.staged.sha256))
+                continue
+            assert holder is not None  # its key was held, created before it here, or taken meanwhile
+            seen[item.key] = holder
+            answers.append(_same(holder, item.staged.sha256))
         capacity, quota = settings.capacity_bytes, settings.account_quota_bytes
         for account in sorted(gained):  # usage rows locked in one order, as every sweep takes them
+            size, count = gained[account]
             try:
-                reserve(session, account, gained[account], capacity, quota)
+                reserve(session, account, size, capacity, quota, count)
             except DiskFull as exc:
                 raise _OverLimit from exc
-        for item in kept:
-            blobs.keep(item.staged)  # durable under its content name before the commit records it
     return answers
 
 
@@ -457,20 +462,13 @@ def record(session: Session, item: Incoming, info: ImageInfo) -> StoredObject | 
     return StoredObject(**values)
 
 
-def record_many(session: Session, items: Sequence[tuple[Incoming, ImageInfo]]) -> dict[str, StoredObject]:
-    """:func:`record` for many rows in one statement: the objects inserted, by key. A key taken
-    already, or by an item before it here, inserts nothing."""
-    if not items:
-        return {}
-    now = utcnow()
-    rows = [_values(item, info, now) for item, info in items]
+def record_many(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """:func:`record` for many rows (:func:`_values`) in one statement: the ids inserted. A
+    row whose key is taken inserts nothing."""
+    if not rows:
+        return set()
     insert = _RECORD[session.get_bind().dialect.name]
-    inserted = {row.id for row in session.execute(insert, rows)}  # insertmanyvalues: one statement
-    created: dict[str, StoredObject] = {}
-    for values in rows:
-        if values["id"] in inserted:
-            created[values["key"]] = StoredObject(**values)
-    return created
+    return {row.id for row in session.execute(insert, list(rows))}  # insertmanyvalues: one statement
 
 
 def commit(session: Session, object_id: str, job_id: str) -> StoredObject:
