@@ -161,6 +161,17 @@ async def _put(request: Request, chunks: AsyncIterator[bytes], **fields: Any) ->
     return _answer(public(obj), 201 if created else 200)
 
 
+def _listed(rows: list[dict[str, Any]]) -> list[StoredObject]:
+    """Listed rows as callers see them (a time read back from SQLite has lost its zone: UTC)."""
+    return [StoredObject.model_validate({**row, "created_at": aware(row["created_at"])}) for row in rows]
+
+
+def _listing(page: JobObjects | ObjectPage) -> Response:
+    """A page of objects as JSON, serialised by pydantic straight to bytes (the route's model
+    documents it; returning the model would have FastAPI validate every item again)."""
+    return Response(page.model_dump_json(by_alias=True), media_type="application/json")
+
+
 def _answer(obj: StoredObject, status: int) -> Response:
     """An object as JSON, serialised by pydantic straight to bytes."""
     return Response(obj.model_dump_json(by_alias=True), status, media_type="application/json")
@@ -362,13 +373,12 @@ def list_job_objects(
     limit: Annotated[
         int | None, Query(ge=1, le=1000, description="At most this many, in id order; absent: every one")
     ] = None,
-) -> JobObjects:
+) -> Response:
     with session.begin():
-        found = objects.for_job(session, job_id, after=after, limit=limit)
-        full = limit is not None and len(found) == limit
-        return JobObjects(
-            job_id=job_id, items=[public(o) for o in found], next=found[-1].id if full else None
-        )
+        found = objects.public_rows(session, objects.job_query(job_id, after=after, limit=limit))
+    full = limit is not None and len(found) == limit
+    page = JobObjects(job_id=job_id, items=_listed(found), next=found[-1]["id"] if full else None)
+    return _listing(page)
 
 
 @router.get(
@@ -391,16 +401,16 @@ def list_objects(
         str | None, Query(pattern=KEY, description="Only keys past this one (a page's next)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-) -> ObjectPage:
+) -> Response:
     """A batch job's inputs: the job's creation time as ``createdBefore`` keeps the set the same
     however often it is listed, even if the user uploads more under the prefix later."""
+    dialect = session.get_bind().dialect.name
+    stmt = objects.inputs_query(
+        dialect, account, prefix, created_before=created_before, after=after, limit=limit
+    )
     with session.begin():
-        found = objects.inputs_under(
-            session, account, prefix, created_before=created_before, after=after, limit=limit
-        )
-        return ObjectPage(
-            items=[public(o) for o in found], next=found[-1].key if len(found) == limit else None
-        )
+        found = objects.public_rows(session, stmt)
+    return _listing(ObjectPage(items=_listed(found), next=found[-1]["key"] if len(found) == limit else None))
 
 
 _EXTENSIONS = {

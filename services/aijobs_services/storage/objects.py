@@ -509,17 +509,48 @@ def delete(session: Session, obj: StoredObject) -> StoredObject:
     return obj
 
 
-def for_job(
-    session: Session, job_id: str, *, after: str | None = None, limit: int | None = None
-) -> list[StoredObject]:
+def job_query(job_id: str, *, after: str | None = None, limit: int | None = None) -> sa.Select[Any]:
     """A job's objects in the order they were stored; a page of them in id order when ``after``
     or ``limit`` is given (the ``(job_id, id)`` index reads it, however many the job has)."""
     stmt = sa.select(StoredObject).where(StoredObject.job_id == job_id)
     if after is None and limit is None:
-        return list(session.scalars(stmt.order_by(StoredObject.created_at)))
+        return stmt.order_by(StoredObject.created_at)
     if after is not None:
         stmt = stmt.where(StoredObject.id > after)
-    return list(session.scalars(stmt.order_by(StoredObject.id).limit(limit)))
+    return stmt.order_by(StoredObject.id).limit(limit)
+
+
+def for_job(session: Session, job_id: str) -> list[StoredObject]:
+    """All of :func:`job_query`'s objects, to change them."""
+    return list(session.scalars(job_query(job_id)))
+
+
+# What callers see of an object (:class:`aijobs.api.storage.StoredObject`): read as plain rows
+# for a listing, which builds no ORM object per row (a batch's finishing pass lists 10,000 inputs
+# and results, twice; loading each as an ORM object, then copying it into the answer's model,
+# was most of Storage's time there).
+PUBLIC_COLUMNS = [
+    OBJECTS.c[name]
+    for name in (
+        "id",
+        "key",
+        "account",
+        "job_id",
+        "kind",
+        "sha256",
+        "size",
+        "content_type",
+        "width",
+        "height",
+        "state",
+        "created_at",
+    )
+]
+
+
+def public_rows(session: Session, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
+    """The rows of a listing of objects, as the columns callers see (:data:`PUBLIC_COLUMNS`)."""
+    return [dict(row) for row in session.execute(stmt.with_only_columns(*PUBLIC_COLUMNS)).mappings()]
 
 
 def bytewise(dialect: str) -> sa.ColumnElement[str]:
