@@ -6,6 +6,7 @@ because the lease was taken over drops that run alone."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ async def _scenario(
     lose_answer: bool = False,
     lose_upload: bool = False,
     stale: int | None = None,
+    damaged: int | None = None,
 ) -> tuple[Wire, Wire, list[dict[str, Any]], Spool]:
     wire = Wire(app, "/v1/bulk/completions" if lose_answer else None)
     storage_wire = Wire(storage_app, "/v1/bulk/objects" if lose_upload else None)
@@ -115,8 +117,11 @@ async def _scenario(
     entries = []
     for n, task in enumerate(leased):
         token = "taken-over" if n == stale else worker.held[task.id].lease_token
-        entry = Entry(task.id, task.job_id, task.account, token, {})
-        spool.put(entry, _result(n))
+        encoded = _result(n)  # what the encoder made, and its digest, taken before it was spooled
+        entry = Entry(
+            task.id, task.job_id, task.account, token, {}, sha256=hashlib.sha256(encoded).hexdigest()
+        )
+        spool.put(entry, encoded[:-10] if n == damaged else encoded)
         entries.append(entry)
     wire.paths.clear()
     storage_wire.paths.clear()
@@ -169,6 +174,21 @@ def test_a_lost_upload_answer_is_sent_again_and_stores_each_result_once(
         stored = db.execute(sa.text("SELECT key, id FROM objects ORDER BY key")).all()
     assert [key for key, _ in stored] == [f"result:job-{i}" for i in range(3)]
     assert sorted(s["resultObjectId"] for s in states) == sorted(oid for _, oid in stored)
+    assert spool.entries() == []
+
+
+def test_a_result_damaged_in_the_spool_is_refused_and_its_task_run_again(
+    ai: AI, storage_app: FastAPI, tmp_path: Path
+) -> None:
+    """The spool file of one result lost its last bytes on the worker's disk: its bytes no longer
+    hash to the digest its encoder took, so Storage refuses them (nothing is stored under its
+    key) and the task is handed back to be run again; the others are delivered."""
+    _, _, states, spool = asyncio.run(_scenario(*ai, storage_app, tmp_path / "spool", damaged=1))
+    assert [s["state"] for s in states] == ["succeeded", "scheduled", "succeeded"]
+    assert "digest" in states[1]["error"]
+    with storage_app.state.engine.connect() as db:
+        stored = db.execute(sa.text("SELECT key FROM objects ORDER BY key")).scalars().all()
+    assert stored == ["result:job-0", "result:job-2"]
     assert spool.entries() == []
 
 
