@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -61,6 +62,16 @@ router = APIRouter(prefix="/v1", tags=["storage"])
 
 class BadBundle(Unprocessable):
     slug, title = "bad-bundle", "The items and files do not match"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """An item of a bulk put that reads as an :class:`ObjectPut`, with its file."""
+
+    index: int  # its place in the request
+    key: str  # what its answer is keyed by
+    item: ObjectPut
+    upload: UploadFile
 
 
 class ReadAlone(Problem):
@@ -106,7 +117,7 @@ async def put_objects(
     settings: StorageSettings = request.app.state.settings
     blobs: BlobStore = request.app.state.blobs
     answers: dict[int, ItemAnswer] = {}
-    accepted: list[tuple[int, str, ObjectPut, UploadFile]] = []
+    accepted: list[_Part] = []
     for n, (raw, upload) in enumerate(zip(_items(items, len(files)), files, strict=True)):
         named = raw.get("key") if isinstance(raw, dict) else None
         key = named if isinstance(named, str) else f"#{n}"
@@ -114,18 +125,19 @@ async def put_objects(
         if isinstance(item, Problem):
             answers[n] = ItemAnswer(key=key, status=item.status, body=item.body(request.url.path))
         else:
-            accepted.append((n, key, item, upload))
+            accepted.append(_Part(n, key, item, upload))
     from_worker = caller.name == "worker"
     stored = await run_in_threadpool(
         _store, request.app.state.sessions, blobs, settings, accepted, from_worker
     )
-    for (n, key, _, _), outcome in zip(accepted, stored, strict=True):
+    for part, outcome in zip(accepted, stored, strict=True):
         if isinstance(outcome, Problem):
-            answers[n] = ItemAnswer(key=key, status=outcome.status, body=outcome.body(request.url.path))
-            continue
-        created, obj = outcome
-        body = public(obj).model_dump(by_alias=True, mode="json")
-        answers[n] = ItemAnswer(key=key, status=201 if created else 200, replayed=not created, body=body)
+            answer = ItemAnswer(key=part.key, status=outcome.status, body=outcome.body(request.url.path))
+        else:
+            created, obj = outcome
+            body = public(obj).model_dump(by_alias=True, mode="json")
+            answer = ItemAnswer(key=part.key, status=201 if created else 200, replayed=not created, body=body)
+        answers[part.index] = answer
     return BulkAnswer(items=[answers[n] for n in range(len(files))])
 
 
@@ -133,7 +145,7 @@ def _store(
     sessions: sessionmaker[Session],
     blobs: BlobStore,
     settings: StorageSettings,
-    accepted: list[tuple[int, str, ObjectPut, UploadFile]],
+    accepted: list[_Part],
     from_worker: bool,
 ) -> list[objects.Stored | Problem]:
     """The accepted items' files received and stored together (:func:`objects.store_many`), on
@@ -141,9 +153,10 @@ def _store(
     received: list[objects.Stored | Problem | None] = []
     incoming: list[objects.Incoming] = []
     try:
-        for _, _, item, upload in accepted:
+        for part in accepted:
+            item = part.item
             try:
-                staged = blobs.receive_file(upload.file, settings.max_object_bytes)
+                staged = blobs.receive_file(part.upload.file, settings.max_object_bytes)
             except Problem as refusal:
                 received.append(refusal)
                 continue
