@@ -41,6 +41,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -124,6 +125,10 @@ class Worker:
         self.held: dict[str, Held] = {}
         self.stopping = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
+        # A lease's key names this run of the worker too: its count starts again at a restart
+        # (the same worker id, a pod's container restarted), and a key of the run before would
+        # replay that run's lease, or be refused as reused once the size asked differs.
+        self._run_id = uuid.uuid4().hex[:12]
         self._leases = itertools.count()
         self._rounds = itertools.count(1)
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -180,7 +185,7 @@ class Worker:
         self.pulse.beat(doing, within, _LANE.get())
 
     async def _lease(self) -> list[LeasedTask]:
-        key = f"{self.worker_id}:lease:{next(self._leases)}"
+        key = f"{self.worker_id}:{self._run_id}:lease:{next(self._leases)}"
         # The size is fixed with the key: a retry asks for what the first try asked (and a lost
         # answer's replay hands over leases granted then: their clock started at the first try).
         asked = LeaseRequest(

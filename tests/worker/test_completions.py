@@ -192,6 +192,36 @@ def test_a_result_damaged_in_the_spool_is_refused_and_its_task_run_again(
     assert spool.entries() == []
 
 
+async def _restarted(app: FastAPI, secrets: dict[str, str], spool_dir: Path) -> tuple[list[str], list[str]]:
+    """A worker leases, then its process restarts (the same worker id, a container restarted
+    in its pod) and, having measured a different pace, leases again: the tasks each run got."""
+    ai = ServiceClient("ai", "http://ai", TokenSigner("worker", secrets["worker"]), transport=Wire(app))
+    operator = ServiceClient(
+        "ai", "http://ai", TokenSigner("operator", secrets["operator"]), transport=Wire(app)
+    )
+    for i in range(6):
+        body = {"jobId": f"job-{i}", "account": "acme", "pipeline": "grayscale", "inputObjectId": "in"}
+        await operator.call("POST", "/v1/tasks", key=f"job-{i}", json=body)
+    cfg = WorkerSettings(spool_dir=str(spool_dir), max_tasks=4, lease_seconds=30)
+    first = Worker(cfg, ai, ai, Runner(torch.device("cpu")), Spool(spool_dir), "w1")  # type: ignore[arg-type]
+    before = [task.id for task in await first._lease()]
+    again = Worker(cfg, ai, ai, Runner(torch.device("cpu")), Spool(spool_dir), "w1")  # type: ignore[arg-type]
+    again.sizer.observe(1.0, 1)  # the model loading
+    again.sizer.observe(0.3, 1)  # 0.3 s an image: two to a lease
+    after = [task.id for task in await again._lease()]
+    for client in (operator, ai):
+        await client.aclose()
+    return before, after
+
+
+def test_a_restarted_worker_leases_anew_under_keys_of_its_own(ai: AI, tmp_path: Path) -> None:
+    """Its lease count starts again at a restart: a key of the run before would replay that
+    run's tasks, or be refused as reused now that it asks for another size (the worker stopped)."""
+    before, after = asyncio.run(_restarted(*ai, tmp_path / "spool"))
+    assert len(before) == 4 and len(after) == 2
+    assert not set(before) & set(after)
+
+
 async def _fetching(
     app: FastAPI, secrets: dict[str, str], storage_app: FastAPI, spool_dir: Path, lose: bool, missing: str
 ) -> tuple[Wire, list[str], list[tuple[str, torch.Tensor]], list[dict[str, Any]]]:
