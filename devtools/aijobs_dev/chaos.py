@@ -261,6 +261,27 @@ class Campaign:
             time.sleep(0.5)
         return None
 
+    def unended(self, most: int = 10) -> list[str]:
+        """The jobs that keep a campaign from ending, each with what its status says: one not
+        terminal, or one deleted that is still there (its finalizer not let go)."""
+        found = []
+        for job in self.jobs():
+            meta, status = job["metadata"], job.get("status") or {}
+            deleted = self.deleted.get((meta["namespace"], meta["name"]))
+            still_there = deleted is not None and deleted[0] == meta["uid"]
+            if status.get("phase") in TERMINAL_PHASES and not still_there:
+                continue
+            steps = [(s["name"], s["state"], s.get("attempts")) for s in status.get("steps") or []]
+            compensations = status.get("compensations") or []
+            undone = [(c["name"], c.get("state"), c.get("lastError")) for c in compensations]
+            found.append(
+                f"{meta['namespace']}/{meta['name']} ({meta['uid']}): phase {status.get('phase')}"
+                f"{', deleted at ' + meta['deletionTimestamp'] if meta.get('deletionTimestamp') else ''}"
+                f"{', deleted by the campaign' if still_there else ''}, finalizers {meta.get('finalizers')}, "
+                f"message {status.get('message')!r}, steps {steps}, compensations {undone}"
+            )
+        return found[:most]
+
     def gone(self) -> list[JobView]:
         views = []
         for (namespace, name), (uid, account, price) in self.deleted.items():
@@ -317,6 +338,7 @@ class Report:
     seconds: float
     deleted: int = 0  # jobs users deleted during the campaign (checked from the services' records)
     crashes: list[str] = field(default_factory=list)
+    unended: list[str] = field(default_factory=list)  # some of the jobs that kept it from ending
 
     @property
     def failed(self) -> bool:
@@ -330,6 +352,8 @@ class Report:
         w(f"faults injected: {dict(self.faults)} ({sum(self.faults.values())} in all)\n")
         heal = f"{self.heal_seconds:.1f}s" if self.heal_seconds is not None else "NOT ALL JOBS ENDED"
         w(f"from heal to every job terminal: {heal}\n")
+        for job in self.unended:
+            w(f"NOT ENDED: {job}\n")
         w(f"GPU re-runs (a lease expired before a result was stored): {self.reruns}\n")
         for crash in self.crashes:
             w(f"CRASH: {crash}\n")
@@ -381,6 +405,7 @@ def report(campaign: Campaign, heal: float | None, started: float) -> Report:
         time.monotonic() - started,
         len(campaign.deleted),
         list(campaign.crashes),
+        campaign.unended() if heal is None else [],
     )
 
 

@@ -481,19 +481,35 @@ async def job_objects(call: Call, kind: storage.ObjectKind) -> list[storage.Stor
 async def outcomes(call: Call) -> list[ManifestLine]:
     """One line per image, in index order, from what AI and Storage hold once every task has
     ended: its input (key and object id), then its result object and sha256, or why not."""
-    job, svc = call.job, call.svc
-    keys = {o.id: o.key for o in await images_of(call, strict=False)}
-    results = {o.id: o for o in await job_results(call)}
-    lines: list[ManifestLine] = []
+    lines, _ = await outcomes_and_results(call)
+    return lines
+
+
+async def outcomes_and_results(call: Call) -> tuple[list[ManifestLine], list[storage.StoredObject]]:
+    """:func:`outcomes`, and the job's live results they were read with. The inputs, the results
+    and the tasks are three listings of their own (a 10,000-image batch: ten pages each), read
+    side by side: none depends on another once every task has ended (a task's result is
+    committed before its task is completed)."""
+    inputs, results, tasks = await asyncio.gather(
+        images_of(call, strict=False), job_results(call), job_tasks(call)
+    )
+    keys = {o.id: o.key for o in inputs}
+    by_id = {o.id: o for o in results}
+    return [_line(task, keys, by_id) for task in tasks], results
+
+
+async def job_tasks(call: Call) -> list[ai.Task]:
+    """The job's tasks in image order, page by page."""
+    found: list[ai.Task] = []
     after: int | None = None
-    while True:  # the job's tasks come in image order, a page at a time
+    while True:
         params: dict[str, Any] = {"limit": call.cfg.batch_page_size}
         if after is not None:
             params["after"] = after
-        page = await svc.ai.fetch(ai.TaskPage, "GET", f"/v1/jobs/{job.uid}/tasks", params=params)
-        lines.extend(_line(task, keys, results) for task in page.items)
+        page = await call.svc.ai.fetch(ai.TaskPage, "GET", f"/v1/jobs/{call.job.uid}/tasks", params=params)
+        found.extend(page.items)
         if page.next is None:
-            return lines
+            return found
         after = page.next
 
 
@@ -552,7 +568,7 @@ def manifest_key(uid: str) -> str:
 
 async def deliver(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
-    lines = await outcomes(call)
+    lines, results = await outcomes_and_results(call)
     content = "".join(line.dump() + "\n" for line in lines).encode()
     key = manifest_key(job.uid)
     params = {"account": job.spec.account, "jobId": job.uid, "kind": "manifest", "state": "committed"}
@@ -571,7 +587,7 @@ async def deliver(call: Call) -> Done | Waiting:
         # Stored by an earlier attempt (the outcomes cannot change once every task has ended,
         # so it says the same): that one is the manifest.
         manifest = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/by-key/{key}")
-    await delete_strays(call, {line.result for line in lines if line.result is not None})
+    await delete_strays(call, results, {line.result for line in lines if line.result is not None})
     result = await record_delivery(call, manifest.id, manifest.sha256, manifest.size)
     final = _final(job.status.batch or progress(len(lines), ai.JobTaskCounts.of(job.uid, {}, None)), lines)
     delivered = final.succeeded
@@ -583,12 +599,12 @@ async def deliver(call: Call) -> Done | Waiting:
     )
 
 
-async def delete_strays(call: Call, named: set[str]) -> None:
-    """Delete each result of the job the manifest does not name (an image cancelled past
+async def delete_strays(call: Call, results: list[storage.StoredObject], named: set[str]) -> None:
+    """Delete each of the job's results the manifest does not name (an image cancelled past
     maxFailedImages whose worker stored it before it heard): not the user's, as compensation
     would delete it."""
     job = call.job
-    for stray in await job_results(call):
+    for stray in results:
         if stray.id not in named:
             await call.svc.storage.fetch(
                 storage.StoredObject,
