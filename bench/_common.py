@@ -300,11 +300,11 @@ def job_writes(audit_log: Path, name: str, namespace: str) -> Counter[str]:
 # ------------------------------------------------------------------------------------- the worker alone
 def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
     """(seconds, CPU seconds) for ``images`` through the worker's own stages, in this process:
-    decode on a 4-thread pool, ``Runner.run``, encode on the pool, as the worker's ``_gather``
-    and ``_infer_and_spool`` do between fetch and upload, on batches sized as the worker sizes
-    its leases (:class:`~aijobs_worker.sizing.LeaseSizer`, fed the same stages' timings: ~7
-    for upscale-x2 on this project's CPU, its most for grayscale); after one warm-up batch (the
-    model loads, the allocator warms up)."""
+    decode on a 4-thread pool, ``Runner.run``, encode on the pool, in runs of neighbours as the
+    worker's ``_gather`` and ``_infer_and_spool`` do between fetch and upload, on batches sized
+    as the worker sizes its leases (:class:`~aijobs_worker.sizing.LeaseSizer`, fed the same
+    stages' timings: ~7 for upscale-x2 on this project's CPU, its most for grayscale); after one
+    warm-up batch (the model loads, the allocator warms up)."""
     import torch
     from aijobs_worker import codec
     from aijobs_worker.config import WorkerSettings
@@ -313,12 +313,16 @@ def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
 
     cfg = WorkerSettings(device="cpu")
     runner = Runner(pick_device(cfg.device), None, cfg.max_batch)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=codec.THREADS, thread_name_prefix="codec")
     sizer = LeaseSizer(cfg.max_tasks, cfg.lease_work_seconds)
 
     def one_lease(batch: list[bytes]) -> None:
-        decoded = list(pool.map(codec.decode, batch))
-        items = [Item(f"t{i}", pipeline, {}, image) for i, image in enumerate(decoded)]
+        items = []
+        for run in pool.map(codec.decode_each, codec.runs(batch)):
+            for image in run:
+                if isinstance(image, codec.BadImage):
+                    raise RuntimeError(f"an image the bench made does not decode: {image}")
+                items.append(Item(f"t{len(items)}", pipeline, {}, image))
         t0 = time.perf_counter()
         runner.run(items)
         outputs: list[torch.Tensor] = []
@@ -326,7 +330,7 @@ def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
             if item.output is None:
                 raise RuntimeError(f"the runner failed an image: {item.error}")
             outputs.append(item.output)
-        list(pool.map(codec.encode, outputs))
+        list(pool.map(codec.encode_each, codec.runs(outputs)))
         sizer.observe(time.perf_counter() - t0, len(items))  # what the worker's loop times
 
     one_lease(images[:FIRST_LEASE])

@@ -3,13 +3,19 @@ own task with a clear, non-retryable reason; it never reaches a batch."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000
+THREADS = 4  # the worker's codec pool (PIL lets go of the GIL while it decodes and encodes)
+
+T = TypeVar("T")
 
 
 class BadImage(ValueError):
@@ -38,3 +44,30 @@ def encode(image: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array, "RGB").save(buf, "PNG", compress_level=1)
     return buf.getvalue()
+
+
+def decode_each(blobs: Sequence[bytes]) -> list[torch.Tensor | BadImage]:
+    """:func:`decode` of each blob, a bad one's refusal in its place: many images on one thread
+    of the pool, not a thread hop each."""
+    decoded: list[torch.Tensor | BadImage] = []
+    for blob in blobs:
+        try:
+            decoded.append(decode(blob))
+        except BadImage as exc:
+            decoded.append(exc)
+    return decoded
+
+
+def encode_each(images: Sequence[torch.Tensor]) -> list[tuple[bytes, str]]:
+    """:func:`encode` of each image, with the sha256 of its bytes (taken here, from the encoder's
+    bytes in memory, before they are written anywhere)."""
+    return [(png, hashlib.sha256(png).hexdigest()) for png in map(encode, images)]
+
+
+def runs(values: Sequence[T], threads: int = THREADS) -> list[Sequence[T]]:
+    """``values`` cut into at most ``threads`` runs of neighbours, as even as can be: what each
+    thread of the pool takes in one hop (:func:`decode_each`, :func:`encode_each`)."""
+    if not values:
+        return []
+    size = -(-len(values) // min(threads, len(values)))
+    return [values[start : start + size] for start in range(0, len(values), size)]

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
-import hashlib
 import itertools
 import json
 import logging
@@ -42,8 +41,10 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aijobs.api.ai import (
     Failure,
@@ -65,6 +66,9 @@ from aijobs_worker.runner import Item, Runner
 from aijobs_worker.sizing import LeaseSizer
 from aijobs_worker.spool import Entry, Spool
 from aijobs_worker.telemetry import IMAGES, QUEUE_WAIT, STAGE_SECONDS, UPLOAD_RETRIES
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 log = logging.getLogger("aijobs.worker")
 
@@ -124,7 +128,7 @@ class Worker:
         self.wedge_release = threading.Event()  # only a test sets it, to end its wedged worker
         self.held: dict[str, Held] = {}
         self.stopping = asyncio.Event()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="codec")
+        self._pool = ThreadPoolExecutor(max_workers=codec.THREADS, thread_name_prefix="codec")
         # A lease's key names this run of the worker too: its count starts again at a restart
         # (the same worker id, a pod's container restarted), and a key of the run before would
         # replay that run's lease, or be refused as reused once the size asked differs.
@@ -226,30 +230,46 @@ class Worker:
         tasks = await self._lease()
         if not tasks:
             return Batch(0, {}, [])
-        loop = asyncio.get_running_loop()
         # The stages of ours around inference are bounded by one lease: one that outlasts the
         # lease it runs under has stopped. Inference has the model's own budget.
         self._beat(f"fetching {len(tasks)} input(s)", self.cfg.lease_seconds)
         started = time.perf_counter()
         blobs = await self._fetch_all(tasks)
         STAGE_SECONDS.labels("fetch").observe((time.perf_counter() - started) / max(1, len(tasks)))
-        items: list[Item] = []
+        fetched = [
+            (task, blob)
+            for task, blob in zip(tasks, blobs, strict=True)
+            if not isinstance(blob, BaseException)
+        ]
         for task, blob in zip(tasks, blobs, strict=True):
             if isinstance(blob, BaseException):
                 await self._give_back(
                     task.id, f"could not fetch the input: {blob}", task.lease_token, retryable=True
                 )
+        self._beat(f"decoding {len(fetched)} input(s)", self.cfg.lease_seconds)
+        t0 = time.perf_counter()
+        images = await self._on_pool(codec.decode_each, [blob for _, blob in fetched])
+        if fetched:
+            STAGE_SECONDS.labels("decode").observe((time.perf_counter() - t0) / len(fetched))
+        items: list[Item] = []
+        for (task, _), image in zip(fetched, images, strict=True):
+            if isinstance(image, codec.BadImage):
+                await self._give_back(task.id, str(image), task.lease_token, retryable=False)
                 continue
-            self._beat("decoding an input", self.cfg.lease_seconds)
-            t0 = time.perf_counter()
-            try:
-                image = await loop.run_in_executor(self._pool, codec.decode, blob)
-            except codec.BadImage as exc:
-                await self._give_back(task.id, str(exc), task.lease_token, retryable=False)
-                continue
-            STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
             items.append(Item(task.id, task.pipeline, task.params, image))
         return Batch(len(tasks), {task.id: task for task in tasks}, items)
+
+    async def _on_pool(
+        self, each: Callable[[Sequence[_In]], list[_Out]], values: Sequence[_In]
+    ) -> list[_Out]:
+        """``each`` over ``values`` on the codec pool, in as many runs of neighbours as the pool
+        has threads, so that the images still go side by side, and a lease costs a few thread
+        hops rather than one an image (64 to a lease for a light pipeline: each a future, a
+        callback and a wake-up of the loop). The answers come in the values' order."""
+        loop = asyncio.get_running_loop()
+        runs = codec.runs(values)
+        answers = await asyncio.gather(*(loop.run_in_executor(self._pool, each, run) for run in runs))
+        return [answer for run in answers for answer in run]
 
     async def _infer_and_spool(self, batch: Batch) -> list[Entry]:
         """Run the batch, then encode and spool each result: the entries to deliver."""
@@ -258,10 +278,21 @@ class Worker:
         await asyncio.to_thread(self.runner.run, batch.items)
         STAGE_SECONDS.labels("infer").observe((time.perf_counter() - t0) / len(batch.items))
         self._beat("encoding and storing results", self.cfg.lease_seconds)
-        encoded = await asyncio.gather(
-            *(self._encode_item(item, batch.tasks[item.key]) for item in batch.items)
-        )
-        results = [pair for pair in encoded if pair is not None]
+        ran: list[LeasedTask] = []
+        outputs = []
+        for item in batch.items:
+            task = batch.tasks[item.key]
+            if item.error is not None or item.output is None:
+                IMAGES.labels(task.pipeline, "failed").inc()
+                await self._give_back(item.key, item.error or "no output", task.lease_token, retryable=False)
+                continue
+            ran.append(task)
+            outputs.append(item.output)
+        t1 = time.perf_counter()
+        encoded = await self._on_pool(codec.encode_each, outputs)
+        if ran:
+            STAGE_SECONDS.labels("encode").observe((time.perf_counter() - t1) / len(ran))
+        results = [_spooled(task, png, digest) for task, (png, digest) in zip(ran, encoded, strict=True)]
         await asyncio.to_thread(self.spool.put_many, results)  # durable before anything else
         self.sizer.observe(time.perf_counter() - t0, len(batch.items))
         for entry, _ in results:
@@ -302,24 +333,6 @@ class Worker:
             self._beat(f"finishing {len(self._deliveries)} deliveries before exit", math.inf)
             await asyncio.wait(self._deliveries, return_when=asyncio.FIRST_COMPLETED)
             self._reap_deliveries()
-
-    async def _encode_item(self, item: Item, task: LeasedTask) -> tuple[Entry, bytes] | None:
-        """The item's result encoded, as its spool entry and bytes (or its run reported failed:
-        None)."""
-        if item.error is not None or item.output is None:
-            IMAGES.labels(task.pipeline, "failed").inc()
-            await self._give_back(item.key, item.error or "no output", task.lease_token, retryable=False)
-            return None
-        t0 = time.perf_counter()
-        png = await asyncio.get_running_loop().run_in_executor(self._pool, codec.encode, item.output)
-        STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
-        # The lease this run was under, not the task's latest here: the task may have been leased
-        # to this worker again meanwhile (its lease ran out while it inferred) and that lease
-        # handed back or finished already. AI fences the completion by this token.
-        token = task.lease_token or ""
-        meta = {"pipeline": task.pipeline, "inputObjectId": task.input_object_id}
-        digest = hashlib.sha256(png).hexdigest()
-        return Entry(task.id, task.job_id, task.account, token, meta, task.item, digest), png
 
     # -- results ------------------------------------------------------------------------------
     async def drain_spool(self) -> None:
@@ -687,3 +700,12 @@ def _take(path: str) -> bool:
 
 def _backoff(attempt: int, retry_after: float | None, cap: float = 30.0) -> float:
     return max(retry_after or 0.0, min(cap, 0.2 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0))
+
+
+def _spooled(task: LeasedTask, png: bytes, digest: str) -> tuple[Entry, bytes]:
+    """A result as its spool entry and bytes. The entry keeps the lease this run was under, not
+    the task's latest here: the task may have been leased to this worker again meanwhile (its
+    lease ran out while it inferred) and that lease handed back or finished already. AI fences
+    the completion by this token."""
+    meta = {"pipeline": task.pipeline, "inputObjectId": task.input_object_id}
+    return Entry(task.id, task.job_id, task.account, task.lease_token or "", meta, task.item, digest), png

@@ -121,6 +121,7 @@ class _Storage:
     def __init__(self) -> None:
         self.fetched: list[str] = []
         self.uploads: list[str] = []  # every attempt, by task
+        self.contents: dict[str, bytes] = {}  # the bytes last uploaded, by task
         self.down = False
         self.hung = asyncio.Event()  # set: uploads wait for ``unhung``
         self.unhung = asyncio.Event()
@@ -165,6 +166,7 @@ class _Storage:
             keys, contents = [path.removeprefix("/v1/objects/")], [kw["content"]]
         tasks = [key.rsplit(":", 1)[-1].removeprefix("job-") for key in keys]
         self.uploads += tasks
+        self.contents.update(zip(tasks, contents, strict=True))
         if self.hung.is_set():
             await self.unhung.wait()
         if self.down:
@@ -439,3 +441,58 @@ async def test_a_task_leased_again_while_it_infers_is_finished_under_the_lease_i
         assert not running.done(), running
         await _eventually(lambda: not worker.spool.entries() and not worker.held, "spool emptied")
         assert ai.failed == ["t00"] and storage.uploads == ["t00"]
+
+
+class _Distinct(_Storage):
+    """Storage whose inputs differ by task (each a flat image of its own shade), one of them no
+    image at all."""
+
+    def __init__(self, bad: str) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def input_of(self, task_id: str) -> bytes:
+        if task_id == self.bad:
+            return b"this is no image"
+        return codec.encode(torch.full((3, 4, 6), int(task_id.removeprefix("t")) / 20))
+
+    async def call(self, method: str, path: str, **_: Any) -> httpx.Response:
+        """A single input's read (a lease of one)."""
+        assert method == "GET" and path.endswith("/content"), path
+        task_id = path.split("/")[3].removeprefix("in-")
+        self.fetched.append(task_id)
+        return httpx.Response(200, content=self.input_of(task_id))
+
+    async def fetch(self, into: type[M], method: str, path: str, **kw: Any) -> M:
+        if path != "/v1/bulk/contents":
+            return await super().fetch(into, method, path, **kw)
+        ids = kw["json"]["ids"]
+        self.fetched += [object_id.removeprefix("in-") for object_id in ids]
+        items = []
+        for object_id in ids:
+            data = self.input_of(object_id.removeprefix("in-"))
+            content = {"id": object_id, "sha256": "0" * 64, "size": len(data), "contentType": "image/png"}
+            body = content | {"content": base64.b64encode(data).decode()}
+            items.append({"key": object_id, "status": 200, "body": body})
+        return into.model_validate({"items": items})
+
+
+async def test_a_leases_images_are_decoded_and_encoded_together_and_each_result_is_its_own(
+    tmp_path: Path,
+) -> None:
+    """A lease's images go through the codec pool in a few runs of neighbours (the first lease
+    is 8; 7 once the bad one is out, so runs of 2, 2, 2 and 1 on 4 threads): every task's result
+    is made from its own input, whatever run it was in, and the one input that is no image fails
+    alone."""
+    ai, storage, runner = _AI(tasks=9), _Distinct(bad="t04"), _Runner()
+    async with _running(tmp_path, ai, storage, runner, max_tasks=9) as (worker, _):
+        await _eventually(lambda: len(ai.completed) == 8, "eight results completed")
+        await _eventually(lambda: not worker.spool.entries(), "spool emptied")
+    assert ai.leases[0] == [f"t{n:02d}" for n in range(8)]
+    assert ai.failed == ["t04"]
+    ran = [task for batch in runner.batches for task in batch]
+    assert ran == [f"t{n:02d}" for n in range(9) if n != 4]
+    assert sorted(ai.completed) == ran
+    for task in ran:
+        made = codec.decode(storage.input_of(task)).float() / 510  # what the fake runner does
+        assert storage.contents[task] == codec.encode(made), task
