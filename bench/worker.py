@@ -3,7 +3,8 @@ worker would use (CUDA if present, else CPU), with torch's own timing (CUDA even
 and synchronize on GPU). Next to each figure: the learned model's arithmetic intensity, the
 device's measured roofline for it (min(peak FLOP/s, intensity x bandwidth), peaks measured here
 with a large matmul and a large copy), and the fraction achieved. Then the end-to-end cost of a
-worker's image (decode + infer + encode on a 4-thread pool) against inference alone.
+worker's image (decode + infer + encode on the worker's codec pool of `codec.THREADS` threads)
+against inference alone.
 
     .venv/bin/python bench/worker.py [--quick]
 """
@@ -128,7 +129,7 @@ def main() -> None:
         infer = infer_ms[size] / 1000
         if device.type == "cuda":
             # The codec runs on CPU threads while the GPU infers other images.
-            per_image = max(infer, (decode + encode) / min(4, os.cpu_count() or 1))
+            per_image = max(infer, (decode + encode) / min(codec.THREADS, os.cpu_count() or 1))
         else:
             per_image = decode + infer + encode  # on CPU they share the same cores
         print(

@@ -263,9 +263,15 @@ class Campaign:
 
     def unended(self, most: int = 10) -> list[str]:
         """The jobs that keep a campaign from ending, each with what its status says: one not
-        terminal, or one deleted that is still there (its finalizer not let go)."""
+        terminal, one deleted that is still there (its finalizer not let go), or one submitted
+        that is not there at all."""
         found = []
-        for job in self.jobs():
+        jobs = self.jobs()
+        listed = {(j["metadata"]["namespace"], j["metadata"]["name"]) for j in jobs}
+        for namespace, name in self.submitted:
+            if (namespace, name) not in listed and (namespace, name) not in self.deleted:
+                found.append(f"{namespace}/{name}: missing (submitted, never deleted, not listed)")
+        for job in jobs:
             meta, status = job["metadata"], job.get("status") or {}
             deleted = self.deleted.get((meta["namespace"], meta["name"]))
             still_there = deleted is not None and deleted[0] == meta["uid"]

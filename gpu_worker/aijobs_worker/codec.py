@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 MAX_PIXELS = 40_000_000
 THREADS = 4  # the worker's codec pool (PIL lets go of the GIL while it decodes and encodes)
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class BadImage(ValueError):
@@ -64,10 +64,17 @@ def encode_each(images: Sequence[torch.Tensor]) -> list[tuple[bytes, str]]:
     return [(png, hashlib.sha256(png).hexdigest()) for png in map(encode, images)]
 
 
-def runs(values: Sequence[T], threads: int = THREADS) -> list[Sequence[T]]:
-    """``values`` cut into at most ``threads`` runs of neighbours, as even as can be: what each
-    thread of the pool takes in one hop (:func:`decode_each`, :func:`encode_each`)."""
-    if not values:
+def runs(values: Sequence[_T], threads: int = THREADS) -> list[Sequence[_T]]:
+    """``values`` cut into at most ``threads`` runs of neighbours whose lengths differ by one at
+    most (13 on 4 threads: 4, 3, 3, 3): what each thread of the pool takes in one hop
+    (:func:`decode_each`, :func:`encode_each`)."""
+    count = min(threads, len(values))
+    if count == 0:
         return []
-    size = -(-len(values) // min(threads, len(values)))
-    return [values[start : start + size] for start in range(0, len(values), size)]
+    size, longer = divmod(len(values), count)
+    cut, start = [], 0
+    for n in range(count):
+        end = start + size + (1 if n < longer else 0)
+        cut.append(values[start:end])
+        start = end
+    return cut

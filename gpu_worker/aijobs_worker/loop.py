@@ -241,22 +241,25 @@ class Worker:
             for task, blob in zip(tasks, blobs, strict=True)
             if not isinstance(blob, BaseException)
         ]
-        for task, blob in zip(tasks, blobs, strict=True):
-            if isinstance(blob, BaseException):
-                await self._give_back(
-                    task.id, f"could not fetch the input: {blob}", task.lease_token, retryable=True
-                )
+        unfetched = [
+            self._give_back(task.id, f"could not fetch the input: {blob}", task.lease_token, retryable=True)
+            for task, blob in zip(tasks, blobs, strict=True)
+            if isinstance(blob, BaseException)
+        ]
         self._beat(f"decoding {len(fetched)} input(s)", self.cfg.lease_seconds)
         t0 = time.perf_counter()
-        images = await self._on_pool(codec.decode_each, [blob for _, blob in fetched])
+        decoding = self._on_pool(codec.decode_each, [blob for _, blob in fetched])
+        images, _ = await asyncio.gather(decoding, asyncio.gather(*unfetched))
         if fetched:
             STAGE_SECONDS.labels("decode").observe((time.perf_counter() - t0) / len(fetched))
         items: list[Item] = []
+        bad = []
         for (task, _), image in zip(fetched, images, strict=True):
             if isinstance(image, codec.BadImage):
-                await self._give_back(task.id, str(image), task.lease_token, retryable=False)
-                continue
-            items.append(Item(task.id, task.pipeline, task.params, image))
+                bad.append(self._give_back(task.id, str(image), task.lease_token, retryable=False))
+            else:
+                items.append(Item(task.id, task.pipeline, task.params, image))
+        await asyncio.gather(*bad)
         return Batch(len(tasks), {task.id: task for task in tasks}, items)
 
     async def _on_pool(
@@ -280,16 +283,20 @@ class Worker:
         self._beat("encoding and storing results", self.cfg.lease_seconds)
         ran: list[LeasedTask] = []
         outputs = []
+        failed = []
         for item in batch.items:
             task = batch.tasks[item.key]
             if item.error is not None or item.output is None:
                 IMAGES.labels(task.pipeline, "failed").inc()
-                await self._give_back(item.key, item.error or "no output", task.lease_token, retryable=False)
+                failed.append(
+                    self._give_back(item.key, item.error or "no output", task.lease_token, retryable=False)
+                )
                 continue
             ran.append(task)
             outputs.append(item.output)
         t1 = time.perf_counter()
-        encoded = await self._on_pool(codec.encode_each, outputs)
+        # The runs that failed are handed back while the others encode (each is a call to AI).
+        encoded, _ = await asyncio.gather(self._on_pool(codec.encode_each, outputs), asyncio.gather(*failed))
         if ran:
             STAGE_SECONDS.labels("encode").observe((time.perf_counter() - t1) / len(ran))
         results = [_spooled(task, png, digest) for task, (png, digest) in zip(ran, encoded, strict=True)]

@@ -18,7 +18,7 @@ REGISTRY = CollectorRegistry()
 _buckets = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STAGE_SECONDS = Histogram(
     "aijobs_worker_stage_seconds",
-    "Time per task in each stage",
+    "Seconds per task in each stage: a lease's (or batch's) wall seconds in the stage over its tasks",
     ["stage"],
     registry=REGISTRY,
     buckets=_buckets,

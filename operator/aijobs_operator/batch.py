@@ -487,9 +487,9 @@ async def outcomes(call: Call) -> list[ManifestLine]:
 
 async def outcomes_and_results(call: Call) -> tuple[list[ManifestLine], list[storage.StoredObject]]:
     """:func:`outcomes`, and the job's live results they were read with. The inputs, the results
-    and the tasks are three listings of their own (a 10,000-image batch: ten pages each), read
-    side by side: none depends on another once every task has ended (a task's result is
-    committed before its task is completed)."""
+    and the tasks are read side by side (for a prefix batch, three listings; for an image list,
+    the list, and the job's objects twice), none depending on another once every task has
+    ended: a task's result is committed before its task is completed."""
     inputs, results, tasks = await asyncio.gather(
         images_of(call, strict=False), job_results(call), job_tasks(call)
     )
@@ -600,9 +600,9 @@ async def deliver(call: Call) -> Done | Waiting:
 
 
 async def delete_strays(call: Call, results: list[storage.StoredObject], named: set[str]) -> None:
-    """Delete each of the job's results the manifest does not name (an image cancelled past
-    maxFailedImages whose worker stored it before it heard): not the user's, as compensation
-    would delete it."""
+    """Delete each of the job's results (as the delivery read them) the manifest does not name
+    (an image cancelled past maxFailedImages whose worker stored it before it heard): not the
+    user's, as compensation would delete it. One stored after that read is the auditor's."""
     job = call.job
     for stray in results:
         if stray.id not in named:

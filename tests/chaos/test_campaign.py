@@ -67,6 +67,38 @@ def test_a_process_that_exits_by_itself_under_faults_is_a_crash_and_is_started_a
     assert len(campaign.crashes) == 1
 
 
+def _job(name: str, uid: str, phase: str | None, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"namespace": "ns", "name": name, "uid": uid, "finalizers": ["aijobs.io/saga"]}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-07T03:25:00Z"
+    steps = [{"name": "charge", "state": "Succeeded", "attempts": 1}]
+    return {"metadata": meta, "status": {"phase": phase, "message": f"{name} says", "steps": steps}}
+
+
+def test_a_campaign_that_did_not_end_names_the_jobs_that_kept_it() -> None:
+    """What a report says when not every job ended: a job not terminal, one the campaign deleted
+    that is still there, one submitted that is not there at all; not a finished job, nor one
+    deleted and gone, nor a job of the same name created again (another uid)."""
+    stack = SimpleNamespace(services={}, operators=[], workers=[], faults=lambda name, rules: None)
+    campaign = Campaign(stack, seed=1)  # type: ignore[arg-type]
+    campaign.submitted = [("ns", n) for n in ("done", "running", "stuck", "gone", "lost", "again")]
+    campaign.deleted = {("ns", "stuck"): ("u-stuck", "acme", 1), ("ns", "gone"): ("u-gone", "acme", 1)}
+    campaign.deleted[("ns", "again")] = ("u-old", "acme", 1)
+    listed = [
+        _job("done", "u-done", "Delivered"),
+        _job("running", "u-running", "Scheduled"),
+        _job("stuck", "u-stuck", "Failed", deleting=True),
+        _job("again", "u-new", "Delivered"),
+    ]
+    campaign.jobs = lambda: listed  # type: ignore[method-assign]
+    said = campaign.unended()
+    assert [line.split(":")[0].split(" ")[0] for line in said] == ["ns/lost", "ns/running", "ns/stuck"]
+    assert "missing" in said[0]
+    assert "phase Scheduled" in said[1] and "deleted" not in said[1]
+    assert "phase Failed, deleted at 2026-12-07T03:25:00Z, deleted by the campaign" in said[2]
+    assert "finalizers ['aijobs.io/saga']" in said[2] and "('charge', 'Succeeded', 1)" in said[2]
+
+
 def test_a_seed_always_gives_the_same_fault_schedule() -> None:
     assert schedule(42, {"net", "kill"}, 30) == schedule(42, {"net", "kill"}, 30)
     assert schedule(42, {"net", "kill"}, 30) != schedule(43, {"net", "kill"}, 30)

@@ -42,7 +42,7 @@ def test_keeping_the_results_of_cancelled_images_is_found(monkeypatch: pytest.Mo
     """Delivery no longer deletes a result the manifest does not name (an image cancelled past
     maxFailedImages whose worker stored it first): an object outlives the job's promise."""
 
-    async def keep_all(call: Any, named: set[str]) -> None:
+    async def keep_all(call: Any, results: Any, named: set[str]) -> None:
         return None
 
     monkeypatch.setattr(batch, "delete_strays", keep_all)

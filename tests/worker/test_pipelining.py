@@ -477,7 +477,7 @@ class _Distinct(_Storage):
         return into.model_validate({"items": items})
 
 
-async def test_a_leases_images_are_decoded_and_encoded_together_and_each_result_is_its_own(
+async def test_each_result_is_made_from_its_own_input_and_an_undecodable_one_fails_alone(
     tmp_path: Path,
 ) -> None:
     """A lease's images go through the codec pool in a few runs of neighbours (the first lease
