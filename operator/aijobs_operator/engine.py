@@ -414,8 +414,16 @@ class Reconciler:
     def remember(self, body: dict[str, Any]) -> dict[str, Any]:
         body = slim(body)  # our own write's answer, slimmed as a watched job is
         meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
         if meta.get("uid") not in self._gone:  # a write that crossed the job's deletion
-            self.cache[(meta["namespace"], meta["name"])] = body
+            before = self.cache.get(key)
+            self.cache[key] = body
+            if before is not None and _changed_by_others(before, body):
+                # The write's answer carries a change made meanwhile by someone else (a user's
+                # deletion): the watch brings that change as older than this answer, so
+                # observe() drops it, and the pass that wrote did not see it. Without a pass of
+                # its own, a job deleted as its pass finished it would keep its finalizer forever.
+                self.enqueue(key)
         return body
 
     async def _write(self, body: dict[str, Any], status: AIImageJobStatus) -> dict[str, Any]:
@@ -438,6 +446,14 @@ class Reconciler:
                 raise Superseded from exc
             raise
         return self.remember(updated)
+
+
+def _changed_by_others(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a job's newer copy was deleted, or its spec changed, since the older one."""
+    was, now = before["metadata"], after["metadata"]
+    return bool(now.get("deletionTimestamp")) != bool(was.get("deletionTimestamp")) or now.get(
+        "generation"
+    ) != was.get("generation")
 
 
 class Superseded(Exception):

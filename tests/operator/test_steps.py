@@ -250,6 +250,32 @@ def test_a_late_watch_event_of_a_deleted_job_is_ignored() -> None:
     assert reconciler.cache == {}
 
 
+def test_a_deletion_that_a_passs_own_write_brings_back_gets_a_pass_of_its_own() -> None:
+    """A person deletes a job while a pass over it runs (here, the pass that finishes it). The
+    pass's status write, made with no precondition after the first, is answered with the job as
+    the API server holds it, deleted; the watch then brings the deletion, older than that answer,
+    and it is dropped as old. The job must still get a pass, which lets its finalizer go: without
+    one it stayed forever, Delivered and deleted (a 2,000-job chaos campaign left one so)."""
+    reconciler = Reconciler(OperatorSettings(), _services(lambda r: httpx.Response(500)), None)  # type: ignore[arg-type]
+    meta = {"namespace": "ns", "name": "job", "uid": "u1", "generation": 1, "finalizers": ["aijobs.io/saga"]}
+    reconciler.observe(
+        "ADDED", {"metadata": {**meta, "resourceVersion": "5"}, "status": {"phase": "Processed"}}
+    )
+    assert reconciler.drain() == [("ns", "job")]
+    deleted = {**meta, "deletionTimestamp": "2026-12-07T03:25:00Z", "generation": 2}
+    written = {"metadata": {**deleted, "resourceVersion": "7"}, "status": {"phase": "Delivered"}}
+    reconciler.remember(written)  # the pass's write, answered after the deletion (resourceVersion 6)
+    reconciler.observe(
+        "MODIFIED", {"metadata": {**deleted, "resourceVersion": "6"}, "status": {"phase": "Processed"}}
+    )
+    reconciler.observe("MODIFIED", written)  # the write's own event
+    assert reconciler.cache[("ns", "job")]["metadata"]["resourceVersion"] == "7"
+    assert reconciler.drain() == [("ns", "job")]
+    # A write that changes only the status (the usual case) asks for no pass.
+    reconciler.remember({"metadata": {**deleted, "resourceVersion": "8"}, "status": {"phase": "Delivered"}})
+    assert reconciler.drain() == []
+
+
 async def test_a_spec_the_operator_cannot_read_fails_before_any_charge() -> None:
     class Kube:
         def __init__(self) -> None:
