@@ -236,16 +236,14 @@ class Worker:
         started = time.perf_counter()
         blobs = await self._fetch_all(tasks)
         STAGE_SECONDS.labels("fetch").observe((time.perf_counter() - started) / max(1, len(tasks)))
-        fetched = [
-            (task, blob)
-            for task, blob in zip(tasks, blobs, strict=True)
-            if not isinstance(blob, BaseException)
-        ]
-        unfetched = [
-            self._give_back(task.id, f"could not fetch the input: {blob}", task.lease_token, retryable=True)
-            for task, blob in zip(tasks, blobs, strict=True)
-            if isinstance(blob, BaseException)
-        ]
+        fetched: list[tuple[LeasedTask, bytes]] = []
+        unfetched = []
+        for task, blob in zip(tasks, blobs, strict=True):
+            if isinstance(blob, BaseException):
+                why = f"could not fetch the input: {blob}"
+                unfetched.append(self._give_back(task.id, why, task.lease_token, retryable=True))
+            else:
+                fetched.append((task, blob))
         self._beat(f"decoding {len(fetched)} input(s)", self.cfg.lease_seconds)
         t0 = time.perf_counter()
         decoding = self._on_pool(codec.decode_each, [blob for _, blob in fetched])
