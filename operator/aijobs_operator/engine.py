@@ -51,12 +51,14 @@ class Reconciler:
         kube: KubeWriter,
         clock: Callable[[], dt.datetime] = now,
         saga: Saga[Call] = SAGA,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.saga = saga
         self.svc = services
         self.kube = kube
         self.clock = clock
+        self.monotonic = monotonic  # the timers' clock (the simulator's is virtual)
         self._policy = core.Policy(
             default_deadline=dt.timedelta(seconds=cfg.default_deadline_seconds),
             batch_default_deadline=dt.timedelta(seconds=cfg.batch_default_deadline_seconds),
@@ -108,8 +110,18 @@ class Reconciler:
             self._queue.put_nowait(key)
 
     def later(self, key: Key, delay: float) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay, key))
+        heapq.heappush(self._timers, (self.monotonic() + delay, key))
         self._timer_wakeup.set()
+
+    def wake_due(self) -> float | None:
+        """Queue each job whose timer is up (one gone from the cache since is let be), and say
+        in how many seconds the next timer is up (None: no timer is set)."""
+        now = self.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, key = heapq.heappop(self._timers)
+            if key in self.cache:
+                self.enqueue(key)
+        return (self._timers[0][0] - now) if self._timers else None
 
     # -- running ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -137,12 +149,7 @@ class Reconciler:
 
     async def _timer_loop(self) -> None:
         while True:
-            now = time.monotonic()
-            while self._timers and self._timers[0][0] <= now:
-                _, key = heapq.heappop(self._timers)
-                if key in self.cache:
-                    self.enqueue(key)
-            timeout = (self._timers[0][0] - now) if self._timers else None
+            timeout = self.wake_due()
             self._timer_wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timer_wakeup.wait(), timeout)

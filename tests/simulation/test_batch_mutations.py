@@ -47,9 +47,9 @@ def test_keeping_the_results_of_cancelled_images_is_found(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(batch, "delete_strays", keep_all)
     # A cancelled image's late result is rare: prefix batches alone (their images fail more
-    # often, so more of them pass maxFailedImages), where these seeds give two.
+    # often, so more of them pass maxFailedImages), where these seeds give two (1135, 1243).
     monkeypatch.setattr(world, "LIST_BATCHES", 0.0)
-    campaign = run_range(0, 2 * SCHEDULES)
+    campaign = run_range(1000, SCHEDULES)
     found = _violations(campaign, "I3")
     assert any("(result) left committed" in line for line in found), found[:5]
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from aijobs_dev.simulation.run import minimal, replay, run_range, simulate
 from aijobs_dev.simulation.world import KubeTwin
-from aijobs_operator import core
+from aijobs_operator import core, engine
 
 SCHEDULES = 20_000
+SEEDS_FOR_THE_DELETION_RACE = 600
 
 
 @pytest.mark.slow
@@ -58,6 +59,7 @@ def test_twenty_thousand_fault_schedules_keep_every_invariant() -> None:
         "audit-interleaved",
         "delete-when-finished",
         "gone-charged",
+        "wake-at-random",
     ):
         assert campaign.faults[kind] >= 10, f"fault {kind} fired {campaign.faults[kind]} times"
     # The auditor moved money (and the checker judged each move) under the same faults.
@@ -120,6 +122,27 @@ def test_the_simulation_finds_a_job_let_go_when_deleted_before_its_first_write(
     monkeypatch.setattr(core.Saga, "plan", let_go)
     campaign = run_range(0, 600)
     assert any(line.startswith("I3 ") for lines in campaign.failing.values() for line in lines)
+
+
+@pytest.mark.slow
+def test_the_simulation_finds_a_deleted_job_that_nothing_wakes_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the faults heal the operator is woken only as its engine wakes it, so a job that
+    nothing wakes again stays as it is. With the old ``remember()`` (a pass's write answered with
+    a deletion made meanwhile queues nothing; the watch's news of it, older, is dropped), a job
+    deleted as its pass ends keeps its finalizer forever (I4), as a 2,000-job chaos campaign found
+    on the real stack and a heal that passed every job each round never could."""
+
+    def forgetful(self: engine.Reconciler, body: dict[str, Any]) -> dict[str, Any]:
+        body = engine.slim(body)
+        meta = body["metadata"]
+        if meta.get("uid") not in self.gone:
+            self.cache[(meta["namespace"], meta["name"])] = body
+        return body
+
+    monkeypatch.setattr(engine.Reconciler, "remember", forgetful)
+    campaign = run_range(0, SEEDS_FOR_THE_DELETION_RACE)
+    found = [line for lines in campaign.failing.values() for line in lines if line.startswith("I4 ")]
+    assert any("(deleting)" in line for line in found), found[:5]
 
 
 @pytest.mark.slow

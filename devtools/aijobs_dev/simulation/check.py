@@ -185,7 +185,7 @@ def _batch(world: World, job: SimJob) -> list[Violation]:
             bad("I3", f"task {task.id} left {task.state}")
     # I4: ended once faults healed.
     if body is not None and (phase not in TERMINAL_PHASES or body["metadata"].get("deletionTimestamp")):
-        bad("I4", f"still {phase}")
+        bad("I4", f"still {phase}{' (deleting)' if body['metadata'].get('deletionTimestamp') else ''}")
     # I5: the log's story is the services': delivered iff a manifest was; its counts the manifest's.
     if body is not None and phase in TERMINAL_PHASES:
         if (phase == "Delivered" or status.get("result")) and not shipped:

@@ -19,7 +19,9 @@ Faults a schedule may draw (each with a probability the seed also draws):
 - a request or its answer is **lost** (a timeout), the callee answers 503 or 429, before or after
   committing;
 - the user **deletes** the job at any moment; the clock **jumps** past the deadline at any step;
-- watch events arrive **late, twice or out of order**; the operator is woken at random;
+- watch events arrive **late, twice or out of order**; the operator is woken at random (in a
+  schedule without this fault, only as its engine wakes it: the watch, the follower, its writes'
+  answers, its timers on the virtual clock; so a job that nothing wakes again stays as it is);
 - the disk is **full**; the GPU task **fails**; the account is **short** of credits;
 - an admin **edits** a CreditAccount (lets a contested namespace go, or lists it again),
   **deletes** one or re-creates it; jobs run in namespaces bound to their account, in one two
@@ -31,7 +33,9 @@ Faults a schedule may draw (each with a probability the seed also draws):
   and the operator's other work goes on **while the auditor's pass awaits** Payment (a job may
   capture, deliver, be deleted and go after the auditor read the holds).
 
-After the schedule, faults heal and the world runs until every job is terminal or gone, the
+After the schedule, faults heal and the world runs until every job is terminal or gone (its
+operator woken only as the engine wakes it: the watch, the follower, its writes' answers and its
+timers, which run on the virtual clock; a job nothing wakes again stays unfinished), the
 auditor makes one more pass, and an independent checker (:mod:`aijobs_dev.simulation.check`)
 tests I1-I5, tenancy and the auditor's repairs from what the twins hold.
 """
@@ -109,6 +113,7 @@ class Faults:
     task_fails: float = 0.0
     damage: float = 0.0
     accounts: float = 0.0
+    wake: float = 0.0
 
     @classmethod
     def draw(cls, rng: random.Random) -> Faults:
@@ -126,6 +131,7 @@ class Faults:
             task_fails=p(0.3),
             damage=p(0.8),
             accounts=p(0.6),
+            wake=p(0.6),
         )
 
 
@@ -536,6 +542,10 @@ class World:
     def now(self) -> dt.datetime:
         return self.clock
 
+    def seconds(self) -> float:
+        """The operator's timers' clock: seconds on the virtual clock."""
+        return (self.clock - T0).total_seconds()
+
     def say(self, line: str) -> None:
         self.story.append(f"[{(self.clock - T0).total_seconds():9.1f}s] {line}")
 
@@ -788,7 +798,7 @@ class World:
             main=client("main"),
         )
         kube: KubeWriter = self.kube
-        operator = Reconciler(self.cfg, services, kube, clock=self.now)
+        operator = Reconciler(self.cfg, services, kube, clock=self.now, monotonic=self.seconds)
         self.kube.watch.clear()
         # A new process lists before it watches; with many jobs that takes a while, and its
         # passes (the auditor's too) may run before every job is in its cache (a cold restart).
@@ -853,8 +863,9 @@ class World:
             await self.operator.reconcile(key)
         except Crash:
             self._restart()
-        except ApiException as exc:  # the engine's worker logs it and retries later
+        except ApiException as exc:  # the engine's worker logs it and retries later, as here
             self.say(f"pass {key[1]} failed: API {exc.status}")
+            self.operator.later(key, 5.0)
         finally:
             self._passing = None
 
@@ -910,9 +921,11 @@ class World:
                 self.say(f"worker ends {task.id}: {task.state}")
                 task.updated_at = self.clock
 
-    async def _watch_and_drain(self) -> None:
-        self._deliver_watch()
-        while keys := self.operator.drain():  # what the watch queued runs now
+    async def _watch_and_drain(self, watch: bool = True) -> None:
+        if watch:
+            self._deliver_watch()
+        self.operator.wake_due()  # the timers up on the virtual clock
+        while keys := self.operator.drain():  # what the watch and the timers queued runs now
             for key in keys:
                 await self._pass(key)
 
@@ -928,7 +941,12 @@ class World:
         r = self.rng.random()
         keys = list(self.kube.objects)
         if r < 0.3 and keys:
-            await self._pass(self.rng.choice(keys))
+            if self.chance(self.faults.wake):  # a job woken for no reason of the engine's
+                key = self.rng.choice(keys)
+                self.fire("wake-at-random", key[1])
+                await self._pass(key)
+            else:  # the engine's own wake-ups: its timers
+                await self._watch_and_drain(watch=False)
         elif r < 0.5:
             await self._watch_and_drain()
         elif r < 0.65:
@@ -1259,6 +1277,10 @@ class World:
                 return
 
     async def _heal(self, heal_rounds: int) -> None:
+        """The world runs on with no fault until every job is terminal or gone. The operator is
+        woken only as its engine wakes it: by the watch, by the follower, by its own write's
+        answer, by its timers (on the virtual clock). No job is passed only because it is
+        there, so a job that nothing wakes again stays as it is, and the checker finds it (I4)."""
         self._list_late(everything=True)
         for _ in range(heal_rounds):
             if self.settled():
@@ -1272,16 +1294,28 @@ class World:
             self._work()
             self.payment.sweep()
             await self.operator.follow()  # the follower runs on, as in production
-            while self.kube.watch:
-                self._deliver_watch()
-            for key in list(self.kube.objects):
-                await self._pass(key)
+            timer = await self._run_woken()
             self.clock += dt.timedelta(seconds=self.rng.choice([1, 5, 30, 300]))
             later = [
                 t.run_at for t in self.ai.tasks.values() if t.state == "scheduled" and t.run_at > self.clock
             ]
             if later and self.rng.random() < 0.3:  # nothing happens until a runAt: skip to it
                 self.clock = min(later)
+            elif timer is not None and self.rng.random() < 0.3:  # or until the next timer
+                self.clock += dt.timedelta(seconds=timer)
+
+    async def _run_woken(self) -> float | None:
+        """Pass each job the engine has queued (by the watch, its writes, its timers up now),
+        until none is; say in how many seconds the next timer is up (None: none is set)."""
+        while True:
+            while self.kube.watch:
+                self._deliver_watch()
+            timer = self.operator.wake_due()
+            keys = self.operator.drain()
+            if not keys:
+                return timer
+            for key in keys:
+                await self._pass(key)
 
     def run_sync(self, steps: int = 64) -> None:
         logging.getLogger("aijobs.operator").setLevel(logging.CRITICAL)
