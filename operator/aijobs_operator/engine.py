@@ -266,7 +266,17 @@ class Reconciler:
         if not deleting and status_in.get("phase") in core.TERMINAL:
             return
         if not deleting and FINALIZER not in (meta.get("finalizers") or []):
-            body = self.remember(await self.kube.add_finalizer(body, FINALIZER))
+            try:
+                body = self.remember(await self.kube.add_finalizer(body, FINALIZER))
+            except ApiException as exc:
+                if exc.status not in (404, 409, 422):
+                    raise
+                # Deleted (404) or changed (the resourceVersion test failed) since the cache's
+                # copy: nothing was done, and the watch brings the news; the timer is in case
+                # it does not. A race, not an error: no traceback in the operator's log.
+                log.info("%s/%s changed before its finalizer (%s): passed again", *key, exc.status)
+                self.later(key, 1.0)
+                return
         try:
             job = self._view(body)
         except ValidationError as exc:

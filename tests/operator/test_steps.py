@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from aijobs_operator import core
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.engine import Reconciler
+from aijobs_operator.kube import ApiException
 from aijobs_operator.steps import Call, Job, Services, StepFailed, capture, charge, deliver, upload
 from pydantic import BaseModel
 
@@ -274,6 +276,36 @@ def test_a_deletion_that_a_passs_own_write_brings_back_gets_a_pass_of_its_own() 
     # A write that changes only the status (the usual case) asks for no pass.
     reconciler.remember({"metadata": {**deleted, "resourceVersion": "8"}, "status": {"phase": "Delivered"}})
     assert reconciler.drain() == []
+
+
+@pytest.mark.parametrize("status", [404, 422], ids=["deleted", "changed"])
+async def test_a_job_gone_or_changed_before_its_finalizer_is_passed_again_without_an_error(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job deleted (or edited) between the watch's news and its first pass: adding the
+    finalizer is refused. Nothing is called, nothing is logged as an error, and the job is
+    passed again (the watch brings its news; a timer, in case it does not)."""
+
+    class Kube:
+        async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> dict[str, Any]:
+            raise ApiException(status=status, reason="gone or changed")
+
+    calls: list[httpx.Request] = []
+    reconciler = Reconciler(
+        OperatorSettings(),
+        _services(lambda r: calls.append(r) or httpx.Response(500)),
+        Kube(),  # type: ignore[arg-type]
+        monotonic=lambda: 100.0,
+    )
+    meta = {"namespace": "ns", "name": "job", "uid": "u1", "resourceVersion": "1"}
+    reconciler.observe("ADDED", {"metadata": meta, "spec": {"account": "acme", "pipeline": "resize"}})
+    assert reconciler.drain() == [("ns", "job")]
+    with caplog.at_level(logging.INFO, logger="aijobs.operator"):
+        await reconciler.reconcile(("ns", "job"))
+    assert calls == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    reconciler.monotonic = lambda: 101.5
+    assert reconciler.wake_due() is None and reconciler.drain() == [("ns", "job")]
 
 
 async def test_a_spec_the_operator_cannot_read_fails_before_any_charge() -> None:
