@@ -33,7 +33,7 @@ from aijobs.wire.client import Ambiguous, Refused, ServiceError
 from aijobs_operator import core
 from aijobs_operator.config import OperatorSettings
 from aijobs_operator.core import Saga
-from aijobs_operator.kube import ApiException, KubeWriter
+from aijobs_operator.kube import ApiException, KubeWriter, stale
 from aijobs_operator.metrics import METRICS
 from aijobs_operator.saga import FINALIZER, SAGA, now
 from aijobs_operator.steps import Call, Job, Services, StepFailed
@@ -269,13 +269,13 @@ class Reconciler:
             try:
                 body = self.remember(await self.kube.add_finalizer(body, FINALIZER))
             except ApiException as exc:
-                if exc.status not in (404, 409, 422):
+                if exc.status != 404 and not stale(exc):
                     raise
-                # Deleted (404) or changed (the resourceVersion test failed) since the cache's
-                # copy: nothing was done, and the watch brings the news; the timer is in case
-                # it does not. A race, not an error: no traceback in the operator's log.
-                log.info("%s/%s changed before its finalizer (%s): passed again", *key, exc.status)
-                self.later(key, 1.0)
+                # Deleted, or changed since the cache's copy: nothing was done, and the watch
+                # brings the news, which queues the job; the timer is for a watch that does
+                # not. A race, not an error: no traceback in the operator's log.
+                log.info("%s/%s changed before its finalizer was added (%s)", *key, exc.status)
+                self.later(key, 5.0)
                 return
         try:
             job = self._view(body)

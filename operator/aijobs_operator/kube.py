@@ -9,14 +9,16 @@ cluster-scoped CreditAccounts (the account reconciler); a :class:`Resource` says
 :class:`KubeWriter` is the contract, so that the code that writes is the same in production and in
 the deterministic simulator: :class:`ApiKubeWriter` talks to the API server (its synchronous
 client runs on a thread so the event loop never blocks), the simulator's ``KubeTwin`` keeps the
-objects in memory. Both raise :class:`ApiException` as the API server answers (404 gone, 409/422 a
-stale resourceVersion).
+objects in memory. Both raise :class:`ApiException` as the API server answers: 404 gone; 409 a
+status write's resourceVersion precondition refused, or 422 with no causes a JSON patch's
+``test`` of it (both: :func:`stale`); 422 with causes, the object refused by its schema.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -51,6 +53,22 @@ class Resource:
 
 JOBS = Resource(KIND, PLURAL, namespaced=True, status_metric="status")
 ACCOUNTS = Resource(ACCOUNT_KIND, ACCOUNT_PLURAL, namespaced=False, status_metric="account-status")
+
+
+def stale(exc: ApiException) -> bool:
+    """The write was refused because the object changed since the copy it was decided on: a 409
+    (a resourceVersion precondition), or the 422 kube-apiserver answers when a JSON patch's
+    ``test`` op fails, which names no causes (a 422 refusing the object by its schema or a
+    validating policy names them, and is no race: trying again would be refused again)."""
+    if exc.status == 409:
+        return True
+    if exc.status != 422:
+        return False
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return True  # no Status body (as the simulator's twin raises): nothing names a cause
+    return not details.get("causes")
 
 
 class KubeWriter(Protocol):

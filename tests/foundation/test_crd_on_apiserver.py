@@ -447,6 +447,35 @@ def test_a_status_write_on_a_stale_resource_version_is_refused(kubectl: Kubectl,
     assert kubectl.json("get", "aij", "resize-from-url")["status"]["phase"] == "Pending"
 
 
+def test_a_finalizer_added_on_a_stale_copy_is_told_apart_from_one_the_api_server_refuses(
+    kubectl: Kubectl, kube_api: Any
+) -> None:
+    """``KubeWriter.add_finalizer`` tests the copy's resourceVersion: on a copy something changed
+    since, the API server refuses with a 422 that names no cause, which :func:`stale` reads as a
+    race (the operator passes the job again); a refusal of the object itself (here a finalizer
+    name that is no qualified name) names its cause and is not; a job gone is a 404."""
+    import asyncio
+
+    from aijobs_operator.kube import ApiException, ApiKubeWriter, stale
+
+    kubectl.run("apply", "-f", str(EXAMPLES[0].parent / "resize-url.yaml"), check=True)
+    old = kubectl.json("get", "aij", "resize-from-url")
+    kubectl.run("label", "aij", "resize-from-url", "team=a", check=True)  # a change since the copy
+    writer = ApiKubeWriter(kube_api)
+    with pytest.raises(ApiException) as raced:
+        asyncio.run(writer.add_finalizer(old, "aijobs.io/saga"))
+    assert raced.value.status == 422 and stale(raced.value)
+    fresh = kubectl.json("get", "aij", "resize-from-url")
+    with pytest.raises(ApiException) as refused:
+        asyncio.run(writer.add_finalizer(fresh, "not a finalizer!"))
+    assert refused.value.status == 422 and not stale(refused.value)
+    assert not kubectl.json("get", "aij", "resize-from-url")["metadata"].get("finalizers")
+    kubectl.run("delete", "aij", "resize-from-url", check=True)
+    with pytest.raises(ApiException) as gone:
+        asyncio.run(writer.add_finalizer(fresh, "aijobs.io/saga"))
+    assert gone.value.status == 404
+
+
 def test_a_deletion_names_the_job_by_uid_and_spares_a_namesake(kubectl: Kubectl, kube_api: Any) -> None:
     """``KubeWriter.delete``: the TTL deletes the job it judged, never one created since under its
     name."""

@@ -278,17 +278,33 @@ def test_a_deletion_that_a_passs_own_write_brings_back_gets_a_pass_of_its_own() 
     assert reconciler.drain() == []
 
 
-@pytest.mark.parametrize("status", [404, 422], ids=["deleted", "changed"])
+SCHEMA_REFUSAL = json.dumps({"reason": "Invalid", "details": {"causes": [{"field": "metadata.finalizers"}]}})
+TEST_OP_FAILED = json.dumps({"reason": "Invalid", "details": {}})  # what kube-apiserver names: nothing
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "raced"),
+    [
+        pytest.param(404, None, True, id="deleted"),
+        pytest.param(422, TEST_OP_FAILED, True, id="changed-test-op-failed"),
+        pytest.param(409, None, True, id="conflict"),
+        pytest.param(422, SCHEMA_REFUSAL, False, id="refused-by-its-schema"),
+        pytest.param(500, None, False, id="server-error"),
+    ],
+)
 async def test_a_job_gone_or_changed_before_its_finalizer_is_passed_again_without_an_error(
-    status: int, caplog: pytest.LogCaptureFixture
+    status: int, body: str | None, raced: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A job deleted (or edited) between the watch's news and its first pass: adding the
     finalizer is refused. Nothing is called, nothing is logged as an error, and the job is
-    passed again (the watch brings its news; a timer, in case it does not)."""
+    passed again (the watch brings its news; a timer, in case it does not). Any other refusal
+    (the object refused by its schema, a server error) is raised, for the engine to log."""
 
     class Kube:
-        async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> dict[str, Any]:
-            raise ApiException(status=status, reason="gone or changed")
+        async def add_finalizer(self, body_: dict[str, Any], finalizer: str) -> dict[str, Any]:
+            exc = ApiException(status=status, reason="refused")
+            exc.body = body
+            raise exc
 
     calls: list[httpx.Request] = []
     reconciler = Reconciler(
@@ -301,10 +317,17 @@ async def test_a_job_gone_or_changed_before_its_finalizer_is_passed_again_withou
     reconciler.observe("ADDED", {"metadata": meta, "spec": {"account": "acme", "pipeline": "resize"}})
     assert reconciler.drain() == [("ns", "job")]
     with caplog.at_level(logging.INFO, logger="aijobs.operator"):
-        await reconciler.reconcile(("ns", "job"))
+        if raced:
+            await reconciler.reconcile(("ns", "job"))
+        else:
+            with pytest.raises(ApiException):
+                await reconciler.reconcile(("ns", "job"))
     assert calls == []
+    if not raced:
+        return
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    reconciler.monotonic = lambda: 101.5
+    assert any("changed before its finalizer" in r.getMessage() for r in caplog.records)
+    reconciler.monotonic = lambda: 105.5
     assert reconciler.wake_due() is None and reconciler.drain() == [("ns", "job")]
 
 

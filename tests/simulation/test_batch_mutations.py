@@ -45,12 +45,15 @@ def test_keeping_the_results_of_cancelled_images_is_found(monkeypatch: pytest.Mo
     async def keep_all(call: Any, results: Any, named: set[str]) -> None:
         return None
 
-    monkeypatch.setattr(batch, "delete_strays", keep_all)
-    # A cancelled image's late result is rare: prefix batches alone (their images fail more
-    # often, so more of them pass maxFailedImages), where these seeds give two (1135, 1243).
+    # A cancelled image's late result is rare (a seed in ~1,000 of prefix batches alone, whose
+    # images fail more often, so more of them pass maxFailedImages): these seeds hold one. A
+    # change to the simulator's stories may move it; then this fails, and the range is found
+    # again. The same seeds unmutated keep every object promised.
     monkeypatch.setattr(world, "LIST_BATCHES", 0.0)
-    campaign = run_range(1000, SCHEDULES)
-    found = _violations(campaign, "I3")
+    seeds = (1200, 100)
+    assert not _violations(run_range(*seeds), "I3")
+    monkeypatch.setattr(batch, "delete_strays", keep_all)
+    found = _violations(run_range(*seeds), "I3")
     assert any("(result) left committed" in line for line in found), found[:5]
 
 

@@ -131,7 +131,10 @@ class Faults:
             task_fails=p(0.3),
             damage=p(0.8),
             accounts=p(0.6),
-            wake=p(0.6),
+            # Half the schedules: the engine's own wake-ups only. The others keep most of the
+            # random passes every schedule had before this fault was one (each a chance for a
+            # crash or a deletion mid-pass).
+            wake=rng.choice([0.0, rng.uniform(0.3, 1.0)]),
         )
 
 
@@ -144,6 +147,10 @@ LIST_BATCHES = 0.5
 COLD_RESTARTS = 0.3
 # After a cold restart, the chance at each step that its list hands over the next job it owes.
 COLD_LISTING = 0.02
+
+# Rounds of passes over what the engine queued, with no time passing, before the world moves on
+# (a job that queues itself again on every pass would otherwise hold the simulation forever).
+WAKE_ROUNDS = 100
 # The share of audit passes (before faults heal) during which the operator's other work goes on:
 # between the auditor's read of the holds and its look at its cache, a few rounds of passes,
 # watch events and the worker run, as they do beside the auditor in one process, and a user who
@@ -429,6 +436,7 @@ class KubeTwin:
         self.world.maybe_crash("before adding the finalizer")
         stored = self._get(self._where(body["metadata"], resource), body["metadata"]["name"])
         if stored["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]:
+            self.world.say(f"adding the finalizer of {body['metadata']['name']}: refused, a stale copy")
             raise ApiException(status=422, reason="the resourceVersion test failed")
         stored["metadata"].setdefault("finalizers", []).append(finalizer)
         return self._bump(stored)
@@ -543,7 +551,9 @@ class World:
         return self.clock
 
     def seconds(self) -> float:
-        """The operator's timers' clock: seconds on the virtual clock."""
+        """The operator's timers' clock: seconds on the virtual clock. Its jumps are time that
+        passed for the timers too (a process paused, a machine suspended); a wall-clock step
+        that ``time.monotonic`` does not see would only make a timer late, never lose it."""
         return (self.clock - T0).total_seconds()
 
     def say(self, line: str) -> None:
@@ -863,9 +873,9 @@ class World:
             await self.operator.reconcile(key)
         except Crash:
             self._restart()
-        except ApiException as exc:  # the engine's worker logs it and retries later, as here
-            self.say(f"pass {key[1]} failed: API {exc.status}")
-            self.operator.later(key, 5.0)
+        except ApiException as exc:  # the engine's worker logs any exception and retries after
+            self.say(f"pass {key[1]} failed: API {exc.status}")  # 5 s; here any other fails the
+            self.operator.later(key, 5.0)  # schedule, as a bug
         finally:
             self._passing = None
 
@@ -925,9 +935,13 @@ class World:
         if watch:
             self._deliver_watch()
         self.operator.wake_due()  # the timers up on the virtual clock
-        while keys := self.operator.drain():  # what the watch and the timers queued runs now
+        for _ in range(WAKE_ROUNDS):
+            keys = self.operator.drain()  # what the watch and the timers queued runs now
+            if not keys:
+                return
             for key in keys:
                 await self._pass(key)
+        self.say(f"the operator still wakes jobs after {WAKE_ROUNDS} rounds with no time passing")
 
     def _delete_one(self, keys: list[tuple[str, str]]) -> None:
         damaged = {d.uid for d in self.damage}  # a person is looking into those: left alone
@@ -1041,8 +1055,10 @@ class World:
             while self.kube.watch:
                 await self._watch_and_drain()
             for key in list(self.kube.objects):
-                if self.rng.random() < 0.5:
+                if self.rng.random() < 0.5 and self.chance(self.faults.wake):
+                    self.fire("wake-at-random", key[1])
                     await self._pass(key)
+            await self._watch_and_drain(watch=False)  # and what the engine wakes
             for key in sorted(unfinished & set(self.kube.objects)):
                 if _finished(self.kube.objects[key]) and self.interleave.random() < 0.5:
                     unfinished.discard(key)
@@ -1295,19 +1311,20 @@ class World:
             self.payment.sweep()
             await self.operator.follow()  # the follower runs on, as in production
             timer = await self._run_woken()
-            self.clock += dt.timedelta(seconds=self.rng.choice([1, 5, 30, 300]))
+            step = self.rng.choice([1, 5, 30, 300])
+            self.clock += dt.timedelta(seconds=step)
             later = [
                 t.run_at for t in self.ai.tasks.values() if t.state == "scheduled" and t.run_at > self.clock
             ]
             if later and self.rng.random() < 0.3:  # nothing happens until a runAt: skip to it
                 self.clock = min(later)
-            elif timer is not None and self.rng.random() < 0.3:  # or until the next timer
-                self.clock += dt.timedelta(seconds=timer)
+            elif timer is not None and timer > step and self.rng.random() < 0.3:  # or to a timer
+                self.clock += dt.timedelta(seconds=timer - step)
 
     async def _run_woken(self) -> float | None:
         """Pass each job the engine has queued (by the watch, its writes, its timers up now),
         until none is; say in how many seconds the next timer is up (None: none is set)."""
-        while True:
+        for _ in range(WAKE_ROUNDS):
             while self.kube.watch:
                 self._deliver_watch()
             timer = self.operator.wake_due()
@@ -1316,6 +1333,10 @@ class World:
                 return timer
             for key in keys:
                 await self._pass(key)
+        # A job that queues itself again on every pass with no time passing: the heal goes on
+        # (time passes), and a job that so never ends is the checker's (I4).
+        self.say(f"the operator still wakes jobs after {WAKE_ROUNDS} rounds with no time passing")
+        return self.operator.wake_due()
 
     def run_sync(self, steps: int = 64) -> None:
         logging.getLogger("aijobs.operator").setLevel(logging.CRITICAL)
