@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from aijobs.api.rules import TERMINAL_PHASES
 from aijobs_dev.simulation.world import Damage, SimJob, World
@@ -95,7 +96,7 @@ def _saga(world: World, doubtful: set[str]) -> list[Violation]:
                     bad("I3", f"task {task.id} left {task.state}")
         # I4: every job ended (or was let go) once faults healed.
         if body is not None and (phase not in TERMINAL_PHASES or body["metadata"].get("deletionTimestamp")):
-            bad("I4", f"still {phase}{' (deleting)' if body['metadata'].get('deletionTimestamp') else ''}")
+            bad("I4", _still(phase, body))
         # I5: the log tells the same story as the services.
         if judged and phase == "Delivered" and not delivered:
             bad("I5", "the status says Delivered, but no result was delivered")
@@ -185,7 +186,7 @@ def _batch(world: World, job: SimJob) -> list[Violation]:
             bad("I3", f"task {task.id} left {task.state}")
     # I4: ended once faults healed.
     if body is not None and (phase not in TERMINAL_PHASES or body["metadata"].get("deletionTimestamp")):
-        bad("I4", f"still {phase}{' (deleting)' if body['metadata'].get('deletionTimestamp') else ''}")
+        bad("I4", _still(phase, body))
     # I5: the log's story is the services': delivered iff a manifest was; its counts the manifest's.
     if body is not None and phase in TERMINAL_PHASES:
         if (phase == "Delivered" or status.get("result")) and not shipped:
@@ -309,3 +310,8 @@ def _audit(world: World, doubtful: set[str]) -> list[Violation]:
         if damage.kind == "doubtful-capture" and world.payment.holds[damage.target].state == "captured":
             found.append(Violation("A3", names[damage.uid], f"doubtful hold {damage.target} was captured"))
     return found
+
+
+def _still(phase: Any, body: dict[str, Any]) -> str:
+    """I4's finding: the phase a job was left in, and whether its deletion is stuck too."""
+    return f"still {phase}{' (deleting)' if body['metadata'].get('deletionTimestamp') else ''}"

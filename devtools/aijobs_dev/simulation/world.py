@@ -148,8 +148,7 @@ COLD_RESTARTS = 0.3
 # After a cold restart, the chance at each step that its list hands over the next job it owes.
 COLD_LISTING = 0.02
 
-# Rounds of passes over what the engine queued, with no time passing, before the world moves on
-# (a job that queues itself again on every pass would otherwise hold the simulation forever).
+# Rounds of passes over what the engine queued, with no time passing, before the world moves on.
 WAKE_ROUNDS = 100
 # The share of audit passes (before faults heal) during which the operator's other work goes on:
 # between the auditor's read of the holds and its look at its cache, a few rounds of passes,
@@ -557,7 +556,7 @@ class World:
         return (self.clock - T0).total_seconds()
 
     def say(self, line: str) -> None:
-        self.story.append(f"[{(self.clock - T0).total_seconds():9.1f}s] {line}")
+        self.story.append(f"[{self.seconds():9.1f}s] {line}")
 
     def fire(self, kind: str, where: str) -> None:
         self.fired[kind] = self.fired.get(kind, 0) + 1
@@ -935,8 +934,19 @@ class World:
         if watch:
             self._deliver_watch()
         self.operator.wake_due()  # the timers up on the virtual clock
+        await self._pass_queued()  # what the watch and the timers queued runs now
+
+    async def _pass_queued(self, whole_watch: bool = False) -> None:
+        """Pass each job the engine has queued, until none is (with ``whole_watch``, every watch
+        event and timer up is taken in before each round). Bounded: a job that queues itself
+        again on every pass with no time passing would otherwise hold the simulation forever;
+        the world moves on, and a job that so never ends is the checker's (I4)."""
         for _ in range(WAKE_ROUNDS):
-            keys = self.operator.drain()  # what the watch and the timers queued runs now
+            if whole_watch:
+                while self.kube.watch:
+                    self._deliver_watch()
+                self.operator.wake_due()
+            keys = self.operator.drain()
             if not keys:
                 return
             for key in keys:
@@ -1324,18 +1334,7 @@ class World:
     async def _run_woken(self) -> float | None:
         """Pass each job the engine has queued (by the watch, its writes, its timers up now),
         until none is; say in how many seconds the next timer is up (None: none is set)."""
-        for _ in range(WAKE_ROUNDS):
-            while self.kube.watch:
-                self._deliver_watch()
-            timer = self.operator.wake_due()
-            keys = self.operator.drain()
-            if not keys:
-                return timer
-            for key in keys:
-                await self._pass(key)
-        # A job that queues itself again on every pass with no time passing: the heal goes on
-        # (time passes), and a job that so never ends is the checker's (I4).
-        self.say(f"the operator still wakes jobs after {WAKE_ROUNDS} rounds with no time passing")
+        await self._pass_queued(whole_watch=True)
         return self.operator.wake_due()
 
     def run_sync(self, steps: int = 64) -> None:
