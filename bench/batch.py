@@ -64,6 +64,7 @@ from bench.e2e import wait_workers_polling
 PRICE = 1
 OUTSIDE_THE_WORKER = ("worker", "bench (this process)")
 WRITES_GOAL = 50
+DEADLINE_MAX_S = 7 * 86400
 
 
 def batch_body(name: str, account: str, prefix: str, pipeline: str, deadline_s: float) -> dict[str, Any]:
@@ -152,7 +153,9 @@ def run_batch(
 ) -> tuple[dict[str, Any], float, float, float, list[tuple[float, str]]]:
     """Apply one batch and follow it: (job, apply's perf_counter, its epoch time, end's
     perf_counter, progress seen)."""
-    body = batch_body(name, tenant.account, prefix, args.pipeline, 3600 + 60.0 * n)
+    # A minute an image, within a week: Payment holds credits for 30 days at most, and the
+    # operator fails a job whose deadline its hold could not cover (its first N = 100,000 run).
+    body = batch_body(name, tenant.account, prefix, args.pipeline, min(3600 + 60.0 * n, DEADLINE_MAX_S))
     applied, applied_epoch = time.perf_counter(), time.time()
     custom.create_namespaced_custom_object(GROUP, VERSION, tenant.namespace, PLURAL, body)
     job, ended, progress = follow(custom, tenant.namespace, name, 600 + 10.0 * n)
@@ -198,6 +201,7 @@ def end_to_end(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
         ends, states = task_times(stack, job["metadata"]["uid"])
         return {
             "phase": status["phase"],
+            "status": status,
             "batch": status.get("batch") or {},
             "seconds": ended - applied,
             "uploaded_s": uploaded_s,
@@ -213,6 +217,20 @@ def end_to_end(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
             "charged": charges["charged"],
             "load": (load_before, load_after),
         }
+
+
+def refuse_unless_delivered(run: dict[str, Any]) -> None:
+    """A batch that did not deliver has no ratio: say why it ended, from its conditions."""
+    if run["phase"] == "Delivered":
+        return
+    conditions = run["status"].get("conditions") or []
+    said = "; ".join(
+        f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}" for c in conditions
+    )
+    raise SystemExit(
+        f"the batch ended {run['phase']}, not Delivered, {run['seconds']:.1f}s after the apply: no ratio. "
+        f"{run['batch']}; conditions: {said or 'none'}"
+    )
 
 
 def report(
@@ -292,6 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     images = photos(args.images, args.size)
     run = end_to_end(args, images)
+    refuse_unless_delivered(run)
     load_alone = load_average()
     alone = worker_alone(images, args.pipeline)
     report(args, images, run, alone, load_alone)
