@@ -345,6 +345,17 @@ def worker_alone(images: list[bytes], pipeline: str) -> tuple[float, float]:
     return seconds, cpu_seconds
 
 
+def machine_cpu() -> dict[str, float]:
+    """The whole machine's CPU seconds so far by state, from ``/proc/stat`` (all cores summed):
+    ``busy`` (user, nice, system, irq, softirq: kernel threads and interrupts included, which no
+    process's own counters show), ``idle``, ``iowait`` and ``steal`` (taken by the host)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) / ticks for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return {"busy": user + nice + system + irq + softirq, "idle": idle, "iowait": iowait, "steal": steal}
+
+
 def load_average() -> str:
     """The machine's 1/5/15-minute load averages, quoted with every figure of a shared machine."""
     one, five, fifteen = os.getloadavg()

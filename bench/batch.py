@@ -32,6 +32,7 @@ import argparse
 import concurrent.futures
 import datetime as dt
 import json
+import os
 import sys
 import time
 import uuid
@@ -55,6 +56,7 @@ from bench._common import (
     http_requests,
     job_writes,
     load_average,
+    machine_cpu,
     photos,
     postmaster_pid,
     worker_alone,
@@ -184,9 +186,11 @@ def end_to_end(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
 
         roots = [postmaster_pid(pg.data)]
         cpu_before, http_before = cpu_by_program(roots), http_requests(stack)
+        machine_before = machine_cpu()
         load_before = load_average()
         job, applied, applied_epoch, ended, progress = run_batch(custom, tenant, "batch", prefix, args, n)
         cpu_after, http_after = cpu_by_program(roots), http_requests(stack)
+        machine_after = machine_cpu()
         load_after = load_average()
         time.sleep(3)  # the auditor's verdicts land: they are API writes too
         writes = job_writes(plane.audit_log, "batch", tenant.namespace)
@@ -211,6 +215,7 @@ def end_to_end(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
             "task_states": states,
             "writes": writes,
             "cpu": diff(cpu_after, cpu_before),
+            "machine": diff(machine_after, machine_before),
             "http": diff(dict(http_after), dict(http_before)),
             "manifest_lines": len(lines),
             "manifest_succeeded": sum(1 for line in lines if line.get("state") == "succeeded"),
@@ -280,6 +285,14 @@ def report(
     )
     for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"    {seconds:8.2f} ({1000 * seconds / n:7.2f})  {name}")
+    machine: dict[str, float] = run["machine"]
+    unowned = machine["busy"] - sum(cpu.values())
+    print(
+        f"  the machine meanwhile (/proc/stat, {os.cpu_count()} cores): busy {machine['busy']:.1f} CPU-s, "
+        f"of which {unowned:.1f} in no process above (kernel threads, interrupts, other programs: "
+        f"{1000 * unowned / n:.2f} ms per image); idle {machine['idle']:.1f}, "
+        f"iowait {machine['iowait']:.1f}, steal {machine['steal']:.1f}"
+    )
     http: dict[str, float] = run["http"]
     print(f"  HTTP requests while the batch ran, all services: {sum(http.values()):.0f}; by route:")
     for route, count in sorted(http.items(), key=lambda kv: -kv[1]):
