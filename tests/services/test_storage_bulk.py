@@ -4,6 +4,8 @@ Its bulk read: many objects' bytes in one request, each as its single read answe
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import io
 import json
@@ -17,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from aijobs_services.kit.app import create_app
 from aijobs_services.registry import spec
+from aijobs_services.storage import blobs as blobs_module
 from aijobs_services.storage import bulk
 from aijobs_services.storage.settings import StorageSettings
 from fastapi.testclient import TestClient
@@ -299,3 +302,79 @@ def test_a_bulk_read_that_is_malformed_or_anonymous_is_refused_whole(storage: tu
         assert refused.status_code == 422, ids
         assert refused.headers["content-type"].startswith("application/problem+json")
     assert _read(api, [some_id], caller=None).status_code == 401
+
+
+class _Flushes:
+    """Counts the volume's flushes (``syncfs``) and the fsyncs of files and folders a bulk put
+    makes; ``fail_with``: the flush fails with that errno, as a writeback on a full disk does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_with: int | None = None) -> None:
+        self.syncfs = self.fsync = 0
+        real_syncfs, real_fsync = blobs_module._SYNCFS, os.fsync
+        assert real_syncfs is not None, "this test needs the C library's syncfs (Linux)"
+
+        def syncfs(fd: int) -> int:
+            self.syncfs += 1
+            if fail_with is not None:
+                ctypes.set_errno(fail_with)
+                return -1
+            return real_syncfs(fd)
+
+        def fsync(fd: int) -> None:
+            self.fsync += 1
+            real_fsync(fd)
+
+        monkeypatch.setattr(blobs_module, "_SYNCFS", syncfs)
+        monkeypatch.setattr(blobs_module.os, "fsync", fsync)
+
+
+def _volume_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def test_a_bulk_put_makes_its_images_durable_with_two_flushes_of_the_volume_not_two_fsyncs_each(
+    storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    api, engine = storage
+    flushes = _Flushes(monkeypatch)
+    contents = [images.png(color=(n, 9, 9)) for n in range(4)]
+    answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(4)], contents).json()["items"]
+    assert [a["status"] for a in answers] == [201] * 4
+    # One flush before the renames (the bytes), one after (the names); no file or folder fsynced.
+    assert (flushes.syncfs, flushes.fsync) == (2, 0)
+    stored = _volume_files(tmp_path / "volume")
+    assert stored == sorted(hashlib.sha256(c).hexdigest() for c in contents)  # nothing left in tmp/
+    for content in contents:
+        sha = hashlib.sha256(content).hexdigest()
+        assert (tmp_path / "volume" / "blobs" / sha[:2] / sha[2:4] / sha).read_bytes() == content
+    again = _bulk(api, [_result(f"result:job-1:{n}") for n in range(4)], contents).json()["items"]
+    assert [a["status"] for a in again] == [200] * 4
+    assert flushes.syncfs == 3  # the bytes received again are flushed; nothing new is renamed
+    assert _live(engine) == [(f"result:job-1:{n}", "committed") for n in range(4)]
+
+
+def test_a_bulk_put_whose_flush_fails_on_a_full_disk_stores_none_of_its_images(
+    storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    api, engine = storage
+    flushes = _Flushes(monkeypatch, fail_with=errno.ENOSPC)
+    contents = [images.png(color=(n, 7, 7)) for n in range(3)]
+    answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(3)], contents).json()["items"]
+    assert flushes.syncfs == 1  # the fault fired, at the first flush
+    assert [(a["status"], a["body"]["type"].rsplit("/", 1)[-1]) for a in answers] == [
+        (507, "insufficient-storage")
+    ] * 3
+    assert _live(engine) == [] and _volume_files(tmp_path / "volume") == []
+
+
+def test_without_syncfs_a_bulk_put_fsyncs_each_file_and_folder_as_a_single_put_does(
+    storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    api, engine = storage
+    flushes = _Flushes(monkeypatch)
+    monkeypatch.setattr(blobs_module, "_SYNCFS", None)
+    contents = [images.png(color=(n, 5, 5)) for n in range(2)]
+    answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(2)], contents).json()["items"]
+    assert [a["status"] for a in answers] == [201, 201]
+    assert (flushes.syncfs, flushes.fsync) == (0, 4)  # each file, then its folder
+    assert _live(engine) == [("result:job-1:0", "committed"), ("result:job-1:1", "committed")]

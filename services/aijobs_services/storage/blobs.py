@@ -7,6 +7,14 @@ request the loop serves) -> rename to ``blobs/aa/bb/<sha>`` -> fsync the folder.
 the caller record the object in the database; a crash between the two leaves an unreferenced
 blob, which the collector removes.
 
+A bulk put (many images in one request) makes its files durable together: each written to
+``tmp/``, then the volume flushed once (``syncfs``), then each renamed, then the volume flushed
+once more, where the one fsync of each file and of each folder cost a journal commit each: two
+for every image, 128 for a worker's lease of 64 results. The first flush comes before any rename,
+so a blob's name never points at bytes that a crash could lose; the second makes the names
+durable before the records are committed. Where the system has no ``syncfs`` (not Linux), each
+file and folder is fsynced as a single put does it.
+
 Blobs are shared by content, so a new object may re-use a blob whose last object was deleted
 while the collector is deciding to remove it. Three things rule that out. Keeping a blob that
 already exists refreshes its timestamp, and the collector only considers blobs older than its
@@ -22,17 +30,30 @@ processes too).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from aijobs_services.kit.problems import Problem
+
+
+def _syncfs_call() -> Callable[[int], int] | None:
+    """The C library's ``syncfs(2)``, or None where it has none."""
+    try:
+        found = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    except OSError:
+        return None
+    return cast("Callable[[int], int] | None", found)
+
+
+_SYNCFS = _syncfs_call()
 
 
 class DiskFull(Problem):
@@ -144,15 +165,61 @@ class BlobStore:
                 raise DiskFull("the storage volume is full; nothing was stored") from exc
             raise
 
-    def keep(self, staged: Staged) -> Path:
-        """Move a received file under its content name (atomic; a no-op if the blob exists)."""
+    def sync_many(self, staged: Sequence[Staged]) -> None:
+        """:meth:`sync` for many received files: one flush of the volume for them all."""
+        if not staged:
+            return
+        if _SYNCFS is None:
+            for each in staged:
+                self.sync(each)
+            return
+        self._flush_volume()
+
+    def _flush_volume(self) -> None:
+        """Everything written to the volume so far made durable: ``syncfs`` on it (which since
+        Linux 5.8 reports a failed writeback, a full disk included)."""
+        assert _SYNCFS is not None
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) != 0:
+                code = ctypes.get_errno()
+                if code in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFull("the storage volume is full; nothing was stored")
+                raise OSError(code, f"syncfs of {self.root}: {os.strerror(code)}")
+        finally:
+            os.close(fd)
+
+    def keep_many(self, staged: Sequence[Staged]) -> None:
+        """:meth:`keep` for many files already made durable (:meth:`sync_many`): each moved
+        under its content name, then the names made durable together, by one flush of the volume
+        rather than an fsync of each folder."""
+        if _SYNCFS is None:
+            for each in staged:
+                self.keep(each)
+            return
+        moved = False
+        for each in staged:
+            moved = self._move(each) or moved
+        if moved:
+            self._flush_volume()
+
+    def _move(self, staged: Staged) -> bool:
+        """Move a received file under its content name; False if the blob was there already
+        (then it is made young again, and the file dropped)."""
         final = self.path(staged.sha256)
         with contextlib.suppress(FileNotFoundError):
             os.utime(final)  # it exists and is in use again: young, so the collector spares it
             staged.path.unlink(missing_ok=True)
-            return final
+            return False
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, final)
+        return True
+
+    def keep(self, staged: Staged) -> Path:
+        """Move a received file under its content name (atomic; a no-op if the blob exists)."""
+        final = self.path(staged.sha256)
+        if not self._move(staged):
+            return final
         fd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(fd)

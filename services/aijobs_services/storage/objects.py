@@ -333,10 +333,11 @@ def store_many(
     the problem its single put would raise), in one transaction for all. Runs on a thread;
     every staged file is gone when it returns.
 
-    Each file is checked and made durable first, as a single put does it. Then one transaction:
-    the keys looked up in one statement, the records of the new ones inserted in one (in key
-    order, so two requests never wait on each other's keys crosswise), each blob kept, then the
-    bytes and objects each account gained counted in one update, one commit. A worker's lease
+    Each file is checked, then the sound ones made durable together (one flush of the volume,
+    :meth:`BlobStore.sync_many`). Then one transaction: the keys looked up in one statement, the
+    records of the new ones inserted in one (in key order, so two requests never wait on each
+    other's keys crosswise), the bytes and objects each account gained counted in one update,
+    the new blobs kept together (:meth:`BlobStore.keep_many`), one commit. A worker's lease
     of results cost a transaction, three round trips and a thread hop each before. When the
     sum would pass an account's quota or the volume's capacity, the transaction is rolled back
     and the items are stored one by one instead, so those that fit are stored and the others
@@ -346,9 +347,13 @@ def store_many(
         for n, item in enumerate(incoming):
             try:
                 checks[n] = _check(item, settings)
-                blobs.sync(item.staged)
             except Problem as refusal:
                 checks[n] = refusal
+        sound = [n for n in checks if not isinstance(checks[n], Problem)]
+        try:
+            blobs.sync_many([incoming[n].staged for n in sound])
+        except DiskFull as full:  # the volume's flush failed: none of them is durable
+            checks.update(dict.fromkeys(sound, full))
         try:
             return _store_together(sessions, blobs, settings, incoming, checks)
         except _OverLimit:
@@ -390,6 +395,7 @@ def _store_together(
         answers: list[Stored | Problem] = []
         seen = dict(held)  # each key's holder as the items before this one left it
         gained: dict[str, tuple[int, int]] = {}  # account -> (bytes, objects)
+        keeping: list[Staged] = []  # the new objects' files
         for n, item in enumerate(incoming):
             check = checks[n]
             values = rows.get(n)
@@ -399,7 +405,7 @@ def _store_together(
                 seen[item.key] = obj
                 size, count = gained.get(item.account, (0, 0))
                 gained[item.account] = (size + item.staged.size, count + 1)
-                blobs.keep(item.staged)  # durable under its content name before the commit
+                keeping.append(item.staged)
                 continue
             holder = seen.get(item.key) or late.get(item.key)  # late: a concurrent put's
             if isinstance(check, Problem):
@@ -415,6 +421,7 @@ def _store_together(
                 reserve(session, account, size, capacity, quota, count)
             except DiskFull as exc:
                 raise _OverLimit from exc
+        blobs.keep_many(keeping)  # durable under their content names before the commit
     return answers
 
 
