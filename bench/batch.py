@@ -85,23 +85,27 @@ def batch_body(name: str, account: str, prefix: str, pipeline: str, deadline_s: 
     }
 
 
+UPLOAD_CHUNK = 10_000  # images uploaded under one admin token (a token lives a few minutes)
+
+
 def upload(stack: Stack, account: str, prefix: str, images: list[bytes]) -> None:
     """The images as a user's upload leaves them: committed inputs of the account under the
-    prefix, ``img-000000.jpg`` on, by 8 threads over one admin client."""
-    with stack.admin("storage") as http:
+    prefix, ``img-000000.jpg`` on, by 8 threads over an admin client, a fresh one (and token)
+    for every ``UPLOAD_CHUNK`` images: 100,000 took past one token's life."""
+    for start in range(0, len(images), UPLOAD_CHUNK):
+        with stack.admin("storage") as http:
 
-        def put(n_image: tuple[int, bytes]) -> None:
-            n, image = n_image
-            response = http.put(
-                f"/v1/objects/{prefix}img-{n:06d}.jpg",
-                params={"account": account, "kind": "input", "state": "committed"},
-                content=image,
-                headers={"Content-Type": "image/jpeg"},
-            )
-            response.raise_for_status()
+            def put(n: int, http: httpx.Client = http) -> None:
+                response = http.put(
+                    f"/v1/objects/{prefix}img-{n:06d}.jpg",
+                    params={"account": account, "kind": "input", "state": "committed"},
+                    content=images[n],
+                    headers={"Content-Type": "image/jpeg"},
+                )
+                response.raise_for_status()
 
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(put, enumerate(images)))
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(put, range(start, min(start + UPLOAD_CHUNK, len(images)))))
 
 
 def follow(
