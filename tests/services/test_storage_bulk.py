@@ -306,17 +306,21 @@ def test_a_bulk_read_that_is_malformed_or_anonymous_is_refused_whole(storage: tu
 
 class _Flushes:
     """Counts the volume's flushes (``syncfs``) and the fsyncs of files and folders a bulk put
-    makes; ``fail_with``: the flush fails with that errno, as a writeback on a full disk does."""
+    makes, and notes at each flush how many blobs stand under their content names;
+    ``fail_at``: that flush (1 or 2) fails with ENOSPC, as a writeback on a full disk does."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_with: int | None = None) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, volume: Path, fail_at: int | None = None) -> None:
         self.syncfs = self.fsync = 0
+        self.blobs_at_flush: list[int] = []
         real_syncfs, real_fsync = blobs_module._SYNCFS, os.fsync
-        assert real_syncfs is not None, "this test needs the C library's syncfs (Linux)"
+        if real_syncfs is None:
+            pytest.skip("no syncfs that reports failures here (Linux 5.8 on): bulk puts fsync each file")
 
         def syncfs(fd: int) -> int:
             self.syncfs += 1
-            if fail_with is not None:
-                ctypes.set_errno(fail_with)
+            self.blobs_at_flush.append(len(list((volume / "blobs").rglob("*/*/*"))))
+            if self.syncfs == fail_at:
+                ctypes.set_errno(errno.ENOSPC)
                 return -1
             return real_syncfs(fd)
 
@@ -332,49 +336,70 @@ def _volume_files(root: Path) -> list[str]:
     return sorted(p.name for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def test_a_bulk_put_makes_its_images_durable_with_two_flushes_of_the_volume_not_two_fsyncs_each(
+def test_a_bulk_put_flushes_the_volume_before_its_renames_and_after_them_and_fsyncs_nothing(
     storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     api, engine = storage
-    flushes = _Flushes(monkeypatch)
+    volume = tmp_path / "volume"
+    flushes = _Flushes(monkeypatch, volume)
     contents = [images.png(color=(n, 9, 9)) for n in range(4)]
     answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(4)], contents).json()["items"]
     assert [a["status"] for a in answers] == [201] * 4
-    # One flush before the renames (the bytes), one after (the names); no file or folder fsynced.
-    assert (flushes.syncfs, flushes.fsync) == (2, 0)
-    stored = _volume_files(tmp_path / "volume")
-    assert stored == sorted(hashlib.sha256(c).hexdigest() for c in contents)  # nothing left in tmp/
+    # The bytes flushed while no blob has its name yet; the names flushed once all four have them.
+    assert (flushes.syncfs, flushes.fsync, flushes.blobs_at_flush) == (2, 0, [0, 4])
+    assert _volume_files(volume) == sorted(hashlib.sha256(c).hexdigest() for c in contents)  # tmp/ empty
     for content in contents:
         sha = hashlib.sha256(content).hexdigest()
-        assert (tmp_path / "volume" / "blobs" / sha[:2] / sha[2:4] / sha).read_bytes() == content
+        assert (volume / "blobs" / sha[:2] / sha[2:4] / sha).read_bytes() == content
+    assert _live(engine) == [(f"result:job-1:{n}", "committed") for n in range(4)]
     again = _bulk(api, [_result(f"result:job-1:{n}") for n in range(4)], contents).json()["items"]
     assert [a["status"] for a in again] == [200] * 4
-    assert flushes.syncfs == 3  # the bytes received again are flushed; nothing new is renamed
-    assert _live(engine) == [(f"result:job-1:{n}", "committed") for n in range(4)]
+    assert flushes.syncfs == 3  # the bytes received again are flushed; no new object, no rename
 
 
-def test_a_bulk_put_whose_flush_fails_on_a_full_disk_stores_none_of_its_images(
+def test_a_new_key_for_bytes_already_stored_still_flushes_the_name_it_reuses(
     storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     api, engine = storage
-    flushes = _Flushes(monkeypatch, fail_with=errno.ENOSPC)
-    contents = [images.png(color=(n, 7, 7)) for n in range(3)]
+    red = images.png(color=(200, 0, 0))
+    assert _bulk(api, [_result("result:job-1:0")], [red]).json()["items"][0]["status"] == 201
+    flushes = _Flushes(monkeypatch, tmp_path / "volume")
+    # Another put may have renamed that blob and not yet flushed: the record is committed after a flush.
+    answers = _bulk(api, [_result("result:job-2:0")], [red]).json()["items"]
+    assert answers[0]["status"] == 201 and flushes.syncfs == 2
+    assert _live(engine) == [("result:job-1:0", "committed"), ("result:job-2:0", "committed")]
+
+
+@pytest.mark.parametrize("fail_at", [1, 2], ids=["the bytes' flush", "the names' flush"])
+def test_a_bulk_put_whose_flush_fails_on_a_full_disk_creates_none_of_its_objects(
+    storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fail_at: int
+) -> None:
+    api, engine = storage
+    red = images.png(color=(200, 0, 0))
+    first = _bulk(api, [_result("result:job-1:0")], [red]).json()["items"][0]
+    flushes = _Flushes(monkeypatch, tmp_path / "volume", fail_at=fail_at)
+    contents = [red, *(images.png(color=(n, 7, 7)) for n in range(1, 3))]
     answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(3)], contents).json()["items"]
-    assert flushes.syncfs == 1  # the fault fired, at the first flush
-    assert [(a["status"], a["body"]["type"].rsplit("/", 1)[-1]) for a in answers] == [
-        (507, "insufficient-storage")
-    ] * 3
-    assert _live(engine) == [] and _volume_files(tmp_path / "volume") == []
+    assert flushes.syncfs == fail_at  # the fault fired, at that flush
+    slugs = [(a["status"], a["body"].get("type", "").rsplit("/", 1)[-1]) for a in answers]
+    # The bytes sent again under their key are answered with the object their key holds, as a
+    # single put answers them whatever befalls its own copy; the two new images are refused.
+    assert slugs == [(200, ""), (507, "insufficient-storage"), (507, "insufficient-storage")]
+    assert answers[0]["body"]["id"] == first["body"]["id"]
+    assert _live(engine) == [("result:job-1:0", "committed")]
+    assert _usage(engine, "acme") == (len(red), 1)  # nothing counted for what was refused
 
 
 def test_without_syncfs_a_bulk_put_fsyncs_each_file_and_folder_as_a_single_put_does(
     storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     api, engine = storage
-    flushes = _Flushes(monkeypatch)
+    counted: list[int] = []
+    real_fsync = os.fsync
     monkeypatch.setattr(blobs_module, "_SYNCFS", None)
+    monkeypatch.setattr(blobs_module.os, "fsync", lambda fd: (counted.append(fd), real_fsync(fd)))
     contents = [images.png(color=(n, 5, 5)) for n in range(2)]
     answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(2)], contents).json()["items"]
     assert [a["status"] for a in answers] == [201, 201]
-    assert (flushes.syncfs, flushes.fsync) == (0, 4)  # each file, then its folder
+    assert len(counted) == 4  # each file, then its folder
     assert _live(engine) == [("result:job-1:0", "committed"), ("result:job-1:1", "committed")]

@@ -9,11 +9,15 @@ blob, which the collector removes.
 
 A bulk put (many images in one request) makes its files durable together: each written to
 ``tmp/``, then the volume flushed once (``syncfs``), then each renamed, then the volume flushed
-once more, where the one fsync of each file and of each folder cost a journal commit each: two
-for every image, 128 for a worker's lease of 64 results. The first flush comes before any rename,
-so a blob's name never points at bytes that a crash could lose; the second makes the names
-durable before the records are committed. Where the system has no ``syncfs`` (not Linux), each
-file and folder is fsynced as a single put does it.
+once more. An fsync of each file and of each folder cost a journal commit each: two for every
+image, 128 for a worker's lease of 64 results. The first flush comes before any rename, so a
+blob's name never points at bytes that a crash could lose; the second makes the names durable
+before the records are committed. Both flushes go through one descriptor of the volume, opened
+before the put writes its first file (:class:`VolumeFlush`): the kernel reports a writeback
+failure on the volume once to every descriptor opened before it, so the put hears of its own
+files' failure even when another put's flush met it first (one opened later would not). Linux
+reports such failures to ``syncfs`` since 5.8; on an older kernel, or with no ``syncfs`` (not
+Linux), each file and folder is fsynced as a single put does it.
 
 Blobs are shared by content, so a new object may re-use a blob whose last object was deleted
 while the collector is deciding to remove it. Three things rule that out. Keeping a blob that
@@ -35,6 +39,8 @@ import errno
 import fcntl
 import hashlib
 import os
+import platform
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,7 +51,11 @@ from aijobs_services.kit.problems import Problem
 
 
 def _syncfs_call() -> Callable[[int], int] | None:
-    """The C library's ``syncfs(2)``, or None where it has none."""
+    """The C library's ``syncfs(2)`` where the kernel reports a failed writeback through it
+    (Linux 5.8 on), else None."""
+    version = re.match(r"(\d+)\.(\d+)", platform.release())
+    if platform.system() != "Linux" or version is None or (int(version[1]), int(version[2])) < (5, 8):
+        return None
     try:
         found = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
     except OSError:
@@ -62,6 +72,39 @@ class DiskFull(Problem):
 
 class ObjectTooLarge(Problem):
     status, slug, title = 413, "object-too-large", "Object too large"
+
+
+def _full(exc: OSError) -> DiskFull | None:
+    """The refusal a full disk or a spent filesystem quota is answered with; None for another
+    error."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull("the storage volume is full; nothing was stored")
+    return None
+
+
+class VolumeFlush:
+    """One bulk put's flushes of the volume (``syncfs``), through a descriptor opened before the
+    put writes any file: every writeback failure on the volume from then on is reported to it
+    (the module's docstring). Close it when the put is done."""
+
+    def __init__(self, root: Path) -> None:
+        assert _SYNCFS is not None
+        self.root = root
+        self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+
+    def __call__(self) -> None:
+        """Everything written to the volume so far made durable, or :class:`DiskFull` / OSError."""
+        assert _SYNCFS is not None
+        if _SYNCFS(self._fd) != 0:
+            code = ctypes.get_errno()
+            exc = OSError(code, f"syncfs of {self.root}: {os.strerror(code)}")
+            full = _full(exc)
+            if full is not None:
+                raise full from exc
+            raise exc
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 @dataclass(frozen=True)
@@ -128,8 +171,9 @@ class BlobStore:
                 yield _Intake(tmp, out, max_bytes)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull("the storage volume is full; nothing was stored") from exc
+            full = _full(exc)
+            if full is not None:
+                raise full from exc
             raise
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -161,47 +205,38 @@ class BlobStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull("the storage volume is full; nothing was stored") from exc
+            full = _full(exc)
+            if full is not None:
+                raise full from exc
             raise
 
-    def sync_many(self, staged: Sequence[Staged]) -> None:
-        """:meth:`sync` for many received files: one flush of the volume for them all."""
-        if not staged:
-            return
+    @contextlib.contextmanager
+    def flushes(self) -> Iterator[VolumeFlush | None]:
+        """A bulk put's :class:`VolumeFlush`, to open before it writes its first file; None where
+        the kernel cannot report a failed flush (then each file and folder is fsynced)."""
         if _SYNCFS is None:
-            for each in staged:
-                self.sync(each)
+            yield None
             return
-        self._flush_volume()
-
-    def _flush_volume(self) -> None:
-        """Everything written to the volume so far made durable: ``syncfs`` on it (which since
-        Linux 5.8 reports a failed writeback, a full disk included)."""
-        assert _SYNCFS is not None
-        fd = os.open(self.root, os.O_RDONLY)
+        flush = VolumeFlush(self.root)
         try:
-            if _SYNCFS(fd) != 0:
-                code = ctypes.get_errno()
-                if code in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFull("the storage volume is full; nothing was stored")
-                raise OSError(code, f"syncfs of {self.root}: {os.strerror(code)}")
+            yield flush
         finally:
-            os.close(fd)
+            flush.close()
 
-    def keep_many(self, staged: Sequence[Staged]) -> None:
-        """:meth:`keep` for many files already made durable (:meth:`sync_many`): each moved
+    def keep_many(self, staged: Sequence[Staged], flush: VolumeFlush | None) -> None:
+        """:meth:`keep` for many files already made durable (by ``flush``, or each fsynced): each moved
         under its content name, then the names made durable together, by one flush of the volume
-        rather than an fsync of each folder."""
-        if _SYNCFS is None:
+        rather than an fsync of each folder. The flush is made even when every blob was there
+        already: another put may have renamed it and not yet flushed."""
+        if flush is None:
             for each in staged:
                 self.keep(each)
             return
-        moved = False
+        if not staged:
+            return
         for each in staged:
-            moved = self._move(each) or moved
-        if moved:
-            self._flush_volume()
+            self._move(each)
+        flush()
 
     def _move(self, staged: Staged) -> bool:
         """Move a received file under its content name; False if the blob was there already

@@ -149,35 +149,37 @@ def _store(
     from_worker: bool,
 ) -> list[objects.Stored | Problem]:
     """The accepted items' files received and stored together (:func:`objects.store_many`), on
-    the one thread: each item's outcome, in order."""
+    the one thread: each item's outcome, in order. The volume's flushes are opened before the
+    first file is written (:class:`~aijobs_services.storage.blobs.VolumeFlush`)."""
     received: list[objects.Stored | Problem | None] = []
     incoming: list[objects.Incoming] = []
-    try:
-        for part in accepted:
-            item = part.item
-            try:
-                staged = blobs.receive_file(part.upload.file, settings.max_object_bytes)
-            except Problem as refusal:
-                received.append(refusal)
-                continue
-            received.append(None)
-            incoming.append(
-                objects.Incoming(
-                    staged,
-                    item.key,
-                    item.account,
-                    item.job_id,
-                    item.kind,
-                    item.state,
-                    item.sha256,
-                    from_worker,
+    with blobs.flushes() as flush:
+        try:
+            for part in accepted:
+                item = part.item
+                try:
+                    staged = blobs.receive_file(part.upload.file, settings.max_object_bytes)
+                except Problem as refusal:
+                    received.append(refusal)
+                    continue
+                received.append(None)
+                incoming.append(
+                    objects.Incoming(
+                        staged,
+                        item.key,
+                        item.account,
+                        item.job_id,
+                        item.kind,
+                        item.state,
+                        item.sha256,
+                        from_worker,
+                    )
                 )
-            )
-    except BaseException:
-        for each in incoming:
-            blobs.discard(each.staged)
-        raise
-    outcomes = iter(objects.store_many(sessions, blobs, settings, incoming))
+        except BaseException:
+            for each in incoming:
+                blobs.discard(each.staged)
+            raise
+        outcomes = iter(objects.store_many(sessions, blobs, settings, incoming, flush))
     return [outcome if outcome is not None else next(outcomes) for outcome in received]
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from aijobs_services.kit.db import utcnow
 from aijobs_services.kit.problems import Conflict, NotFound, Problem, Unprocessable
-from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged
+from aijobs_services.storage.blobs import BlobStore, DiskFull, Staged, VolumeFlush
 from aijobs_services.storage.images import ImageInfo, inspect_image
 from aijobs_services.storage.manifests import inspect_manifest
 from aijobs_services.storage.models import AccountUsage, StoredObject
@@ -325,19 +325,33 @@ class _OverLimit(Exception):
     """A bulk put's counted bytes went past an account's quota or the volume's capacity."""
 
 
+class _Unkept(Exception):
+    """The flush that makes a bulk put's new names durable failed (``full``: a full disk), so
+    nothing was committed; ``new``: the items that would have created an object."""
+
+    def __init__(self, new: set[int], full: DiskFull) -> None:
+        super().__init__("the new blobs' names could not be made durable")
+        self.new, self.full = new, full
+
+
 def store_many(
-    sessions: sessionmaker[Session], blobs: BlobStore, settings: StorageSettings, incoming: Sequence[Incoming]
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    settings: StorageSettings,
+    incoming: Sequence[Incoming],
+    flush: VolumeFlush | None = None,
 ) -> list[Stored | Problem]:
     """Several received images, each stored as :func:`store_staged` would store it alone and
     answered as if the items' single puts had been made one after the other (its object, or
     the problem its single put would raise), in one transaction for all. Runs on a thread;
     every staged file is gone when it returns.
 
-    Each file is checked, then the sound ones made durable together (one flush of the volume,
-    :meth:`BlobStore.sync_many`). Then one transaction: the keys looked up in one statement, the
-    records of the new ones inserted in one (in key order, so two requests never wait on each
-    other's keys crosswise), the bytes and objects each account gained counted in one update,
-    the new blobs kept together (:meth:`BlobStore.keep_many`), one commit. A worker's lease
+    Each file is checked, then the sound ones made durable together: one ``flush`` of the volume
+    (:class:`~aijobs_services.storage.blobs.VolumeFlush`, opened before the files were written),
+    or without one an fsync of each. Then one transaction: the keys looked up in one statement,
+    the records of the new ones inserted in one (in key order, so two requests never wait on
+    each other's keys crosswise), the new blobs kept together (:meth:`BlobStore.keep_many`: one
+    more flush), the bytes and objects each account gained counted in one update, one commit. A worker's lease
     of results cost a transaction, three round trips and a thread hop each before. When the
     sum would pass an account's quota or the volume's capacity, the transaction is rolled back
     and the items are stored one by one instead, so those that fit are stored and the others
@@ -350,12 +364,29 @@ def store_many(
             except Problem as refusal:
                 checks[n] = refusal
         sound = [n for n in checks if not isinstance(checks[n], Problem)]
+        if flush is None:
+            for n in sound:
+                try:
+                    blobs.sync(incoming[n].staged)
+                except Problem as refusal:
+                    checks[n] = refusal
+        elif sound:
+            try:
+                flush()
+            except DiskFull as full:  # the volume's flush failed: none of them is durable
+                checks.update(dict.fromkeys(sound, full))
         try:
-            blobs.sync_many([incoming[n].staged for n in sound])
-        except DiskFull as full:  # the volume's flush failed: none of them is durable
-            checks.update(dict.fromkeys(sound, full))
-        try:
-            return _store_together(sessions, blobs, settings, incoming, checks)
+            return _store_together(sessions, blobs, settings, incoming, checks, flush)
+        except _Unkept as unkept:  # the new items refused; the others answered by their key's holder
+            unkept_answers: list[Stored | Problem] = []
+            for n, item in enumerate(incoming):
+                existing = None if n in unkept.new else find(sessions, item.key)
+                check = checks[n]
+                if existing is not None:
+                    unkept_answers.append(_same(existing, item.staged.sha256))
+                else:
+                    unkept_answers.append(check if isinstance(check, Problem) else unkept.full)
+            return unkept_answers
         except _OverLimit:
             answers: list[Stored | Problem] = []
             for n, item in enumerate(incoming):
@@ -380,9 +411,11 @@ def _store_together(
     settings: StorageSettings,
     incoming: Sequence[Incoming],
     checks: dict[int, ImageInfo | Problem],
+    flush: VolumeFlush | None,
 ) -> list[Stored | Problem]:
     """:func:`store_many`'s transaction: each item's answer, in order; :class:`_OverLimit`
-    (nothing committed) if the bytes gained would pass a limit."""
+    (nothing committed) if the bytes gained would pass a limit, :class:`_Unkept` (nothing
+    committed) if the new blobs' names could not be made durable."""
     with blobs.sharing(), sessions() as session, session.begin():
         held = by_keys(session, [item.key for item in incoming])  # before this request
         new: dict[str, int] = {}  # key -> the item that creates it: the first sound one
@@ -395,7 +428,7 @@ def _store_together(
         answers: list[Stored | Problem] = []
         seen = dict(held)  # each key's holder as the items before this one left it
         gained: dict[str, tuple[int, int]] = {}  # account -> (bytes, objects)
-        keeping: list[Staged] = []  # the new objects' files
+        keeping: dict[int, Staged] = {}  # the new objects' files, by item
         for n, item in enumerate(incoming):
             check = checks[n]
             values = rows.get(n)
@@ -405,7 +438,7 @@ def _store_together(
                 seen[item.key] = obj
                 size, count = gained.get(item.account, (0, 0))
                 gained[item.account] = (size + item.staged.size, count + 1)
-                keeping.append(item.staged)
+                keeping[n] = item.staged
                 continue
             holder = seen.get(item.key) or late.get(item.key)  # late: a concurrent put's
             if isinstance(check, Problem):
@@ -414,6 +447,10 @@ def _store_together(
             assert holder is not None  # its key was held, created before it here, or taken meanwhile
             seen[item.key] = holder
             answers.append(_same(holder, item.staged.sha256))
+        try:  # durable under their content names before the commit; before the usage rows lock
+            blobs.keep_many(list(keeping.values()), flush)
+        except DiskFull as full:
+            raise _Unkept(set(keeping), full) from full
         capacity, quota = settings.capacity_bytes, settings.account_quota_bytes
         for account in sorted(gained):  # usage rows locked in one order, as every sweep takes them
             size, count = gained[account]
@@ -421,7 +458,6 @@ def _store_together(
                 reserve(session, account, size, capacity, quota, count)
             except DiskFull as exc:
                 raise _OverLimit from exc
-        blobs.keep_many(keeping)  # durable under their content names before the commit
     return answers
 
 
