@@ -327,11 +327,18 @@ class _OverLimit(Exception):
 
 class _Unkept(Exception):
     """The flush that makes a bulk put's new names durable failed (``full``: a full disk), so
-    nothing was committed; ``new``: the items that would have created an object."""
+    nothing was committed."""
 
-    def __init__(self, new: set[int], full: DiskFull) -> None:
+    def __init__(self, full: DiskFull) -> None:
         super().__init__("the new blobs' names could not be made durable")
-        self.new, self.full = new, full
+        self.full = full
+
+
+def _by_holder(sessions: sessionmaker[Session], item: Incoming, refusal: Problem) -> Stored | Problem:
+    """An item not stored answered as its single put would be: by its key's holder, if the key
+    has one (the same bytes, or a conflict), else with ``refusal``."""
+    existing = find(sessions, item.key)
+    return refusal if existing is None else _same(existing, item.staged.sha256)
 
 
 def store_many(
@@ -351,11 +358,13 @@ def store_many(
     or without one an fsync of each. Then one transaction: the keys looked up in one statement,
     the records of the new ones inserted in one (in key order, so two requests never wait on
     each other's keys crosswise), the new blobs kept together (:meth:`BlobStore.keep_many`: one
-    more flush), the bytes and objects each account gained counted in one update, one commit. A worker's lease
-    of results cost a transaction, three round trips and a thread hop each before. When the
-    sum would pass an account's quota or the volume's capacity, the transaction is rolled back
-    and the items are stored one by one instead, so those that fit are stored and the others
-    refused, as their single puts would be (rare: the limits' edge)."""
+    more flush), the bytes and objects each account gained counted in one update, one commit. A
+    worker's lease of results cost a transaction, three round trips and a thread hop each
+    before. When the flush of the new names fails, nothing is committed and every item is
+    answered by its key's holder or refused. When the sum would pass an account's quota or the
+    volume's capacity, the transaction is rolled back and the items are stored one by one
+    instead, so those that fit are stored and the others refused, as their single puts would be
+    (rare: the limits' edge)."""
     checks: dict[int, ImageInfo | Problem] = {}
     try:
         for n, item in enumerate(incoming):
@@ -377,23 +386,19 @@ def store_many(
                 checks.update(dict.fromkeys(sound, full))
         try:
             return _store_together(sessions, blobs, settings, incoming, checks, flush)
-        except _Unkept as unkept:  # the new items refused; the others answered by their key's holder
+        except _Unkept as unkept:
             unkept_answers: list[Stored | Problem] = []
             for n, item in enumerate(incoming):
-                existing = None if n in unkept.new else find(sessions, item.key)
                 check = checks[n]
-                if existing is not None:
-                    unkept_answers.append(_same(existing, item.staged.sha256))
-                else:
-                    unkept_answers.append(check if isinstance(check, Problem) else unkept.full)
+                refused = check if isinstance(check, Problem) else unkept.full
+                unkept_answers.append(_by_holder(sessions, item, refused))
             return unkept_answers
         except _OverLimit:
             answers: list[Stored | Problem] = []
             for n, item in enumerate(incoming):
                 check = checks[n]
-                if isinstance(check, Problem):  # its key's holder, as the single put looks it up
-                    existing = find(sessions, item.key)
-                    answers.append(check if existing is None else _same(existing, item.staged.sha256))
+                if isinstance(check, Problem):
+                    answers.append(_by_holder(sessions, item, check))
                     continue
                 try:
                     answers.append(_keep_one(sessions, blobs, settings, item, check))
@@ -428,7 +433,7 @@ def _store_together(
         answers: list[Stored | Problem] = []
         seen = dict(held)  # each key's holder as the items before this one left it
         gained: dict[str, tuple[int, int]] = {}  # account -> (bytes, objects)
-        keeping: dict[int, Staged] = {}  # the new objects' files, by item
+        keeping: list[Staged] = []  # the new objects' files
         for n, item in enumerate(incoming):
             check = checks[n]
             values = rows.get(n)
@@ -438,7 +443,7 @@ def _store_together(
                 seen[item.key] = obj
                 size, count = gained.get(item.account, (0, 0))
                 gained[item.account] = (size + item.staged.size, count + 1)
-                keeping[n] = item.staged
+                keeping.append(item.staged)
                 continue
             holder = seen.get(item.key) or late.get(item.key)  # late: a concurrent put's
             if isinstance(check, Problem):
@@ -448,9 +453,9 @@ def _store_together(
             seen[item.key] = holder
             answers.append(_same(holder, item.staged.sha256))
         try:  # durable under their content names before the commit; before the usage rows lock
-            blobs.keep_many(list(keeping.values()), flush)
+            blobs.keep_many(keeping, flush)
         except DiskFull as full:
-            raise _Unkept(set(keeping), full) from full
+            raise _Unkept(full) from full
         capacity, quota = settings.capacity_bytes, settings.account_quota_bytes
         for account in sorted(gained):  # usage rows locked in one order, as every sweep takes them
             size, count = gained[account]
