@@ -27,7 +27,8 @@ the function here instead of its single-image one, with the same promises:
 - **capture** (written ahead) is one partial capture of ``price x delivered``, the rest of the
   hold released in the same transaction: an image that failed costs nothing.
 - **deliver** stores the result manifest (one JSON line per input: its key, its result and
-  sha256, or why it failed) and records one signed link to it, as a single job's result.
+  sha256, or why it failed) and records one signed link to it, as a single job's result. Its
+  lines are those the process step read (kept by this process; read again after a restart).
 
 Status stays small: counts, a sample of failures, the log (:class:`BatchStatus`).
 """
@@ -48,6 +49,7 @@ from aijobs_operator import core
 from aijobs_operator.core import Done, Waiting, hold_expiry, idempotency_key, iso
 from aijobs_operator.steps import (
     Call,
+    Ended,
     Job,
     StepFailed,
     authorize,
@@ -421,7 +423,7 @@ async def process(call: Call) -> Done | Waiting:
         )
     if counts.total != total:
         raise StepFailed("TaskMissing", f"AI holds {counts.total} tasks for the {total} images")
-    lines = await outcomes(call)
+    lines = (await outcomes(call)).lines
     final = _final(status, lines)
     if final.succeeded == 0:
         raise StepFailed(
@@ -478,24 +480,32 @@ async def job_objects(call: Call, kind: storage.ObjectKind) -> list[storage.Stor
         cursor = page.next
 
 
-async def outcomes(call: Call) -> list[ManifestLine]:
+async def outcomes(call: Call) -> Ended:
     """One line per image, in index order, from what AI and Storage hold once every task has
-    ended: its input (key and object id), then its result object and sha256, or why not."""
-    lines, _ = await outcomes_and_results(call)
-    return lines
+    ended: its input (key and object id), then its result object and sha256, or why not; and the
+    job's live results no line names. The inputs, the results and the tasks are read side by
+    side (for a prefix batch, three listings; for an image list, the list, and the job's objects
+    twice), none depending on another once every task has ended: a task's result is committed
+    before its task is completed.
 
-
-async def outcomes_and_results(call: Call) -> tuple[list[ManifestLine], list[storage.StoredObject]]:
-    """:func:`outcomes`, and the job's live results they were read with. The inputs, the results
-    and the tasks are read side by side (for a prefix batch, three listings; for an image list,
-    the list, and the job's objects twice), none depending on another once every task has
-    ended: a task's result is committed before its task is completed."""
+    What the process step reads is kept (:meth:`Services.remember`) for the deliver step to
+    write its manifest from: the lines cannot change once every task has ended, and so the
+    manifest lists what capture charged for. A result stored after this read (an image
+    cancelled past maxFailedImages whose worker had not heard yet) is no line's, and is the
+    auditor's to delete, as it was when deliver read again."""
+    kept = call.svc.ended.get(call.job.uid)
+    if kept is not None:
+        return kept
     inputs, results, tasks = await asyncio.gather(
         images_of(call, strict=False), job_results(call), job_tasks(call)
     )
     keys = {o.id: o.key for o in inputs}
     by_id = {o.id: o for o in results}
-    return [_line(task, keys, by_id) for task in tasks], results
+    lines = [_line(task, keys, by_id) for task in tasks]
+    named = {line.result for line in lines if line.result is not None}
+    ended = Ended(lines, [o for o in results if o.id not in named])
+    call.svc.remember(call.job.uid, ended)
+    return ended
 
 
 async def job_tasks(call: Call) -> list[ai.Task]:
@@ -568,7 +578,8 @@ def manifest_key(uid: str) -> str:
 
 async def deliver(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
-    lines, results = await outcomes_and_results(call)
+    ended = await outcomes(call)
+    lines = ended.lines
     content = "".join(line.dump() + "\n" for line in lines).encode()
     key = manifest_key(job.uid)
     params = {"account": job.spec.account, "jobId": job.uid, "kind": "manifest", "state": "committed"}
@@ -587,10 +598,11 @@ async def deliver(call: Call) -> Done | Waiting:
         # Stored by an earlier attempt (the outcomes cannot change once every task has ended,
         # so it says the same): that one is the manifest.
         manifest = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/by-key/{key}")
-    await delete_strays(call, results, {line.result for line in lines if line.result is not None})
+    await delete_strays(call, ended.strays, {line.result for line in lines if line.result is not None})
     result = await record_delivery(call, manifest.id, manifest.sha256, manifest.size)
     final = _final(job.status.batch or progress(len(lines), ai.JobTaskCounts.of(job.uid, {}, None)), lines)
     delivered = final.succeeded
+    call.svc.ended.pop(job.uid, None)
     return Done(
         f"{delivered} of {final.total} images delivered; the manifest lists each",
         {"manifestObjectId": manifest.id},
