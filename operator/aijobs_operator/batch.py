@@ -28,7 +28,9 @@ the function here instead of its single-image one, with the same promises:
   hold released in the same transaction: an image that failed costs nothing.
 - **deliver** stores the result manifest (one JSON line per input: its key, its result and
   sha256, or why it failed) and records one signed link to it, as a single job's result. Its
-  lines are those the process step read (kept by this process; read again after a restart).
+  lines are those the process step read, which capture charged for (the engine keeps them in
+  memory for the job; a restarted operator reads again); the job's results are listed again,
+  and one no line names is deleted.
 
 Status stays small: counts, a sample of failures, the log (:class:`BatchStatus`).
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from aijobs.api import ai, imagelist, payment, storage
@@ -46,10 +49,9 @@ from aijobs.api.v1alpha1 import BatchFailure, BatchInput, BatchStatus, ManifestL
 from aijobs.wire.client import Ambiguous, Refused
 from aijobs.wire.lookup import lookup_objects
 from aijobs_operator import core
-from aijobs_operator.core import Done, Waiting, hold_expiry, idempotency_key, iso
+from aijobs_operator.core import Done, Ended, Waiting, hold_expiry, idempotency_key, iso
 from aijobs_operator.steps import (
     Call,
-    Ended,
     Job,
     StepFailed,
     authorize,
@@ -423,8 +425,9 @@ async def process(call: Call) -> Done | Waiting:
         )
     if counts.total != total:
         raise StepFailed("TaskMissing", f"AI holds {counts.total} tasks for the {total} images")
-    lines = (await outcomes(call)).lines
-    final = _final(status, lines)
+    lines, _ = await outcomes(call)
+    ended = ended_of(status, lines)
+    final = ended.final
     if final.succeeded == 0:
         raise StepFailed(
             "ProcessingFailed",
@@ -434,6 +437,7 @@ async def process(call: Call) -> Done | Waiting:
         f"{final.succeeded} of {total} images processed ({final.failed} failed, {final.cancelled} cancelled)",
         {"succeeded": str(final.succeeded), "failed": str(final.failed), "cancelled": str(final.cancelled)},
         batch=final,
+        ended=ended,
     )
 
 
@@ -480,32 +484,29 @@ async def job_objects(call: Call, kind: storage.ObjectKind) -> list[storage.Stor
         cursor = page.next
 
 
-async def outcomes(call: Call) -> Ended:
+async def outcomes(call: Call) -> tuple[list[ManifestLine], list[storage.StoredObject]]:
     """One line per image, in index order, from what AI and Storage hold once every task has
     ended: its input (key and object id), then its result object and sha256, or why not; and the
-    job's live results no line names. The inputs, the results and the tasks are read side by
-    side (for a prefix batch, three listings; for an image list, the list, and the job's objects
-    twice), none depending on another once every task has ended: a task's result is committed
-    before its task is completed.
-
-    What the process step reads is kept (:meth:`Services.remember`) for the deliver step to
-    write its manifest from: the lines cannot change once every task has ended, and so the
-    manifest lists what capture charged for. A result stored after this read (an image
-    cancelled past maxFailedImages whose worker had not heard yet) is no line's, and is the
-    auditor's to delete, as it was when deliver read again."""
-    kept = call.svc.ended.get(call.job.uid)
-    if kept is not None:
-        return kept
+    job's live results they were read with. The inputs, the results and the tasks are read side
+    by side (for a prefix batch, three listings; for an image list, the list, and the job's
+    objects twice), none depending on another once every task has ended: a task's result is
+    committed before its task is completed."""
     inputs, results, tasks = await asyncio.gather(
         images_of(call, strict=False), job_results(call), job_tasks(call)
     )
     keys = {o.id: o.key for o in inputs}
     by_id = {o.id: o for o in results}
-    lines = [_line(task, keys, by_id) for task in tasks]
-    named = {line.result for line in lines if line.result is not None}
-    ended = Ended(lines, [o for o in results if o.id not in named])
-    call.svc.remember(call.job.uid, ended)
-    return ended
+    return [_line(task, keys, by_id) for task in tasks], results
+
+
+def ended_of(status: BatchStatus, lines: list[ManifestLine]) -> Ended:
+    """The outcomes as the delivery needs them: the manifest's bytes, the final counts, the
+    results named."""
+    return Ended(
+        manifest="".join(line.dump() + "\n" for line in lines).encode(),
+        final=_final(status, lines),
+        named=frozenset(line.result for line in lines if line.result is not None),
+    )
 
 
 async def job_tasks(call: Call) -> list[ai.Task]:
@@ -578,9 +579,16 @@ def manifest_key(uid: str) -> str:
 
 async def deliver(call: Call) -> Done | Waiting:
     job, svc = call.job, call.svc
-    ended = await outcomes(call)
-    lines = ended.lines
-    content = "".join(line.dump() + "\n" for line in lines).encode()
+    ended = job.ended
+    if ended is not None and ended.final.succeeded == int(job.ids()["succeeded"]):
+        # What the process step read, and capture charged for (the engine kept it); the job's
+        # results are listed again, so that one stored since is deleted as a stray.
+        results = await job_results(call)
+    else:  # a restarted operator: read again
+        lines, results = await outcomes(call)
+        total = len(lines)
+        ended = ended_of(job.status.batch or progress(total, ai.JobTaskCounts.of(job.uid, {}, None)), lines)
+    content = ended.manifest
     key = manifest_key(job.uid)
     params = {"account": job.spec.account, "jobId": job.uid, "kind": "manifest", "state": "committed"}
     try:
@@ -598,11 +606,10 @@ async def deliver(call: Call) -> Done | Waiting:
         # Stored by an earlier attempt (the outcomes cannot change once every task has ended,
         # so it says the same): that one is the manifest.
         manifest = await svc.storage.fetch(storage.StoredObject, "GET", f"/v1/by-key/{key}")
-    await delete_strays(call, ended.strays, {line.result for line in lines if line.result is not None})
+    await delete_strays(call, results, ended.named)
     result = await record_delivery(call, manifest.id, manifest.sha256, manifest.size)
-    final = _final(job.status.batch or progress(len(lines), ai.JobTaskCounts.of(job.uid, {}, None)), lines)
+    final = ended.final
     delivered = final.succeeded
-    call.svc.ended.pop(job.uid, None)
     return Done(
         f"{delivered} of {final.total} images delivered; the manifest lists each",
         {"manifestObjectId": manifest.id},
@@ -611,10 +618,11 @@ async def deliver(call: Call) -> Done | Waiting:
     )
 
 
-async def delete_strays(call: Call, results: list[storage.StoredObject], named: set[str]) -> None:
+async def delete_strays(call: Call, results: list[storage.StoredObject], named: AbstractSet[str]) -> None:
     """Delete each of the job's results (as the delivery read them) the manifest does not name
     (an image cancelled past maxFailedImages whose worker stored it before it heard): not the
-    user's, as compensation would delete it. One stored after that read is the auditor's."""
+    user's, as compensation would delete it. One stored after that read stays; the auditor
+    reports it (needs-attention)."""
     job = call.job
     for stray in results:
         if stray.id not in named:

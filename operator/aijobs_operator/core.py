@@ -64,6 +64,7 @@ __all__ = [
     "Compensate",
     "Definite",
     "Done",
+    "Ended",
     "Event",
     "Finish",
     "JobView",
@@ -157,9 +158,22 @@ class JobView:
 
 # ---------------------------------------------------------------------------------- outcomes
 @dataclass(frozen=True)
+class Ended:
+    """What a batch's images came to, as its process step read them once every image had ended:
+    the manifest (a JSON line per image), the counts it tells (with a sample of failures), and the
+    result objects its lines name. Compact: ~300 bytes an image, not the parsed lines'
+    ~1.3 KB."""
+
+    manifest: bytes
+    final: BatchStatus
+    named: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Done:
     """The step did what it asks. What it learned travels here: ids for the log (``remote_ids``),
-    the result, and the AI task as the step last saw it (the engine's follower keeps it)."""
+    the result, the AI task as the step last saw it (the engine's follower keeps it), and what a
+    batch's images came to (the engine keeps it for the delivery)."""
 
     message: str
     remote_ids: dict[str, str] = field(default_factory=dict)
@@ -167,6 +181,7 @@ class Done:
     reruns: int | None = None
     task: Task | None = None
     batch: BatchStatus | None = None  # a batch's counts as the step saw them
+    ended: Ended | None = None
 
 
 @dataclass(frozen=True)

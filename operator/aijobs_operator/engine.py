@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from aijobs.api.ai import JobTaskCounts, Task, TaskCounts, TaskCountsQuery, TaskList, TaskQuery
+from aijobs.api.rules import MAX_BATCH_IMAGES
 from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, Phase
 from aijobs.wire.client import Ambiguous, Refused, ServiceError
 from aijobs_operator import core
@@ -70,6 +71,10 @@ class Reconciler:
         # it last woke the job for them (monotonic seconds): a batch's progress reaches its status
         # at most once per ``batch_progress_seconds``, so its writes grow with time, not images.
         self.counts: dict[str, JobTaskCounts] = {}
+        # What a batch's images came to (job uid -> what its process step read), kept for its
+        # delivery a few seconds on, which then need not read every task, input and result of
+        # the job again; while the job is Processed, at most ENDED_IMAGES images in all.
+        self.ended: dict[str, core.Ended] = {}
         self._progress_due: dict[str, dt.datetime] = {}  # when a batch's progress pass is set for
         self._progress_since: dict[str, dt.datetime] = {}  # when this process first followed it
         self._gone: set[str] = set()  # uids of deleted jobs (a job's name may be reused, its uid never)
@@ -177,10 +182,13 @@ class Reconciler:
         waiting: dict[str, Key] = {}
         batches: dict[str, tuple[Key, int | None]] = {}  # uid -> (key, maxFailedImages)
         phases: dict[str, int] = {}
+        delivering: set[str] = set()  # uids of the jobs whose delivery is still to come
         for key, body in list(self.cache.items()):
             status = body.get("status") or {}
             phase = status.get("phase") or "New"
             phases[phase] = phases.get(phase, 0) + 1
+            if phase in ("Scheduled", "Processed"):
+                delivering.add(body["metadata"]["uid"])
             if phase == "Scheduled":
                 spec = body.get("spec") or {}
                 if (spec.get("input") or {}).get("batch"):
@@ -199,6 +207,8 @@ class Reconciler:
             "Failed",
         ):
             METRICS.jobs.labels(phase).set(phases.get(phase, 0))
+        for uid in [u for u in self.ended if u not in delivering]:
+            del self.ended[uid]  # delivered, failed or gone
         for uid in [u for u in self.tasks if u not in waiting]:
             del self.tasks[uid]  # its job moved on or is gone; process() asks AI if it ever must
         uids = list(waiting)
@@ -386,6 +396,7 @@ class Reconciler:
                 self.tasks.get(job.uid),
                 job.created,
                 self.counts.get(job.uid),
+                self.ended.get(job.uid),
             ),
             self.svc,
             self.cfg,
@@ -401,6 +412,8 @@ class Reconciler:
             outcome = await run(call)
             if outcome.task is not None:  # what the step learned of the job's task
                 self.tasks[job.uid] = _slim_task(outcome.task)
+            if isinstance(outcome, core.Done) and outcome.ended is not None:
+                keep_ended(self.ended, job.uid, outcome.ended)
             return outcome
         except StepFailed as exc:
             result = "failed"
@@ -463,6 +476,22 @@ class Reconciler:
                 raise Superseded from exc
             raise
         return self.remember(updated)
+
+
+# The images whose outcomes :attr:`Reconciler.ended` keeps, in all: one of the largest batch
+# (~30 MB); another batch that ends meanwhile has the older one forgotten, read again by its
+# delivery.
+ENDED_IMAGES = MAX_BATCH_IMAGES
+
+
+def keep_ended(kept: dict[str, core.Ended], uid: str, ended: core.Ended) -> None:
+    """Keep what a batch's images came to, forgetting the oldest kept past :data:`ENDED_IMAGES`
+    (the newest always stays)."""
+    kept.pop(uid, None)
+    kept[uid] = ended
+    images = sum(e.final.total for e in kept.values())
+    while len(kept) > 1 and images > ENDED_IMAGES:
+        images -= kept.pop(next(iter(kept))).final.total
 
 
 def _changed_by_others(before: dict[str, Any], after: dict[str, Any]) -> bool:

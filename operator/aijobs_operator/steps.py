@@ -21,34 +21,19 @@ import binascii
 import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel
 
 from aijobs.api import ai, auth, main, payment, storage
 from aijobs.api.base import Request
-from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, JobResult, ManifestLine
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, JobResult
 from aijobs.wire.client import Refused, ServiceClient
 from aijobs_operator.config import OperatorSettings
-from aijobs_operator.core import Done, Policy, Waiting, hold_expiry, idempotency_key, iso, parse
+from aijobs_operator.core import Done, Ended, Policy, Waiting, hold_expiry, idempotency_key, iso, parse
 
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class Ended:
-    """A batch's outcomes as its process step read them once every image had ended: a line per
-    image, and the job's results no line names (strays, for its delivery to delete)."""
-
-    lines: list[ManifestLine]
-    strays: list[storage.StoredObject]
-
-
-# The lines of batches' outcomes kept between their process and their deliver step (two of the
-# largest batch): those of the few batches that end at once; an older one is read again, as
-# after a restart.
-ENDED_LINES = 200_000
 
 
 @dataclass(frozen=True)
@@ -58,17 +43,6 @@ class Services:
     storage: ServiceClient
     ai: ServiceClient
     main: ServiceClient
-    # This process's memory of batches' outcomes (job uid -> what its process step read): its
-    # deliver step, a few seconds on, writes its manifest from them rather than reading every
-    # task, input and result of the job a second time. Lost at a restart: then read again.
-    ended: dict[str, Ended] = field(default_factory=dict, compare=False)
-
-    def remember(self, uid: str, ended: Ended) -> None:
-        """Keep a batch's outcomes, forgetting the oldest kept past :data:`ENDED_LINES`."""
-        self.ended.pop(uid, None)
-        self.ended[uid] = ended
-        while len(self.ended) > 1 and sum(len(e.lines) for e in self.ended.values()) > ENDED_LINES:
-            del self.ended[next(iter(self.ended))]
 
 
 @dataclass(frozen=True)
@@ -86,6 +60,7 @@ class Job:
     task: ai.Task | None = None
     created: dt.datetime | None = None  # the job's creationTimestamp (a batch's set is frozen at it)
     counts: ai.JobTaskCounts | None = None  # a batch's task counts, as the follower last read them
+    ended: Ended | None = None  # what a batch's images came to, as its process step read them
 
     def ids(self) -> dict[str, str]:
         merged: dict[str, str] = {}

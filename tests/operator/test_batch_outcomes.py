@@ -1,9 +1,11 @@
 """A batch's finishing pass against services answered by ``httpx.MockTransport``: the process
-step reads what every image came to once, and the deliver step writes its manifest from that read,
-so the manifest lists what capture charged for; a restarted operator reads it again."""
+step reads what every image came to, and the deliver step writes its manifest from that read
+(which capture charged for), listing only the job's results again; an operator that restarted
+between the two reads everything again."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections import Counter
@@ -12,11 +14,12 @@ from typing import Any
 import httpx
 from aijobs_operator import batch
 from aijobs_operator.config import OperatorSettings
-from aijobs_operator.core import Done, Policy
-from aijobs_operator.steps import ENDED_LINES, Call, Ended, Job, Services
+from aijobs_operator.core import Done, Ended, Policy
+from aijobs_operator.engine import ENDED_IMAGES, keep_ended
+from aijobs_operator.steps import Call, Job, Services
 
 from aijobs.api import ai, main, storage
-from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, ManifestLine, StepRecord
+from aijobs.api.v1alpha1 import AIImageJobSpec, AIImageJobStatus, BatchStatus, StepRecord
 from aijobs.wire.client import ServiceClient
 from aijobs.wire.tokens import TokenSigner
 
@@ -72,6 +75,7 @@ class Services3:
     one). What each was asked, by route."""
 
     def __init__(self) -> None:
+        self.results = ["r0", "r2", "r9"]  # the job's results Storage holds
         self.asked: Counter[str] = Counter()
         self.manifests: list[bytes] = []
         self.deleted: list[str] = []
@@ -83,7 +87,7 @@ class Services3:
             items = [_object(f"in{n}", "input", f"acme/set/{n}.jpg") for n in range(3)]
             return httpx.Response(200, json={"items": items, "next": None})
         if path == f"/v1/jobs/{UID}/objects":
-            items = [_object(r, "result", f"result:{UID}:{r}") for r in ("r0", "r2", "r9")]
+            items = [_object(r, "result", f"result:{UID}:{r}") for r in self.results]
             return httpx.Response(200, json={"jobId": UID, "items": items, "next": None})
         if path == f"/v1/jobs/{UID}/tasks":
             tasks = [
@@ -115,17 +119,16 @@ class Services3:
 
         return Services(*(client(n) for n in ("auth", "payment", "storage", "ai", "main")))
 
-    def listings(self) -> int:
-        """How many times what the images came to was read: the tasks, inputs and results listed."""
-        routes = (
-            "ai GET /v1/jobs/uid-b/tasks",
-            "storage GET /v1/objects",
-            "storage GET /v1/jobs/uid-b/objects",
+    def listed(self) -> tuple[int, int, int]:
+        """How many times the job's tasks, the batch's inputs and the job's objects were listed."""
+        return (
+            self.asked[f"ai GET /v1/jobs/{UID}/tasks"],
+            self.asked["storage GET /v1/objects"],
+            self.asked[f"storage GET /v1/jobs/{UID}/objects"],
         )
-        return sum(self.asked[route] for route in routes)
 
 
-def _job(**ids: str) -> Job:
+def _job(ended: Ended | None = None, **ids: str) -> Job:
     spec = {
         "account": "acme",
         "input": {"batch": {"prefix": "acme/set/"}},
@@ -137,67 +140,85 @@ def _job(**ids: str) -> Job:
         deadline=T0 + dt.timedelta(hours=1),
         steps=[StepRecord(name="charge", state="Succeeded", remote_ids=logged)],
     )
-    return Job(UID, "ns", "set", AIImageJobSpec.model_validate(spec), status, Policy(), T0, created=T0)
+    spec_ = AIImageJobSpec.model_validate(spec)
+    return Job(UID, "ns", "set", spec_, status, Policy(), T0, created=T0, ended=ended)
 
 
-def _manifest(content: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in content.decode().splitlines()]
+CAPTURED = {"succeeded": "2", "capturedAt": "2026-12-07T12:00:05Z"}  # the log once capture is done
 
 
-async def test_delivery_writes_the_manifest_process_counted_without_reading_the_batch_again() -> None:
+def _lines(content: bytes) -> list[tuple[int, str, str | None]]:
+    return [
+        (line["item"], line["state"], line.get("result")) for line in map(json.loads, content.splitlines())
+    ]
+
+
+async def _process(services: Services3) -> Done:
+    processed = await batch.process(Call(_job(), services.services(), OperatorSettings()))
+    assert isinstance(processed, Done) and processed.ended is not None
+    return processed
+
+
+async def test_the_delivery_writes_what_process_counted_and_lists_only_the_results_again() -> None:
     services = Services3()
-    svc = services.services()
-    processed = await batch.process(Call(_job(), svc, OperatorSettings()))
-    assert isinstance(processed, Done) and processed.remote_ids == {
-        "succeeded": "2",
-        "failed": "1",
-        "cancelled": "0",
-    }
-    assert services.listings() == 3  # the tasks, the inputs, the results: once each
+    processed = await _process(services)
+    assert processed.remote_ids == {"succeeded": "2", "failed": "1", "cancelled": "0"}
+    assert services.listed() == (1, 1, 1)
 
-    logged = {"succeeded": "2", "capturedAt": "2026-12-07T12:00:05Z"}
-    delivered = await batch.deliver(Call(_job(**logged), svc, OperatorSettings()))
+    services.results.append("r10")  # a cancelled image's worker stores its result late
+    call = Call(_job(processed.ended, **CAPTURED), services.services(), OperatorSettings())
+    delivered = await batch.deliver(call)
 
-    assert services.listings() == 3  # nothing read again
+    assert services.listed() == (1, 1, 2)  # only the job's objects again, for strays
     assert isinstance(delivered, Done) and delivered.batch is not None
-    assert (delivered.batch.succeeded, delivered.batch.failed) == (2, 1)
-    lines = _manifest(services.manifests[0])
-    assert [(line["item"], line["state"], line.get("result")) for line in lines] == [
+    assert (delivered.batch.succeeded, delivered.batch.failed, delivered.batch.progress) == (2, 1, "2/3")
+    assert _lines(services.manifests[0]) == [
         (0, "succeeded", "r0"),
         (1, "failed", None),
         (2, "succeeded", "r2"),
     ]
-    assert lines[0]["key"] == "acme/set/0.jpg" and lines[1]["reason"] == "not an image"
-    assert services.deleted == ["r9"]  # the result no line names is not the user's
-    assert UID not in svc.ended  # delivered: nothing of the batch is kept
+    first, failed = map(json.loads, services.manifests[0].splitlines()[:2])
+    assert first["key"] == "acme/set/0.jpg" and failed["reason"] == "not an image"
+    assert services.deleted == ["r9", "r10"]  # results no line names are not the user's
 
 
-async def test_a_restarted_operator_reads_the_batch_again_and_writes_the_same_manifest() -> None:
-    logged = {"succeeded": "2", "capturedAt": "2026-12-07T12:00:05Z"}
+async def test_an_operator_restarted_between_the_steps_reads_again_and_writes_the_same_manifest() -> None:
     kept, restarted = Services3(), Services3()
-    for services, restart in ((kept, False), (restarted, True)):
-        svc = services.services()
-        await batch.process(Call(_job(), svc, OperatorSettings()))
-        if restart:  # a new process between the two steps: it remembers nothing
-            svc = services.services()
-        await batch.deliver(Call(_job(**logged), svc, OperatorSettings()))
+    processed = await _process(kept)
+    await batch.deliver(Call(_job(processed.ended, **CAPTURED), kept.services(), OperatorSettings()))
+    await _process(restarted)
+    await batch.deliver(Call(_job(None, **CAPTURED), restarted.services(), OperatorSettings()))
 
-    assert (kept.listings(), restarted.listings()) == (3, 6)
-    assert restarted.manifests == kept.manifests and len(kept.manifests) == 1
-    assert restarted.deleted == kept.deleted == ["r9"]
+    assert restarted.listed() == (2, 2, 2)
+    assert restarted.manifests == kept.manifests and restarted.deleted == kept.deleted == ["r9"]
 
 
-def _ended(lines: int) -> Ended:
-    line = ManifestLine(item=0, input="in0", state="failed", reason="x")
-    return Ended([line] * lines, [])
+async def test_a_kept_read_that_disagrees_with_the_log_is_not_used() -> None:
+    """What process read is used only when it counts what capture charged for: a read kept from
+    another pass that does not (here: one image fewer) is read again."""
+    services = Services3()
+    processed = await _process(services)
+    assert processed.ended is not None
+    stale = dataclasses.replace(
+        processed.ended, final=processed.ended.final.model_copy(update={"succeeded": 1})
+    )
+    await batch.deliver(Call(_job(stale, **CAPTURED), services.services(), OperatorSettings()))
+
+    assert services.listed() == (2, 2, 2)
+    assert _lines(services.manifests[0])[2] == (2, "succeeded", "r2")
 
 
-def test_the_outcomes_kept_are_bounded_the_oldest_forgotten_first() -> None:
-    svc = Services3().services()
-    svc.remember("a", _ended(ENDED_LINES // 2))
-    svc.remember("b", _ended(ENDED_LINES // 2))
-    assert list(svc.ended) == ["a", "b"]
-    svc.remember("c", _ended(1))
-    assert list(svc.ended) == ["b", "c"]
-    svc.remember("d", _ended(ENDED_LINES + 1))  # past the bound alone: kept, the only one
-    assert list(svc.ended) == ["d"]
+def _ended(images: int) -> Ended:
+    final = BatchStatus(total=images, succeeded=images, pending=0, progress=f"{images}/{images}")
+    return Ended(b"", final, frozenset())
+
+
+def test_what_is_kept_for_deliveries_is_bounded_the_oldest_forgotten_first() -> None:
+    kept: dict[str, Ended] = {}
+    keep_ended(kept, "a", _ended(ENDED_IMAGES // 2))
+    keep_ended(kept, "b", _ended(ENDED_IMAGES // 2))
+    assert list(kept) == ["a", "b"]
+    keep_ended(kept, "c", _ended(1))  # past the bound: the oldest goes
+    assert list(kept) == ["b", "c"]
+    keep_ended(kept, "d", _ended(ENDED_IMAGES + 1))  # past it alone: kept, the only one
+    assert list(kept) == ["d"]
