@@ -73,7 +73,7 @@ class Reconciler:
         self.counts: dict[str, JobTaskCounts] = {}
         # What a batch's images came to (job uid -> what its process step read), kept for its
         # delivery a few seconds on, which then need not read every task, input and result of
-        # the job again; while the job is Processed, at most ENDED_IMAGES images in all.
+        # the job again; while the job is Scheduled or Processed, at most ENDED_IMAGES images in all.
         self.ended: dict[str, core.Ended] = {}
         self._progress_due: dict[str, dt.datetime] = {}  # when a batch's progress pass is set for
         self._progress_since: dict[str, dt.datetime] = {}  # when this process first followed it
