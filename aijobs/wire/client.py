@@ -115,7 +115,11 @@ class ServiceClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         """One request; ``data`` and ``files`` send a ``multipart/form-data`` body (form fields
-        and file parts as ``(field, (filename, bytes, content type))``)."""
+        and file parts as ``(field, (filename, bytes, content type))``), rendered whole before it
+        is sent: httpx streams a form part by part (a boundary, headers, the bytes and a line
+        break for each file), and every piece is a write to the socket with a timeout of its own,
+        four for each of a worker's bulk upload's results (bench/batch.py). The parts are in
+        memory already, so the body as one piece costs one copy of them."""
         all_headers = {"Authorization": f"Bearer {self._signer.token_for(self.service)}", **(headers or {})}
         if key is not None:
             all_headers["Idempotency-Key"] = key
@@ -123,9 +127,11 @@ class ServiceClient:
         try:
             if files is not None:
                 extra.update(data=data, files=files)
-            response = await self._http.request(
+            request = self._http.build_request(
                 method, path, json=json, params=params, content=content, headers=all_headers, **extra
             )
+            request.read()  # the body as one piece (see above); a body of bytes or JSON is one already
+            response = await self._http.send(request)
         except httpx.TimeoutException as exc:
             raise Ambiguous(self.service, f"{method} {path} timed out") from exc
         except httpx.TransportError as exc:

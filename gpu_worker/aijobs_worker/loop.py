@@ -366,7 +366,7 @@ class Worker:
         was cancelled or Storage refused the result (the run is reported and forgotten), or the
         shutdown's grace ran out (the result stays in the spool for the next start)."""
         t0 = time.perf_counter()
-        contents = [self.spool.content(entry) for entry in entries]
+        contents = self.spool.contents(entries)
         stored: list[StoredObject | None] = [None] * len(entries)
         pending = list(range(len(entries)))
         for attempt in itertools.count(1):
@@ -524,6 +524,7 @@ class Worker:
                 return_exceptions=True,
             )
             unknown = []
+            ended = []
             for (entry, completion), outcome in zip(pending, outcomes, strict=True):
                 if isinstance(outcome, Ambiguous):
                     unknown.append((entry, completion))
@@ -538,8 +539,10 @@ class Worker:
                     if outcome.kind == "task-cancelled":  # acknowledge, so the task ends (and its job can go)
                         await self._give_back(entry.task_id, "cancelled", entry.lease_token, retryable=False)
                 elif isinstance(outcome, BaseException):
+                    self._forget_all(ended)
                     raise outcome
-                self._forget(entry)
+                ended.append(entry)
+            self._forget_all(ended)  # the spool's entries removed together: one write a segment
             pending = unknown
             if pending and self._flush_over():
                 log.warning("%d completion(s) unknown at exit; they stay in the spool", len(pending))
@@ -573,8 +576,12 @@ class Worker:
         self._release(task_id, token)
 
     def _forget(self, entry: Entry) -> None:
-        self.spool.remove(entry)
-        self._release(entry.task_id, entry.lease_token)
+        self._forget_all([entry])
+
+    def _forget_all(self, entries: list[Entry]) -> None:
+        self.spool.remove_many(entries)
+        for entry in entries:
+            self._release(entry.task_id, entry.lease_token)
 
     def _release(self, task_id: str, token: str) -> None:
         """Stop holding the task under this lease; a later lease of it (the same task leased

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 @dataclass(frozen=True)
@@ -147,29 +147,57 @@ class Spool:
         return [entry for _, entry in sorted(found, key=lambda pair: pair[0])]
 
     def content(self, entry: Entry) -> bytes:
-        place = self._places.get(self._name(entry))
-        if place is None:
-            return self._legacy(entry)[0].read_bytes()
-        with place.segment.open("rb") as source:
-            source.seek(place.offset)
-            return source.read(place.size)
+        return self.contents([entry])[0]
+
+    def contents(self, entries: Sequence[Entry]) -> list[bytes]:
+        """The entries' bytes, in order: each segment opened once, however many of its entries
+        are asked (a delivery reads a whole batch's results)."""
+        found: list[bytes] = []
+        opened: dict[Path, BinaryIO] = {}
+        try:
+            for entry in entries:
+                place = self._places.get(self._name(entry))
+                if place is None:
+                    found.append(self._legacy(entry)[0].read_bytes())
+                    continue
+                source = opened.get(place.segment)
+                if source is None:
+                    source = opened[place.segment] = place.segment.open("rb")
+                source.seek(place.offset)
+                found.append(source.read(place.size))
+        finally:
+            for source in opened.values():
+                source.close()
+        return found
 
     def remove(self, entry: Entry) -> None:
-        name = self._name(entry)
+        self.remove_many([entry])
+
+    def remove_many(self, entries: Sequence[Entry]) -> None:
+        """Remove these entries: each segment left with entries gets one line a removed entry
+        in its ``.done``, written at once; a segment left with none goes."""
+        removed: dict[Path, list[str]] = {}
+        legacy: list[Entry] = []
         with self._lock:
-            place = self._places.pop(name, None)
-            if place is None:
-                png, meta = self._legacy(entry)
-                meta.unlink(missing_ok=True)
-                png.unlink(missing_ok=True)
-                return
-            left = self._open.get(place.segment, set())
-            left.discard(name)
-            if left:
-                with place.segment.with_suffix(".done").open("a") as done:
-                    done.write(name + "\n")
-                return
-        self._drop(place.segment)
+            for entry in entries:
+                name = self._name(entry)
+                place = self._places.pop(name, None)
+                if place is None:
+                    legacy.append(entry)
+                    continue
+                self._open.get(place.segment, set()).discard(name)
+                removed.setdefault(place.segment, []).append(name)
+            for segment, names in removed.items():
+                if self._open.get(segment):
+                    with segment.with_suffix(".done").open("a") as done:
+                        done.write("".join(f"{name}\n" for name in names))
+        for segment in removed:
+            if not self._open.get(segment):
+                self._drop(segment)
+        for entry in legacy:
+            png, meta = self._legacy(entry)
+            meta.unlink(missing_ok=True)
+            png.unlink(missing_ok=True)
 
     def _drop(self, segment: Path) -> None:
         with self._lock:

@@ -63,3 +63,26 @@ def test_a_spool_write_cut_short_by_a_crash_is_no_entry(tmp_path: Path) -> None:
     (tmp_path / "0123.tmp").write_bytes(b'[{"entry": {"task_id": "task-1"')  # died mid-write
     spool = Spool(tmp_path)
     assert spool.entries() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_entries_of_two_batches_are_read_and_removed_together(tmp_path: Path) -> None:
+    """A delivery reads and removes several entries at once, across segments and an older
+    worker's entry: each gets its own bytes; a segment all of whose entries went is gone, the
+    other keeps what is left of it across a restart."""
+    spool = Spool(tmp_path)
+    first = [_run(f"task-{n}") for n in range(3)]
+    second = [_run(f"task-{n}") for n in range(4, 6)]
+    spool.put_many([(run, f"result {run.item}".encode()) for run in first])
+    spool.put_many([(run, f"result {run.item}".encode()) for run in second])
+    old = _entry("lease-z")
+    (tmp_path / "task-1.png").write_bytes(b"older")
+    (tmp_path / "task-1.json").write_text(json.dumps(asdict(old)))
+    mixed = [second[1], first[2], old, first[0], second[0]]
+    assert spool.contents(mixed) == [b"result 5", b"result 2", b"older", b"result 0", b"result 4"]
+    spool.remove_many(mixed)
+    assert spool.entries() == [first[1]]
+    assert len(list(tmp_path.glob("*.batch"))) == 1 and not list(tmp_path.glob("task-1.*"))
+    restarted = Spool(tmp_path)
+    assert restarted.entries() == [first[1]] and restarted.contents([first[1]]) == [b"result 1"]
+    restarted.remove_many([first[1]])
+    assert list(tmp_path.iterdir()) == []
