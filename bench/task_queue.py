@@ -119,12 +119,14 @@ def _queue(
     figures["bulk creates"] = tasks / run.report.duration_s
     print(f"bulk creates:     {run.report.line()} ({tasks} tasks)")
 
+    # Every task is leased and completed: the batch's and the single creates' (those are due too).
+    total = tasks + single
     leased: list[dict[str, Any]] = []
     lease_s = 0.0
     waves = 0
-    while len(leased) < tasks:  # concurrent leases skip each other's rows: a few may come short
+    while len(leased) < total:  # concurrent leases skip each other's rows: a few may come short
         waves += 1
-        count = -(-(tasks - len(leased)) // batch)
+        count = -(-(total - len(leased)) // batch)
         body = _json({"worker": "bench", "maxTasks": batch, "leaseSeconds": 600})
         leases = [
             Target("POST", f"{url}/v1/leases", worker | {"Idempotency-Key": f"lease-{waves}-{i}"}, body)
@@ -136,9 +138,9 @@ def _queue(
         if not got:
             break
         leased += got
-    assert len(leased) == tasks, f"{len(leased)} of {tasks} leased"
-    figures["leases"] = tasks / lease_s
-    print(f"leases:           {tasks} tasks in {lease_s:.2f}s over {waves} wave(s)")
+    assert len(leased) == total, f"{len(leased)} of {total} leased"
+    figures["leases"] = total / lease_s
+    print(f"leases:           {total} tasks in {lease_s:.2f}s over {waves} wave(s)")
 
     completions = [
         {
@@ -157,10 +159,12 @@ def _queue(
         for c in _chunks(completions, batch)
     ]
     run = attack(bulk, workers=connections, keep=True)
-    assert _items_ok(run) == tasks, run.report.line()
-    figures["bulk completions"] = tasks / run.report.duration_s
-    print(f"bulk completions: {run.report.line()} ({tasks} tasks)")
-    cycle_s = tasks / figures["bulk creates"] + lease_s + tasks / figures["bulk completions"]
+    assert _items_ok(run) == total, run.report.line()
+    figures["bulk completions"] = total / run.report.duration_s
+    print(f"bulk completions: {run.report.line()} ({total} tasks)")
+    cycle_s = (
+        tasks / figures["bulk creates"] + (lease_s + total / figures["bulk completions"]) * tasks / total
+    )
     figures["full cycle"] = tasks / cycle_s
     return figures
 

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,8 +23,10 @@ from aijobs_services.ai.models import Task
 from aijobs_services.kit.db import aware, is_postgres, utcnow
 from aijobs_services.kit.idempotency import Quick
 
+TASKS = cast("sa.Table", Task.__table__)
 
-def _value(row: Task) -> tasks.Task:
+
+def _value(row: Task | sa.Row[Any]) -> tasks.Task:
     held = (
         tasks.Lease(row.lease_token, row.lease_owner or "", aware(row.lease_expires_at))
         if row.lease_token is not None and row.lease_expires_at is not None
@@ -205,27 +207,33 @@ def depth(session: Session) -> QueueDepth:
 def lease(session: Session, owner: str, max_tasks: int, lease_seconds: int) -> list[tasks.Task]:
     """Up to ``max_tasks`` due tasks, leased to ``owner`` (those out of attempts fail instead).
     Two workers never get one task: SKIP LOCKED on PostgreSQL; on SQLite the write transaction
-    is taken at BEGIN."""
+    is taken at BEGIN.
+
+    The rows are read and written as plain rows, not as mapped objects: a worker's lease is a
+    few dozen rows, each a dozen columns the rule moves, and the ORM's loading, tracking and
+    flush of them cost AI more CPU than the statements (bench/batch.py, grayscale). The rule
+    (:func:`aijobs.api.tasks.lease`) decides each as before; its changes go in one UPDATE sent
+    once a row (an executemany: one pipeline on PostgreSQL)."""
     now = utcnow()
     # One locking read per kind of due task, each an ordered scan of its own index that stops
     # at max_tasks rows: ix_tasks_due (state, run_at) for the scheduled ones, the lease
     # expiry's for the lapsed ones (only a running task has one; by state, a read would pass
     # every running task). One read of both kinds (an OR) sorts every due row first. The
     # earliest max_tasks of the two are leased; the few others stay locked until this commits.
-    picked: list[Task] = []
+    picked: list[sa.Row[Any]] = []
     waiting, lapsed = _due_kinds(now)
     for due, order in ((waiting, Task.run_at), (lapsed, Task.lease_expires_at)):
-        stmt = sa.select(Task).where(due).order_by(order).limit(max_tasks)
-        picked += session.scalars(stmt.with_for_update(skip_locked=True) if is_postgres(session) else stmt)
+        stmt = sa.select(TASKS).where(due).order_by(order).limit(max_tasks)
+        picked += session.execute(stmt.with_for_update(skip_locked=True) if is_postgres(session) else stmt)
     picked = sorted(picked, key=lambda row: row.run_at)[:max_tasks]
-    leased = []
+    leased, changed = [], []
     for row in picked:
-        task = _store(
-            row, tasks.lease(_value(row), owner=owner, token=uuid.uuid4().hex, seconds=lease_seconds, now=now)
-        )
+        task = tasks.lease(_value(row), owner=owner, token=uuid.uuid4().hex, seconds=lease_seconds, now=now)
+        changed.append({"task_id": task.id, **_columns(task)})
         if task.state == "running":
             leased.append(task)
-    session.flush()
+    if changed:
+        session.execute(TASKS.update().where(TASKS.c.id == sa.bindparam("task_id")), changed)
     return leased
 
 

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -440,6 +441,10 @@ class IdempotencyStore:
             status, body = problem.status, problem
         if isinstance(body, Problem):
             return Answer(body.status, body.body(req.route.split(" ", 1)[1]), PROBLEM_JSON)
+        # A model straight to JSON-able data, as jsonable_encoder makes it (by alias), without
+        # that function's walk over the result afterwards (a lease of 64 tasks: ~5,000 values).
+        if isinstance(body, BaseModel):
+            return Answer(status, body.model_dump(mode="json", by_alias=True), "application/json")
         return Answer(status, jsonable_encoder(body), "application/json")
 
     def _claim(self, session: Session, req: IdempotentRequest, now: dt.datetime) -> bool:
