@@ -11,13 +11,15 @@ fast as ``--connections`` connections go:
 1. single creates: ``--single`` tasks, one ``POST /v1/tasks`` each (the operator's path until
    bulk creation);
 2. bulk creates: ``--tasks`` tasks in ``POST /v1/bulk/tasks`` requests of ``--batch`` items;
-3. leases: ``POST /v1/leases`` of ``maxTasks=--batch``, each under its own key, until all are
-   leased (their answers kept: a completion needs its lease's token);
+3. leases: ``POST /v1/leases`` of ``maxTasks=--batch``, each under its own key, until every
+   task is leased, the single creates' too (their answers kept: a completion needs its lease's
+   token);
 4. batched completions: one ``POST /v1/bulk/completions`` per lease, as a worker sends them.
 
 vegeta's targets are a fixed file, so one wave cannot feed the next within it: the lease and
 completion waves run back to back instead of interleaved, and the full cycle's figure is tasks
-over the sum of the three waves' times (a worker's real cycle interleaves them, which can only
+over the sum of the three waves' times, the lease's and the completion's taken for the bulk
+tasks' share of what they leased and completed (a worker's real cycle interleaves them, which can only
 overlap their costs). pgbench runs its default script with as many clients. Both share this
 machine with whatever else runs on it; the ratio comes from one run.
 """

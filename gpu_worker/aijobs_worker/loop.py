@@ -525,24 +525,28 @@ class Worker:
             )
             unknown = []
             ended = []
-            for (entry, completion), outcome in zip(pending, outcomes, strict=True):
-                if isinstance(outcome, Ambiguous):
-                    unknown.append((entry, completion))
-                    continue
-                if isinstance(outcome, Refused):
-                    # Lease taken over or task cancelled: someone else owns it now.
-                    log.info(
-                        "completion of %s refused (%s); dropping this run's claim",
-                        entry.task_id,
-                        outcome.kind,
-                    )
-                    if outcome.kind == "task-cancelled":  # acknowledge, so the task ends (and its job can go)
-                        await self._give_back(entry.task_id, "cancelled", entry.lease_token, retryable=False)
-                elif isinstance(outcome, BaseException):
-                    self._forget_all(ended)
-                    raise outcome
-                ended.append(entry)
-            self._forget_all(ended)  # the spool's entries removed together: one write a segment
+            try:
+                for (entry, completion), outcome in zip(pending, outcomes, strict=True):
+                    if isinstance(outcome, Ambiguous):
+                        unknown.append((entry, completion))
+                        continue
+                    if isinstance(outcome, Refused):
+                        # Lease taken over or task cancelled: someone else owns it now.
+                        log.info(
+                            "completion of %s refused (%s); dropping this run's claim",
+                            entry.task_id,
+                            outcome.kind,
+                        )
+                        if outcome.kind == "task-cancelled":  # acknowledge: the task ends, its job can go
+                            token = entry.lease_token
+                            await self._give_back(entry.task_id, "cancelled", token, retryable=False)
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+                    ended.append(entry)
+            finally:
+                # Those settled, removed from the spool together (one write a segment), even when
+                # an unexpected failure stops the round: they need not be delivered again.
+                self._forget_all(ended)
             pending = unknown
             if pending and self._flush_over():
                 log.warning("%d completion(s) unknown at exit; they stay in the spool", len(pending))

@@ -187,13 +187,15 @@ class Spool:
                     continue
                 self._open.get(place.segment, set()).discard(name)
                 removed.setdefault(place.segment, []).append(name)
+            emptied = []
             for segment, names in removed.items():
                 if self._open.get(segment):
                     with segment.with_suffix(".done").open("a") as done:
                         done.write("".join(f"{name}\n" for name in names))
-        for segment in removed:
-            if not self._open.get(segment):
-                self._drop(segment)
+                else:
+                    emptied.append(segment)
+        for segment in emptied:
+            self._drop(segment)
         for entry in legacy:
             png, meta = self._legacy(entry)
             meta.unlink(missing_ok=True)

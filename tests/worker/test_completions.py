@@ -114,15 +114,16 @@ async def _scenario(
         body = {"jobId": f"job-{i}", "account": "acme", "pipeline": "grayscale", "inputObjectId": "in"}
         await operator.call("POST", "/v1/tasks", key=f"job-{i}", json=body)
     leased = await worker._lease()
-    entries = []
+    spooled = []
     for n, task in enumerate(leased):
         token = "taken-over" if n == stale else worker.held[task.id].lease_token
         encoded = _result(n)  # what the encoder made, and its digest, taken before it was spooled
         entry = Entry(
             task.id, task.job_id, task.account, token, {}, sha256=hashlib.sha256(encoded).hexdigest()
         )
-        spool.put(entry, encoded[:-10] if n == damaged else encoded)
-        entries.append(entry)
+        spooled.append((entry, encoded[:-10] if n == damaged else encoded))
+    spool.put_many(spooled)  # the batch's results in one segment, as the worker spools them
+    entries = [entry for entry, _ in spooled]
     wire.paths.clear()
     storage_wire.paths.clear()
     await worker.deliver(entries)

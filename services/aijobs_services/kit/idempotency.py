@@ -443,6 +443,8 @@ class IdempotencyStore:
             return Answer(body.status, body.body(req.route.split(" ", 1)[1]), PROBLEM_JSON)
         # A model straight to JSON-able data, as jsonable_encoder makes it (by alias), without
         # that function's walk over the result afterwards (a lease of 64 tasks: ~5,000 values).
+        # The walk also dropped keys starting "_sa" (SQLAlchemy's state) at any depth: a user's
+        # params or result holding such a key is now answered whole, as it was stored.
         if isinstance(body, BaseModel):
             return Answer(status, body.model_dump(mode="json", by_alias=True), "application/json")
         return Answer(status, jsonable_encoder(body), "application/json")
