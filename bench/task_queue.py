@@ -19,9 +19,9 @@ fast as ``--connections`` connections go:
 vegeta's targets are a fixed file, so one wave cannot feed the next within it: the lease and
 completion waves run back to back instead of interleaved, and the full cycle's figure is tasks
 over the sum of the three waves' times, the lease's and the completion's taken for the bulk
-tasks' share of what they leased and completed (a worker's real cycle interleaves them, which can only
-overlap their costs). pgbench runs its default script with as many clients. Both share this
-machine with whatever else runs on it; the ratio comes from one run.
+tasks' share of what they leased and completed (a worker's real cycle interleaves them, which
+can only overlap their costs). pgbench runs its default script with as many clients. Both share
+this machine with whatever else runs on it; the ratio comes from one run.
 """
 
 from __future__ import annotations
