@@ -118,6 +118,11 @@ def test_counts_follow_a_batch_through_its_tasks_life_cycle(ai: AI) -> None:
     assert dt.datetime.fromisoformat(first["updatedAt"]) == latest
     assert unknown == {"jobId": "nobody", "total": 0, **dict.fromkeys(STATES, 0), "updatedAt": None}
     assert _tally(other) == (1, 1, 0, 0, 0, 0)
+    # A page shows each task as its own read does, in every state (the page is read another way).
+    listed = _page(api, "batch")["items"]
+    assert {t["state"] for t in listed} == {"scheduled", "running", "succeeded", "failed", "cancelled"}
+    for task in listed:
+        assert task == api.get(f"/v1/tasks/{task['id']}", caller="operator").json()
 
 
 @pytest.mark.parametrize(

@@ -212,7 +212,7 @@ def job_tasks(
 ) -> TaskPage:
     with session.begin():
         found, following = queue.page(session, job_id, after, limit)
-    return TaskPage(job_id=job_id, items=[Task.of(t) for t in found], next=following)
+    return TaskPage(job_id=job_id, items=found, next=following)
 
 
 @router.post(

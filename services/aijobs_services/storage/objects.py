@@ -595,10 +595,15 @@ PUBLIC_COLUMNS = [
     )
 ]
 
+PUBLIC_NAMES = tuple(column.name for column in PUBLIC_COLUMNS)
+
 
 def public_rows(session: Session, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
-    """The rows of a listing of objects, as the columns callers see (:data:`PUBLIC_COLUMNS`)."""
-    return [dict(row) for row in session.execute(stmt.with_only_columns(*PUBLIC_COLUMNS)).mappings()]
+    """The rows of a listing of objects, as the columns callers see (:data:`PUBLIC_COLUMNS`).
+    Executed on the session's connection, a Core read: no ORM loading step for each row; and
+    each row zipped with the columns' names rather than read through a mapping's keys."""
+    rows = session.connection().execute(stmt.with_only_columns(*PUBLIC_COLUMNS)).all()
+    return [dict(zip(PUBLIC_NAMES, row, strict=True)) for row in rows]
 
 
 def bytewise(dialect: str) -> sa.ColumnElement[str]:
