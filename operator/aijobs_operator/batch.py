@@ -74,9 +74,11 @@ __all__ = [
 ]
 
 GATHER = 5000  # tasks awaited at once while scheduling (the batcher sends up to 1000 a request)
-# Tasks created first, alone: a worker's lease of them runs while the rest are created. AI takes
-# about half a second of CPU for a request of 1,000 and answers two at once, so the batch's first
-# image would otherwise wait for 2,000 tasks to be created before any could be leased.
+# Tasks created first, in a gather of their own: a worker's lease of them runs while the rest are
+# created. AI takes about half a second of CPU for a request of 1,000 and answers two at once, so
+# the batch's first image would otherwise wait for 2,000 tasks to be created before any could be
+# leased. 64 is a worker's largest lease by default (aijobs_worker.config: max_tasks). The
+# batcher is shared: another job's items queued before these still go first.
 FIRST = 64
 SAMPLE = 10  # failures kept in status (the manifest lists them all)
 # A failure's reason as the manifest and status keep it: with keys of at most 255 characters, a
@@ -350,8 +352,7 @@ async def schedule(call: Call) -> Done | Waiting:
             "deleted or replaced): nothing was run; create a new job",
         )
     batcher = svc.ai.bulk("/v1/bulk/tasks", ai.Task)
-    starts = [0, *range(min(FIRST, len(images)), len(images), GATHER)]
-    for start, end in zip(starts, [*starts[1:], len(images)], strict=True):
+    for start, end in gathers(len(images)):
         calls = []
         for index in range(start, end):
             body = ai.TaskCreate(
@@ -374,6 +375,13 @@ async def schedule(call: Call) -> Done | Waiting:
         "as soon as workers are free" if spec.run_at is None or spec.run_at <= job.now else iso(spec.run_at)
     )
     return Done(f"{len(images)} tasks scheduled, run {when}", {"tasks": str(len(images))})
+
+
+def gathers(n: int) -> list[tuple[int, int]]:
+    """The ranges of images ``[start, end)`` whose tasks the schedule step creates together, one
+    after the other: the first :data:`FIRST`, then :data:`GATHER` at a time."""
+    starts = [0, *range(min(FIRST, n), n, GATHER)]
+    return [(start, end) for start, end in zip(starts, [*starts[1:], n], strict=True) if start < end]
 
 
 def _raise_first(answers: list[Any], reason: str) -> None:

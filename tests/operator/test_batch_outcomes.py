@@ -12,9 +12,10 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 from aijobs_operator import batch
 from aijobs_operator.config import OperatorSettings
-from aijobs_operator.core import Done, Ended, Policy
+from aijobs_operator.core import Done, Ended, Policy, idempotency_key
 from aijobs_operator.engine import ENDED_IMAGES, keep_ended
 from aijobs_operator.steps import Call, Job, Services
 
@@ -231,6 +232,7 @@ async def test_the_first_tasks_are_created_alone_so_a_worker_starts_while_the_re
     inputs = [_object(f"in{n:04d}", "input", f"acme/set/{n:04d}.jpg") for n in range(2500)]
     frozen = [storage.StoredObject.model_validate(o) for o in inputs]
     sent: list[list[int]] = []
+    keys: dict[int, str] = {}
 
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/objects":
@@ -238,6 +240,7 @@ async def test_the_first_tasks_are_created_alone_so_a_worker_starts_while_the_re
         assert request.url.path == "/v1/bulk/tasks", request.url.path
         items = json.loads(request.content)["items"]
         sent.append([item["request"]["item"] for item in items])
+        keys.update((item["request"]["item"], item["key"]) for item in items)
         answers = [
             {"key": item["key"], "status": 201, "body": _task(item["request"]["item"], "scheduled")}
             for item in items
@@ -255,3 +258,23 @@ async def test_the_first_tasks_are_created_alone_so_a_worker_starts_while_the_re
     assert sent[0] == list(range(batch.FIRST))  # alone, awaited before any other was sent
     assert [len(items) for items in sent[1:]] == [1000, 1000, 436]
     assert sorted(n for items in sent for n in items) == list(range(2500))  # each image once
+    assert keys == {n: idempotency_key(UID, f"schedule:{n}") for n in range(2500)}  # as a retry's
+
+
+@pytest.mark.parametrize(
+    ("images", "ranges"),
+    [
+        (0, []),
+        (1, [(0, 1)]),
+        (63, [(0, 63)]),
+        (64, [(0, 64)]),
+        (65, [(0, 64), (64, 65)]),
+        (5064, [(0, 64), (64, 5064)]),
+        (5065, [(0, 64), (64, 5064), (5064, 5065)]),
+    ],
+)
+def test_the_schedule_gathers_the_first_tasks_then_the_rest_in_order(
+    images: int, ranges: list[tuple[int, int]]
+) -> None:
+    assert (batch.FIRST, batch.GATHER) == (64, 5000)
+    assert batch.gathers(images) == ranges

@@ -102,7 +102,8 @@ def test_counts_follow_a_batch_through_its_tasks_life_cycle(ai: AI) -> None:
     for lease in (done, failing, stopping):
         assert lease["jobId"] == "batch"  # the earliest run-at first: the batch's
     token = {"leaseToken": done["leaseToken"]}
-    api.ok("POST", f"/v1/tasks/{done['id']}/complete", {**token, "resultObjectId": "r-1"}, caller="worker")
+    result = {"resultObjectId": "r-1", "result": {"size": [2, 3], "scale": 1.5, "note": "gris é"}}
+    api.ok("POST", f"/v1/tasks/{done['id']}/complete", token | result, caller="worker")
     failed = {"leaseToken": failing["leaseToken"], "reason": "broken image", "retryable": False}
     api.ok("POST", f"/v1/tasks/{failing['id']}/fail", failed, caller="worker")
     asked = api.ok("POST", f"/v1/tasks/{stopping['id']}/cancel", caller="operator")
@@ -118,10 +119,16 @@ def test_counts_follow_a_batch_through_its_tasks_life_cycle(ai: AI) -> None:
     assert dt.datetime.fromisoformat(first["updatedAt"]) == latest
     assert unknown == {"jobId": "nobody", "total": 0, **dict.fromkeys(STATES, 0), "updatedAt": None}
     assert _tally(other) == (1, 1, 0, 0, 0, 0)
-    # A page shows each task as its own read does, in every state (the page is read another way).
+    # A page shows each task as its own read does, in every state (the page is read another way),
+    # a result and parameters with it, and a single job's task (no item) too.
+    resized = {**_task("single", None), "pipeline": "resize", "params": {"width": 64, "height": 32}}
+    api.ok("POST", "/v1/tasks", resized, caller="operator")
     listed = _page(api, "batch")["items"]
     assert {t["state"] for t in listed} == {"scheduled", "running", "succeeded", "failed", "cancelled"}
-    for task in listed:
+    [single] = _page(api, "single")["items"]
+    assert single["item"] is None and single["params"] == {"width": 64, "height": 32, "antialias": True}
+    assert [t["result"] for t in listed if t["state"] == "succeeded"] == [result["result"]]
+    for task in [*listed, single]:
         assert task == api.get(f"/v1/tasks/{task['id']}", caller="operator").json()
 
 
@@ -193,7 +200,8 @@ def test_cancelling_a_batch_cancels_each_task_as_its_single_cancel_does(ai: AI) 
     _batch(api, "other", [0])
     done, running, acknowledging = _lease(api, 3)
     token = {"leaseToken": done["leaseToken"]}
-    api.ok("POST", f"/v1/tasks/{done['id']}/complete", {**token, "resultObjectId": "r-1"}, caller="worker")
+    result = {"resultObjectId": "r-1", "result": {"size": [2, 3], "scale": 1.5, "note": "gris é"}}
+    api.ok("POST", f"/v1/tasks/{done['id']}/complete", token | result, caller="worker")
 
     first = _cancel(api, "batch", "cancel-batch")
     assert first.status_code == 200, first.text

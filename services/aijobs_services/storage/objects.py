@@ -601,7 +601,8 @@ PUBLIC_NAMES = tuple(column.name for column in PUBLIC_COLUMNS)
 def public_rows(session: Session, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
     """The rows of a listing of objects, as the columns callers see (:data:`PUBLIC_COLUMNS`).
     Executed on the session's connection, a Core read: no ORM loading step for each row; and
-    each row zipped with the columns' names rather than read through a mapping's keys."""
+    each row zipped with the columns' names rather than read through a mapping's keys. It sees
+    what is flushed (a Core read does not autoflush): for a listing's fresh transaction."""
     rows = session.connection().execute(stmt.with_only_columns(*PUBLIC_COLUMNS)).all()
     return [dict(zip(PUBLIC_NAMES, row, strict=True)) for row in rows]
 
