@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import itertools
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -380,8 +381,8 @@ async def schedule(call: Call) -> Done | Waiting:
 def gathers(n: int) -> list[tuple[int, int]]:
     """The ranges of images ``[start, end)`` whose tasks the schedule step creates together, one
     after the other: the first :data:`FIRST`, then :data:`GATHER` at a time."""
-    starts = [0, *range(min(FIRST, n), n, GATHER)]
-    return [(start, end) for start, end in zip(starts, [*starts[1:], n], strict=True) if start < end]
+    bounds = [0, *range(min(FIRST, n), n, GATHER), n]
+    return [(start, end) for start, end in itertools.pairwise(bounds) if start < end]
 
 
 def _raise_first(answers: list[Any], reason: str) -> None:
