@@ -454,6 +454,48 @@ def test_a_blob_taken_up_again_while_the_collector_runs_is_never_removed(
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def test_a_put_answers_only_once_every_folder_on_its_blobs_path_is_durable(
+    storage: tuple[Api, sa.Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash can lose a new folder's entry in its parent as well as a file's in its folder: the
+    first put into a volume makes two folder levels for its blob, and a put of bytes already
+    there may find them renamed by a put that has not flushed them yet. Either way the object is
+    recorded, and the put answered, only after the blob's folder and each folder above it, up to
+    the volume, was fsynced."""
+    import os
+
+    from aijobs_services.storage import blobs as blobs_module
+
+    api, _ = storage
+    volume = (tmp_path / "volume").resolve()
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.is_dir():
+            synced.append(path)
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs_module.os, "fsync", fsync)
+    picture = images.png(color=(5, 6, 7))
+    first = _put(api, "first", picture)
+    assert first.status_code == 201, first.text
+    sha = first.json()["sha256"]
+    chain = [
+        volume / "blobs" / sha[:2] / sha[2:4],
+        volume / "blobs" / sha[:2],
+        volume / "blobs",
+        volume,
+    ]
+    assert synced == chain
+    synced.clear()
+    second = _put(api, "second", picture)  # the same bytes: the blob is there already
+    assert second.status_code == 201, second.text
+    assert second.json()["sha256"] == sha
+    assert synced == chain
+
+
 def test_links_are_signed_only_with_the_configured_public_url_never_the_host_header(
     pg_url: str, secrets: dict[str, str], tmp_path: Path
 ) -> None:

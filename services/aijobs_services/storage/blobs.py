@@ -3,9 +3,11 @@ leaves a half blob under a real name.
 
 Write path: stream into ``tmp/`` while hashing (on the event loop for a single put, on its
 thread for a bulk put's parts) -> fsync the file (on the put's thread: an fsync would stall every
-request the loop serves) -> rename to ``blobs/aa/bb/<sha>`` -> fsync the folder. Only then does
-the caller record the object in the database; a crash between the two leaves an unreferenced
-blob, which the collector removes.
+request the loop serves) -> rename to ``blobs/aa/bb/<sha>`` -> fsync that folder and each one
+above it, up to the volume (the put may have made ``aa/`` and ``bb/``; a blob found there already
+gets the same fsyncs, as the put that renamed it may not have made them yet). Only then does the
+caller record the object in the database; a crash between the two leaves an unreferenced blob,
+which the collector removes.
 
 A bulk put (many images in one request) makes its files durable together: each written to
 ``tmp/``, then the volume flushed once (``syncfs``), then each renamed, then the volume flushed
@@ -251,15 +253,16 @@ class BlobStore:
         return True
 
     def keep(self, staged: Staged) -> Path:
-        """Move a received file under its content name (atomic; a no-op if the blob exists)."""
+        """Move a received file, its bytes already durable (:meth:`sync`), under its content name
+        (atomic), then make that name durable: an fsync of the blob's folder and of each folder
+        above it up to the volume, since a crash can lose a new folder's entry in its parent as
+        well as the blob's in its folder. A blob that was there already is made durable the same
+        way: the put that renamed it may not have flushed its folders yet, and this put's object
+        is about to be recorded on it."""
         final = self.path(staged.sha256)
-        if not self._move(staged):
-            return final
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._move(staged)
+        for folder in (final.parent, final.parent.parent, self.blobs, self.root):
+            _fsync_folder(folder)
         return final
 
     def discard(self, staged: Staged) -> None:
@@ -284,6 +287,21 @@ class BlobStore:
     def stale_temp_files(self, older_than: float) -> list[Path]:
         """Leftovers of receives that died; a part file a put discards meanwhile is left out."""
         return [p for p in self.tmp.iterdir() if (mtime := _mtime(p)) is not None and mtime < older_than]
+
+
+def _fsync_folder(path: Path) -> None:
+    """Make a folder's entries durable; a full volume answered as :class:`DiskFull`."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        full = _full(exc)
+        if full is not None:
+            raise full from exc
+        raise
 
 
 def _mtime(path: Path) -> float | None:
