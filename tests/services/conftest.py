@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,3 +114,41 @@ def snapshot(
             for name, table in meta.tables.items()
             if name not in skip
         }
+
+
+class Fsyncs:
+    """Every fsync the blob store makes while it is installed, as the (device, inode) of what was
+    synced, files and folders apart; ``probe``, when given, is called at each folder's fsync and
+    what it answers kept in order (what the database held at that moment, say)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, probe: Callable[[], Any] | None = None) -> None:
+        from aijobs_services.storage import blobs
+
+        self.files: list[tuple[int, int]] = []
+        self.folders: list[tuple[int, int]] = []
+        self.probed: list[Any] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            status = os.fstat(fd)
+            if stat.S_ISDIR(status.st_mode):
+                self.folders.append((status.st_dev, status.st_ino))
+                if probe is not None:
+                    self.probed.append(probe())
+            else:
+                self.files.append((status.st_dev, status.st_ino))
+            real_fsync(fd)
+
+        monkeypatch.setattr(blobs.os, "fsync", fsync)
+
+
+def identity(path: Path) -> tuple[int, int]:
+    """A file's or folder's (device, inode), as :class:`Fsyncs` records it."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def blob_folders(volume: Path, sha256: str) -> list[tuple[int, int]]:
+    """The folders whose entries name a blob, deepest first: its own, its parent, ``blobs/``."""
+    blobs = volume / "blobs"
+    return [identity(blobs / sha256[:2] / sha256[2:4]), identity(blobs / sha256[:2]), identity(blobs)]

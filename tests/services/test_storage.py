@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.services import images
-from tests.services.conftest import Api, snapshot
+from tests.services.conftest import Api, Fsyncs, blob_folders, snapshot
 
 
 def _storage(
@@ -454,46 +454,33 @@ def test_a_blob_taken_up_again_while_the_collector_runs_is_never_removed(
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def test_a_put_answers_only_once_every_folder_on_its_blobs_path_is_durable(
+def test_a_put_records_its_object_only_once_every_folder_naming_its_blob_is_durable(
     storage: tuple[Api, sa.Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash can lose a new folder's entry in its parent as well as a file's in its folder: the
     first put into a volume makes two folder levels for its blob, and a put of bytes already
-    there may find them renamed by a put that has not flushed them yet. Either way the object is
-    recorded, and the put answered, only after the blob's folder and each folder above it, up to
-    the volume, was fsynced."""
-    import os
+    there may find them renamed by a put that has not flushed them yet. Either way the blob's
+    folder, its parent and ``blobs/`` are fsynced before the object is committed."""
+    api, engine = storage
 
-    from aijobs_services.storage import blobs as blobs_module
+    def committed() -> int:
+        with engine.connect() as db:
+            return int(db.execute(sa.text("SELECT count(*) FROM objects")).scalar_one())
 
-    api, _ = storage
-    volume = (tmp_path / "volume").resolve()
-    synced: list[Path] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        if path.is_dir():
-            synced.append(path)
-        real_fsync(fd)
-
-    monkeypatch.setattr(blobs_module.os, "fsync", fsync)
+    fsyncs = Fsyncs(monkeypatch, probe=committed)
     picture = images.png(color=(5, 6, 7))
     first = _put(api, "first", picture)
     assert first.status_code == 201, first.text
-    sha = first.json()["sha256"]
-    chain = [
-        volume / "blobs" / sha[:2] / sha[2:4],
-        volume / "blobs" / sha[:2],
-        volume / "blobs",
-        volume,
-    ]
-    assert synced == chain
-    synced.clear()
+    chain = blob_folders(tmp_path / "volume", first.json()["sha256"])
+    assert fsyncs.folders == chain
+    assert fsyncs.probed == [0, 0, 0]  # no object recorded yet at any of them
+    fsyncs.folders.clear()
+    fsyncs.probed.clear()
     second = _put(api, "second", picture)  # the same bytes: the blob is there already
     assert second.status_code == 201, second.text
-    assert second.json()["sha256"] == sha
-    assert synced == chain
+    assert second.json()["sha256"] == first.json()["sha256"]
+    assert fsyncs.folders == chain
+    assert fsyncs.probed == [1, 1, 1]  # the first object only: the second not yet committed
 
 
 def test_links_are_signed_only_with_the_configured_public_url_never_the_host_header(

@@ -27,7 +27,7 @@ from PIL import Image
 
 from aijobs.api.storage import ObjectContent
 from tests.services import images
-from tests.services.conftest import Api
+from tests.services.conftest import Api, Fsyncs, blob_folders
 
 pytestmark = pytest.mark.postgres
 
@@ -390,16 +390,16 @@ def test_a_bulk_put_whose_flush_fails_on_a_full_disk_creates_none_of_its_objects
     assert _usage(engine, "acme") == (len(red), 1)  # nothing counted for what was refused
 
 
-def test_without_syncfs_a_bulk_put_fsyncs_each_file_and_folder_as_a_single_put_does(
+def test_without_syncfs_a_bulk_put_fsyncs_each_file_then_each_folder_naming_them_once(
     storage: tuple[Api, sa.Engine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     api, engine = storage
-    counted: list[int] = []
-    real_fsync = os.fsync
     monkeypatch.setattr(blobs_module, "_SYNCFS", None)
-    monkeypatch.setattr(blobs_module.os, "fsync", lambda fd: (counted.append(fd), real_fsync(fd)))
+    fsyncs = Fsyncs(monkeypatch)
     contents = [images.png(color=(n, 5, 5)) for n in range(2)]
     answers = _bulk(api, [_result(f"result:job-1:{n}") for n in range(2)], contents).json()["items"]
     assert [a["status"] for a in answers] == [201, 201]
-    assert len(counted) == 2 * (1 + 4)  # each file, then its folder and the three above it
+    assert len(fsyncs.files) == 2
+    named = [f for a in answers for f in blob_folders(tmp_path / "volume", a["body"]["sha256"])]
+    assert fsyncs.folders == list(dict.fromkeys(named))  # blobs/ shared: fsynced once
     assert _live(engine) == [("result:job-1:0", "committed"), ("result:job-1:1", "committed")]

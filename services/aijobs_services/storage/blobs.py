@@ -3,23 +3,24 @@ leaves a half blob under a real name.
 
 Write path: stream into ``tmp/`` while hashing (on the event loop for a single put, on its
 thread for a bulk put's parts) -> fsync the file (on the put's thread: an fsync would stall every
-request the loop serves) -> rename to ``blobs/aa/bb/<sha>`` -> fsync that folder and each one
-above it, up to the volume (the put may have made ``aa/`` and ``bb/``; a blob found there already
-gets the same fsyncs, as the put that renamed it may not have made them yet). Only then does the
-caller record the object in the database; a crash between the two leaves an unreferenced blob,
-which the collector removes.
+request the loop serves) -> rename to ``blobs/aa/bb/<sha>`` -> fsync ``bb/``, ``aa/`` and
+``blobs/`` (the put may have made ``aa/`` and ``bb/``, and a crash can lose a new folder's entry
+in its parent as well as the blob's in its folder; a blob found there already gets the same
+fsyncs, as the put that renamed it may not have made them yet; ``blobs/`` itself was made durable
+in the volume when the store opened it). Only then does the caller record the object in the
+database; a crash between the two leaves an unreferenced blob, which the collector removes.
 
 A bulk put (many images in one request) makes its files durable together: each written to
 ``tmp/``, then the volume flushed once (``syncfs``), then each renamed, then the volume flushed
-once more. An fsync of each file and of each folder cost a journal commit each: two for every
-image, 128 for a worker's lease of 64 results. The first flush comes before any rename, so a
-blob's name never points at bytes that a crash could lose; the second makes the names durable
-before the records are committed. Both flushes go through one descriptor of the volume, opened
-before the put writes its first file (:class:`VolumeFlush`): the kernel reports a writeback
-failure on the volume once to every descriptor opened before it, so the put hears of its own
-files' failure even when another put's flush met it first (one opened later would not). Linux
+once more. An fsync of each file and of the folders on its path costs a journal commit each: two
+to four for every image, some 190 for a worker's lease of 64 results. The first flush comes before
+any rename, so a blob's name never points at bytes that a crash could lose; the second makes the
+names durable before the records are committed. Both flushes go through one descriptor of the
+volume, opened before the put writes its first file (:class:`VolumeFlush`): the kernel reports a
+writeback failure on the volume once to every descriptor opened before it, so the put hears of its
+own files' failure even when another put's flush met it first (one opened later would not). Linux
 reports such failures to ``syncfs`` since 5.8; on an older kernel, or with no ``syncfs`` (not
-Linux), each file and folder is fsynced as a single put does it.
+Linux), each file is fsynced, then, all renamed, each folder on their paths once.
 
 Blobs are shared by content, so a new object may re-use a blob whose last object was deleted
 while the collector is deciding to remove it. Three things rule that out. Keeping a blob that
@@ -141,6 +142,7 @@ class BlobStore:
         self.blobs = root / "blobs"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
+        _fsync(root)  # blobs/ and tmp/ durable: no put changes the volume's own folder after this
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
@@ -200,17 +202,7 @@ class BlobStore:
 
     def sync(self, staged: Staged) -> None:
         """Make a received file's bytes durable (blocking: call it from a thread)."""
-        try:
-            fd = os.open(staged.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            full = _full(exc)
-            if full is not None:
-                raise full from exc
-            raise
+        _fsync(staged.path)
 
     @contextlib.contextmanager
     def flushes(self) -> Iterator[VolumeFlush | None]:
@@ -228,17 +220,18 @@ class BlobStore:
     def keep_many(self, staged: Sequence[Staged], flush: VolumeFlush | None) -> None:
         """:meth:`keep` for many files already made durable (by ``flush``, or each fsynced): each moved
         under its content name, then the names made durable together, by one flush of the volume
-        rather than an fsync of each folder. The flush is made even when every blob was there
-        already: another put may have renamed it and not yet flushed."""
-        if flush is None:
-            for each in staged:
-                self.keep(each)
-            return
+        (without one, an fsync of each folder on their paths, once each). The names are made
+        durable even when every blob was there already: another put may have renamed it and not
+        yet flushed."""
         if not staged:
             return
         for each in staged:
             self._move(each)
-        flush()
+        if flush is not None:
+            flush()
+            return
+        for folder in dict.fromkeys(f for each in staged for f in self._folders(each.sha256)):
+            _fsync(folder)
 
     def _move(self, staged: Staged) -> bool:
         """Move a received file under its content name; False if the blob was there already
@@ -254,16 +247,20 @@ class BlobStore:
 
     def keep(self, staged: Staged) -> Path:
         """Move a received file, its bytes already durable (:meth:`sync`), under its content name
-        (atomic), then make that name durable: an fsync of the blob's folder and of each folder
-        above it up to the volume, since a crash can lose a new folder's entry in its parent as
-        well as the blob's in its folder. A blob that was there already is made durable the same
-        way: the put that renamed it may not have flushed its folders yet, and this put's object
-        is about to be recorded on it."""
-        final = self.path(staged.sha256)
+        (atomic), then make that name durable: an fsync of the blob's folder, of its parent and of
+        ``blobs/``, since a crash can lose a new folder's entry in its parent as well as the blob's
+        in its folder. A blob that was there already is made durable the same way: the put that
+        renamed it may not have flushed its folders yet, and this put's object is about to be
+        recorded on it."""
         self._move(staged)
-        for folder in (final.parent, final.parent.parent, self.blobs, self.root):
-            _fsync_folder(folder)
-        return final
+        for folder in self._folders(staged.sha256):
+            _fsync(folder)
+        return self.path(staged.sha256)
+
+    def _folders(self, sha256: str) -> tuple[Path, Path, Path]:
+        """The folders whose entries name a blob: its own, its parent, and ``blobs/``."""
+        final = self.path(sha256)
+        return final.parent, final.parent.parent, self.blobs
 
     def discard(self, staged: Staged) -> None:
         staged.path.unlink(missing_ok=True)
@@ -289,8 +286,9 @@ class BlobStore:
         return [p for p in self.tmp.iterdir() if (mtime := _mtime(p)) is not None and mtime < older_than]
 
 
-def _fsync_folder(path: Path) -> None:
-    """Make a folder's entries durable; a full volume answered as :class:`DiskFull`."""
+def _fsync(path: Path) -> None:
+    """Make a file's bytes, or a folder's entries, durable; a full volume answered as
+    :class:`DiskFull`."""
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
