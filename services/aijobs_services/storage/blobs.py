@@ -252,9 +252,7 @@ class BlobStore:
         in its folder. A blob that was there already is made durable the same way: the put that
         renamed it may not have flushed its folders yet, and this put's object is about to be
         recorded on it."""
-        self._move(staged)
-        for folder in self._folders(staged.sha256):
-            _fsync(folder)
+        self.keep_many([staged], None)
         return self.path(staged.sha256)
 
     def _folders(self, sha256: str) -> tuple[Path, Path, Path]:
